@@ -1,0 +1,1 @@
+"""Contract suites and helpers for plugin authors: run them on your own backend or channel."""

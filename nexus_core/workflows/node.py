@@ -1,0 +1,164 @@
+"""The node base class: typed config, typed inputs, typed outputs, one ``run``.
+
+A node type is a subclass::
+
+    class Add(Node):
+        type_name = "Add"
+
+        class Inputs(msgspec.Struct):
+            a: int
+            b: int
+
+        class Outputs(msgspec.Struct):
+            sum: int
+
+        def run(self, inputs: Inputs) -> Outputs:
+            return self.Outputs(sum=inputs.a + inputs.b)
+
+``run`` may be ``async``. A synchronous ``run`` is called in a worker thread so
+the event loop never blocks, unless the class sets ``blocking = False`` (pure,
+quick code such as a field mapping). ``run`` may take a second parameter, the
+:class:`NodeContext`, for the run id, a logger or the runtime itself.
+
+An output field whose value is ``msgspec.UNSET`` feeds nothing: connections
+from it are not taken, which is how a switch routes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from ..errors import ValidationError, WorkflowDefinitionError
+from .schema import convert, fields_of
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["NoConfig", "Node", "NodeContext"]
+
+
+class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The config of a node that takes none."""
+
+
+class NodeContext:
+    """What a running node may know about its run."""
+
+    __slots__ = ("node_id", "run_id", "runtime", "state")
+
+    def __init__(self, runtime: Runtime, run_id: str, node_id: str, state: Any = None) -> None:
+        self.runtime = runtime
+        self.run_id = run_id
+        self.node_id = node_id
+        self.state = state
+
+
+class Node:
+    """Base class of every node type.
+
+    Class attributes a subclass sets:
+
+    ``type_name``
+        the name ``WorkflowBuilder.add_node`` uses (default: the class name).
+    ``Config``
+        a msgspec Struct of static settings, validated when the workflow is built.
+    ``Inputs`` / ``Outputs``
+        msgspec Structs (or dataclasses, TypedDicts). ``Inputs = None`` accepts any
+        keyword inputs untyped. An instance may replace both in ``__init__`` when
+        its types depend on its config (a switch's cases, a sub-workflow).
+    ``blocking``
+        whether a sync ``run`` must go to a worker thread (default True).
+    """
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[msgspec.Struct]] = NoConfig
+    Inputs: Any = None
+    Outputs: Any = None
+    blocking: ClassVar[bool] = True
+
+    _is_async: ClassVar[bool] = False
+    _wants_context: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.type_name or "type_name" not in cls.__dict__:
+            cls.type_name = cls.__name__
+        if not cls.description and cls.__doc__:
+            cls.description = inspect.cleandoc(cls.__doc__).split("\n\n")[0]
+        run = cls.__dict__.get("run")
+        if run is not None:
+            cls._is_async = inspect.iscoroutinefunction(run)
+            params = list(inspect.signature(run).parameters)
+            cls._wants_context = len(params) >= 3
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        #: Whether :meth:`invoke` returns a coroutine (the runtime awaits it).
+        self.is_async = self._is_async
+        #: Whether a synchronous :meth:`invoke` must run in a worker thread.
+        self.blocking = type(self).blocking
+
+    def run(self, inputs: Any, context: NodeContext | None = None) -> Any:
+        """Do the node's work on ``inputs``; return an ``Outputs`` value (or a mapping)."""
+        raise NotImplementedError(f"{type(self).__name__}.run")
+
+    def invoke(self, kwargs: dict[str, Any], context: NodeContext) -> Any:
+        """Build ``Inputs`` from keyword values and call :meth:`run` (what the runtime calls).
+
+        Override only to bypass the ``Inputs`` object, as function nodes do.
+        """
+        inputs = self.Inputs(**kwargs) if self.Inputs is not None else kwargs
+        if self._wants_context:
+            return self.run(inputs, context)
+        return self.run(inputs)
+
+    # -- used by the builder --------------------------------------------------
+
+    @classmethod
+    def from_parameters(
+        cls, node_id: str, parameters: Mapping[str, Any]
+    ) -> tuple[Node, dict[str, Any]]:
+        """Split Kailash-style ``add_node`` parameters into config and static inputs.
+
+        Keys that are ``Config`` fields configure the node; the rest must be input
+        fields and become fixed input values. Anything else is an error naming the
+        node and the key.
+        """
+        config_fields = set(cls.Config.__struct_fields__)
+        raw_config = {k: v for k, v in parameters.items() if k in config_fields}
+        try:
+            config = convert(raw_config, cls.Config)
+        except ValidationError as exc:
+            error = exc.errors[0]
+            raise WorkflowDefinitionError(
+                f"node {node_id!r} ({cls.type_name}): config {error.path!r}: {error.reason}",
+                node=node_id,
+                field=error.path,
+            ) from None
+        node = cls(config)
+        static = {k: v for k, v in parameters.items() if k not in config_fields}
+        inputs = node.input_fields()
+        if inputs is not None:
+            for key in static:
+                if key not in inputs:
+                    known = sorted(config_fields | set(inputs))
+                    raise WorkflowDefinitionError(
+                        f"node {node_id!r} ({cls.type_name}) has no parameter {key!r}; "
+                        f"known: {', '.join(known) or 'none'}",
+                        node=node_id,
+                        field=key,
+                    )
+        return node, static
+
+    def input_fields(self) -> dict[str, tuple[Any, bool]] | None:
+        """Input name -> (type, required); None when inputs are untyped."""
+        return fields_of(self.Inputs)
+
+    def output_fields(self) -> dict[str, tuple[Any, bool]] | None:
+        """Output name -> (type, required); None when outputs are untyped."""
+        return fields_of(self.Outputs)

@@ -1,0 +1,352 @@
+"""The async runtime: runs a built workflow on anyio.
+
+Independent branches run concurrently in one task group; a chain runs inline
+without spawning a task per node, which is what keeps per-node overhead in
+microseconds. Synchronous node code goes to a worker thread (unless the node
+says it never blocks). A failing node cancels the rest of its run; a
+:class:`RunControl` cancels a run from outside.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from ..errors import ValidationError
+from .model import Workflow, follow
+from .node import NodeContext
+from .schema import convert
+
+__all__ = [
+    "NodeResult",
+    "NodeStatus",
+    "RunControl",
+    "RunError",
+    "RunObserver",
+    "RunResult",
+    "RunStatus",
+    "Runtime",
+    "new_run_id",
+]
+
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+NodeStatus = Literal["pending", "completed", "failed", "skipped", "cancelled"]
+
+_UNSET = msgspec.UNSET
+
+
+def new_run_id() -> str:
+    """A new run id: unguessable (128 random bits), URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+class NodeResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What happened to one node in one run."""
+
+    status: NodeStatus
+    output: Any = None
+    error: str | None = None
+    started_at: float | None = None
+    duration_ms: float | None = None
+    attempts: int = 0
+
+
+class RunError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a run failed: the failing node (when one did), the error type and message."""
+
+    type: str
+    message: str
+    node: str | None = None
+
+
+class RunResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The outcome of a run: status, the workflow's output, and per-node detail."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    output: Any = None
+    nodes: dict[str, NodeResult] = {}
+    error: RunError | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run completed."""
+        return self.status == "completed"
+
+
+class RunObserver(Protocol):
+    """Told about each node as it starts and finishes (the host checkpoints and emits events)."""
+
+    async def node_started(self, run_id: str, node_id: str) -> None:
+        """A node is about to run."""
+
+    async def node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
+        """A node completed, failed or was skipped; ``output`` is its raw output."""
+
+
+class RunControl:
+    """A handle to cancel a run from outside (a DELETE, an MCP cancellation)."""
+
+    __slots__ = ("_cancelled", "_scope")
+
+    def __init__(self) -> None:
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Cancel the run; nodes still running are cancelled, the run ends ``cancelled``."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+
+class _Run:
+    __slots__ = (
+        "error",
+        "inputs",
+        "observer",
+        "outputs",
+        "remaining",
+        "results",
+        "run_id",
+        "state",
+        "tg",
+        "workflow",
+    )
+
+    def __init__(
+        self, workflow: Workflow, inputs: Any, run_id: str, observer: RunObserver | None, state: Any
+    ) -> None:
+        self.workflow = workflow
+        self.inputs = inputs
+        self.run_id = run_id
+        self.observer = observer
+        self.state = state
+        self.outputs: dict[str, Any] = {}
+        self.results: dict[str, NodeResult] = {}
+        self.remaining = dict(workflow.plan.parent_count)
+        self.error: RunError | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+
+
+class Runtime:
+    """Runs workflows. Stateless and reusable; one per host is enough."""
+
+    async def run(
+        self,
+        workflow: Workflow,
+        inputs: Any = None,
+        *,
+        run_id: str | None = None,
+        observer: RunObserver | None = None,
+        control: RunControl | None = None,
+        completed: Mapping[str, Any] | None = None,
+        state: Any = None,
+    ) -> RunResult:
+        """Run ``workflow`` on ``inputs`` and return its :class:`RunResult`.
+
+        ``inputs`` is validated first (a :class:`~nexus_core.errors.ValidationError`
+        is raised before anything runs). ``completed`` maps node ids to outputs
+        of an earlier, interrupted run: those nodes are not run again.
+        ``state`` is handed to nodes through their context (the host puts the
+        session there).
+        """
+        values = workflow.validate(inputs)
+        run = _Run(workflow, values, run_id or new_run_id(), observer, state)
+        if completed:
+            for node_id, raw in completed.items():
+                placed = workflow.nodes.get(node_id)
+                if placed is None:
+                    continue
+                out_type = placed.node.Outputs
+                run.outputs[node_id] = convert(raw, out_type) if out_type is not None else raw
+                run.results[node_id] = NodeResult(status="completed", output=raw)
+        started = time.time()
+        roots = workflow.plan.roots
+        with anyio.CancelScope() as scope:
+            if control is not None:
+                control._scope = scope
+                if control.cancelled:
+                    scope.cancel()
+            async with anyio.create_task_group() as tg:
+                run.tg = tg
+                for root in roots[1:]:
+                    tg.start_soon(self._drive, run, root)
+                if roots:
+                    await self._drive(run, roots[0])
+        if control is not None:
+            control._scope = None
+        if run.error is not None:
+            status: RunStatus = "failed"
+        elif scope.cancelled_caught or (control is not None and control.cancelled):
+            status = "cancelled"
+        else:
+            status = "completed"
+        for node_id in workflow.nodes:
+            if node_id not in run.results:
+                run.results[node_id] = NodeResult(
+                    status="cancelled" if status != "completed" else "skipped"
+                )
+        output = workflow.extract_output(run.outputs) if status == "completed" else None
+        return RunResult(
+            run_id=run.run_id,
+            workflow=workflow.name,
+            status=status,
+            output=None if output is _UNSET else output,
+            nodes=run.results,
+            error=run.error,
+            started_at=started,
+            finished_at=time.time(),
+        )
+
+    async def _drive(self, run: _Run, node_id: str) -> None:
+        # Run a node, then whichever children it made ready: the first inline
+        # (a chain never spawns a task), the others as new tasks.
+        children = run.workflow.plan.children
+        remaining = run.remaining
+        while True:
+            if node_id not in run.results:
+                await self._run_node(run, node_id)
+            if run.error is not None:
+                return
+            ready = []
+            for child in children[node_id]:
+                remaining[child] -= 1
+                if remaining[child] == 0:
+                    ready.append(child)
+            if not ready:
+                return
+            assert run.tg is not None
+            for child in ready[1:]:
+                run.tg.start_soon(self._drive, run, child)
+            node_id = ready[0]
+
+    async def _run_node(self, run: _Run, node_id: str) -> None:
+        workflow = run.workflow
+        plan = workflow.plan
+        placed = workflow.nodes[node_id]
+        kwargs = dict(placed.static) if placed.static else {}
+        values = run.inputs
+        for input_name, wf_field in plan.wf_feeds[node_id]:
+            kwargs[input_name] = getattr(values, wf_field)
+        feeds = plan.feeds[node_id]
+        if feeds:
+            results, outputs = run.results, run.outputs
+            alive = False
+            for input_name, source, path, check in feeds:
+                if results[source].status != "completed":
+                    continue
+                value = follow(outputs[source], path)
+                if value is _UNSET:
+                    continue
+                if check is not None:
+                    try:
+                        value = convert(value, check)
+                    except ValidationError as exc:
+                        reason = exc.errors[0].reason
+                        await self._fail(
+                            run, node_id, "ValidationError", f"input {input_name!r}: {reason}", 0
+                        )
+                        return
+                kwargs[input_name] = value
+                alive = True
+            if not alive or not plan.required[node_id].issubset(kwargs):
+                run.results[node_id] = NodeResult(status="skipped")
+                if run.observer is not None:
+                    await run.observer.node_finished(
+                        run.run_id, node_id, run.results[node_id], None
+                    )
+                return
+
+        observer = run.observer
+        if observer is not None:
+            await observer.node_started(run.run_id, node_id)
+        node = placed.node
+        policy = placed.policy
+        context = NodeContext(self, run.run_id, node_id, run.state)
+        started_wall = time.time()
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if policy.timeout is None:
+                    output = await self._call(node, kwargs, context)
+                else:
+                    with anyio.fail_after(policy.timeout):
+                        output = await self._call(node, kwargs, context)
+                break
+            except Exception as exc:
+                if attempt <= policy.retries:
+                    await anyio.sleep(policy.backoff * (2 ** (attempt - 1)))
+                    continue
+                if isinstance(exc, TimeoutError) and policy.timeout is not None:
+                    message = f"timed out after {policy.timeout:g}s"
+                else:
+                    message = str(exc) or type(exc).__name__
+                await self._fail(
+                    run, node_id, type(exc).__name__, message, attempt, started_wall, started
+                )
+                return
+        result = NodeResult(
+            status="completed",
+            output=output,
+            started_at=started_wall,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            attempts=attempt,
+        )
+        run.outputs[node_id] = output
+        run.results[node_id] = result
+        if observer is not None:
+            await observer.node_finished(run.run_id, node_id, result, output)
+
+    @staticmethod
+    async def _call(node: Any, kwargs: dict[str, Any], context: NodeContext) -> Any:
+        if node.is_async:
+            return await node.invoke(kwargs, context)
+        if node.blocking:
+            return await anyio.to_thread.run_sync(
+                node.invoke, kwargs, context, abandon_on_cancel=True
+            )
+        return node.invoke(kwargs, context)
+
+    async def _fail(
+        self,
+        run: _Run,
+        node_id: str,
+        error_type: str,
+        message: str,
+        attempts: int,
+        started_wall: float | None = None,
+        started: float | None = None,
+    ) -> None:
+        result = NodeResult(
+            status="failed",
+            error=f"{error_type}: {message}",
+            started_at=started_wall,
+            duration_ms=None if started is None else (time.perf_counter() - started) * 1000,
+            attempts=attempts,
+        )
+        run.results[node_id] = result
+        if run.error is None:
+            run.error = RunError(type=error_type, message=message, node=node_id)
+        if run.observer is not None:
+            await run.observer.node_finished(run.run_id, node_id, result, None)
+        assert run.tg is not None
+        run.tg.cancel_scope.cancel()  # fail fast: stop the other branches

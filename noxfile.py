@@ -1,0 +1,80 @@
+"""Test matrix: the core alone, each plugin alone with the core, everything together.
+
+nox -s tests        # everything installed, the whole suite (what CI runs)
+nox -s core_alone   # nexus-core only: proves the core imports no plugin
+nox -s plugin       # each plugin alone with the core
+nox -s lint         # ruff
+nox -s bench        # benchmarks against peers (not part of the tests)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.parent.name for p in ROOT.glob("plugins/*/pyproject.toml"))
+PASSENV = ("NEXUS_REQUIRE_SERVICES", "NEXUS_REDIS_URL", "NEXUS_POSTGRES_URL")
+
+
+def _install_core(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite with the core and every plugin installed."""
+    _install_core(session)
+    for name in PLUGINS:
+        session.install("-e", f"plugins/{name}[test]")
+    paths = ["tests", *(f"plugins/{name}/tests" for name in PLUGINS)]
+    session.run("pytest", *paths, *session.posargs)
+
+
+@nox.session
+def core_alone(session: nox.Session) -> None:
+    """Only nexus-core installed: the core must work, and must not import any plugin."""
+    _install_core(session)
+    session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m, sys; "
+        "extra = [d.metadata['Name'] for d in m.distributions() "
+        "if d.metadata['Name'].startswith('nexus-plugin')]; "
+        "sys.exit(f'plugins installed: {extra}' if extra else 0)",
+    )
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("name", PLUGINS)
+def plugin(session: nox.Session, name: str) -> None:
+    """One plugin alone with the core: its own tests pass without the other plugins."""
+    _install_core(session)
+    session.install("-e", f"plugins/{name}[test]")
+    session.run("pytest", f"plugins/{name}/tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the peers; peers are installed only here."""
+    _install_core(session)
+    for name in PLUGINS:
+        session.install("-e", f"plugins/{name}")
+    session.install("-r", "bench/requirements.txt")
+    scripts = session.posargs or sorted(str(p) for p in ROOT.glob("bench/*.py"))
+    for script in scripts:
+        session.run("python", script)
