@@ -187,8 +187,14 @@ class WorkflowBuilder:
             )
         try:
             node, static = cls.from_parameters(node_id, pending.parameters)
-        except WorkflowDefinitionError:
-            raise
+        except WorkflowDefinitionError as exc:
+            if exc.node is not None:
+                raise
+            raise WorkflowDefinitionError(
+                f"node {node_id!r} ({cls.type_name}): {exc.message}",
+                node=node_id,
+                field=exc.field,
+            ) from exc
         except Exception as exc:
             raise WorkflowDefinitionError(
                 f"node {node_id!r} ({cls.type_name}): {exc}", node=node_id

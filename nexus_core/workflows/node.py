@@ -88,7 +88,7 @@ class Node:
         super().__init_subclass__(**kwargs)
         if not cls.type_name or "type_name" not in cls.__dict__:
             cls.type_name = cls.__name__
-        if not cls.description and cls.__doc__:
+        if "description" not in cls.__dict__ and cls.__doc__:
             cls.description = inspect.cleandoc(cls.__doc__).split("\n\n")[0]
         run = cls.__dict__.get("run")
         if run is not None:
