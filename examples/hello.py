@@ -22,9 +22,11 @@ def greet(name: str, excited: bool = False) -> str:
 
 
 async def main(name: str) -> None:
+    # The embedded tier: the host runs in this process, runs are recorded in ./nexus.db.
     async with app:
-        result = await app.execute("greet", {"name": name, "excited": True})
+        result = await app.invoke("greet", {"name": name, "excited": True}, channel="python")
         print(result.output)
+        print(f"run {result.run_id} {result.status}; stored in {app.config.nexus.storage}")
 
 
 if __name__ == "__main__":

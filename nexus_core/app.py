@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
+import msgspec
 
-from .errors import WorkflowDefinitionError, WorkflowNotFound
+from .config import Config, ConfigError, check_production, load_config
+from .errors import (
+    AuthenticationError,
+    IdempotencyConflict,
+    NexusError,
+    PermissionDenied,
+    PluginLoadFailed,
+    RateLimited,
+    RunNotFound,
+    SessionNotFound,
+    WorkflowDefinitionError,
+    WorkflowNotFound,
+)
+from .events import Event, EventBus, EventType, Subscription
+from .health import HealthReport, readiness
+from .metrics import Metrics
 from .plugins import PluginHost, PluginInfo, PluginLoadError
+from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
+from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
+from .storage.base import NodeCheckpoint, RunRecord, Storage
 from .workflows.builder import WorkflowBuilder
 from .workflows.function import workflow_from_function
 from .workflows.model import NodePolicy, Workflow, WorkflowMeta
-from .workflows.runtime import RunResult, Runtime
+from .workflows.runtime import NodeResult, RunControl, RunError, RunResult, Runtime, new_run_id
 
 __all__ = ["Nexus"]
 
@@ -36,24 +60,51 @@ class Nexus:
             "Say hello."
             return f"Hello, {name}{'!' if excited else '.'}"
 
+    ``config`` is a file path, a mapping (the ``nexus`` table) or a loaded
+    :class:`~nexus_core.config.Config`; without it ``nexus.toml``/``nexus.yaml``
+    in the working directory and ``NEXUS_*`` variables are read. ``storage``
+    overrides the configured storage URL (or is a ``Storage`` object).
     ``plugins`` adds plugin objects or module names on top of the installed
     ones; ``autoload=False`` skips entry points (as ``NEXUS_DISABLE_PLUGIN_AUTOLOAD``).
     """
 
     def __init__(
         self,
-        title: str = "Nexus",
+        title: str | None = None,
         *,
+        config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        storage: str | Storage | None = None,
         plugins: Iterable[object | str] = (),
         autoload: bool | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.title = title
         self.host = PluginHost(plugins, autoload=autoload, env=env)
+        if isinstance(config, Config):
+            self.config = config
+        else:
+            sections = self.host.config_sections()
+            if isinstance(config, Mapping):
+                self.config = load_config(data=config, env=env, sections=sections)
+            else:
+                self.config = load_config(
+                    Path(config) if config is not None else None, env=env, sections=sections
+                )
+        self.title = title or self.config.nexus.title
+        self.instance_id = self.config.nexus.instance_id or socket.gethostname()
         self.runtime = Runtime()
+        self.metrics = Metrics(enabled=self.config.nexus.services.monitoring.metrics)
+        self.security = SecurityLayer(self)
+        #: The open storage backend while the host runs, else None.
+        self.storage: Storage | None = None
+        #: Channels started by :meth:`running`/:meth:`serve`, by name.
+        self.channels: dict[str, Any] = {}
+        self._storage_override = storage
         self._workflows: dict[str, Workflow] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._unannounced: list[Workflow] = []
+        self._running: _Services | None = None
+        self._controls: dict[str, RunControl] = {}
+        self._done: dict[str, anyio.Event] = {}
+        self._results: dict[str, RunResult] = {}
 
     def __repr__(self) -> str:
         return f"<Nexus {self.title!r} workflows={len(self._workflows)}>"
@@ -162,8 +213,8 @@ class Nexus:
             )
         self._workflows[workflow.name] = workflow
         self._unannounced.append(workflow)
-        if self._task_group is not None:
-            self._task_group.start_soon(self._announce_pending)
+        if self._running is not None:
+            self._running.task_group.start_soon(self._announce_pending)
         return workflow
 
     def builder(self, name: str, *, description: str = "") -> WorkflowBuilder:
@@ -173,39 +224,601 @@ class Nexus:
     async def _announce_pending(self) -> None:
         # Registration is sync; plugins hear of it here, in registration order.
         while self._unannounced:
-            await self.host.workflow_registered(self, self._unannounced.pop(0))
+            workflow = self._unannounced.pop(0)
+            await self.host.workflow_registered(self, workflow)
+            if self._running is not None:
+                await self.emit(EventType.WORKFLOW_REGISTERED, data={"workflow": workflow.name})
 
     # -- running ---------------------------------------------------------------
 
     async def execute(self, name: str, inputs: Any = None, **options: Any) -> RunResult:
-        """Run a workflow directly on the runtime (no session, security or storage).
+        """Run a workflow directly on the runtime: no session, security, storage or events.
 
-        Channels use :meth:`invoke`; this is the embedded, in-process shortcut.
+        The embedded shortcut for scripts and tests; channels use :meth:`invoke`.
         """
         return await self.runtime.run(self.get_workflow(name), inputs, **options)
 
+    async def invoke(
+        self,
+        workflow: str,
+        inputs: Any = None,
+        *,
+        credentials: Credentials | None = None,
+        channel: str = "python",
+        session: str | None = None,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        principal: Principal | None = None,
+    ) -> RunResult:
+        """The one request path every channel takes.
+
+        authenticate -> session -> authorize -> rate limit -> validate -> run ->
+        audit -> events -> metrics. With ``wait=False`` the run id comes back at
+        once (status ``pending``) and the run goes on in the host; read it later
+        with :meth:`get_run`. The same ``idempotency_key`` returns the same run
+        and never executes twice; reusing it with other inputs is an
+        :class:`~nexus_core.errors.IdempotencyConflict`.
+
+        Raises the :class:`~nexus_core.errors.NexusError` subclass a channel
+        renders: ``AuthenticationError``, ``PermissionDenied``, ``RateLimited``,
+        ``ValidationError``, ``WorkflowNotFound``, ``SessionNotFound``...
+        A workflow that fails is not an exception: the result says ``failed``.
+        """
+        services = self._services()
+        started = time.perf_counter()
+        who = principal or ANONYMOUS
+        try:
+            if principal is None:
+                who = await self.security.authenticate(credentials, channel)
+            wf = self.get_workflow(workflow)
+            await self.security.authorize(
+                who, f"workflow:{wf.name}:execute", workflow=wf, channel=channel, inputs=inputs
+            )
+            sess = await self._session_for(session, channel, who, wf)
+            await self.security.rate_limit(
+                who, channel, wf.name, credentials.client if credentials else None
+            )
+            self.security.check_input_limits(inputs)
+            values = wf.validate(inputs)
+            plain = msgspec.to_builtins(values)
+            digest = hash_inputs(plain)
+            record = RunRecord(
+                id=new_run_id(),
+                workflow=wf.name,
+                tenant=who.tenant,
+                principal=who.id,
+                session_id=sess.id if sess else None,
+                channel=channel,
+                inputs=plain,
+                created_at=time.time(),
+                idempotency_key=idempotency_key,
+                input_hash=digest,
+                owner=self.instance_id,
+            )
+            record, created = await services.storage.create_run(record)
+        except NexusError as exc:
+            self._count_failure(exc, who, channel, workflow, started)
+            if isinstance(exc, (AuthenticationError, PermissionDenied, RateLimited)):
+                await self.security.audit(
+                    action="invoke",
+                    outcome=exc.code,
+                    principal=who,
+                    channel=channel,
+                    workflow=workflow,
+                    reason=exc.message,
+                )
+            raise
+        if not created:
+            if record.workflow != wf.name or record.input_hash != digest:
+                error = IdempotencyConflict(
+                    "this Idempotency-Key was already used with other inputs or another workflow"
+                )
+                self._count_failure(error, who, channel, workflow, started)
+                raise error
+            return await self._existing(record, wait)
+        self.metrics.record_execution(wf.name, channel)
+        done = self._done[record.id] = anyio.Event()
+        services.task_group.start_soon(self._execute, wf, values, record, sess, who, None)
+        if not wait:
+            self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
+            return RunResult(
+                run_id=record.id, workflow=wf.name, status="pending", session_id=record.session_id
+            )
+        await done.wait()
+        result = self._results.pop(record.id)
+        self.metrics.record_request(channel, wf.name, result.status, time.perf_counter() - started)
+        return result
+
+    def _count_failure(
+        self, exc: NexusError, who: Principal, channel: str, workflow: str, started: float
+    ) -> None:
+        self.metrics.record_error(channel, exc.code)
+        self.metrics.record_request(
+            channel,
+            workflow if workflow in self._workflows else "(unknown)",
+            exc.code,
+            time.perf_counter() - started,
+        )
+
+    async def _session_for(
+        self, session_id: str | None, channel: str, who: Principal, wf: Workflow
+    ) -> Session | None:
+        sessions = self._services().sessions
+        if session_id:
+            return await sessions.resume(session_id, channel=channel, tenant=who.tenant)
+        if any(issubclass(kind, Session) for kind in wf.injected.values()):
+            return await self.create_session(channel=channel, principal=who)
+        return None
+
+    async def _execute(
+        self,
+        wf: Workflow,
+        values: Any,
+        record: RunRecord,
+        sess: Session | None,
+        who: Principal,
+        completed: dict[str, Any] | None,
+    ) -> None:
+        services = self._services()
+        control = self._controls[record.id] = RunControl()
+        record.status = "running"
+        record.started_at = record.started_at or time.time()
+        try:
+            await services.storage.save_run(record)
+            await self.emit(
+                EventType.RUN_STARTED,
+                run=record,
+                data={"workflow": wf.name, "resumed": bool(completed)},
+            )
+            result = await self.runtime.run(
+                wf,
+                values,
+                run_id=record.id,
+                observer=_Recorder(self, record),
+                control=control,
+                completed=completed,
+                state={Session: sess} if sess is not None else None,
+            )
+        except anyio.get_cancelled_exc_class():
+            # The host is stopping: the run stays "running" with its checkpoints
+            # and is resumed (or failed, as configured) at the next start.
+            self._done.pop(record.id, None)
+            raise
+        finally:
+            self._controls.pop(record.id, None)
+        result.session_id = record.session_id
+        record.status = result.status
+        record.output = msgspec.to_builtins(result.output)
+        record.error = msgspec.to_builtins(result.error) if result.error else None
+        record.finished_at = result.finished_at
+        with anyio.CancelScope(shield=True):
+            if sess is not None and result.status == "completed":
+                await self.sessions_manager().save(sess)
+            await services.storage.save_run(record)
+            await self.security.audit(
+                action="invoke",
+                outcome=result.status,
+                principal=who,
+                channel=record.channel or "python",
+                workflow=wf.name,
+                run_id=record.id,
+                reason=result.error.message if result.error else None,
+                input_hash=record.input_hash,
+            )
+            await self.emit(
+                f"run.{result.status}",
+                run=record,
+                data={"workflow": wf.name, "output": record.output, "error": record.error},
+            )
+        if result.status == "failed":
+            self.metrics.record_error(record.channel or "python", "run_failed")
+        done = self._done.pop(record.id, None)
+        if done is not None:
+            self._results[record.id] = result
+            done.set()
+
+    async def _existing(self, record: RunRecord, wait: bool) -> RunResult:
+        """The result of a run started earlier with the same idempotency key."""
+        if wait:
+            done = self._done.get(record.id)
+            if done is not None:
+                await done.wait()
+            else:
+                while record.status in ("pending", "running"):
+                    await anyio.sleep(0.05)  # another instance runs it: poll the store
+                    fresh = await self._services().storage.get_run(record.id)
+                    if fresh is None:
+                        break
+                    record = fresh
+        return await self.get_run(record.id)
+
+    async def get_run(self, run_id: str, *, principal: Principal | None = None) -> RunResult:
+        """A run's status, result and per-node detail, from storage (any instance's runs)."""
+        storage = self._services().storage
+        tenant = principal.tenant if principal is not None else None
+        record = await storage.get_run(run_id, tenant=tenant)
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        checkpoints = await storage.get_checkpoints(run_id)
+        return RunResult(
+            run_id=record.id,
+            workflow=record.workflow,
+            status=record.status,
+            output=record.output,
+            nodes={
+                node_id: NodeResult(
+                    status=c.status,  # type: ignore[arg-type]
+                    output=c.output,
+                    error=c.error,
+                    started_at=c.started_at,
+                    duration_ms=c.duration_ms,
+                    attempts=c.attempts,
+                )
+                for node_id, c in checkpoints.items()
+            },
+            error=msgspec.convert(record.error, RunError) if record.error else None,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            session_id=record.session_id,
+        )
+
+    async def list_runs(
+        self, *, principal: Principal | None = None, **filters: Any
+    ) -> list[RunRecord]:
+        """Runs newest first; filters as :meth:`Storage.list_runs` (workflow, status, ...)."""
+        tenant = principal.tenant if principal is not None else filters.pop("tenant", None)
+        return await self._services().storage.list_runs(tenant=tenant, **filters)
+
+    async def cancel(self, run_id: str, *, principal: Principal | None = None) -> bool:
+        """Cancel a run executing in this host; False if it is not running here."""
+        await self.get_run(run_id, principal=principal)  # not found / other tenant -> error
+        control = self._controls.get(run_id)
+        if control is None:
+            return False
+        control.cancel()
+        return True
+
+    async def wait(self, run_id: str) -> RunResult:
+        """Wait for a run started with ``wait=False`` to finish; return its result."""
+        done = self._done.get(run_id)
+        if done is not None:
+            await done.wait()
+            return self._results.pop(run_id, None) or await self.get_run(run_id)
+        record = await self._services().storage.get_run(run_id)
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return await self._existing(record, True)
+
+    # -- sessions and events -----------------------------------------------------
+
+    def sessions_manager(self) -> SessionManager:
+        """The session manager (the host must be running)."""
+        return self._services().sessions
+
+    async def create_session(
+        self, *, channel: str = "python", principal: Principal | None = None
+    ) -> Session:
+        """Start a session usable from every channel; emits ``session.created``."""
+        who = principal or ANONYMOUS
+        sess = await self.sessions_manager().create(
+            channel=channel, tenant=who.tenant, principal=None if who.anonymous else who.id
+        )
+        await self.emit(
+            EventType.SESSION_CREATED, channel=channel, session_id=sess.id, tenant=who.tenant
+        )
+        return sess
+
+    async def get_session(self, session_id: str, *, principal: Principal | None = None) -> Session:
+        """A live session by token (scoped to the principal's tenant)."""
+        tenant = principal.tenant if principal is not None else None
+        return await self.sessions_manager().get(session_id, tenant=tenant)
+
+    async def emit(
+        self,
+        type: str,
+        *,
+        run: RunRecord | None = None,
+        channel: str | None = None,
+        session_id: str | None = None,
+        tenant: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish an event on the host's bus (logged first, so replay misses nothing)."""
+        bus = self._services().events
+        if not bus.wants(type):
+            return
+        if run is not None:
+            channel = channel or run.channel
+            session_id = session_id or run.session_id
+            tenant = tenant or run.tenant
+        await bus.publish(
+            Event(
+                type=str(type),
+                channel=channel,
+                session_id=session_id,
+                run_id=run.id if run is not None else None,
+                tenant=tenant,
+                data=data or {},
+            )
+        )
+
+    def subscribe(self, patterns: Iterable[str] = ("*",), **options: Any) -> Subscription:
+        """Subscribe to the host's events (see :meth:`EventBus.subscribe`)."""
+        return self._services().events.subscribe(tuple(patterns), **options)
+
+    # -- health ----------------------------------------------------------------------
+
+    async def readiness(self) -> HealthReport:
+        """Storage and every started channel answer."""
+        services = self._services()
+        checks: dict[str, Callable[[], Any]] = {"storage": services.storage.ping}
+        for name, channel in self.channels.items():
+            checks[f"channel:{name}"] = channel.ready
+        return await readiness(checks)
+
     # -- lifecycle -------------------------------------------------------------
 
-    async def __aenter__(self) -> Nexus:
-        self._stack = anyio.create_task_group()
-        self._task_group = await self._stack.__aenter__()
+    def _services(self) -> _Services:
+        if self._running is None:
+            raise RuntimeError(
+                "the Nexus host is not running: use 'async with app:' (or app.serve())"
+            )
+        return self._running
+
+    def _open_storage(self) -> Storage:
+        if self._storage_override is not None and not isinstance(self._storage_override, str):
+            return self._storage_override
+        url = self._storage_override or self.config.nexus.storage
+        scheme = url.partition(":")[0]
+        backends = self.host.storage_backends()
+        spec = backends.get(scheme)
+        if spec is None:
+            raise ConfigError(
+                f"no storage backend for {scheme!r} URLs (installed: "
+                f"{', '.join(sorted(backends))}); install its plugin, e.g. nexus-plugin-{scheme}",
+                key="nexus.storage",
+            )
         try:
-            await self.host.startup(self)
-            await self._announce_pending()
+            return spec.load()(url)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise PluginLoadFailed(
+                f"storage backend {spec.name!r} of plugin {spec.plugin!r} could not be created "
+                f"for {url!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _open_bus(self) -> EventBus:
+        buses = self.host.event_buses()
+        spec = max(buses.values(), key=lambda s: s.priority)
+        try:
+            bus: EventBus = spec.load().from_app(self)
+        except Exception as exc:
+            raise PluginLoadFailed(
+                f"event bus {spec.name!r} of plugin {spec.plugin!r} could not be created: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return bus
+
+    @contextlib.asynccontextmanager
+    async def running(self, channels: Iterable[str] = ()) -> AsyncIterator[Nexus]:
+        """Run the host (storage, events, sessions, plugins) and the named channels.
+
+        ``async with app:`` is ``running()`` with no channels: what an embedded
+        program or a test wants. ``serve()`` starts every installed channel.
+        """
+        if self._running is not None:
+            raise RuntimeError("this Nexus host is already running")
+        storage = self._open_storage()
+        check_production(
+            self.config,
+            storage_persistent=storage.persistent,
+            auth_configured=bool(self.config.nexus.services.security.providers),
+        )
+        self.storage = storage  # the bus keeps its event log here
+        try:
+            bus = self._open_bus()
         except BaseException:
-            self._task_group.cancel_scope.cancel()
-            await self._stack.__aexit__(None, None, None)
-            self._task_group = None
+            self.storage = None
             raise
-        return self
+        await storage.open()
+        try:
+            async with _single_errors(), anyio.create_task_group() as tg:
+                await bus.start()
+                sessions = SessionManager(
+                    storage, ttl=self.config.nexus.services.security.session_timeout
+                )
+                self._running = _Services(storage, bus, sessions, tg)
+                try:
+                    await self.host.startup(self)
+                    await self._announce_pending()
+                    await self._recover_runs()
+                    tg.start_soon(self._expire_sessions_forever)
+                    for name in channels:
+                        await self._start_channel(name, tg)
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._announce_pending()
+                        await self.host.shutdown(self)
+                        await bus.stop()
+                    tg.cancel_scope.cancel()
+        finally:
+            self._running = None
+            self.channels = {}
+            self.storage = None
+            with anyio.CancelScope(shield=True):
+                await storage.close()
+
+    async def serve(self, channels: Iterable[str] | None = None) -> None:
+        """Run the host with every installed channel (or the named ones) until cancelled."""
+        names = list(self.host.channels()) if channels is None else list(channels)
+        async with self.running(names):
+            await anyio.sleep_forever()
+
+    async def _start_channel(self, name: str, tg: anyio.abc.TaskGroup) -> None:
+        specs = self.host.channels()
+        spec = specs.get(name)
+        if spec is None:
+            installed = ", ".join(sorted(specs)) or "none"
+            raise ConfigError(
+                f"no channel {name!r} is installed (installed: {installed})",
+                key=f"nexus.channels.{name}",
+            )
+        try:
+            section = self.config.section(f"channels.{name}")
+        except ConfigError:
+            section = None
+        channel = spec.load()(self, section)
+        await tg.start(_run_channel, channel)
+        self.channels[name] = channel
+
+    async def _recover_runs(self) -> None:
+        services = self._services()
+        policy = self.config.nexus.services.runs.on_restart
+        for record in await services.storage.unfinished_runs():
+            if record.owner not in (None, self.instance_id):
+                continue  # another gateway instance's run
+            wf = self._workflows.get(record.workflow)
+            if policy == "fail" or wf is None:
+                record.status = "failed"
+                record.finished_at = time.time()
+                reason = "the host restarted" if wf else "its workflow is no longer registered"
+                record.error = {"type": "Interrupted", "message": f"run interrupted: {reason}"}
+                await services.storage.save_run(record)
+                await self.emit(EventType.RUN_FAILED, run=record, data={"error": record.error})
+                continue
+            checkpoints = await services.storage.get_checkpoints(record.id)
+            completed = {n: c.output for n, c in checkpoints.items() if c.status == "completed"}
+            sess = None
+            if record.session_id:
+                with contextlib.suppress(SessionNotFound):
+                    sess = await services.sessions.get(record.session_id)
+            who = Principal(id=record.principal or "anonymous", tenant=record.tenant)
+            self._done[record.id] = anyio.Event()
+            services.task_group.start_soon(
+                self._execute, wf, wf.validate(record.inputs), record, sess, who, completed
+            )
+
+    async def expire_sessions(self) -> list[str]:
+        """Delete expired sessions now, emit ``session.expired`` for each; return their ids.
+
+        The host also does this on its own every ``session_timeout / 10`` seconds
+        (between 1 s and 60 s).
+        """
+        sessions = self.sessions_manager()
+        expired = await sessions.expire()
+        for session_id in expired:
+            await self.emit(EventType.SESSION_EXPIRED, session_id=session_id)
+        self.metrics.set_active_sessions(await sessions.count())
+        return expired
+
+    async def _expire_sessions_forever(self) -> None:
+        interval = max(1.0, min(60.0, self.sessions_manager().ttl / 10))
+        while True:
+            await self.expire_sessions()
+            await anyio.sleep(interval)
+
+    async def __aenter__(self) -> Nexus:
+        self._context = self.running()
+        return await self._context.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        assert self._task_group is not None
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._announce_pending()
-                await self.host.shutdown(self)
-        finally:
-            self._task_group.cancel_scope.cancel()
-            self._task_group = None
-            await self._stack.__aexit__(*exc_info)
+        await self._context.__aexit__(*exc_info)
+
+
+@contextlib.asynccontextmanager
+async def _single_errors() -> AsyncIterator[None]:
+    """Re-raise a task group's lone error as itself, not wrapped in an ExceptionGroup.
+
+    Users of ``async with app:`` should see the ``ValueError`` their code
+    raised, not a group of one.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
+
+
+class _Services:
+    """What exists only while the host runs."""
+
+    __slots__ = ("events", "sessions", "storage", "task_group")
+
+    def __init__(
+        self,
+        storage: Storage,
+        events: EventBus,
+        sessions: SessionManager,
+        task_group: anyio.abc.TaskGroup,
+    ) -> None:
+        self.storage = storage
+        self.events = events
+        self.sessions = sessions
+        self.task_group = task_group
+
+
+async def _run_channel(channel: Any, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    await channel.run(task_status=task_status)
+
+
+class _Recorder:
+    """The runtime observer of host runs: checkpoint, then events, then metrics."""
+
+    __slots__ = ("app", "record")
+
+    def __init__(self, app: Nexus, record: RunRecord) -> None:
+        self.app = app
+        self.record = record
+
+    async def node_started(self, run_id: str, node_id: str) -> None:
+        await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
+
+    async def node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
+        app = self.app
+        if result.status == "completed":
+            plain = msgspec.to_builtins(output)
+            await app._services().storage.save_checkpoint(
+                NodeCheckpoint(
+                    run_id=run_id,
+                    node_id=node_id,
+                    status="completed",
+                    output=plain,
+                    started_at=result.started_at,
+                    duration_ms=result.duration_ms,
+                    attempts=result.attempts,
+                )
+            )
+            node = app._workflows[self.record.workflow].nodes[node_id].node
+            if result.duration_ms is not None:
+                app.metrics.observe_node(node.type_name, result.duration_ms / 1000)
+            await app.emit(
+                EventType.NODE_FINISHED,
+                run=self.record,
+                data={"node": node_id, "status": "completed", "duration_ms": result.duration_ms},
+            )
+        elif result.status == "failed":
+            await app._services().storage.save_checkpoint(
+                NodeCheckpoint(
+                    run_id=run_id,
+                    node_id=node_id,
+                    status="failed",
+                    error=result.error,
+                    started_at=result.started_at,
+                    duration_ms=result.duration_ms,
+                    attempts=result.attempts,
+                )
+            )
+            await app.emit(
+                EventType.NODE_FAILED,
+                run=self.record,
+                data={"node": node_id, "error": result.error},
+            )
+        else:
+            await app.emit(
+                EventType.NODE_FINISHED,
+                run=self.record,
+                data={"node": node_id, "status": result.status},
+            )

@@ -386,13 +386,16 @@ class _LocalSubscription(Subscription):
         self._go_live()
 
     def _go_live(self) -> None:
-        """Switch to the live queue, dropping its prefix already read from the log.
+        """Switch to the live queue, dropping the events in it already read from the log.
 
         Synchronous, right after the last read: no event is pushed meanwhile.
-        Every queued event was appended after registration (or the last clear),
-        before which everything has been read. An event read from the log is in
-        the queue unless its publisher is between append and delivery; only the
-        bus's in-flight event can be, and it is then skipped when it arrives.
+        Everything appended before registration (or the last clear of the
+        queue) has been read; everything appended since is in the queue, in log
+        order, except the bus's in-flight event (appended, not yet delivered),
+        which readers may already see. With ``L`` the last matching event read:
+        if ``L`` is queued, the overlap is the queue up to ``L``; if ``L`` is the
+        in-flight event, it is the whole queue, and ``L`` is skipped when it
+        arrives; otherwise nothing queued was read.
         """
         self._replaying = False
         last_read = self._last_read
@@ -405,6 +408,7 @@ class _LocalSubscription(Subscription):
                     queue.popleft()
                 return
         if self._bus._inflight == last_read:
+            queue.clear()
             self._skip = last_read
 
     async def aclose(self) -> None:
@@ -456,7 +460,10 @@ class LocalEventBus(EventBus):
         self.overflow: Overflow = overflow
         self._subs: dict[_LocalSubscription, None] = {}
         self._by_type: dict[str, tuple[_LocalSubscription, ...]] = {}
-        self._lock = anyio.Lock()
+        try:  # no trip through the event loop when uncontended
+            self._lock = anyio.Lock(fast_acquire=True)
+        except TypeError:  # anyio < 4.5
+            self._lock = anyio.Lock()
         self._inflight: str | None = None
 
     @classmethod

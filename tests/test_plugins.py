@@ -40,6 +40,10 @@ def test_every_hook_is_documented() -> None:
         assert len(doc.split()) > 15, f"hook {name}'s docstring says too little"
 
 
+class ClayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    depth: int = 3
+
+
 class Everything:
     """A plugin implementing every core hook, to prove each is callable and collected."""
 
@@ -68,11 +72,11 @@ class Everything:
 
     @hookimpl
     def nexus_event_buses(self):
-        return [EventBusSpec(name="smoke", factory="x:y", priority=5)]
+        return [EventBusSpec(name="smoke", factory="x:y", priority=-5)]
 
     @hookimpl
     def nexus_config_sections(self):
-        return [ConfigSectionSpec(name="plugins.clay", factory="x:y")]
+        return [ConfigSectionSpec(name="plugins.clay", factory=ClayConfig)]
 
     @hookimpl
     async def nexus_startup(self, app):
@@ -90,15 +94,16 @@ class Everything:
 @pytest.mark.anyio
 async def test_every_hook_reaches_the_host() -> None:
     plugin = Everything()
-    app = Nexus("t", plugins=[plugin], autoload=False)
+    app = Nexus("t", plugins=[plugin], autoload=False, storage="memory://")
     host = app.host
     name = f"{Everything.__module__}.Everything"
     assert host.channels()["carrier-pigeon"].plugin == name
     assert host.auth_providers()["secret-handshake"].plugin == name
     assert set(host.storage_backends()) >= {"clay", "tablet", "memory", "sqlite"}
     assert host.node_types()["Chisel"].plugin == name
-    assert host.event_buses()["smoke"].priority == 5
+    assert host.event_buses()["smoke"].priority == -5  # below the local bus: never picked
     assert "plugins.clay" in host.config_sections()
+    assert app.config.section("plugins.clay") == ClayConfig(depth=3)
 
     @app.workflow
     def ping() -> str:

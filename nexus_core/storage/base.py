@@ -139,7 +139,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def save_session(self, session: SessionRecord) -> None:
-        """Replace a session's mutable fields (last seen, expiry, channels, state)."""
+        """Replace a session's mutable fields (last seen, expiry and ttl, channels, state).
+
+        Identity fields (tenant, principal, created_at) are kept as stored. An
+        unknown id does nothing (it does not create the session).
+        """
 
     @abc.abstractmethod
     async def delete_session(self, session_id: str) -> None:
@@ -170,7 +174,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def save_run(self, run: RunRecord) -> None:
-        """Replace a run's mutable fields (status, output, error, times, owner)."""
+        """Replace a run's mutable fields (status, output, error, started/finished, owner).
+
+        Everything else is kept as stored. An unknown id does nothing.
+        """
 
     @abc.abstractmethod
     async def list_runs(
@@ -184,11 +191,16 @@ class Storage(abc.ABC):
         limit: int = 50,
         before: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first, filtered; ``before`` is a run id to page after."""
+        """Runs newest first, filtered; ``before`` is a run id to page after.
+
+        The order is by ``(created_at, id)`` descending, so paging is stable
+        when times tie. An unknown ``before`` (or one of another tenant, when
+        ``tenant`` is given) returns an empty list.
+        """
 
     @abc.abstractmethod
     async def unfinished_runs(self) -> list[RunRecord]:
-        """Runs still ``pending`` or ``running`` (to resume or fail after a crash)."""
+        """Runs still ``pending`` or ``running`` (to resume or fail after a crash), oldest first."""
 
     @abc.abstractmethod
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
@@ -202,7 +214,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def append_event(self, event: Event) -> None:
-        """Append to the event log. Order of appends is the order of replay."""
+        """Append to the event log. Order of appends is the order of replay.
+
+        Appending an event whose id is already in the log does nothing (so a
+        redelivered event is logged once).
+        """
 
     @abc.abstractmethod
     async def read_events(
@@ -230,7 +246,10 @@ class Storage(abc.ABC):
         until: float | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        """Audit records oldest first, filtered; ``since`` inclusive, ``until`` exclusive."""
+        """Audit records oldest first, filtered; ``since`` inclusive, ``until`` exclusive.
+
+        Records with equal ``time`` come in append order.
+        """
 
     # -- cache -----------------------------------------------------------------
 

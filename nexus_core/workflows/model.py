@@ -74,7 +74,16 @@ Feed = tuple[str, str, tuple[str, ...], Any]
 class Plan:
     """Precomputed graph facts the runtime reads on its hot path."""
 
-    __slots__ = ("children", "feeds", "order", "parent_count", "required", "roots", "wf_feeds")
+    __slots__ = (
+        "children",
+        "feeds",
+        "is_chain",
+        "order",
+        "parent_count",
+        "required",
+        "roots",
+        "wf_feeds",
+    )
 
     def __init__(self, workflow: Workflow) -> None:
         nodes = workflow.nodes
@@ -105,6 +114,12 @@ class Plan:
                 name for name, (_, req) in fields.items() if req and name not in fixed
             )
         self.order = _topological(nodes, self.children, self.parent_count)
+        #: A single path (every node has at most one parent and one child).
+        self.is_chain = (
+            len(self.roots) == 1
+            and all(len(c) <= 1 for c in self.children.values())
+            and all(count <= 1 for count in self.parent_count.values())
+        )
 
 
 def _topological(

@@ -76,6 +76,7 @@ class RunResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: RunError | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    session_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -184,12 +185,17 @@ class Runtime:
                 control._scope = scope
                 if control.cancelled:
                     scope.cancel()
-            async with anyio.create_task_group() as tg:
-                run.tg = tg
-                for root in roots[1:]:
-                    tg.start_soon(self._drive, run, root)
-                if roots:
-                    await self._drive(run, roots[0])
+            if workflow.plan.is_chain:
+                # One path through the graph: nothing to run concurrently, so
+                # no task group (the dearest part of a small run).
+                await self._drive(run, roots[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    run.tg = tg
+                    for root in roots[1:]:
+                        tg.start_soon(self._drive, run, root)
+                    if roots:
+                        await self._drive(run, roots[0])
         if control is not None:
             control._scope = None
         if run.error is not None:
@@ -232,9 +238,10 @@ class Runtime:
                     ready.append(child)
             if not ready:
                 return
-            assert run.tg is not None
-            for child in ready[1:]:
-                run.tg.start_soon(self._drive, run, child)
+            if len(ready) > 1:
+                assert run.tg is not None  # only chains run without a task group
+                for child in ready[1:]:
+                    run.tg.start_soon(self._drive, run, child)
             node_id = ready[0]
 
     async def _run_node(self, run: _Run, node_id: str) -> None:
@@ -348,5 +355,5 @@ class Runtime:
             run.error = RunError(type=error_type, message=message, node=node_id)
         if run.observer is not None:
             await run.observer.node_finished(run.run_id, node_id, result, None)
-        assert run.tg is not None
-        run.tg.cancel_scope.cancel()  # fail fast: stop the other branches
+        if run.tg is not None:
+            run.tg.cancel_scope.cancel()  # fail fast: stop the other branches

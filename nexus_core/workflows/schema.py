@@ -194,10 +194,8 @@ def _protocol_match(source: type, target: type) -> bool:
     # list -> Sequence, dict -> Mapping and the like.
     import collections.abc as abc
 
-    return (
-        (target in (abc.Sequence, abc.Iterable, abc.Collection)
-        and source in (list, tuple))
-        or (target in (abc.Mapping,) and source is dict)
+    return (target in (abc.Sequence, abc.Iterable, abc.Collection) and source in (list, tuple)) or (
+        target in (abc.Mapping,) and source is dict
     )
 
 

@@ -1,0 +1,94 @@
+"""The SQLite schema, as an ordered list of migration steps.
+
+The database's ``PRAGMA user_version`` is the number of steps applied. At open
+the backend applies the missing ones, in order, in one ``BEGIN IMMEDIATE``
+transaction. Never edit a released step: append a new one.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "Migration"]
+
+#: One step: SQL statements run in order (no ``executescript``: it would commit).
+Migration = tuple[str, ...]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # 1: the initial schema.
+    (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            principal TEXT,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ttl REAL NOT NULL,
+            channels BLOB NOT NULL,
+            state BLOB NOT NULL
+        )""",
+        "CREATE INDEX sessions_expires_at ON sessions (expires_at)",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            principal TEXT,
+            session_id TEXT,
+            channel TEXT,
+            inputs BLOB NOT NULL,
+            output BLOB NOT NULL,
+            error BLOB,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            idempotency_key TEXT,
+            input_hash TEXT,
+            owner TEXT,
+            UNIQUE (tenant, idempotency_key)
+        )""",
+        "CREATE INDEX runs_order ON runs (created_at, id)",
+        "CREATE INDEX runs_tenant ON runs (tenant, created_at, id)",
+        "CREATE INDEX runs_workflow ON runs (workflow, created_at, id)",
+        "CREATE INDEX runs_session ON runs (session_id, created_at, id)",
+        "CREATE INDEX runs_unfinished ON runs (created_at, id)"
+        " WHERE status IN ('pending', 'running')",
+        """CREATE TABLE checkpoints (
+            run_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (run_id, node_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            run_id TEXT,
+            data BLOB NOT NULL
+        )""",
+        "CREATE INDEX events_run ON events (run_id, seq)",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            tenant TEXT NOT NULL,
+            principal TEXT,
+            workflow TEXT,
+            data BLOB NOT NULL
+        )""",
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_tenant ON audit (tenant, time)",
+        """CREATE TABLE cache (
+            key TEXT PRIMARY KEY,
+            value BLOB NOT NULL,
+            expires_at REAL
+        )""",
+        "CREATE INDEX cache_expires_at ON cache (expires_at) WHERE expires_at IS NOT NULL",
+        """CREATE TABLE buckets (
+            key TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE blobs (
+            key TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        )""",
+    ),
+)

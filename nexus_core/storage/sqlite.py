@@ -1,0 +1,642 @@
+"""``sqlite:///path.db``: the embedded default, a local SQLite file in WAL mode.
+
+URLs: ``sqlite:///relative/path.db`` (relative to the working directory),
+``sqlite:////abs/path.db`` and ``sqlite:///:memory:`` (not persistent).
+
+How it is built:
+
+* One writer connection, in autocommit mode: each single-statement write is
+  its own transaction and is committed when the call returns. With
+  ``journal_mode=WAL`` and ``synchronous=NORMAL`` a committed write survives the
+  process being killed (though not the machine losing power).
+* An ``anyio.Lock`` serialises writes of this object, so a multi-statement
+  transaction (``take_tokens`` uses ``BEGIN IMMEDIATE``) never takes in another
+  task's statements. Writers in other objects or processes wait on SQLite's own
+  lock (``busy_timeout``).
+* A second, read-only connection serves reads (a file database only), so
+  reads do not queue behind writes.
+* The schema is versioned by ``PRAGMA user_version``: see
+  :mod:`nexus_core.storage._migrations`. A database newer than this code raises
+  :class:`SchemaVersionError` at :meth:`SQLiteStorage.open`.
+* Values are stored as JSON (msgspec), records in columns so filters use
+  indexes. Idempotent ``create_run`` relies on ``UNIQUE (tenant,
+  idempotency_key)``, so it is atomic across processes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import aiosqlite
+import anyio
+import msgspec
+
+from ..events import Event
+from ._migrations import MIGRATIONS, Migration
+from .base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+
+__all__ = ["SQLiteStorage", "SchemaVersionError"]
+
+_PREFIX = "sqlite:///"
+_MIN_SQLITE = (3, 35, 0)  # RETURNING
+_BUSY_TIMEOUT = 10.0  # seconds
+_CACHE_PURGE_EVERY = 512
+
+_encode = msgspec.json.Encoder().encode
+_decode_any = msgspec.json.Decoder().decode
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_strs = msgspec.json.Decoder(list[str]).decode
+_decode_checkpoint = msgspec.json.Decoder(NodeCheckpoint).decode
+_decode_run = msgspec.json.Decoder(RunRecord).decode
+_decode_event = msgspec.json.Decoder(Event).decode
+_decode_audit = msgspec.json.Decoder(AuditRecord).decode
+
+# -- statements -----------------------------------------------------------------
+
+_SESSION_COLS = "id, tenant, principal, created_at, last_seen_at, expires_at, ttl, channels, state"
+_INSERT_SESSION = f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT_SESSION = f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?"
+_UPDATE_SESSION = (
+    "UPDATE sessions SET last_seen_at = ?, expires_at = ?, ttl = ?, channels = ?, state = ?"
+    " WHERE id = ?"
+)
+_DELETE_SESSION = "DELETE FROM sessions WHERE id = ?"
+_EXPIRE_SESSIONS = "DELETE FROM sessions WHERE expires_at <= ? RETURNING id"
+_COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE expires_at > ?"
+
+_RUN_COLS = (
+    "id, workflow, status, tenant, principal, session_id, channel, inputs, output, error,"
+    " created_at, started_at, finished_at, idempotency_key, input_hash, owner"
+)
+_INSERT_RUN = (
+    f"INSERT INTO runs ({_RUN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant, idempotency_key) DO NOTHING"
+)
+_SELECT_RUN = f"SELECT {_RUN_COLS} FROM runs WHERE id = ?"
+_SELECT_RUN_BY_KEY = f"SELECT {_RUN_COLS} FROM runs WHERE tenant = ? AND idempotency_key = ?"
+_UPDATE_RUN = (
+    "UPDATE runs SET status = ?, output = ?, error = ?, started_at = ?, finished_at = ?,"
+    " owner = ? WHERE id = ?"
+)
+_UNFINISHED_RUNS = (
+    f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+)
+
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (run_id, node_id, data) VALUES (?, ?, ?)"
+    " ON CONFLICT (run_id, node_id) DO UPDATE SET data = excluded.data"
+)
+_SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = ?"
+
+_INSERT_EVENT = "INSERT INTO events (id, run_id, data) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
+_AFTER = "seq > coalesce((SELECT seq FROM events WHERE id = ?), 0)"
+_READ_EVENTS = f"SELECT data FROM events WHERE {_AFTER} ORDER BY seq LIMIT ?"
+_READ_RUN_EVENTS = f"SELECT data FROM events WHERE {_AFTER} AND run_id = ? ORDER BY seq LIMIT ?"
+
+_INSERT_AUDIT = "INSERT INTO audit (time, tenant, principal, workflow, data) VALUES (?, ?, ?, ?, ?)"
+
+_SELECT_CACHE = "SELECT value FROM cache WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+_UPSERT_CACHE = (
+    "INSERT INTO cache (key, value, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+_DELETE_CACHE = "DELETE FROM cache WHERE key = ?"
+_PURGE_CACHE = "DELETE FROM cache WHERE expires_at <= ?"
+
+_SELECT_BUCKET = "SELECT tokens, updated_at FROM buckets WHERE key = ?"
+_UPSERT_BUCKET = (
+    "INSERT INTO buckets (key, tokens, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
+)
+
+_UPSERT_BLOB = (
+    "INSERT INTO blobs (key, data) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET data = excluded.data"
+)
+_SELECT_BLOB = "SELECT data FROM blobs WHERE key = ?"
+_DELETE_BLOB = "DELETE FROM blobs WHERE key = ?"
+_LIST_BLOBS = "SELECT key FROM blobs ORDER BY key"
+_LIST_BLOBS_FROM = "SELECT key FROM blobs WHERE key >= ? ORDER BY key"
+_LIST_BLOBS_RANGE = "SELECT key FROM blobs WHERE key >= ? AND key < ? ORDER BY key"
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer Nexus (its schema version is unknown here)."""
+
+
+def _parse_url(url: str) -> str:
+    """The database path of a ``sqlite:///...`` URL (``":memory:"`` for memory)."""
+    if not url.startswith(_PREFIX):
+        raise ValueError(
+            f"not a SQLite URL: {url!r}; use sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
+    path = url[len(_PREFIX) :]
+    if not path or "?" in path:
+        raise ValueError(f"SQLite URL {url!r} needs a file path (and takes no query string)")
+    return path
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored; skip them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back the open transaction, even when cancelled; never masks the first error."""
+    # sqlite3.Error: no transaction left to roll back (the error ended it).
+    with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")
+
+
+def _session(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        tenant=row[1],
+        principal=row[2],
+        created_at=row[3],
+        last_seen_at=row[4],
+        expires_at=row[5],
+        ttl=row[6],
+        channels=_decode_strs(row[7]),
+        state=_decode_dict(row[8]),
+    )
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=row[0],
+        workflow=row[1],
+        status=row[2],
+        tenant=row[3],
+        principal=row[4],
+        session_id=row[5],
+        channel=row[6],
+        inputs=_decode_dict(row[7]),
+        output=_decode_any(row[8]),
+        error=None if row[9] is None else _decode_dict(row[9]),
+        created_at=row[10],
+        started_at=row[11],
+        finished_at=row[12],
+        idempotency_key=row[13],
+        input_hash=row[14],
+        owner=row[15],
+    )
+
+
+def _run_params(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.id,
+        run.workflow,
+        run.status,
+        run.tenant,
+        run.principal,
+        run.session_id,
+        run.channel,
+        _encode(run.inputs),
+        _encode(run.output),
+        None if run.error is None else _encode(run.error),
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.idempotency_key,
+        run.input_hash,
+        run.owner,
+    )
+
+
+class SQLiteStorage(Storage):
+    """Storage in a SQLite file (``sqlite:///path.db``), safe for several processes.
+
+    Subclasses may extend :attr:`migrations` (append only).
+    """
+
+    #: The schema, step by step; the database's ``user_version`` counts applied steps.
+    migrations: ClassVar[Sequence[Migration]] = MIGRATIONS
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = _parse_url(url)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock: anyio.Lock | None = None
+        self._cache_sets = 0
+
+    @property
+    def persistent(self) -> bool:
+        """False for ``sqlite:///:memory:``, True for a file."""
+        return self.path != ":memory:"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, switch to WAL and apply pending migrations."""
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old; Nexus needs 3.35 or newer"
+            )
+        if self.persistent:
+            await anyio.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = anyio.Lock(fast_acquire=True)
+        writer = await self._connect()
+        try:
+            await writer.execute_fetchall("PRAGMA journal_mode = WAL")
+            await writer.execute_fetchall("PRAGMA synchronous = NORMAL")
+            await self._migrate(writer)
+            reader = writer
+            if self.persistent:
+                reader = await self._connect()
+                await reader.execute_fetchall("PRAGMA query_only = ON")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await writer.close()
+            raise
+        self._writer, self._reader = writer, reader
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: autocommit, each statement commits on its own.
+        # timeout sets SQLite's busy_timeout: wait that long for another writer's lock.
+        return await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT)
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        target = len(self.migrations)
+        version = await self._user_version(conn)
+        self._check_version(version, target)
+        if version == target:
+            return
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = await self._user_version(conn)  # another process may have migrated
+            self._check_version(version, target)
+            for step in self.migrations[version:]:
+                for statement in step:
+                    await conn.execute_fetchall(statement)
+            await conn.execute_fetchall(f"PRAGMA user_version = {int(target)}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+
+    @staticmethod
+    async def _user_version(conn: aiosqlite.Connection) -> int:
+        rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+        return int(rows[0][0])
+
+    def _check_version(self, version: int, target: int) -> None:
+        if version > target:
+            raise SchemaVersionError(
+                f"{self.path} has schema version {version}, but this version of Nexus knows "
+                f"only up to {target}: it was written by a newer Nexus. Upgrade nexus-core "
+                "(or use another database file)."
+            )
+
+    async def close(self) -> None:
+        """Close both connections (the WAL is checkpointed by SQLite)."""
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        with anyio.CancelScope(shield=True):
+            if reader is not None and reader is not writer:
+                await reader.close()
+            if writer is not None:
+                await writer.close()
+
+    async def ping(self) -> bool:
+        """Whether ``SELECT 1`` answers."""
+        if self._reader is None:
+            return False
+        try:
+            await self._reader.execute_fetchall("SELECT 1")
+        except (sqlite3.Error, ValueError):
+            return False
+        return True
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _closed(self) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__}({self.url!r}) is not open")
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        if self._reader is None:
+            raise self._closed()
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one write statement (committed on return); the number of rows changed."""
+        if self._writer is None or self._lock is None:
+            raise self._closed()
+        async with self._lock:
+            cursor = await self._writer.execute(sql, params)
+            return cursor.rowcount
+
+    async def _write_fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        if self._writer is None or self._lock is None:
+            raise self._closed()
+        async with self._lock:
+            return list(await self._writer.execute_fetchall(sql, params))
+
+    # -- sessions --------------------------------------------------------------
+
+    async def create_session(self, session: SessionRecord) -> None:
+        """Store a new session; an id already in use raises ``ValueError``."""
+        params = (
+            session.id,
+            session.tenant,
+            session.principal,
+            session.created_at,
+            session.last_seen_at,
+            session.expires_at,
+            session.ttl,
+            _encode(session.channels),
+            _encode(session.state),
+        )
+        try:
+            await self._write(_INSERT_SESSION, params)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"session {session.id!r} already exists") from exc
+
+    async def get_session(
+        self, session_id: str, *, tenant: str | None = None
+    ) -> SessionRecord | None:
+        """The session, or None if unknown, of another tenant, or expired."""
+        rows = await self._read(_SELECT_SESSION, (session_id,))
+        if not rows:
+            return None
+        session = _session(rows[0])
+        if tenant is not None and session.tenant != tenant:
+            return None
+        if session.expires_at <= time.time():
+            return None
+        return session
+
+    async def save_session(self, session: SessionRecord) -> None:
+        """Replace the mutable fields of a stored session; an unknown id does nothing."""
+        await self._write(
+            _UPDATE_SESSION,
+            (
+                session.last_seen_at,
+                session.expires_at,
+                session.ttl,
+                _encode(session.channels),
+                _encode(session.state),
+                session.id,
+            ),
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove a session (no error if it does not exist)."""
+        await self._write(_DELETE_SESSION, (session_id,))
+
+    async def expire_sessions(self, now: float) -> list[str]:
+        """Delete the sessions with ``expires_at <= now``; return their ids."""
+        return [row[0] for row in await self._write_fetch(_EXPIRE_SESSIONS, (now,))]
+
+    async def count_sessions(self, now: float) -> int:
+        """How many sessions have ``expires_at > now``."""
+        rows = await self._read(_COUNT_SESSIONS, (now,))
+        return int(rows[0][0])
+
+    # -- runs ------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        """Store a new run, or return the run already holding its idempotency key."""
+        try:
+            changed = await self._write(_INSERT_RUN, _run_params(run))
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"run {run.id!r} already exists") from exc
+        if changed:
+            # Return what a later get_run returns (values through JSON).
+            return _decode_run(_encode(run)), True
+        rows = await self._read(_SELECT_RUN_BY_KEY, (run.tenant, run.idempotency_key))
+        if not rows:  # pragma: no cover - the conflicting row is committed and never deleted
+            raise RuntimeError(f"idempotency conflict on {run.idempotency_key!r} but no run")
+        return _run(rows[0]), False
+
+    async def get_run(self, run_id: str, *, tenant: str | None = None) -> RunRecord | None:
+        """The run, or None if unknown or of another tenant."""
+        rows = await self._read(_SELECT_RUN, (run_id,))
+        if not rows:
+            return None
+        run = _run(rows[0])
+        if tenant is not None and run.tenant != tenant:
+            return None
+        return run
+
+    async def save_run(self, run: RunRecord) -> None:
+        """Replace the mutable fields of a stored run; an unknown id does nothing."""
+        await self._write(
+            _UPDATE_RUN,
+            (
+                run.status,
+                _encode(run.output),
+                None if run.error is None else _encode(run.error),
+                run.started_at,
+                run.finished_at,
+                run.owner,
+                run.id,
+            ),
+        )
+
+    async def list_runs(
+        self,
+        *,
+        tenant: str | None = None,
+        workflow: str | None = None,
+        status: str | None = None,
+        session_id: str | None = None,
+        principal: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first (by ``created_at``, then id), filtered; paged with ``before``."""
+        if limit <= 0:
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("tenant", tenant),
+            ("workflow", workflow),
+            ("status", status),
+            ("session_id", session_id),
+            ("principal", principal),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            # An unknown cursor (or another tenant's run) matches nothing.
+            anchor = "SELECT created_at, id FROM runs WHERE id = ?"
+            params.append(before)
+            if tenant is not None:
+                anchor += " AND tenant = ?"
+                params.append(tenant)
+            where.append(f"(created_at, id) < ({anchor})")
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [_run(row) for row in await self._read(sql, params)]
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        """Runs still ``pending`` or ``running``, oldest first."""
+        return [_run(row) for row in await self._read(_UNFINISHED_RUNS)]
+
+    async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
+        """Record a finished node (replacing an earlier record); committed on return."""
+        await self._write(
+            _UPSERT_CHECKPOINT, (checkpoint.run_id, checkpoint.node_id, _encode(checkpoint))
+        )
+
+    async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
+        """Every recorded node of a run, by node id."""
+        rows = await self._read(_SELECT_CHECKPOINTS, (run_id,))
+        return {row[0]: _decode_checkpoint(row[1]) for row in rows}
+
+    # -- events ----------------------------------------------------------------
+
+    async def append_event(self, event: Event) -> None:
+        """Append to the log; an event whose id is already logged is not appended again."""
+        await self._write(_INSERT_EVENT, (event.id, event.run_id, _encode(event)))
+
+    async def read_events(
+        self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
+    ) -> list[Event]:
+        """Events after the one with id ``after`` (from the start if None or unknown)."""
+        if limit <= 0:
+            return []
+        if run_id is None:
+            rows = await self._read(_READ_EVENTS, (after, limit))
+        else:
+            rows = await self._read(_READ_RUN_EVENTS, (after, run_id, limit))
+        return [_decode_event(row[0]) for row in rows]
+
+    # -- audit -----------------------------------------------------------------
+
+    async def append_audit(self, record: AuditRecord) -> None:
+        """Append an audit record."""
+        await self._write(
+            _INSERT_AUDIT,
+            (record.time, record.tenant, record.principal, record.workflow, _encode(record)),
+        )
+
+    async def query_audit(
+        self,
+        *,
+        tenant: str | None = None,
+        principal: str | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Audit records oldest first (by time, then append order), filtered."""
+        if limit <= 0:
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("tenant = ?", tenant),
+            ("principal = ?", principal),
+            ("workflow = ?", workflow),
+            ("time >= ?", since),
+            ("time < ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT data FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY time, seq LIMIT ?"
+        params.append(limit)
+        return [_decode_audit(row[0]) for row in await self._read(sql, params)]
+
+    # -- cache -----------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The cached value, or None if absent or expired (wall-clock time)."""
+        rows = await self._read(_SELECT_CACHE, (key, time.time()))
+        return bytes(rows[0][0]) if rows else None
+
+    async def cache_set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Set a value, expiring after ``ttl`` seconds (never if None)."""
+        now = time.time()
+        await self._write(_UPSERT_CACHE, (key, bytes(value), None if ttl is None else now + ttl))
+        self._cache_sets += 1
+        if self._cache_sets % _CACHE_PURGE_EVERY == 0:
+            await self._write(_PURGE_CACHE, (now,))
+
+    async def cache_delete(self, key: str) -> None:
+        """Remove a value (no error if absent)."""
+        await self._write(_DELETE_CACHE, (key,))
+
+    async def take_tokens(
+        self, key: str, *, capacity: float, refill_per_second: float, cost: float = 1.0
+    ) -> float:
+        """Take ``cost`` tokens from bucket ``key``: 0.0 if taken, else the seconds to wait.
+
+        Atomic across tasks, objects and processes: one ``BEGIN IMMEDIATE``
+        transaction reads and writes the bucket. Times are wall-clock.
+        """
+        if self._writer is None or self._lock is None:
+            raise self._closed()
+        conn = self._writer
+        async with self._lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                rows = list(await conn.execute_fetchall(_SELECT_BUCKET, (key,)))
+                if rows:
+                    tokens, updated = rows[0]
+                    tokens = min(capacity, tokens + max(0.0, now - updated) * refill_per_second)
+                else:
+                    tokens = capacity
+                if tokens >= cost:
+                    await conn.execute(_UPSERT_BUCKET, (key, tokens - cost, now))
+                    wait = 0.0
+                elif cost > capacity or refill_per_second <= 0:
+                    wait = math.inf
+                else:
+                    wait = (cost - tokens) / refill_per_second
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+        return wait
+
+    # -- blobs -----------------------------------------------------------------
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        """Store bytes under ``key`` (replacing)."""
+        await self._write(_UPSERT_BLOB, (key, bytes(data)))
+
+    async def get_blob(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or None."""
+        rows = await self._read(_SELECT_BLOB, (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def delete_blob(self, key: str) -> None:
+        """Remove a blob (no error if absent)."""
+        await self._write(_DELETE_BLOB, (key,))
+
+    async def list_blobs(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix``, sorted (by code point)."""
+        if not prefix:
+            rows = await self._read(_LIST_BLOBS)
+        elif (end := _prefix_end(prefix)) is None:
+            rows = await self._read(_LIST_BLOBS_FROM, (prefix,))
+        else:
+            rows = await self._read(_LIST_BLOBS_RANGE, (prefix, end))
+        return [row[0] for row in rows]

@@ -1,0 +1,1003 @@
+"""The storage contract suite: every :class:`~nexus_core.storage.Storage` backend runs it.
+
+A backend plugin reuses it with a few lines in its own tests::
+
+    import pytest
+    from nexus_core.testing.storage import StorageContract
+
+
+    class TestMyBackend(StorageContract):
+        @pytest.fixture
+        def storage_factory(self, tmp_path):
+            # A callable returning a new, unopened Storage over EMPTY data on each
+            # call (a fresh file, database schema or key prefix).
+            counter = iter(range(1_000_000))
+            return lambda: MyStorage(f"my://{tmp_path}/db{next(counter)}")
+
+Overriding ``storage_factory`` gives every test, including the hypothesis
+state machine (:func:`storage_state_machine`), which needs a new empty store
+per example. A backend that can only supply one opened store may instead
+override the ``storage`` fixture (an async generator yielding an opened, empty
+Storage, closed afterwards); the state machine test is then skipped.
+
+The tests are ``@pytest.mark.anyio`` coroutines, run on the backend named by
+the class's ``anyio_backend`` fixture (``"asyncio"``; override it to run on
+others). Needs pytest, anyio's pytest plugin (installed with anyio) and
+hypothesis: ``pip install nexus-core[test]``.
+
+What the suite pins down beyond the docstrings of :class:`Storage`:
+
+* records come back equal to what was stored, and are copies: mutating a
+  returned (or a stored) record does not change the store;
+* ``save_session``/``save_run`` change only the mutable fields and do nothing for
+  an unknown id;
+* runs are ordered by ``(created_at, id)``: ``list_runs`` newest first,
+  ``unfinished_runs`` oldest first; an unknown ``before`` (or another tenant's)
+  gives an empty page;
+* appending an event whose id is already logged does nothing;
+* audit records come oldest first by ``time``, ties in append order.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+import anyio
+import msgspec
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ..events import Event
+from ..storage.base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+
+__all__ = ["StorageContract", "StorageFactory", "storage_state_machine"]
+
+#: Returns a new, unopened Storage over empty data on each call.
+StorageFactory = Callable[[], Storage]
+
+_HOUR = 3600.0
+
+
+def _session(
+    sid: str = "s1", *, tenant: str = "default", expires_in: float = _HOUR
+) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        id=sid,
+        tenant=tenant,
+        principal="alice",
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + expires_in,
+        ttl=abs(expires_in),
+        channels=["api"],
+        state={"step": 1, "nested": {"items": [1, 2, 3]}},
+    )
+
+
+def _run(rid: str = "r1", **fields: Any) -> RunRecord:
+    fields.setdefault("workflow", "greet")
+    fields.setdefault("created_at", 1000.0)
+    fields.setdefault("inputs", {"name": "Ada", "tags": ["a", "b"]})
+    return RunRecord(id=rid, **fields)
+
+
+def _audit(aid: str, t: float, **fields: Any) -> AuditRecord:
+    fields.setdefault("action", "invoke")
+    fields.setdefault("outcome", "allowed")
+    return AuditRecord(id=aid, time=t, **fields)
+
+
+class StorageContract:
+    """Mix into a ``Test*`` class and provide ``storage_factory`` (or ``storage``)."""
+
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
+
+    #: Settings of :meth:`test_state_machine`; a slow backend may lower them.
+    state_machine_settings: ClassVar[settings] = settings(
+        max_examples=30,
+        stateful_step_count=20,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """The async library the tests run on."""
+        return "asyncio"
+
+    @pytest.fixture
+    def storage_factory(self) -> StorageFactory:
+        """Override: a callable returning a new, unopened Storage over empty data per call."""
+        pytest.skip("define a storage_factory fixture to run this test")
+
+    @pytest.fixture
+    async def storage(self, storage_factory: StorageFactory) -> AsyncIterator[Storage]:
+        """An opened, empty Storage, closed after the test."""
+        store = storage_factory()
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def test_ping_and_persistent(self, storage: Storage) -> None:
+        """An opened storage answers ping; ``persistent`` is a bool."""
+        assert await storage.ping() is True
+        assert isinstance(storage.persistent, bool)
+
+    # -- sessions --------------------------------------------------------------
+
+    async def test_session_create_get(self, storage: Storage) -> None:
+        """A created session reads back equal; an unknown id is None."""
+        session = _session("s1")
+        await storage.create_session(session)
+        assert await storage.get_session("s1") == session
+        assert await storage.get_session("nope") is None
+
+    async def test_session_tenant_scoping(self, storage: Storage) -> None:
+        """A session of another tenant reads as None; no tenant means any."""
+        await storage.create_session(_session("s1", tenant="acme"))
+        assert await storage.get_session("s1", tenant="other") is None
+        found = await storage.get_session("s1", tenant="acme")
+        assert found is not None
+        assert found.tenant == "acme"
+        assert await storage.get_session("s1") == found
+
+    async def test_session_expired_is_not_returned(self, storage: Storage) -> None:
+        """A session whose ``expires_at`` is past reads as None."""
+        await storage.create_session(_session("old", expires_in=-1.0))
+        assert await storage.get_session("old") is None
+
+    async def test_session_save_replaces_mutable_fields(self, storage: Storage) -> None:
+        """save_session changes last seen, expiry, ttl, channels, state, nothing else."""
+        session = _session("s1", tenant="acme")
+        await storage.create_session(session)
+        changed = msgspec.structs.replace(
+            session,
+            last_seen_at=session.last_seen_at + 5,
+            expires_at=session.expires_at + 60,
+            ttl=session.ttl + 60,
+            channels=["api", "cli"],
+            state={"step": 2},
+            # Identity fields are not the caller's to change:
+            tenant="intruder",
+            principal="mallory",
+            created_at=0.0,
+        )
+        await storage.save_session(changed)
+        assert await storage.get_session("s1", tenant="intruder") is None
+        assert await storage.get_session("s1", tenant="acme") == msgspec.structs.replace(
+            changed, tenant="acme", principal="alice", created_at=session.created_at
+        )
+
+    async def test_session_save_unknown_does_nothing(self, storage: Storage) -> None:
+        """Saving a session that was never created does not create it."""
+        await storage.save_session(_session("ghost"))
+        assert await storage.get_session("ghost") is None
+
+    async def test_session_delete(self, storage: Storage) -> None:
+        """delete_session removes one session; deleting twice or unknown is fine."""
+        await storage.create_session(_session("s1"))
+        await storage.create_session(_session("s2"))
+        await storage.delete_session("s1")
+        await storage.delete_session("s1")  # again: no error
+        await storage.delete_session("never-existed")
+        assert await storage.get_session("s1") is None
+        assert await storage.get_session("s2") is not None
+
+    async def test_session_expire_and_count(self, storage: Storage) -> None:
+        """expire_sessions deletes and returns the expired; count_sessions counts live."""
+        now = time.time()
+        await storage.create_session(_session("live1"))
+        await storage.create_session(_session("live2", tenant="other"))
+        await storage.create_session(_session("dead1", expires_in=-10))
+        await storage.create_session(_session("dead2", expires_in=-20))
+        assert await storage.count_sessions(now) == 2
+        assert await storage.count_sessions(now - 15) == 3  # dead1 was live then
+        assert sorted(await storage.expire_sessions(now)) == ["dead1", "dead2"]
+        assert await storage.expire_sessions(now) == []
+        assert await storage.count_sessions(now) == 2
+        assert sorted(await storage.expire_sessions(now + 2 * _HOUR)) == ["live1", "live2"]
+        assert await storage.count_sessions(now) == 0
+
+    async def test_session_records_are_copies(self, storage: Storage) -> None:
+        """Mutating a stored or returned session does not change the store."""
+        session = _session("s1")
+        await storage.create_session(session)
+        session.state["step"] = 99
+        session.channels.append("mutated")
+        got = await storage.get_session("s1")
+        assert got is not None
+        assert got.state["step"] == 1
+        assert got.channels == ["api"]
+        got.state["nested"]["items"].append(4)
+        again = await storage.get_session("s1")
+        assert again is not None
+        assert again.state["nested"]["items"] == [1, 2, 3]
+
+    # -- runs ------------------------------------------------------------------
+
+    async def test_run_create_get(self, storage: Storage) -> None:
+        """A created run reads back equal, scoped by tenant."""
+        run = _run("r1", tenant="acme", principal="alice", session_id="s1", channel="api")
+        stored, created = await storage.create_run(run)
+        assert created is True
+        assert stored == run
+        assert await storage.get_run("r1") == run
+        assert await storage.get_run("r1", tenant="acme") == run
+        assert await storage.get_run("r1", tenant="other") is None
+        assert await storage.get_run("nope") is None
+
+    async def test_run_save_replaces_mutable_fields(self, storage: Storage) -> None:
+        """save_run changes status, output, error, times, owner, nothing else."""
+        run = _run("r1", tenant="acme", idempotency_key="k1", input_hash="h1")
+        await storage.create_run(run)
+        done = msgspec.structs.replace(
+            run,
+            status="failed",
+            output={"partial": [1, 2]},
+            error={"code": "boom", "message": "it broke"},
+            started_at=1001.0,
+            finished_at=1002.5,
+            owner="gateway-1",
+            # Identity fields are not the caller's to change:
+            tenant="intruder",
+            workflow="other",
+            inputs={"evil": True},
+            created_at=5.0,
+            idempotency_key="k2",
+        )
+        await storage.save_run(done)
+        expected = msgspec.structs.replace(
+            run,
+            status="failed",
+            output={"partial": [1, 2]},
+            error={"code": "boom", "message": "it broke"},
+            started_at=1001.0,
+            finished_at=1002.5,
+            owner="gateway-1",
+        )
+        assert await storage.get_run("r1") == expected
+        assert await storage.get_run("r1", tenant="intruder") is None
+        # Saving back clears what is now None.
+        await storage.save_run(msgspec.structs.replace(expected, status="running", error=None))
+        got = await storage.get_run("r1")
+        assert got is not None
+        assert (got.status, got.error) == ("running", None)
+
+    async def test_run_save_unknown_does_nothing(self, storage: Storage) -> None:
+        """Saving a run that was never created does not create it."""
+        await storage.save_run(_run("ghost", status="completed"))
+        assert await storage.get_run("ghost") is None
+        assert await storage.list_runs() == []
+
+    async def test_run_records_are_copies(self, storage: Storage) -> None:
+        """Mutating a stored or returned run does not change the store."""
+        run = _run("r1")
+        await storage.create_run(run)
+        run.inputs["name"] = "mutated"
+        got = await storage.get_run("r1")
+        assert got is not None
+        assert got.inputs["name"] == "Ada"
+        got.inputs["tags"].append("c")
+        again = await storage.get_run("r1")
+        assert again is not None
+        assert again.inputs["tags"] == ["a", "b"]
+
+    async def test_list_runs_filters(self, storage: Storage) -> None:
+        """list_runs filters by tenant, workflow, status, session, principal; limit."""
+        specs = [
+            ("r1", "acme", "wf-a", "completed", "s1", "alice"),
+            ("r2", "acme", "wf-b", "running", "s1", "bob"),
+            ("r3", "acme", "wf-a", "running", "s2", "alice"),
+            ("r4", "other", "wf-a", "completed", None, "alice"),
+            ("r5", "other", "wf-b", "failed", None, None),
+        ]
+        for i, (rid, tenant, workflow, status, sid, principal) in enumerate(specs):
+            await storage.create_run(
+                _run(
+                    rid,
+                    tenant=tenant,
+                    workflow=workflow,
+                    status=status,
+                    session_id=sid,
+                    principal=principal,
+                    created_at=1000.0 + i,
+                )
+            )
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.id for r in await storage.list_runs(**filters)]
+
+        assert await ids() == ["r5", "r4", "r3", "r2", "r1"]
+        assert await ids(tenant="acme") == ["r3", "r2", "r1"]
+        assert await ids(tenant="nobody") == []
+        assert await ids(workflow="wf-a") == ["r4", "r3", "r1"]
+        assert await ids(status="running") == ["r3", "r2"]
+        assert await ids(session_id="s1") == ["r2", "r1"]
+        assert await ids(principal="alice") == ["r4", "r3", "r1"]
+        assert await ids(tenant="acme", workflow="wf-a", principal="alice") == ["r3", "r1"]
+        assert await ids(tenant="other", status="failed") == ["r5"]
+        assert await ids(limit=2) == ["r5", "r4"]
+        assert await ids(limit=0) == []
+
+    async def test_list_runs_newest_first_and_paging(self, storage: Storage) -> None:
+        """Runs come newest first by (created_at, id); ``before`` pages."""
+        # Inserted out of order; ties in created_at are broken by id.
+        created = {"r3": 3.0, "r1": 1.0, "r6": 5.0, "r2": 2.0, "r5": 5.0, "r4": 4.0, "r7": 7.0}
+        for rid, at in created.items():
+            await storage.create_run(_run(rid, created_at=at))
+        expected = ["r7", "r6", "r5", "r4", "r3", "r2", "r1"]
+        assert [r.id for r in await storage.list_runs()] == expected
+        pages: list[list[str]] = []
+        before: str | None = None
+        while True:
+            page = [r.id for r in await storage.list_runs(limit=3, before=before)]
+            if not page:
+                break
+            pages.append(page)
+            before = page[-1]
+        assert pages == [["r7", "r6", "r5"], ["r4", "r3", "r2"], ["r1"]]
+        assert [r.id for r in await storage.list_runs(before="r5", limit=2)] == ["r4", "r3"]
+        assert await storage.list_runs(before="unknown-run") == []
+
+    async def test_list_runs_before_of_another_tenant_is_unknown(self, storage: Storage) -> None:
+        """A ``before`` cursor of another tenant gives nothing."""
+        await storage.create_run(_run("a1", tenant="acme", created_at=1.0))
+        await storage.create_run(_run("o1", tenant="other", created_at=2.0))
+        await storage.create_run(_run("a2", tenant="acme", created_at=3.0))
+        assert [r.id for r in await storage.list_runs(tenant="acme", before="a2")] == ["a1"]
+        assert await storage.list_runs(tenant="acme", before="o1") == []
+        assert [r.id for r in await storage.list_runs(before="o1")] == ["a1"]
+
+    async def test_idempotent_create(self, storage: Storage) -> None:
+        """One key and tenant: one run; the second create returns it, not created."""
+        first, created = await storage.create_run(
+            _run("r1", tenant="acme", idempotency_key="key-1", input_hash="h")
+        )
+        assert created is True
+        again, created = await storage.create_run(
+            _run("r2", tenant="acme", idempotency_key="key-1", input_hash="h2", created_at=2e3)
+        )
+        assert created is False
+        assert again == first
+        assert await storage.get_run("r2") is None
+        # The key is scoped to the tenant.
+        other, created = await storage.create_run(
+            _run("r3", tenant="other", idempotency_key="key-1")
+        )
+        assert created is True
+        assert other.id == "r3"
+        # Without a key nothing is deduplicated.
+        assert (await storage.create_run(_run("r4", tenant="acme")))[1] is True
+        assert (await storage.create_run(_run("r5", tenant="acme")))[1] is True
+        assert {r.id for r in await storage.list_runs(tenant="acme")} == {"r1", "r4", "r5"}
+
+    async def test_idempotent_create_concurrent(self, storage: Storage) -> None:
+        """20 concurrent creates with one key make exactly one run."""
+        results: list[tuple[RunRecord, bool]] = []
+
+        async def create(i: int) -> None:
+            run = _run(f"r{i}", tenant="acme", idempotency_key="same", created_at=1000.0 + i)
+            results.append(await storage.create_run(run))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(create, i)
+        assert len(results) == 20
+        assert sum(created for _, created in results) == 1
+        winner = next(run for run, created in results if created)
+        assert all(run == winner for run, _ in results)
+        assert [r.id for r in await storage.list_runs(tenant="acme")] == [winner.id]
+
+    async def test_unfinished_runs(self, storage: Storage) -> None:
+        """unfinished_runs lists pending and running runs, oldest first."""
+        statuses = ["completed", "running", "pending", "failed", "cancelled", "pending"]
+        for i, status in enumerate(statuses):
+            await storage.create_run(_run(f"r{i}", status=status, created_at=100.0 - i))
+        assert [r.id for r in await storage.unfinished_runs()] == ["r5", "r2", "r1"]
+        run = await storage.get_run("r2")
+        assert run is not None
+        await storage.save_run(msgspec.structs.replace(run, status="completed"))
+        assert [r.id for r in await storage.unfinished_runs()] == ["r5", "r1"]
+
+    async def test_checkpoints(self, storage: Storage) -> None:
+        """Checkpoints are kept per run and node; a node's new one replaces the old."""
+        assert await storage.get_checkpoints("r1") == {}
+        a = NodeCheckpoint(run_id="r1", node_id="a", status="completed", output={"x": 1})
+        b = NodeCheckpoint(
+            run_id="r1",
+            node_id="b",
+            status="failed",
+            error="boom",
+            started_at=5.0,
+            duration_ms=12.5,
+            attempts=2,
+        )
+        other = NodeCheckpoint(run_id="r2", node_id="a", status="completed", output=[1, 2])
+        for checkpoint in (a, b, other):
+            await storage.save_checkpoint(checkpoint)
+        assert await storage.get_checkpoints("r1") == {"a": a, "b": b}
+        retried = msgspec.structs.replace(b, status="completed", error=None, output=3, attempts=3)
+        await storage.save_checkpoint(retried)
+        assert await storage.get_checkpoints("r1") == {"a": a, "b": retried}
+        assert await storage.get_checkpoints("r2") == {"a": other}
+
+    # -- events ----------------------------------------------------------------
+
+    async def test_events_replay_in_append_order(self, storage: Storage) -> None:
+        """Events replay in append order, whatever their ids and times."""
+        # Ids and times deliberately out of order: appending order is what counts.
+        events = [
+            Event(type="step", id=f"e{(i * 7) % 10}", time=100.0 - i, data={"i": i})
+            for i in range(10)
+        ]
+        for event in events:
+            await storage.append_event(event)
+        assert await storage.read_events() == events
+
+    async def test_events_after_cursor_and_limit(self, storage: Storage) -> None:
+        """``after`` reads later events, unknown reads all; ``limit`` pages."""
+        events = [Event(type="step", data={"i": i}) for i in range(12)]
+        for event in events:
+            await storage.append_event(event)
+        assert await storage.read_events(after=events[3].id) == events[4:]
+        assert await storage.read_events(after=events[-1].id) == []
+        assert await storage.read_events(after="not-in-the-log") == events
+        assert await storage.read_events(limit=5) == events[:5]
+        # Paging by cursor reads everything once, in order.
+        seen: list[Event] = []
+        cursor: str | None = None
+        while page := await storage.read_events(after=cursor, limit=5):
+            seen.extend(page)
+            cursor = page[-1].id
+        assert seen == events
+
+    async def test_events_run_filter(self, storage: Storage) -> None:
+        """``run_id`` keeps one run's events, also combined with ``after``."""
+        events = [
+            Event(type="x", run_id=("r1" if i % 3 else "r2"), data={"i": i}) for i in range(9)
+        ]
+        for event in events:
+            await storage.append_event(event)
+        r1 = [e for e in events if e.run_id == "r1"]
+        assert await storage.read_events(run_id="r1") == r1
+        assert await storage.read_events(run_id="r1", limit=2) == r1[:2]
+        # ``after`` may name an event of another run.
+        assert await storage.read_events(run_id="r1", after=events[3].id) == [
+            e for e in events[4:] if e.run_id == "r1"
+        ]
+        assert await storage.read_events(run_id="nope") == []
+
+    async def test_event_appended_twice_is_logged_once(self, storage: Storage) -> None:
+        """Appending an event whose id is logged does nothing."""
+        first, second = Event(type="a"), Event(type="b")
+        await storage.append_event(first)
+        await storage.append_event(second)
+        await storage.append_event(first)
+        assert await storage.read_events() == [first, second]
+
+    # -- audit -----------------------------------------------------------------
+
+    async def test_audit_append_and_query(self, storage: Storage) -> None:
+        """Audit comes oldest first, filtered; ``since`` inclusive, ``until`` not."""
+        records = [
+            _audit("a1", 10.0, tenant="acme", principal="alice", workflow="w1"),
+            _audit("a2", 30.0, tenant="acme", principal="bob", workflow="w2", outcome="denied"),
+            _audit("a3", 20.0, tenant="other", principal="alice", workflow="w1", reason="rbac"),
+            _audit("a4", 20.0, tenant="acme", principal="alice", workflow="w2", run_id="r1"),
+            _audit("a5", 40.0, principal="carol", channel="cli", input_hash="abc"),
+        ]
+        for record in records:
+            await storage.append_audit(record)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.id for r in await storage.query_audit(**filters)]
+
+        assert await storage.query_audit(limit=1) == [records[0]]
+        assert await ids() == ["a1", "a3", "a4", "a2", "a5"]  # by time, ties in append order
+        assert await ids(tenant="acme") == ["a1", "a4", "a2"]
+        assert await ids(principal="alice") == ["a1", "a3", "a4"]
+        assert await ids(workflow="w2") == ["a4", "a2"]
+        assert await ids(since=20.0) == ["a3", "a4", "a2", "a5"]  # inclusive
+        assert await ids(until=30.0) == ["a1", "a3", "a4"]  # exclusive
+        assert await ids(since=20.0, until=30.0, tenant="acme") == ["a4"]
+        assert await ids(limit=2) == ["a1", "a3"]
+        assert await storage.query_audit(tenant="acme", limit=0) == []
+        assert (await storage.query_audit(principal="carol"))[0] == records[4]
+
+    # -- cache -----------------------------------------------------------------
+
+    async def test_cache_get_set_delete(self, storage: Storage) -> None:
+        """Cache values (any bytes, also empty) are set, replaced, deleted."""
+        assert await storage.cache_get("k") is None
+        await storage.cache_set("k", b"v1")
+        assert await storage.cache_get("k") == b"v1"
+        await storage.cache_set("k", b"\x00binary\xff")
+        assert await storage.cache_get("k") == b"\x00binary\xff"
+        await storage.cache_set("empty", b"")
+        assert await storage.cache_get("empty") == b""
+        await storage.cache_delete("k")
+        await storage.cache_delete("k")  # again: no error
+        assert await storage.cache_get("k") is None
+
+    async def test_cache_ttl(self, storage: Storage) -> None:
+        """A value with a ttl expires; one without never does."""
+        await storage.cache_set("short", b"1", ttl=0.1)
+        await storage.cache_set("forever", b"2")
+        await storage.cache_set("reset", b"3", ttl=0.05)
+        await storage.cache_set("reset", b"4")  # a new set without ttl never expires
+        assert await storage.cache_get("short") == b"1"
+        await anyio.sleep(0.25)
+        assert await storage.cache_get("short") is None
+        assert await storage.cache_get("forever") == b"2"
+        assert await storage.cache_get("reset") == b"4"
+        await storage.cache_set("short", b"5", ttl=60)  # an expired key can be set again
+        assert await storage.cache_get("short") == b"5"
+
+    # -- rate limits -----------------------------------------------------------
+
+    async def test_take_tokens_bucket_starts_full_and_runs_dry(self, storage: Storage) -> None:
+        """A new bucket is full; once dry a take returns a wait."""
+        for _ in range(3):
+            assert await storage.take_tokens("k", capacity=3, refill_per_second=0.001) == 0.0
+        wait = await storage.take_tokens("k", capacity=3, refill_per_second=0.001)
+        assert 0 < wait <= 1000.0
+        # Another key is another bucket.
+        assert await storage.take_tokens("k2", capacity=3, refill_per_second=0.001) == 0.0
+
+    async def test_take_tokens_cost_and_failed_take_takes_nothing(self, storage: Storage) -> None:
+        """``cost`` counts; a refused take takes nothing."""
+        limits: dict[str, float] = {"capacity": 5, "refill_per_second": 0.001}
+        assert await storage.take_tokens("k", cost=3, **limits) == 0.0
+        assert await storage.take_tokens("k", cost=3, **limits) > 0  # 2 left: refused
+        assert await storage.take_tokens("k", cost=2, **limits) == 0.0  # the 2 are still there
+        assert await storage.take_tokens("k", cost=1, **limits) > 0
+
+    async def test_take_tokens_refills_over_time(self, storage: Storage) -> None:
+        """After the returned wait a take succeeds; refill stops at capacity."""
+        limits: dict[str, float] = {"capacity": 2, "refill_per_second": 10.0}
+        assert await storage.take_tokens("k", **limits) == 0.0
+        assert await storage.take_tokens("k", **limits) == 0.0
+        wait = await storage.take_tokens("k", **limits)
+        assert 0 < wait <= 0.1 + 1e-6
+        await anyio.sleep(wait + 0.05)
+        assert await storage.take_tokens("k", **limits) == 0.0
+        # Half a second refills 5 tokens' worth, but the bucket holds 2; the second
+        # take fails unless 0.2 s pass between the two calls.
+        await anyio.sleep(0.5)
+        assert await storage.take_tokens("k", cost=2, **limits) == 0.0
+        assert await storage.take_tokens("k", cost=2, **limits) > 0
+
+    async def test_take_tokens_concurrent(self, storage: Storage) -> None:
+        """50 concurrent takers of a 10-token bucket: exactly 10 succeed."""
+        results: list[float] = []
+
+        async def take() -> None:
+            results.append(await storage.take_tokens("k", capacity=10, refill_per_second=1e-9))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(take)
+        assert len(results) == 50
+        assert results.count(0.0) == 10
+        assert all(wait > 0 for wait in results if wait != 0.0)
+
+    # -- blobs -----------------------------------------------------------------
+
+    async def test_blobs(self, storage: Storage) -> None:
+        """Blobs are put, replaced, read, deleted and listed by prefix, sorted."""
+        assert await storage.get_blob("a/1") is None
+        assert await storage.list_blobs() == []
+        for key in ("b/2", "a/1", "a/2", "ab", "a/sub/3", "c"):
+            await storage.put_blob(key, key.encode())
+        await storage.put_blob("a/1", b"\x00replaced\xff")
+        await storage.put_blob("empty", b"")
+        assert await storage.get_blob("a/1") == b"\x00replaced\xff"
+        assert await storage.get_blob("empty") == b""
+        assert await storage.list_blobs() == ["a/1", "a/2", "a/sub/3", "ab", "b/2", "c", "empty"]
+        assert await storage.list_blobs("a/") == ["a/1", "a/2", "a/sub/3"]
+        assert await storage.list_blobs("a") == ["a/1", "a/2", "a/sub/3", "ab"]
+        assert await storage.list_blobs("zzz") == []
+        await storage.delete_blob("a/2")
+        await storage.delete_blob("a/2")  # again: no error
+        assert await storage.get_blob("a/2") is None
+        assert await storage.list_blobs("a/") == ["a/1", "a/sub/3"]
+
+    async def test_blob_keys_with_unusual_characters(self, storage: Storage) -> None:
+        """Prefix listing is literal (no wildcards) and handles any code point."""
+        keys = ["dir/é", "dir/\U0001f600", "dir/%_", "dir/ÿ", "dir0", "dir/\U0010ffff"]
+        for key in keys:
+            await storage.put_blob(key, b"x")
+        assert await storage.list_blobs("dir/") == sorted(k for k in keys if k.startswith("dir/"))
+        assert await storage.list_blobs("dir/%") == ["dir/%_"]
+        assert await storage.list_blobs("dir/\U0010ffff") == ["dir/\U0010ffff"]
+
+    # -- the state machine -----------------------------------------------------
+
+    def test_state_machine(
+        self,
+        storage_factory: StorageFactory,
+        anyio_backend_name: str,
+        anyio_backend_options: dict[str, Any],
+    ) -> None:
+        """Random sequences of calls agree with a plain-dict model (hypothesis)."""
+        with start_blocking_portal(anyio_backend_name, anyio_backend_options) as portal:
+            machine = storage_state_machine(storage_factory, portal=portal)
+            run_state_machine_as_test(machine, settings=self.state_machine_settings)
+
+
+# -- the stateful model ----------------------------------------------------------
+
+_SESSION_IDS = st.sampled_from(["s0", "s1", "s2", "s3"])
+_TENANTS = st.sampled_from(["t0", "t1"])
+_MAYBE_TENANT = st.none() | _TENANTS
+_STATUSES = st.sampled_from(["pending", "running", "completed", "failed", "cancelled"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_JSON_DICT = st.dictionaries(st.text(max_size=3), _JSON, max_size=3)
+_CACHE_KEYS = st.sampled_from(["c0", "c1", "c2"])
+_BLOB_KEYS = st.text(alphabet="ab/", min_size=1, max_size=4)
+
+
+def storage_state_machine(
+    factory: StorageFactory, *, portal: BlockingPortal | None = None
+) -> type[RuleBasedStateMachine]:
+    """A hypothesis state machine checking a backend against a plain-dict model.
+
+    ``factory`` returns a new, unopened Storage over empty data on each call;
+    each example opens one and closes it at teardown. The machine drives the
+    async storage through ``portal`` (an anyio blocking portal), or starts a
+    portal of its own per example. Run it with
+    ``hypothesis.stateful.run_state_machine_as_test(machine)`` or expose
+    ``machine.TestCase`` to unittest.
+
+    It covers sessions, runs (idempotency, filters, ordering, paging),
+    checkpoints, events, cache and blobs.
+    """
+
+    class StorageMachine(RuleBasedStateMachine):
+        """The storage against dicts of what it should hold."""
+
+        runs = Bundle("runs")
+        events = Bundle("events")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._own_portal: AbstractContextManager[BlockingPortal] | None = None
+            if portal is None:
+                self._own_portal = start_blocking_portal()
+                self.portal = self._own_portal.__enter__()
+            else:
+                self.portal = portal
+            self.storage: Storage | None = None
+            try:
+                store = factory()
+                self.call(store.open)
+            except BaseException:
+                self._exit_portal()
+                raise
+            self.storage = store
+            self.sessions: dict[str, SessionRecord] = {}
+            self.model_runs: dict[str, RunRecord] = {}
+            self.keys: dict[tuple[str, str], str] = {}
+            self.checkpoints: dict[tuple[str, str], NodeCheckpoint] = {}
+            self.event_log: list[Event] = []
+            self.cache: dict[str, bytes] = {}
+            self.blobs: dict[str, bytes] = {}
+            self.counter = 0
+
+        def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            """Run an async storage method to completion on the portal."""
+            return self.portal.call(functools.partial(fn, *args, **kwargs))
+
+        def _exit_portal(self) -> None:
+            if self._own_portal is not None:
+                self._own_portal.__exit__(None, None, None)
+                self._own_portal = None
+
+        def teardown(self) -> None:
+            """Close the storage (and the portal, if the machine started it)."""
+            try:
+                if self.storage is not None:
+                    self.call(self.storage.close)
+            finally:
+                self._exit_portal()
+
+        @property
+        def store(self) -> Storage:
+            assert self.storage is not None
+            return self.storage
+
+        # -- sessions ----------------------------------------------------------
+
+        @rule(sid=_SESSION_IDS, tenant=_TENANTS, live=st.booleans(), state=_JSON_DICT)
+        def create_session(self, sid: str, tenant: str, live: bool, state: dict[str, Any]) -> None:
+            if sid in self.sessions:
+                return  # reusing an id is an error; covered by the example tests
+            now = time.time()
+            session = SessionRecord(
+                id=sid,
+                tenant=tenant,
+                principal="p",
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + (_HOUR if live else -_HOUR),
+                ttl=_HOUR,
+                state=state,
+            )
+            self.call(self.store.create_session, session)
+            self.sessions[sid] = session
+
+        @rule(sid=_SESSION_IDS, tenant=_MAYBE_TENANT)
+        def get_session(self, sid: str, tenant: str | None) -> None:
+            expected = self.sessions.get(sid)
+            if expected is not None and (
+                (tenant is not None and expected.tenant != tenant)
+                or expected.expires_at <= time.time()
+            ):
+                expected = None
+            assert self.call(self.store.get_session, sid, tenant=tenant) == expected
+
+        @rule(
+            sid=_SESSION_IDS,
+            live=st.booleans(),
+            state=_JSON_DICT,
+            channels=st.lists(st.sampled_from(["api", "cli", "mcp"]), max_size=3),
+        )
+        def save_session(
+            self, sid: str, live: bool, state: dict[str, Any], channels: list[str]
+        ) -> None:
+            now = time.time()
+            stored = self.sessions.get(sid)
+            base = stored or SessionRecord(
+                id=sid, created_at=now, last_seen_at=now, expires_at=now, ttl=1.0
+            )
+            changes: dict[str, Any] = {
+                "last_seen_at": now,
+                "expires_at": now + (2 * _HOUR if live else -_HOUR),
+                "ttl": 2 * _HOUR,
+                "channels": channels,
+                "state": state,
+            }
+            self.call(
+                self.store.save_session,
+                msgspec.structs.replace(base, principal="intruder", **changes),
+            )
+            if stored is not None:
+                self.sessions[sid] = msgspec.structs.replace(stored, **changes)
+
+        @rule(sid=_SESSION_IDS)
+        def delete_session(self, sid: str) -> None:
+            self.call(self.store.delete_session, sid)
+            self.sessions.pop(sid, None)
+
+        @rule()
+        def expire_and_count_sessions(self) -> None:
+            now = time.time()
+            live = sum(1 for s in self.sessions.values() if s.expires_at > now)
+            assert self.call(self.store.count_sessions, now) == live
+            expired = sorted(sid for sid, s in self.sessions.items() if s.expires_at <= now)
+            assert sorted(self.call(self.store.expire_sessions, now)) == expired
+            for sid in expired:
+                del self.sessions[sid]
+
+        # -- runs ----------------------------------------------------------------
+
+        @rule(
+            target=runs,
+            tenant=_TENANTS,
+            key=st.sampled_from([None, "k0", "k1"]),
+            workflow=st.sampled_from(["w0", "w1"]),
+            status=_STATUSES,
+            created_at=st.sampled_from([1.0, 2.0, 3.0]),
+            inputs=_JSON_DICT,
+        )
+        def create_run(
+            self,
+            tenant: str,
+            key: str | None,
+            workflow: str,
+            status: str,
+            created_at: float,
+            inputs: dict[str, Any],
+        ) -> str:
+            self.counter += 1
+            run = RunRecord(
+                id=f"r{self.counter}",
+                workflow=workflow,
+                status=status,  # type: ignore[arg-type]
+                tenant=tenant,
+                principal=f"p{self.counter % 2}",
+                created_at=created_at,
+                idempotency_key=key,
+                inputs=inputs,
+            )
+            got, created = self.call(self.store.create_run, run)
+            existing = self.keys.get((tenant, key)) if key is not None else None
+            if existing is not None:
+                assert (got, created) == (self.model_runs[existing], False)
+                return existing
+            assert (got, created) == (run, True)
+            self.model_runs[run.id] = run
+            if key is not None:
+                self.keys[(tenant, key)] = run.id
+            return run.id
+
+        @rule(rid=runs, tenant=_MAYBE_TENANT)
+        def get_run(self, rid: str, tenant: str | None) -> None:
+            expected = self.model_runs[rid]
+            if tenant is not None and expected.tenant != tenant:
+                assert self.call(self.store.get_run, rid, tenant=tenant) is None
+            else:
+                assert self.call(self.store.get_run, rid, tenant=tenant) == expected
+
+        @rule(rid=runs, status=_STATUSES, output=_JSON, owner=st.none() | st.just("g1"))
+        def save_run(self, rid: str, status: str, output: Any, owner: str | None) -> None:
+            changes: dict[str, Any] = {
+                "status": status,
+                "output": output,
+                "owner": owner,
+                "finished_at": 9.0 if status in ("completed", "failed") else None,
+            }
+            stored = self.model_runs[rid]
+            self.call(
+                self.store.save_run,
+                msgspec.structs.replace(stored, tenant="intruder", workflow="x", **changes),
+            )
+            self.model_runs[rid] = msgspec.structs.replace(stored, **changes)
+
+        @rule(
+            tenant=_MAYBE_TENANT,
+            workflow=st.none() | st.sampled_from(["w0", "w1"]),
+            status=st.none() | _STATUSES,
+            principal=st.none() | st.sampled_from(["p0", "p1"]),
+            limit=st.integers(1, 5),
+            before=st.none() | runs | st.just("missing"),
+        )
+        def list_runs(
+            self,
+            tenant: str | None,
+            workflow: str | None,
+            status: str | None,
+            principal: str | None,
+            limit: int,
+            before: str | None,
+        ) -> None:
+            def order(run: RunRecord) -> tuple[float, str]:
+                return (run.created_at, run.id)
+
+            anchor = self.model_runs.get(before) if before is not None else None
+            if before is not None and (
+                anchor is None or (tenant is not None and anchor.tenant != tenant)
+            ):
+                expected: list[RunRecord] = []
+            else:
+                expected = sorted(
+                    (
+                        r
+                        for r in self.model_runs.values()
+                        if (tenant is None or r.tenant == tenant)
+                        and (workflow is None or r.workflow == workflow)
+                        and (status is None or r.status == status)
+                        and (principal is None or r.principal == principal)
+                        and (anchor is None or order(r) < order(anchor))
+                    ),
+                    key=order,
+                    reverse=True,
+                )[:limit]
+            got = self.call(
+                self.store.list_runs,
+                tenant=tenant,
+                workflow=workflow,
+                status=status,
+                principal=principal,
+                limit=limit,
+                before=before,
+            )
+            assert got == expected
+
+        @rule()
+        def unfinished_runs(self) -> None:
+            expected = sorted(
+                (r for r in self.model_runs.values() if r.status in ("pending", "running")),
+                key=lambda r: (r.created_at, r.id),
+            )
+            assert self.call(self.store.unfinished_runs) == expected
+
+        @rule(rid=runs, node=st.sampled_from(["n0", "n1"]), status=_STATUSES, output=_JSON)
+        def save_checkpoint(self, rid: str, node: str, status: str, output: Any) -> None:
+            checkpoint = NodeCheckpoint(run_id=rid, node_id=node, status=status, output=output)
+            self.call(self.store.save_checkpoint, checkpoint)
+            self.checkpoints[(rid, node)] = checkpoint
+
+        @rule(rid=runs)
+        def get_checkpoints(self, rid: str) -> None:
+            expected = {n: c for (r, n), c in self.checkpoints.items() if r == rid}
+            assert self.call(self.store.get_checkpoints, rid) == expected
+
+        # -- events --------------------------------------------------------------
+
+        @rule(target=events, rid=st.none() | runs, data=_JSON_DICT)
+        def append_event(self, rid: str | None, data: dict[str, Any]) -> str:
+            self.counter += 1
+            event = Event(type="t", id=f"e{(self.counter * 7919) % 10007}", run_id=rid, data=data)
+            self.call(self.store.append_event, event)
+            self.event_log.append(event)
+            return event.id
+
+        @rule(eid=events)
+        def append_event_again(self, eid: str) -> None:
+            event = next(e for e in self.event_log if e.id == eid)
+            self.call(self.store.append_event, event)
+
+        @rule(
+            after=st.none() | events | st.just("missing"),
+            limit=st.integers(1, 6),
+            rid=st.none() | runs,
+        )
+        def read_events(self, after: str | None, limit: int, rid: str | None) -> None:
+            ids = [e.id for e in self.event_log]
+            start = ids.index(after) + 1 if after in ids else 0
+            expected = [e for e in self.event_log[start:] if rid is None or e.run_id == rid]
+            got = self.call(self.store.read_events, after=after, limit=limit, run_id=rid)
+            assert got == expected[:limit]
+
+        # -- cache ---------------------------------------------------------------
+
+        @rule(key=_CACHE_KEYS, value=st.binary(max_size=8), ttl=st.none() | st.just(_HOUR))
+        def cache_set(self, key: str, value: bytes, ttl: float | None) -> None:
+            self.call(self.store.cache_set, key, value, ttl=ttl)
+            self.cache[key] = value
+
+        @rule(key=_CACHE_KEYS)
+        def cache_get(self, key: str) -> None:
+            assert self.call(self.store.cache_get, key) == self.cache.get(key)
+
+        @rule(key=_CACHE_KEYS)
+        def cache_delete(self, key: str) -> None:
+            self.call(self.store.cache_delete, key)
+            self.cache.pop(key, None)
+
+        # -- blobs ---------------------------------------------------------------
+
+        @rule(key=_BLOB_KEYS, data=st.binary(max_size=8))
+        def put_blob(self, key: str, data: bytes) -> None:
+            self.call(self.store.put_blob, key, data)
+            self.blobs[key] = data
+
+        @rule(key=_BLOB_KEYS)
+        def get_blob(self, key: str) -> None:
+            assert self.call(self.store.get_blob, key) == self.blobs.get(key)
+
+        @rule(key=_BLOB_KEYS)
+        def delete_blob(self, key: str) -> None:
+            self.call(self.store.delete_blob, key)
+            self.blobs.pop(key, None)
+
+        @rule(prefix=st.text(alphabet="ab/", max_size=2))
+        def list_blobs(self, prefix: str) -> None:
+            expected = sorted(k for k in self.blobs if k.startswith(prefix))
+            assert self.call(self.store.list_blobs, prefix) == expected
+
+    return StorageMachine

@@ -1,0 +1,390 @@
+"""The one invoke path: sessions, durable runs, idempotency, events, audit and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from nexus_core import Nexus, ValidationError, WorkflowNotFound
+from nexus_core.config import ConfigError
+from nexus_core.errors import IdempotencyConflict, SessionNotFound
+from nexus_core.sessions import Session
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'nexus.db'}"
+
+
+def make_app(storage_url: str, **config: Any) -> Nexus:
+    app = Nexus("test", storage=storage_url, autoload=False, config=config or None, env={})
+
+    @app.workflow
+    def greet(name: str, excited: bool = False) -> str:
+        """Greet someone."""
+        return f"Hello, {name}{'!' if excited else '.'}"
+
+    @app.workflow
+    def visit(session: Session, page: str) -> list[str]:
+        """Remember every page seen in this session."""
+        seen = [*session.state.get("pages", []), page]
+        session.state["pages"] = seen
+        return seen
+
+    @app.workflow
+    async def nap(seconds: float) -> str:
+        await anyio.sleep(seconds)
+        return "rested"
+
+    @app.workflow
+    def explode() -> None:
+        raise RuntimeError("kaboom")
+
+    return app
+
+
+async def test_invoke_runs_records_and_reports(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        result = await app.invoke("greet", {"name": "Ada", "excited": True}, channel="test")
+        assert result.status == "completed"
+        assert result.output == "Hello, Ada!"
+        stored = await app.get_run(result.run_id)
+        assert stored.status == "completed"
+        assert stored.output == "Hello, Ada!"
+        assert stored.nodes["greet"].status == "completed"
+        assert stored.nodes["greet"].output == {"result": "Hello, Ada!"}
+        [record] = await app.list_runs(workflow="greet")
+        assert record.channel == "test"
+        assert record.inputs == {"name": "Ada", "excited": True}
+
+
+async def test_bad_input_is_rejected_before_anything_runs(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        with pytest.raises(ValidationError) as err:
+            await app.invoke("greet", {"name": 42})
+        assert err.value.errors[0].path == "name"
+        with pytest.raises(WorkflowNotFound, match="did you mean 'greet'"):
+            await app.invoke("gret", {})
+        assert await app.list_runs() == []
+        text = app.metrics.render()[0].decode()
+        assert 'nexus_errors_total{channel="python",type="validation_error"} 1.0' in text
+
+
+async def test_a_failing_workflow_is_a_result_not_an_exception(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        result = await app.invoke("explode", {})
+        assert result.status == "failed"
+        assert (result.error.node, result.error.message) == ("explode", "kaboom")
+        stored = await app.get_run(result.run_id)
+        assert stored.error.message == "kaboom"
+        assert stored.nodes["explode"].status == "failed"
+
+
+async def test_events_of_a_run_arrive_in_order(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        async with app.subscribe(["run.*", "node.*"]) as events:
+            result = await app.invoke("greet", {"name": "Ada"})
+            seen = []
+            with anyio.fail_after(5):
+                async for event in events:
+                    seen.append(event)
+                    if event.type == "run.completed":
+                        break
+        assert [e.type for e in seen] == [
+            "run.started",
+            "node.started",
+            "node.finished",
+            "run.completed",
+        ]
+        assert {e.run_id for e in seen} == {result.run_id}
+        assert seen[-1].data["output"] == "Hello, Ada."
+
+
+async def test_a_reconnecting_subscriber_misses_nothing(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        async with app.subscribe(["run.completed"]) as events:
+            await app.invoke("greet", {"name": "one"})
+            with anyio.fail_after(5):
+                first = await events.__anext__()
+        # Disconnected: three runs happen meanwhile.
+        for name in ("two", "three", "four"):
+            await app.invoke("greet", {"name": name})
+        async with app.subscribe(["run.completed"], last_event_id=first.id) as events:
+            missed = []
+            with anyio.fail_after(5):
+                async for event in events:
+                    missed.append(event.data["output"])
+                    if len(missed) == 3:
+                        break
+        assert missed == ["Hello, two.", "Hello, three.", "Hello, four."]
+
+
+async def test_async_invocation_returns_a_run_id_at_once(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        pending = await app.invoke("nap", {"seconds": 0.05}, wait=False)
+        assert pending.status == "pending"
+        assert pending.output is None
+        result = await app.wait(pending.run_id)
+        assert result.status == "completed"
+        assert result.output == "rested"
+        assert (await app.get_run(pending.run_id)).status == "completed"
+
+
+async def test_a_run_can_be_cancelled_from_the_host(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        async with app.subscribe(["run.cancelled"]) as events:
+            pending = await app.invoke("nap", {"seconds": 60}, wait=False)
+            await anyio.sleep(0.05)
+            assert await app.cancel(pending.run_id)
+            with anyio.fail_after(5):
+                result = await app.wait(pending.run_id)
+                event = await events.__anext__()
+        assert result.status == "cancelled"
+        assert event.run_id == pending.run_id
+        assert (await app.get_run(pending.run_id)).status == "cancelled"
+
+
+async def test_idempotency_key_returns_the_same_run(storage_url: str) -> None:
+    app = make_app(storage_url)
+    calls: list[int] = []
+
+    @app.workflow
+    def charge(amount: int) -> int:
+        calls.append(amount)
+        return amount
+
+    async with app:
+        results = []
+
+        async def pay() -> None:
+            results.append(await app.invoke("charge", {"amount": 5}, idempotency_key="order-1"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(pay)
+        assert calls == [5]
+        assert len({r.run_id for r in results}) == 1
+        assert {r.output for r in results} == {5}
+        with pytest.raises(IdempotencyConflict):
+            await app.invoke("charge", {"amount": 6}, idempotency_key="order-1")
+        again = await app.invoke("charge", {"amount": 5}, idempotency_key="order-1")
+        assert again.run_id == results[0].run_id
+        assert calls == [5]
+
+
+async def test_session_state_carries_across_invocations_and_channels(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        first = await app.invoke("visit", {"page": "home"}, channel="api")
+        assert first.output == ["home"]
+        assert first.session_id is not None
+        second = await app.invoke(
+            "visit", {"page": "cart"}, channel="mcp", session=first.session_id
+        )
+        assert second.output == ["home", "cart"]
+        assert second.session_id == first.session_id
+        session = await app.get_session(first.session_id)
+        assert session.state == {"pages": ["home", "cart"]}
+        assert session.channels == ["api", "mcp"]
+        assert "session" not in app.workflows["visit"].input_schema["properties"]
+        with pytest.raises(SessionNotFound):
+            await app.invoke("visit", {"page": "x"}, session="not-a-real-session")
+
+
+async def test_sessions_expire_and_slide(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        manager = app.sessions_manager()
+        manager.ttl = 0.3
+        session = await app.create_session(channel="cli")
+        await anyio.sleep(0.2)
+        await manager.resume(session.id, channel="api")  # slides the expiry forward
+        await anyio.sleep(0.2)
+        assert (await app.get_session(session.id)).channels == ["cli", "api"]
+        async with app.subscribe(["session.expired"]) as events:
+            await anyio.sleep(0.35)
+            with pytest.raises(SessionNotFound):
+                await app.get_session(session.id)
+            assert await app.expire_sessions() == [session.id]
+            assert await app.expire_sessions() == []
+            with anyio.fail_after(5):
+                event = await events.__anext__()
+        assert event.session_id == session.id
+
+
+async def test_every_invocation_is_audited(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        for i in range(7):
+            await app.invoke("greet", {"name": f"n{i}"}, channel="cli")
+        await app.invoke("explode", {})
+        records = await app.storage.query_audit(workflow="greet")
+        assert len(records) == 7
+        assert {r.outcome for r in records} == {"completed"}
+        assert {r.channel for r in records} == {"cli"}
+        assert all(r.input_hash and len(r.input_hash) == 64 for r in records)
+        assert all("n1" not in (r.reason or "") for r in records)  # no raw inputs
+        [failed] = await app.storage.query_audit(workflow="explode")
+        assert failed.outcome == "failed"
+
+
+async def test_metrics_count_invocations(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        for _ in range(3):
+            await app.invoke("greet", {"name": "x"}, channel="api")
+        body, content_type = app.metrics.render()
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    assert 'nexus_requests_total{channel="api",outcome="completed",workflow="greet"} 3.0' in text
+    assert 'nexus_workflow_executions_total{channel="api",workflow="greet"} 3.0' in text
+    assert 'nexus_node_duration_seconds_count{node_type="PythonFunction"} 3.0' in text
+
+
+async def test_readiness_checks_storage(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        report = await app.readiness()
+    assert report.status == "ok"
+    assert [c.name for c in report.checks] == ["storage"]
+
+
+async def test_the_host_must_be_running_to_invoke() -> None:
+    app = make_app("memory://")
+    with pytest.raises(RuntimeError, match="async with app"):
+        await app.invoke("greet", {"name": "x"})
+
+
+async def test_production_refuses_a_store_that_forgets_and_no_auth() -> None:
+    app = make_app("memory://", environment="production")
+    with pytest.raises(ConfigError) as err:
+        async with app:
+            pass
+    assert "does not persist" in str(err.value)
+    assert "no authentication" in str(err.value)
+
+
+# -- durable runs across a real crash ---------------------------------------------
+
+DURABLE_APP = """
+import json, os, sys
+import anyio
+from nexus_core import Nexus, WorkflowBuilder
+from nexus_core.workflows import FunctionNode
+
+LOG = os.environ["NODE_LOG"]
+app = Nexus("durable", storage=os.environ["DB_URL"], autoload=False,
+            config={"services": {"runs": {"on_restart": os.environ.get("ON_RESTART", "resume")}}})
+
+def log(name):
+    with open(LOG, "a") as fh:
+        fh.write(name + "\\n")
+
+def first(x: int) -> int:
+    log("first")
+    return x + 1
+
+async def second(y: int) -> int:
+    log("second")
+    if os.environ.get("HANG"):
+        await anyio.sleep(3600)
+    return y * 2
+
+def third(z: int) -> int:
+    log("third")
+    return z + 100
+
+wb = WorkflowBuilder("pipeline")
+wb.add_node(FunctionNode, "first", {"function": first})
+wb.add_node(FunctionNode, "second", {"function": second})
+wb.add_node(FunctionNode, "third", {"function": third})
+wb.add_connection("first", "result", "second", "y")
+wb.add_connection("second", "result", "third", "z")
+wb.add_workflow_inputs("first", {"x": "x"})
+wb.set_output("third", "result")
+app.register(wb)
+
+async def main():
+    async with app:
+        if sys.argv[1] == "start":
+            pending = await app.invoke("pipeline", {"x": 1}, wait=False, channel="cli")
+            print(pending.run_id, flush=True)
+            await anyio.sleep_forever()
+        else:
+            result = await app.wait(sys.argv[2])
+            print(json.dumps({"status": result.status, "output": result.output,
+                              "error": result.error and result.error.message}), flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("policy", ["resume", "fail"])
+def test_a_killed_host_resumes_from_the_last_finished_node(tmp_path: Path, policy: str) -> None:
+    script = tmp_path / "durable_app.py"
+    script.write_text(textwrap.dedent(DURABLE_APP))
+    node_log = tmp_path / "nodes.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")},
+        "NODE_LOG": str(node_log),
+        "DB_URL": f"sqlite:///{tmp_path / 'durable.db'}",
+        "ON_RESTART": policy,
+    }
+    first = subprocess.Popen(
+        [sys.executable, str(script), "start"],
+        env={**env, "HANG": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        run_id = first.stdout.readline().strip()
+        assert run_id, "the host did not start"
+        deadline = time.monotonic() + 30
+        while "second" not in (node_log.read_text() if node_log.exists() else ""):
+            assert time.monotonic() < deadline, "the run never reached its second node"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+
+    second = subprocess.run(
+        [sys.executable, str(script), "resume", run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    outcome = json.loads(second.stdout)
+    ran = node_log.read_text().split()
+    if policy == "resume":
+        assert outcome == {"status": "completed", "output": 104, "error": None}
+        # "first" finished before the crash, so it never runs again.
+        assert ran == ["first", "second", "second", "third"]
+    else:
+        assert outcome["status"] == "failed"
+        assert "interrupted" in outcome["error"]
+        assert ran == ["first", "second"]

@@ -1,0 +1,190 @@
+"""Prometheus metrics per host, liveness and readiness checks."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nexus_core.health import CheckResult, HealthReport, liveness, readiness
+from nexus_core.metrics import Metrics
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = metrics.render()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def test_render_shows_every_series_with_its_labels() -> None:
+    m = Metrics()
+    m.record_request("api", "greet", "ok", 0.2)
+    m.record_request("api", "greet", "ok", 0.4)
+    m.record_request("cli", "greet", "error", 1.5)
+    m.record_execution("greet", "api")
+    m.record_error("api", "validation_error")
+    m.observe_node("http_request", 0.05)
+    m.set_active_sessions(7)
+
+    body, content_type = m.render()
+    assert content_type.startswith("text/plain")
+    assert b'nexus_requests_total{channel="api",outcome="ok",workflow="greet"} 2.0' in body
+
+    got = samples(m)
+    assert (
+        got[
+            ("nexus_requests_total", (("channel", "api"), ("outcome", "ok"), ("workflow", "greet")))
+        ]
+        == 2
+    )
+    assert (
+        got[
+            (
+                "nexus_requests_total",
+                (("channel", "cli"), ("outcome", "error"), ("workflow", "greet")),
+            )
+        ]
+        == 1
+    )
+    assert got[("nexus_request_duration_seconds_count", (("channel", "api"),))] == 2
+    assert got[("nexus_request_duration_seconds_sum", (("channel", "api"),))] == pytest.approx(0.6)
+    assert got[("nexus_request_duration_seconds_bucket", (("channel", "cli"), ("le", "2.5")))] == 1
+    assert got[("nexus_request_duration_seconds_bucket", (("channel", "cli"), ("le", "1.0")))] == 0
+    assert (
+        got[("nexus_workflow_executions_total", (("channel", "api"), ("workflow", "greet")))] == 1
+    )
+    assert got[("nexus_errors_total", (("channel", "api"), ("type", "validation_error")))] == 1
+    assert got[("nexus_node_duration_seconds_count", (("node_type", "http_request"),))] == 1
+    assert got[("nexus_active_sessions", ())] == 7
+
+    m.set_active_sessions(3)
+    assert samples(m)[("nexus_active_sessions", ())] == 3
+
+
+def test_two_hosts_do_not_share_counts_nor_the_global_registry() -> None:
+    a, b = Metrics(), Metrics()
+    a.record_execution("greet", "api")
+    a.record_execution("greet", "api")
+    b.record_execution("greet", "api")
+    key = ("nexus_workflow_executions_total", (("channel", "api"), ("workflow", "greet")))
+    assert samples(a)[key] == 2
+    assert samples(b)[key] == 1
+    assert a.registry is not b.registry
+    assert b"nexus_" not in generate_latest(REGISTRY)
+
+
+def test_disabled_metrics_do_nothing() -> None:
+    m = Metrics(enabled=False)
+    m.record_request("api", "greet", "ok", 0.1)
+    m.record_execution("greet", "api")
+    m.record_error("api", "boom")
+    m.observe_node("x", 1.0)
+    m.set_active_sessions(4)
+    body, content_type = m.render()
+    assert body == b""
+    assert content_type.startswith("text/plain")
+
+
+def test_label_children_are_cached() -> None:
+    m = Metrics()
+    m.record_request("api", "greet", "ok", 0.1)
+    cached = len(m._children)
+    for _ in range(100):
+        m.record_request("api", "greet", "ok", 0.1)
+    assert len(m._children) == cached == 2
+
+
+# -- health --------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_liveness_is_ok() -> None:
+    report = await liveness()
+    assert report.status == "ok"
+    assert report.ok
+    assert msgspec.json.decode(msgspec.json.encode(report), type=HealthReport) == report
+
+
+@pytest.mark.anyio
+async def test_readiness_ok_failing_raising_and_hanging_checks() -> None:
+    async def ok() -> bool:
+        return True
+
+    async def not_ready() -> bool:
+        return False
+
+    async def raising() -> bool:
+        raise ConnectionError("database is down")
+
+    async def hanging() -> bool:
+        await anyio.sleep_forever()
+        return True
+
+    def sync_ok() -> bool:
+        return True
+
+    report = await readiness(
+        {
+            "storage": ok,
+            "channel:api": not_ready,
+            "redis": raising,
+            "channel:mcp": hanging,
+            "sync": sync_ok,  # type: ignore[dict-item]
+        },
+        timeout=0.1,
+    )
+    assert report.status == "fail"
+    assert not report.ok
+    by_name = {c.name: c for c in report.checks}
+    assert [c.name for c in report.checks] == [
+        "storage",
+        "channel:api",
+        "redis",
+        "channel:mcp",
+        "sync",
+    ]
+    assert by_name["storage"] == CheckResult(
+        name="storage", ok=True, detail=None, duration_ms=by_name["storage"].duration_ms
+    )
+    assert by_name["channel:api"].ok is False
+    assert by_name["channel:api"].detail == "not ready"
+    assert by_name["redis"].ok is False
+    assert by_name["redis"].detail == "ConnectionError: database is down"
+    assert by_name["channel:mcp"].ok is False
+    assert by_name["channel:mcp"].detail == "timed out"
+    assert by_name["channel:mcp"].duration_ms >= 90
+    assert by_name["sync"].ok is True
+
+
+@pytest.mark.anyio
+async def test_readiness_runs_checks_concurrently() -> None:
+    async def slow() -> bool:
+        await anyio.sleep(0.2)
+        return True
+
+    start = time.perf_counter()
+    report = await readiness({f"c{i}": slow for i in range(5)}, timeout=1)
+    assert time.perf_counter() - start < 0.6
+    assert report.status == "ok"
+    assert all(c.ok for c in report.checks)
+
+
+@pytest.mark.anyio
+async def test_readiness_with_no_checks_is_ok() -> None:
+    report = await readiness({})
+    assert report == HealthReport(status="ok", checks=[])

@@ -1,0 +1,368 @@
+"""The storage contract on the built-in backends, plus SQLite's own promises."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nexus_core.storage.base import NodeCheckpoint, RunRecord, Storage
+from nexus_core.storage.memory import MemoryStorage
+from nexus_core.storage.sqlite import SchemaVersionError, SQLiteStorage
+from nexus_core.testing.storage import StorageContract
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage_factory(self) -> Callable[[], Storage]:
+        return MemoryStorage
+
+    def test_not_persistent(self) -> None:
+        assert MemoryStorage("memory://").persistent is False
+
+
+class TestSQLiteStorage(StorageContract):
+    @pytest.fixture
+    def storage_factory(self, tmp_path: Path) -> Callable[[], Storage]:
+        counter = itertools.count()
+        return lambda: SQLiteStorage(f"sqlite:///{tmp_path}/db{next(counter)}.sqlite")
+
+
+class TestSQLiteInMemory(StorageContract):
+    @pytest.fixture
+    def storage_factory(self) -> Callable[[], Storage]:
+        return lambda: SQLiteStorage("sqlite:///:memory:")
+
+
+# -- SQLite specifics ------------------------------------------------------------
+
+
+def _url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nexus.db"
+
+
+def test_urls() -> None:
+    assert SQLiteStorage("sqlite:///relative/x.db").path == "relative/x.db"
+    assert SQLiteStorage("sqlite:////abs/x.db").path == "/abs/x.db"
+    memory = SQLiteStorage("sqlite:///:memory:")
+    assert memory.path == ":memory:"
+    assert memory.persistent is False
+    assert SQLiteStorage("sqlite:///x.db").persistent is True
+    for bad in ("sqlite://x.db", "postgresql:///x", "sqlite:///", "sqlite:///x.db?mode=ro"):
+        with pytest.raises(ValueError, match="SQLite URL"):
+            SQLiteStorage(bad)
+
+
+async def test_relative_path_and_parent_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStorage("sqlite:///data/sub/nexus.db")
+    await store.open()
+    await store.put_blob("k", b"v")
+    await store.close()
+    assert (tmp_path / "data" / "sub" / "nexus.db").exists()
+
+
+async def test_wal_and_pragmas(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(
+                SQLiteStorage.migrations
+            )
+    finally:
+        await store.close()
+
+
+async def test_closed_storage(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    assert await store.ping() is False
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get_blob("k")
+    await store.open()
+    assert await store.ping() is True
+    await store.close()
+    await store.close()  # twice is harmless
+    assert await store.ping() is False
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.put_blob("k", b"v")
+
+
+async def test_duplicate_ids_raise(db_path: Path) -> None:
+    for store in (SQLiteStorage(_url(db_path)), MemoryStorage()):
+        await store.open()
+        try:
+            await store.create_run(RunRecord(id="r1", workflow="w", created_at=1.0))
+            with pytest.raises(ValueError, match="already exists"):
+                await store.create_run(RunRecord(id="r1", workflow="w", created_at=2.0))
+        finally:
+            await store.close()
+
+
+async def test_reopen_keeps_data(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    await store.create_run(RunRecord(id="r1", workflow="w", created_at=1.0, idempotency_key="k"))
+    await store.save_checkpoint(NodeCheckpoint(run_id="r1", node_id="a", status="completed"))
+    await store.put_blob("b", b"data")
+    await store.cache_set("c", b"cached")
+    await store.take_tokens("bucket", capacity=1, refill_per_second=1e-9)
+    await store.close()
+
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        assert (await store.get_run("r1")) is not None
+        assert list(await store.get_checkpoints("r1")) == ["a"]
+        assert await store.get_blob("b") == b"data"
+        assert await store.cache_get("c") == b"cached"
+        assert await store.take_tokens("bucket", capacity=1, refill_per_second=1e-9) > 0
+        _, created = await store.create_run(
+            RunRecord(id="r2", workflow="w", created_at=2.0, idempotency_key="k")
+        )
+        assert created is False
+    finally:
+        await store.close()
+
+
+# -- migrations ------------------------------------------------------------------
+
+
+async def test_migrates_a_version_0_database(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:  # made by hand: someone else's table, version 0
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('keep me')")
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        await store.put_blob("k", b"v")
+        assert await store.get_blob("k") == b"v"
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLiteStorage.migrations)
+        assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
+
+
+class _V2Storage(SQLiteStorage):
+    """What a later release looks like: one more migration step."""
+
+    migrations = (
+        *SQLiteStorage.migrations,
+        (
+            "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX runs_priority ON runs (priority)",
+        ),
+    )
+
+
+async def test_migrates_an_older_database_keeping_data(db_path: Path) -> None:
+    old = SQLiteStorage(_url(db_path))
+    await old.open()
+    await old.create_run(RunRecord(id="r1", workflow="w", created_at=1.0))
+    await old.close()
+
+    new = _V2Storage(_url(db_path))
+    await new.open()
+    try:
+        assert (await new.get_run("r1")) is not None
+    finally:
+        await new.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(_V2Storage.migrations)
+        assert conn.execute("SELECT id, priority FROM runs").fetchall() == [("r1", 0)]
+
+    # The older code now refuses the newer database, saying why.
+    old = SQLiteStorage(_url(db_path))
+    with pytest.raises(SchemaVersionError, match=r"schema version 2.*newer Nexus"):
+        await old.open()
+
+
+async def test_newer_database_is_refused(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    store = SQLiteStorage(_url(db_path))
+    with pytest.raises(SchemaVersionError, match="schema version 99"):
+        await store.open()
+    assert await store.ping() is False
+
+
+async def test_failed_migration_rolls_back(db_path: Path) -> None:
+    class Broken(SQLiteStorage):
+        migrations = (*SQLiteStorage.migrations, ("CREATE TABLE extra (x)", "NOT SQL AT ALL"))
+
+    with pytest.raises(sqlite3.OperationalError):
+        await Broken(_url(db_path)).open()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == []
+
+
+# -- several writers -------------------------------------------------------------
+
+
+async def test_two_objects_concurrent_idempotent_create(db_path: Path) -> None:
+    stores = [SQLiteStorage(_url(db_path)), SQLiteStorage(_url(db_path))]
+    async with anyio.create_task_group() as tg:  # even opening concurrently is safe
+        for store in stores:
+            tg.start_soon(store.open)
+    results: list[tuple[RunRecord, bool]] = []
+
+    async def create(i: int) -> None:
+        run = RunRecord(id=f"r{i}", workflow="w", created_at=float(i), idempotency_key="same")
+        results.append(await stores[i % 2].create_run(run))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(create, i)
+        assert sum(created for _, created in results) == 1
+        assert len({run.id for run, _ in results}) == 1
+        for store in stores:
+            assert len(await store.list_runs()) == 1
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def _run_child(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+_CREATE_CHILD = """
+    import sys, anyio
+    from nexus_core.storage.base import RunRecord
+    from nexus_core.storage.sqlite import SQLiteStorage
+
+    async def main(url, name):
+        store = SQLiteStorage(url)
+        await store.open()
+        created = 0
+        for i in range(25):
+            run = RunRecord(id=f"{name}-{i}", workflow="w", created_at=1.0, idempotency_key="one")
+            created += (await store.create_run(run))[1]
+            await store.take_tokens("b", capacity=30, refill_per_second=1e-9)
+        await store.close()
+        print(created)
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+async def test_processes_concurrent_idempotent_create_and_take_tokens(db_path: Path) -> None:
+    children = [_run_child(_CREATE_CHILD, _url(db_path), f"p{n}") for n in range(3)]
+    outputs = [
+        await anyio.to_thread.run_sync(functools.partial(child.communicate, timeout=60))
+        for child in children
+    ]
+    for child, (_, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+    assert sum(int(out) for out, _ in outputs) == 1
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        assert len(await store.list_runs()) == 1
+        # 75 takes from a bucket of 30: exactly 30 went through, so it is empty.
+        assert await store.take_tokens("b", capacity=30, refill_per_second=1e-9) > 0
+    finally:
+        await store.close()
+
+
+# -- durability ------------------------------------------------------------------
+
+_CHECKPOINT_CHILD = """
+    import sys, anyio
+    from nexus_core.storage.base import NodeCheckpoint
+    from nexus_core.storage.sqlite import SQLiteStorage
+
+    async def main(url):
+        store = SQLiteStorage(url)
+        await store.open()
+        i = 0
+        while True:
+            await store.save_checkpoint(
+                NodeCheckpoint(run_id="r1", node_id=f"n{i}", status="completed", output=i)
+            )
+            print(i, flush=True)  # reported only once the write returned
+            i += 1
+
+    anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+async def test_checkpoints_survive_sigkill(db_path: Path) -> None:
+    child = _run_child(_CHECKPOINT_CHILD, _url(db_path))
+    assert child.stdout is not None
+    reported: list[int] = []
+
+    def read_until(n: int) -> None:
+        assert child.stdout is not None
+        while len(reported) < n and (line := child.stdout.readline()):
+            reported.append(int(line))
+
+    try:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(read_until, 200)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        out, err = await anyio.to_thread.run_sync(functools.partial(child.communicate, timeout=30))
+    assert child.returncode == -signal.SIGKILL, err
+    reported.extend(int(line) for line in out.split())
+    assert len(reported) >= 200
+
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        saved = await store.get_checkpoints("r1")
+    finally:
+        await store.close()
+    assert all(f"n{i}" in saved for i in reported)
+    assert all(saved[f"n{i}"].output == i for i in reported)
+
+
+# -- throughput sanity ------------------------------------------------------------
+
+
+async def test_many_writes_stay_fast(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        start = time.perf_counter()
+        for i in range(200):
+            await store.save_checkpoint(NodeCheckpoint(run_id="r", node_id=f"n{i}", status="ok"))
+        assert time.perf_counter() - start < 10  # generous: catches an fsync per write on CI
+    finally:
+        await store.close()
