@@ -20,8 +20,10 @@ from .plugins import PluginInfo, PluginLoadError
 from .specs import (
     AuthProviderSpec,
     ChannelSpec,
+    CommandSpec,
     ConfigSectionSpec,
     EventBusSpec,
+    HttpMountSpec,
     NodeTypeSpec,
     StorageBackendSpec,
 )
@@ -43,9 +45,11 @@ __all__ = [
     "AuthProviderSpec",
     "AuthenticationError",
     "ChannelSpec",
+    "CommandSpec",
     "ConfigSectionSpec",
     "EventBusSpec",
     "FieldError",
+    "HttpMountSpec",
     "Nexus",
     "NexusError",
     "Node",

@@ -15,8 +15,10 @@ import msgspec
 __all__ = [
     "AuthProviderSpec",
     "ChannelSpec",
+    "CommandSpec",
     "ConfigSectionSpec",
     "EventBusSpec",
+    "HttpMountSpec",
     "NodeTypeSpec",
     "Spec",
     "StorageBackendSpec",
@@ -92,4 +94,26 @@ class ConfigSectionSpec(Spec, kw_only=True, frozen=True):
     """A config section: ``name`` is its dotted path under ``nexus``.
 
     For example ``"channels.api"``; ``factory`` is the msgspec Struct type that validates it.
+    """
+
+
+class HttpMountSpec(Spec, kw_only=True, frozen=True):
+    """An ASGI app another plugin mounts on the HTTP server (returned by ``nexus_api_mounts``).
+
+    ``path`` is the mount point (``"/mcp"``); ``factory(app)`` returns an ASGI
+    callable. If that object has a ``lifespan()`` method returning an async
+    context manager, the server enters it at start-up and exits it at shutdown.
+    The hook itself is defined by the API plugin; the spec lives in the core so
+    neither plugin imports the other.
+    """
+
+    path: str
+
+
+class CommandSpec(Spec, kw_only=True, frozen=True):
+    """A ``nexus`` sub-command another plugin adds (returned by ``nexus_cli_commands``).
+
+    ``factory`` is a ``"module:function"`` string the CLI registers lazily, so
+    ``nexus --help`` never imports the plugin's heavy modules. The hook itself
+    is defined by the CLI plugin; the spec lives in the core.
     """
