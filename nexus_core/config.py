@@ -208,6 +208,8 @@ class NexusConfig(ConfigStruct, kw_only=True):
     """
 
     title: str = "Nexus"
+    #: The application the ``nexus`` command runs when no APP is given ("module:attr" or a file).
+    app: str | None = None
     environment: Literal["development", "staging", "production"] = "development"
     storage: str = "sqlite:///nexus.db"
     instance_id: str | None = None
