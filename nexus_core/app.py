@@ -33,6 +33,7 @@ from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
 from .metrics import Metrics
 from .plugins import PluginHost, PluginInfo, PluginLoadError
+from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
 from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
@@ -100,6 +101,7 @@ class Nexus:
         self.channels: dict[str, Any] = {}
         self._storage_override = storage
         self._workflows: dict[str, Workflow] = {}
+        self._prompts: dict[str, Prompt] = {}
         self._unannounced: list[Workflow] = []
         self._running: _Services | None = None
         self._controls: dict[str, RunControl] = {}
@@ -216,6 +218,33 @@ class Nexus:
         if self._running is not None:
             self._running.task_group.start_soon(self._announce_pending)
         return workflow
+
+    @property
+    def prompts(self) -> Mapping[str, Prompt]:
+        """The registered prompt templates, by name (read-only)."""
+        return MappingProxyType(self._prompts)
+
+    def prompt(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Any:
+        """Register a prompt template (usable bare or with options); the function is returned.
+
+        See :mod:`nexus_core.prompts`. The MCP channel lists and renders them.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            template = Prompt(fn, name=name, description=description)
+            if template.name in self._prompts:
+                raise WorkflowDefinitionError(f"a prompt named {template.name!r} already exists")
+            self._prompts[template.name] = template
+            return fn
+
+        return register(function) if function is not None else register
 
     def builder(self, name: str, *, description: str = "") -> WorkflowBuilder:
         """A :class:`WorkflowBuilder`; pass it to :meth:`register` when done."""

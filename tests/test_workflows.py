@@ -344,3 +344,39 @@ def test_assignability_rules() -> None:
     assert is_assignable(bool, int)
     assert is_assignable(typing.Annotated[int, msgspec.Meta(ge=0)], int)
     assert is_assignable(Address, Address) and not is_assignable(Address, Point)
+
+
+async def _render(app: Nexus, name: str, args: dict[str, str]) -> Any:
+    return await app.prompts[name].render(args)
+
+
+def test_prompts_register_list_and_render() -> None:
+    import anyio
+
+    app = Nexus(autoload=False)
+
+    @app.prompt
+    def review(code: str, language: str = "python") -> str:
+        """Ask for a code review."""
+        return f"Review this {language} code: {code}"
+
+    @app.prompt(name="chat")
+    async def conversation(topic: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": topic}, {"role": "assistant", "content": "Sure."}]
+
+    assert set(app.prompts) == {"review", "chat"}
+    prompt = app.prompts["review"]
+    assert prompt.description == "Ask for a code review."
+    assert [(a.name, a.required) for a in prompt.arguments] == [("code", True), ("language", False)]
+    [message] = anyio.run(_render, app, "review", {"code": "x = 1"})
+    assert (message.role, message.content) == ("user", "Review this python code: x = 1")
+    messages = anyio.run(_render, app, "chat", {"topic": "bees"})
+    assert [m.role for m in messages] == ["user", "assistant"]
+    with pytest.raises(ValidationError) as err:
+        anyio.run(_render, app, "review", {"lang": "go"})
+    assert {(e.path, e.reason) for e in err.value.errors} == {
+        ("lang", "unknown argument"),
+        ("code", "missing required argument"),
+    }
+    with pytest.raises(WorkflowDefinitionError, match="already exists"):
+        app.prompt(review)
