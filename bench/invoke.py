@@ -1,0 +1,128 @@
+"""What the one invoke path costs over a bare runtime call, and what a run writes to storage.
+
+    python bench/invoke.py [--calls N] [--repeat R] [--json]
+
+For a trivial one-node workflow (async, so no worker thread is involved) it
+times, per call: ``Runtime.run`` alone (the floor), ``app.invoke`` on the
+memory backend and on SQLite (a file in a temporary folder). It counts the
+storage calls one invocation makes, by kind. Medians of R repetitions of N
+calls each; the machine is noisy, so read the medians, not single runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from nexus_core import Nexus
+from nexus_core.storage.memory import MemoryStorage
+from nexus_core.workflows import Runtime
+
+WRITES = (
+    "create_run",
+    "save_run",
+    "save_checkpoint",
+    "append_event",
+    "append_audit",
+    "create_session",
+    "save_session",
+)
+
+
+class CountingStorage(MemoryStorage):
+    """The memory backend, counting the calls a run makes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in WRITES or name in ("get_run", "get_checkpoints", "read_events"):
+            object.__getattribute__(self, "calls")[name] += 1
+        return object.__getattribute__(self, name)
+
+
+def make_app(storage: Any) -> Nexus:
+    app = Nexus("bench", storage=storage, autoload=False, env={})
+
+    @app.workflow
+    async def echo(text: str) -> str:
+        return text
+
+    return app
+
+
+async def per_call(fn: Any, calls: int) -> float:
+    for _ in range(min(200, calls)):  # warm up
+        await fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        await fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+async def measure(calls: int, repeat: int, folder: Path) -> dict[str, Any]:
+    runtime = Runtime()
+    results: dict[str, list[float]] = {"runtime.run": [], "invoke memory": [], "invoke sqlite": []}
+    for rep in range(repeat):
+        bare = make_app("memory://")
+        workflow = bare.workflows["echo"]
+        results["runtime.run"].append(
+            await per_call(lambda wf=workflow: runtime.run(wf, {"text": "hi"}), calls)
+        )
+        async with make_app("memory://") as app:
+            results["invoke memory"].append(
+                await per_call(lambda app=app: app.invoke("echo", {"text": "hi"}), calls)
+            )
+        async with make_app(f"sqlite:///{folder / f'bench{rep}.db'}") as app:
+            results["invoke sqlite"].append(
+                await per_call(lambda app=app: app.invoke("echo", {"text": "hi"}), calls)
+            )
+    counting = CountingStorage("memory://")
+    async with make_app(counting) as app:
+        counting.calls.clear()
+        await app.invoke("echo", {"text": "hi"})
+        writes = {k: v for k, v in sorted(counting.calls.items()) if k in WRITES}
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    return {
+        "us_per_call": medians,
+        "overhead_us": {
+            "memory": medians["invoke memory"] - medians["runtime.run"],
+            "sqlite": medians["invoke sqlite"] - medians["runtime.run"],
+        },
+        "storage_writes_per_run": writes,
+        "calls": calls,
+        "repeat": repeat,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        report = anyio.run(measure, args.calls, args.repeat, Path(folder))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"invoke path, {args.calls} calls x {args.repeat} repetitions (medians)")
+    for name, value in report["us_per_call"].items():
+        print(f"  {name:<15} {value:9.1f} us/call")
+    for backend, value in report["overhead_us"].items():
+        print(f"  overhead over runtime.run ({backend}): {value:.1f} us/call")
+    writes = report["storage_writes_per_run"]
+    print(f"  storage writes per run: {sum(writes.values())} {writes}")
+
+
+if __name__ == "__main__":
+    main()
