@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import inspect
 import re
 import types
@@ -124,7 +125,23 @@ def strip_unset(type_: Any) -> Any:
 
 
 def fields_of(type_: Any) -> dict[str, tuple[Any, bool]] | None:
-    """Field name -> (type, required) for Structs, dataclasses and TypedDicts; else None."""
+    """Field name -> (type, required) for Structs, dataclasses and TypedDicts; else None.
+
+    Cached per type: building a large workflow asks about the same types often,
+    and resolving string annotations is slow. Treat the result as read-only.
+    """
+    try:
+        return _fields_cached(type_)
+    except TypeError:  # an unhashable annotation
+        return _fields_of(type_)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fields_cached(type_: Any) -> dict[str, tuple[Any, bool]] | None:
+    return _fields_of(type_)
+
+
+def _fields_of(type_: Any) -> dict[str, tuple[Any, bool]] | None:
     if type_ is None:
         return None
     if isinstance(type_, type) and issubclass(type_, msgspec.Struct):
