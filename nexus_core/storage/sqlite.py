@@ -46,6 +46,7 @@ _PREFIX = "sqlite:///"
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _BUSY_TIMEOUT = 10.0  # seconds
 _CACHE_PURGE_EVERY = 512
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder().decode
@@ -252,7 +253,7 @@ class SQLiteStorage(Storage):
         self._lock = anyio.Lock(fast_acquire=True)
         writer = await self._connect()
         try:
-            await writer.execute_fetchall("PRAGMA journal_mode = WAL")
+            await self._enable_wal(writer)
             await writer.execute_fetchall("PRAGMA synchronous = NORMAL")
             await self._migrate(writer)
             reader = writer
@@ -269,6 +270,25 @@ class SQLiteStorage(Storage):
         # isolation_level=None: autocommit, each statement commits on its own.
         # timeout sets SQLite's busy_timeout: wait that long for another writer's lock.
         return await aiosqlite.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT)
+
+    @staticmethod
+    async def _enable_wal(conn: aiosqlite.Connection) -> None:
+        # Switching a new file to WAL needs an exclusive lock, and SQLite reports
+        # SQLITE_BUSY at once (no busy handler) when another connection is opening
+        # the same new file. The switch is persistent, so this races only once.
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        delay = 0.001
+        while True:
+            try:
+                await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            else:
+                return
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         target = len(self.migrations)
