@@ -283,7 +283,7 @@ class Nexus:
 
         authenticate -> session -> authorize -> rate limit -> validate -> run ->
         audit -> events -> metrics. With ``wait=False`` the run id comes back at
-        once (status ``pending``) and the run goes on in the host; read it later
+        once (status ``running``) and the run goes on in the host; read it later
         with :meth:`get_run`. The same ``idempotency_key`` returns the same run
         and never executes twice; reusing it with other inputs is an
         :class:`~nexus_core.errors.IdempotencyConflict`.
@@ -319,6 +319,7 @@ class Nexus:
                 session_id=sess.id if sess else None,
                 channel=channel,
                 inputs=plain,
+                status="running",  # it starts at once: no separate "running" write
                 created_at=time.time(),
                 idempotency_key=idempotency_key,
                 input_hash=digest,
@@ -351,7 +352,7 @@ class Nexus:
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(
-                run_id=record.id, workflow=wf.name, status="pending", session_id=record.session_id
+                run_id=record.id, workflow=wf.name, status="running", session_id=record.session_id
             )
         await done.wait()
         result = self._results.pop(record.id)
@@ -390,10 +391,12 @@ class Nexus:
     ) -> None:
         services = self._services()
         control = self._controls[record.id] = RunControl()
-        record.status = "running"
-        record.started_at = record.started_at or time.time()
+        if record.started_at is None:
+            record.started_at = time.time()
         try:
-            await services.storage.save_run(record)
+            if record.status != "running" or completed is not None:
+                record.status = "running"
+                await services.storage.save_run(record)
             await self.emit(
                 EventType.RUN_STARTED,
                 run=record,

@@ -140,7 +140,7 @@ async def test_async_invocation_returns_a_run_id_at_once(storage_url: str) -> No
     app = make_app(storage_url)
     async with app:
         pending = await app.invoke("nap", {"seconds": 0.05}, wait=False)
-        assert pending.status == "pending"
+        assert pending.status == "running"
         assert pending.output is None
         result = await app.wait(pending.run_id)
         assert result.status == "completed"
