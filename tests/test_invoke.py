@@ -388,3 +388,30 @@ def test_a_killed_host_resumes_from_the_last_finished_node(tmp_path: Path, polic
         assert outcome["status"] == "failed"
         assert "interrupted" in outcome["error"]
         assert ran == ["first", "second"]
+
+
+async def test_failures_and_registrations_are_events(storage_url: str) -> None:
+    app = make_app(storage_url)
+    async with app:
+        async with app.subscribe(["node.failed", "run.failed", "workflow.registered"]) as events:
+            result = await app.invoke("explode", {})
+
+            @app.workflow
+            def late() -> int:
+                return 1
+
+            seen = []
+            with anyio.fail_after(5):
+                async for event in events:
+                    seen.append(event)
+                    if len(seen) == 3:
+                        break
+        by_type = {e.type: e for e in seen}
+        assert by_type["node.failed"].data["node"] == "explode"
+        assert "kaboom" in by_type["node.failed"].data["error"]
+        assert by_type["run.failed"].run_id == result.run_id
+        assert by_type["workflow.registered"].data == {"workflow": "late"}
+        # Registrations before start-up are in the log too, for late subscribers.
+        logged = await app.storage.read_events()
+        registered = [e.data["workflow"] for e in logged if e.type == "workflow.registered"]
+        assert registered[:4] == ["greet", "visit", "nap", "explode"]
