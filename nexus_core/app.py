@@ -90,6 +90,7 @@ class Nexus:
                 self.config = load_config(
                     Path(config) if config is not None else None, env=env, sections=sections
                 )
+        self._check_required_plugins()
         self.title = title or self.config.nexus.title
         self.instance_id = self.config.nexus.instance_id or socket.gethostname()
         self.runtime = Runtime()
@@ -122,6 +123,19 @@ class Nexus:
     def plugin_errors(self) -> list[PluginLoadError]:
         """Plugins that failed to load: distribution, version, error and how to disable them."""
         return list(self.host.errors)
+
+    def _check_required_plugins(self) -> None:
+        loaded = {info.name for info in self.host.infos()}
+        missing = []
+        for name in self.config.nexus.required_plugins:
+            if name in loaded:
+                continue
+            failed = [e for e in self.host.errors if e.name == name]
+            missing.append(str(failed[0]) if failed else f"plugin {name!r} is not installed")
+        if missing:
+            raise PluginLoadFailed(
+                "required plugins are missing (nexus.required_plugins): " + "; ".join(missing)
+            )
 
     def node_types(self) -> dict[str, NodeTypeSpec]:
         """Every node type the installed plugins contribute, by name."""

@@ -213,6 +213,8 @@ class NexusConfig(ConfigStruct, kw_only=True):
     environment: Literal["development", "staging", "production"] = "development"
     storage: str = "sqlite:///nexus.db"
     instance_id: str | None = None
+    #: Plugins (entry-point names) the host refuses to start without.
+    required_plugins: list[str] = []
     channels: dict[str, Any] = {}
     services: ServicesConfig = msgspec.field(default_factory=ServicesConfig)
     plugins: dict[str, Any] = {}

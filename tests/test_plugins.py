@@ -402,6 +402,24 @@ def test_autoload_can_be_switched_off(plugin_site: Path) -> None:
     assert out["errors"] == []
 
 
+REQUIRED_PROBE = """
+from nexus_core import Nexus
+Nexus("strict", config={"required_plugins": ["nexus-plugin-broken"]})
+"""
+
+
+def test_a_required_plugin_that_fails_stops_the_host(plugin_site: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    environ["PYTHONPATH"] = os.pathsep.join([str(plugin_site), *sys.path])
+    proc = subprocess.run(
+        [sys.executable, "-c", REQUIRED_PROBE], env=environ, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "required plugins are missing" in proc.stderr
+    assert "nexus-plugin-broken" in proc.stderr
+    assert "a_module_that_does_not_exist" in proc.stderr
+
+
 def test_nexus_core_registers_sdk_nodes_through_its_own_entry_point(plugin_site: Path) -> None:
     out = _probe(plugin_site)
     assert "nexus-core" in out["plugins"]
