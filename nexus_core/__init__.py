@@ -17,6 +17,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginInfo, PluginLoadError
+from .sessions import Session
 from .specs import (
     AuthProviderSpec,
     ChannelSpec,
@@ -64,6 +65,7 @@ __all__ = [
     "RunControl",
     "RunResult",
     "Runtime",
+    "Session",
     "StorageBackendSpec",
     "ValidationError",
     "Workflow",

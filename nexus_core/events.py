@@ -468,8 +468,13 @@ class LocalEventBus(EventBus):
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
-        """Build a bus logging to the host's storage (``app.storage``) when it has one."""
-        return cls(getattr(app, "storage", None))
+        """Build a bus logging to the host's storage, with the configured queue size and policy."""
+        settings = app.config.nexus.services.events
+        return cls(
+            getattr(app, "storage", None),
+            queue_size=settings.queue_size,
+            overflow=settings.overflow,
+        )
 
     @property
     def subscriber_count(self) -> int:

@@ -318,15 +318,19 @@ class PluginHost:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def _call_each(self, hook_name: str, *, stop_on_error: bool, **kwargs: Any) -> None:
+    async def _call_each(
+        self, hook_name: str, *, stop_on_error: bool, reverse: bool = False, **kwargs: Any
+    ) -> None:
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        impls = caller.get_hookimpls()  # registration order
+        for impl in reversed(impls) if reverse else impls:
             args = {key: kwargs[key] for key in impl.argnames}
             try:
                 await await_me_maybe(impl.function(**args))
-            except Exception:
+            except Exception as exc:
                 name = self.pm.get_name(impl.plugin)
                 if stop_on_error:
+                    exc.add_note(f"raised by {hook_name} of plugin {name!r}")
                     raise
                 log.exception("%s failed in plugin %r", hook_name, name)
 
@@ -335,8 +339,8 @@ class PluginHost:
         await self._call_each("nexus_startup", stop_on_error=True, app=app)
 
     async def shutdown(self, app: Nexus) -> None:
-        """Call ``nexus_shutdown`` on every plugin; a failure is logged, the rest still run."""
-        await self._call_each("nexus_shutdown", stop_on_error=False, app=app)
+        """Call ``nexus_shutdown`` in reverse registration order; failures are logged only."""
+        await self._call_each("nexus_shutdown", stop_on_error=False, reverse=True, app=app)
 
     async def workflow_registered(self, app: Nexus, workflow: Workflow) -> None:
         """Call ``nexus_workflow_registered`` on every plugin."""

@@ -151,14 +151,18 @@ def test_local_bus_is_an_event_bus() -> None:
         LocalEventBus().subscribe(queue_size=0)
 
 
-def test_from_app_uses_the_host_storage() -> None:
-    log = ListLog()
+def test_from_app_uses_the_host_storage_and_config() -> None:
+    from nexus_core import Nexus
 
-    class App:
-        storage = log
-
-    assert LocalEventBus.from_app(App()).log is log
-    assert LocalEventBus.from_app(object()).log is None
+    app = Nexus(
+        autoload=False,
+        env={},
+        config={"services": {"events": {"queue_size": 7, "overflow": "disconnect"}}},
+    )
+    app.storage = ListLog()  # type: ignore[assignment]
+    bus = LocalEventBus.from_app(app)
+    assert bus.log is app.storage
+    assert (bus.queue_size, bus.overflow) == (7, "disconnect")
 
 
 @pytest.mark.anyio

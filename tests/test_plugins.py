@@ -423,3 +423,39 @@ def test_a_required_plugin_that_fails_stops_the_host(plugin_site: Path) -> None:
 def test_nexus_core_registers_sdk_nodes_through_its_own_entry_point(plugin_site: Path) -> None:
     out = _probe(plugin_site)
     assert "nexus-core" in out["plugins"]
+
+
+@pytest.mark.anyio
+async def test_startup_runs_in_registration_order_and_shutdown_in_reverse() -> None:
+    calls: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookimpl
+        def nexus_startup(self, app):  # noqa: ANN001
+            calls.append(f"start {self.name}")
+
+        @hookimpl
+        def nexus_shutdown(self, app):  # noqa: ANN001
+            calls.append(f"stop {self.name}")
+
+    app = Nexus(plugins=[Named("a"), Named("b")], autoload=False, storage="memory://", env={})
+    async with app:
+        pass
+    assert calls == ["start a", "start b", "stop b", "stop a"]
+
+
+@pytest.mark.anyio
+async def test_a_failing_startup_names_its_plugin() -> None:
+    class Grumpy:
+        @hookimpl
+        def nexus_startup(self, app):  # noqa: ANN001
+            raise RuntimeError("not today")
+
+    app = Nexus(plugins=[Grumpy()], autoload=False, storage="memory://", env={})
+    with pytest.raises(RuntimeError, match="not today") as err:
+        async with app:
+            pass
+    assert any("Grumpy" in note for note in err.value.__notes__)

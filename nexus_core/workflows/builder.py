@@ -178,7 +178,15 @@ class WorkflowBuilder:
                 raise WorkflowDefinitionError(
                     f"node {node_id!r}: unknown node type {node_type!r}{hint}", node=node_id
                 )
-            cls = entry.load() if isinstance(entry, NodeTypeSpec) else entry
+            try:
+                cls = entry.load() if isinstance(entry, NodeTypeSpec) else entry
+            except Exception as exc:
+                plugin = entry.plugin if isinstance(entry, NodeTypeSpec) else "?"
+                raise WorkflowDefinitionError(
+                    f"node {node_id!r}: node type {node_type!r} of plugin {plugin!r} could not "
+                    f"be imported: {type(exc).__name__}: {exc}",
+                    node=node_id,
+                ) from exc
         else:
             cls = node_type
         if not (isinstance(cls, type) and issubclass(cls, Node)):
