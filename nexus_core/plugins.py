@@ -161,6 +161,11 @@ class PluginHost:
         for plugin in plugins:
             obj = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
             name = plugin if isinstance(plugin, str) else _object_name(obj)
+            if self.pm.get_plugin(name) is not None and not isinstance(plugin, str):
+                # Two instances of one plugin class: both register, under distinct names.
+                name = (
+                    f"{name}#{sum(1 for n, _ in self.pm.list_name_plugin() if n.startswith(name))}"
+                )
             self._register(obj, name)
         self._check_pending()
         self._registry_cache: dict[str, dict[str, Any]] = {}

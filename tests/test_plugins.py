@@ -434,11 +434,11 @@ async def test_startup_runs_in_registration_order_and_shutdown_in_reverse() -> N
             self.name = name
 
         @hookimpl
-        def nexus_startup(self, app):  # noqa: ANN001
+        def nexus_startup(self, app):
             calls.append(f"start {self.name}")
 
         @hookimpl
-        def nexus_shutdown(self, app):  # noqa: ANN001
+        def nexus_shutdown(self, app):
             calls.append(f"stop {self.name}")
 
     app = Nexus(plugins=[Named("a"), Named("b")], autoload=False, storage="memory://", env={})
@@ -451,7 +451,7 @@ async def test_startup_runs_in_registration_order_and_shutdown_in_reverse() -> N
 async def test_a_failing_startup_names_its_plugin() -> None:
     class Grumpy:
         @hookimpl
-        def nexus_startup(self, app):  # noqa: ANN001
+        def nexus_startup(self, app):
             raise RuntimeError("not today")
 
     app = Nexus(plugins=[Grumpy()], autoload=False, storage="memory://", env={})
