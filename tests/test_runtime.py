@@ -321,3 +321,15 @@ async def test_an_untyped_value_into_a_typed_input_is_checked_at_run_time() -> N
     assert result.status == "failed"
     assert result.error.node == "label"
     assert "input 'n'" in result.error.message
+
+
+async def test_a_run_timeout_fails_the_run_and_cancels_its_nodes() -> None:
+    wb = WorkflowBuilder("slow")
+    wb.add_node(Sleeper, "slow", {"seconds": 30})
+    with anyio.fail_after(10):
+        result = await Runtime().run(wb.build({}), {}, timeout=0.05)
+    assert result.status == "failed"
+    assert result.error.type == "TimeoutError"
+    assert result.error.message == "run timed out after 0.05s"
+    assert result.error.node is None
+    assert result.nodes["slow"].status == "cancelled"

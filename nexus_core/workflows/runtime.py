@@ -9,6 +9,7 @@ says it never blocks). A failing node cancels the rest of its run; a
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -159,6 +160,7 @@ class Runtime:
         control: RunControl | None = None,
         completed: Mapping[str, Any] | None = None,
         state: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - ends the run "failed", not a raise
     ) -> RunResult:
         """Run ``workflow`` on ``inputs`` and return its :class:`RunResult`.
 
@@ -166,7 +168,8 @@ class Runtime:
         is raised before anything runs). ``completed`` maps node ids to outputs
         of an earlier, interrupted run: those nodes are not run again.
         ``state`` is handed to nodes through their context (the host puts the
-        session there).
+        session there). ``timeout`` bounds the whole run in seconds: past it the
+        run is cancelled and ends ``failed`` with a ``TimeoutError``.
         """
         values = workflow.validate(inputs)
         run = _Run(workflow, values, run_id or new_run_id(), observer, state)
@@ -180,7 +183,8 @@ class Runtime:
                 run.results[node_id] = NodeResult(status="completed", output=raw)
         started = time.time()
         roots = workflow.plan.roots
-        with anyio.CancelScope() as scope:
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        with anyio.CancelScope(deadline=deadline) as scope:
             if control is not None:
                 control._scope = scope
                 if control.cancelled:
@@ -198,6 +202,13 @@ class Runtime:
                         await self._drive(run, roots[0])
         if control is not None:
             control._scope = None
+        if (
+            run.error is None
+            and scope.cancelled_caught
+            and not (control is not None and control.cancelled)
+            and anyio.current_time() >= deadline
+        ):
+            run.error = RunError(type="TimeoutError", message=f"run timed out after {timeout:g}s")
         if run.error is not None:
             status: RunStatus = "failed"
         elif scope.cancelled_caught or (control is not None and control.cancelled):
