@@ -244,6 +244,7 @@ class Nexus:
         /,
         *,
         name: str | None = None,
+        title: str | None = None,
         description: str | None = None,
     ) -> Any:
         """Register a prompt template (usable bare or with options); the function is returned.
@@ -252,7 +253,7 @@ class Nexus:
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            template = Prompt(fn, name=name, description=description)
+            template = Prompt(fn, name=name, title=title, description=description)
             if template.name in self._prompts:
                 raise WorkflowDefinitionError(f"a prompt named {template.name!r} already exists")
             self._prompts[template.name] = template
@@ -479,11 +480,18 @@ class Nexus:
         return await self.get_run(record.id)
 
     async def get_run(self, run_id: str, *, principal: Principal | None = None) -> RunResult:
-        """A run's status, result and per-node detail, from storage (any instance's runs)."""
+        """A run's status, result and per-node detail, from storage (any instance's runs).
+
+        With ``principal``: only a run of its tenant that is its own or that it
+        may ``runs:read``; any other is :class:`RunNotFound`, as if it did not exist.
+        """
         storage = self._services().storage
         tenant = principal.tenant if principal is not None else None
         record = await storage.get_run(run_id, tenant=tenant)
-        if record is None:
+        visible = record is not None and (
+            principal is None or await self.security.check_run(principal, record, "runs:read")
+        )
+        if record is None or not visible:
             raise RunNotFound(f"no run {run_id!r}")
         checkpoints = await storage.get_checkpoints(run_id)
         return RunResult(
@@ -511,13 +519,34 @@ class Nexus:
     async def list_runs(
         self, *, principal: Principal | None = None, **filters: Any
     ) -> list[RunRecord]:
-        """Runs newest first; filters as :meth:`Storage.list_runs` (workflow, status, ...)."""
+        """Runs newest first; filters as :meth:`Storage.list_runs` (workflow, status, ...).
+
+        With ``principal``: runs of its tenant, all of them if it may
+        ``runs:read``, else only its own.
+        """
         tenant = principal.tenant if principal is not None else filters.pop("tenant", None)
+        if principal is not None:
+            filters.pop("tenant", None)
+            own = self.security.runs_scope(principal)
+            if own == "" or (own is not None and filters.get("principal") not in (None, own)):
+                return []
+            if own is not None:
+                filters["principal"] = own
         return await self._services().storage.list_runs(tenant=tenant, **filters)
 
     async def cancel(self, run_id: str, *, principal: Principal | None = None) -> bool:
-        """Cancel a run executing in this host; False if it is not running here."""
+        """Cancel a run executing in this host; False if it is not running here.
+
+        With ``principal``: a run it may not see is :class:`RunNotFound`; one it
+        sees but neither owns nor may ``runs:cancel`` is :class:`PermissionDenied`.
+        """
         await self.get_run(run_id, principal=principal)  # not found / other tenant -> error
+        if principal is not None:
+            record = await self._services().storage.get_run(run_id, tenant=principal.tenant)
+            if record is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            if not await self.security.check_run(principal, record, "runs:cancel"):
+                raise PermissionDenied(f"{principal.id!r} may not cancel run {run_id!r}")
         control = self._controls.get(run_id)
         if control is None:
             return False
@@ -555,9 +584,19 @@ class Nexus:
         return sess
 
     async def get_session(self, session_id: str, *, principal: Principal | None = None) -> Session:
-        """A live session by token (scoped to the principal's tenant)."""
+        """A live session by token (scoped to the principal's tenant).
+
+        With ``principal``: a session of its tenant that it owns, that nobody
+        owns, or any of its tenant if it may ``sessions:admin``; otherwise
+        :class:`SessionNotFound`.
+        """
         tenant = principal.tenant if principal is not None else None
-        return await self.sessions_manager().get(session_id, tenant=tenant)
+        session = await self.sessions_manager().get(session_id, tenant=tenant)
+        if principal is not None and not await self.security.check_session(
+            principal, session.record
+        ):
+            raise SessionNotFound("unknown or expired session")
+        return session
 
     async def emit(
         self,
@@ -588,9 +627,29 @@ class Nexus:
             )
         )
 
-    def subscribe(self, patterns: Iterable[str] = ("*",), **options: Any) -> Subscription:
-        """Subscribe to the host's events (see :meth:`EventBus.subscribe`)."""
-        return self._services().events.subscribe(tuple(patterns), **options)
+    def subscribe(
+        self,
+        patterns: Iterable[str] = ("*",),
+        *,
+        principal: Principal | None = None,
+        **options: Any,
+    ) -> Subscription:
+        """Subscribe to the host's events (see :meth:`EventBus.subscribe`).
+
+        With ``principal``: it must be allowed ``events:read`` (else
+        :class:`PermissionDenied`) and receives its tenant's events only (plus
+        ``workflow.registered``), whatever ``filter`` is also given.
+        """
+        services = self._services()
+        if principal is not None:
+            options["filter"] = self.security.event_filter(principal, options.get("filter"))
+        return services.events.subscribe(tuple(patterns), **options)
+
+    async def visible_workflows(
+        self, principal: Principal | None = None, *, channel: str | None = None
+    ) -> list[Workflow]:
+        """The workflows ``principal`` may execute, by name (every one while auth is off)."""
+        return self.security.visible_workflows(principal or ANONYMOUS, channel=channel)
 
     # -- health ----------------------------------------------------------------------
 
@@ -657,8 +716,9 @@ class Nexus:
         check_production(
             self.config,
             storage_persistent=storage.persistent,
-            auth_configured=bool(self.config.nexus.services.security.providers),
+            auth_configured=self.security.auth_configured,
         )
+        self.security.configure()  # a security setting that cannot work stops the start here
         self.storage = storage  # the bus keeps its event log here
         try:
             bus = self._open_bus()
@@ -674,6 +734,7 @@ class Nexus:
                 )
                 self._running = _Services(storage, bus, sessions, tg)
                 try:
+                    await self.security.start()
                     await self.host.startup(self)
                     await self._announce_pending()
                     await self._recover_runs()
@@ -685,6 +746,7 @@ class Nexus:
                     with anyio.CancelScope(shield=True):
                         await self._announce_pending()
                         await self.host.shutdown(self)
+                        await self.security.stop()
                         await bus.stop()
                     tg.cancel_scope.cancel()
         finally:

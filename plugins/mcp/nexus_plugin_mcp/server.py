@@ -1,0 +1,659 @@
+"""The MCP server of a Nexus host: workflows as tools, runs as resources, prompts.
+
+:class:`NexusMCP` builds an ``mcp`` low-level :class:`~mcp.server.Server` whose
+handlers call the host's one request path (``app.invoke``), so security,
+validation, execution, audit and events are the core's, and the tool schemas
+are the workflows' msgspec schemas, as in every other channel. The same server
+serves stdio (:mod:`.stdio`) and streamable HTTP (:mod:`.http`), in both the
+2025-11-25 handshake protocol and the stateless 2026-07-28 one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+import msgspec
+from mcp.server import InitializationOptions, NotificationOptions, Server
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from nexus_core.errors import (
+    AuthenticationError,
+    NexusError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ValidationError,
+    WorkflowNotFound,
+)
+from nexus_core.security import Credentials, Principal
+
+from . import __version__
+from .config import MCPConfig, mcp_config
+from .prompts import prompts_of
+
+if TYPE_CHECKING:
+    from mcp.server.connection import Connection
+    from mcp.server.context import ServerRequestContext
+    from nexus_core import Nexus, Workflow
+    from nexus_core.events import Event
+    from nexus_core.workflows import RunResult
+
+__all__ = [
+    "ERROR_META",
+    "IDEMPOTENCY_META",
+    "PRINCIPAL_SCOPE_KEY",
+    "RUN_ID_META",
+    "RUN_URI",
+    "SESSION_META",
+    "UNAUTHENTICATED",
+    "WORKFLOW_URI",
+    "NexusMCP",
+    "output_schema",
+    "tool_definition",
+]
+
+log = logging.getLogger("nexus.mcp")
+
+#: Where the HTTP layer leaves the authenticated principal in the ASGI scope.
+PRINCIPAL_SCOPE_KEY = "nexus.principal"
+#: Resource URI prefixes.
+WORKFLOW_URI = "nexus://workflows/"
+RUN_URI = "nexus://runs/"
+#: JSON-RPC error code for a missing or bad token on stdio (implementation-defined band).
+UNAUTHENTICATED = -32010
+#: ``_meta`` keys: on results (run id, error detail, session) and on requests
+#: (a session to resume, an idempotency key).
+RUN_ID_META = "nexus/runId"
+ERROR_META = "nexus/error"
+SESSION_META = "nexus/sessionId"
+IDEMPOTENCY_META = "nexus/idempotencyKey"
+
+_TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
+_RUN_EVENTS = ("run.*", "node.finished", "node.failed")
+_JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+
+
+def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
+    """The tool ``outputSchema`` of ``workflow`` and whether its output is wrapped.
+
+    MCP wants an object at the root. An object schema is used as it is; any
+    other (a string, a list, a union) becomes
+    ``{"type": "object", "properties": {"result": <schema>}, "required": ["result"]}``
+    and the structured content is wrapped the same way (``{"result": value}``).
+    Shared ``$defs`` stay at the root so their ``$ref`` still resolve.
+    """
+    schema = workflow.output_schema
+    if schema.get("type") == "object":
+        return schema, False
+    inner = {key: value for key, value in schema.items() if key != "$defs"}
+    wrapped: dict[str, Any] = {
+        "type": "object",
+        "properties": {"result": inner},
+        "required": ["result"],
+    }
+    if "$defs" in schema:
+        wrapped["$defs"] = schema["$defs"]
+    return wrapped, True
+
+
+def tool_definition(workflow: Workflow) -> dict[str, Any]:
+    """The MCP ``Tool`` (wire form) of a workflow: schemas, description, annotations."""
+    meta = workflow.meta
+    out_schema, _ = output_schema(workflow)
+    annotations: dict[str, Any] = {
+        "readOnlyHint": meta.read_only,
+        "destructiveHint": meta.destructive,
+        "idempotentHint": meta.idempotent,
+    }
+    tool: dict[str, Any] = {
+        "name": workflow.name,
+        "inputSchema": workflow.input_schema,
+        "outputSchema": out_schema,
+        "annotations": annotations,
+    }
+    if meta.title:
+        tool["title"] = meta.title
+        annotations["title"] = meta.title
+    if workflow.description:
+        tool["description"] = workflow.description
+    if meta.tags:
+        tool["_meta"] = {"nexus/tags": list(meta.tags)}
+    return tool
+
+
+class _ToolEntry:
+    """A workflow's tool, computed once per workflow object."""
+
+    __slots__ = ("definition", "workflow", "wrapped")
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.definition = tool_definition(workflow)
+        self.wrapped = output_schema(workflow)[1]
+
+
+class _NexusServer(Server[dict[str, Any]]):
+    """The low-level server, advertising list-changed notifications on 2025-11-25."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        """Default to announcing tools and resources list changes."""
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True, resources_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+class NexusMCP:
+    """The MCP face of one Nexus host.
+
+    ``server`` is the ``mcp`` low-level server to run on a transport.
+    ``credentials`` are used for requests that carry none of their own (stdio,
+    where the token comes from ``NEXUS_TOKEN``); on HTTP the principal
+    authenticated by :mod:`.http` from the request's bearer token is used.
+    The host must be running while the server serves.
+    """
+
+    def __init__(
+        self,
+        app: Nexus,
+        config: MCPConfig | None = None,
+        *,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config if config is not None else mcp_config(app)
+        self.credentials = credentials
+        self.bus = InMemorySubscriptionBus()
+        self._listen = ListenHandler(self.bus)
+        self._tools: dict[str, _ToolEntry] = {}
+        # 2025-11-25 connections: resource subscriptions, and who listed the catalog
+        # (they hear list changes). Weak: a closed connection drops out by itself.
+        self._subscriptions: weakref.WeakKeyDictionary[Connection, set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._catalog_readers: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._runs_lock = anyio.Lock()
+        self._runs_started = False
+        self.server = _NexusServer(
+            app.title,
+            version=__version__,
+            title=app.title,
+            instructions=(
+                f"Each tool runs a workflow of {app.title}. Runs are readable as "
+                f"resources ({RUN_URI}<run id>, the id is in each result's _meta)."
+            ),
+            lifespan=self._lifespan,
+            get_tool_input_schema=self._input_schema,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
+            on_subscriptions_listen=self._listen_handler,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+        )
+        if not self.config.telemetry:
+            self.server.middleware = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _server: Server[Any]) -> AsyncIterator[dict[str, Any]]:
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._catalog_bridge)
+            self._task_group = tg
+            try:
+                yield {}
+            finally:
+                self._task_group = None
+                self._runs_started = False
+                self._listen.close()
+                tg.cancel_scope.cancel()
+
+    async def _catalog_bridge(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Workflows registered while serving: tell clients the tool list changed."""
+        async with self.app.subscribe(("workflow.registered",)) as sub:
+            task_status.started()
+            async for _event in sub:
+                await self._publish(
+                    (ToolsListChanged(), ResourcesListChanged()),
+                    "notifications/tools/list_changed",
+                    "notifications/resources/list_changed",
+                )
+
+    async def _want_run_events(self) -> None:
+        """Start the run-events bridge on the first resource subscription.
+
+        Hosts nobody subscribes on pay nothing per run. The bridge is
+        subscribed when this returns, so no later event is missed.
+        """
+        async with self._runs_lock:
+            if self._runs_started or self._task_group is None:
+                return
+            await self._task_group.start(self._runs_bridge)
+            self._runs_started = True
+
+    async def _runs_bridge(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run events -> ``notifications/resources/updated`` for ``nexus://runs/<id>``.
+
+        With a distributed event bus, events of runs on other replicas arrive too.
+        """
+        async with self.app.subscribe(_RUN_EVENTS) as sub:
+            task_status.started()
+            async for event in sub:
+                if event.run_id is not None:
+                    await self._run_changed(event)
+
+    async def _run_changed(self, event: Event) -> None:
+        uri = f"{RUN_URI}{event.run_id}"
+        await self.bus.publish(ResourceUpdated(uri=uri))
+        for connection, uris in list(self._subscriptions.items()):
+            if uri in uris:
+                await _notify(connection, "notifications/resources/updated", {"uri": uri})
+
+    async def _publish(self, events: tuple[ServerEvent, ...], *methods: str) -> None:
+        for event in events:
+            await self.bus.publish(event)
+        for connection in list(self._catalog_readers):
+            for method in methods:
+                await _notify(connection, method, None)
+
+    # -- who is calling ------------------------------------------------------------
+
+    async def principal(self, ctx: Any) -> Principal:
+        """The caller: set by the HTTP layer, else authenticated from ``credentials``.
+
+        Raises ``MCPError`` (code :data:`UNAUTHENTICATED`) for a missing or bad token.
+        """
+        request = ctx.request
+        if request is not None:
+            found = request.scope.get(PRINCIPAL_SCOPE_KEY)
+            if isinstance(found, Principal):
+                return found
+        try:
+            return await self.app.security.authenticate(self.credentials, "mcp")
+        except AuthenticationError as exc:
+            raise MCPError(
+                UNAUTHENTICATED,
+                f"authentication failed: {exc.message} (set NEXUS_TOKEN to a valid token)",
+            ) from None
+
+    async def _may_execute(self, principal: Principal, workflow: Workflow) -> bool:
+        try:
+            await self.app.security.authorize(
+                principal, f"workflow:{workflow.name}:execute", workflow=workflow, channel="mcp"
+            )
+        except PermissionDenied:
+            return False
+        return True
+
+    async def _visible(self, principal: Principal) -> list[Workflow]:
+        return [wf for wf in self.app.workflows.values() if await self._may_execute(principal, wf)]
+
+    def _entry(self, workflow: Workflow) -> _ToolEntry:
+        entry = self._tools.get(workflow.name)
+        if entry is None or entry.workflow is not workflow:
+            entry = self._tools[workflow.name] = _ToolEntry(workflow)
+        return entry
+
+    def _remember_reader(self, ctx: Any) -> None:
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            connection = _connection_of(ctx)
+            if connection is not None:
+                self._catalog_readers.add(connection)
+
+    # -- tools -------------------------------------------------------------------
+
+    def _input_schema(self, name: str) -> Mapping[str, Any] | None:
+        workflow = self.app.workflows.get(name)
+        return workflow.input_schema if workflow is not None else None
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: Any
+    ) -> dict[str, Any]:
+        principal = await self.principal(ctx)
+        self._remember_reader(ctx)
+        tools = [self._entry(wf).definition for wf in await self._visible(principal)]
+        # Filtered by the caller's permissions: never shared, never stale.
+        return {"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: types.CallToolRequestParams
+    ) -> dict[str, Any]:
+        app = self.app
+        name = params.name
+        principal = await self.principal(ctx)
+        request = ctx.request
+        client = _client_of(request.scope) if request is not None else "stdio"
+        meta = ctx.meta or {}
+        session = meta.get(SESSION_META)
+        key = meta.get(IDEMPOTENCY_META)
+        try:
+            started = await app.invoke(
+                name,
+                params.arguments or {},
+                principal=principal,
+                credentials=Credentials(client=client),
+                channel="mcp",
+                session=session if isinstance(session, str) else None,
+                idempotency_key=key if isinstance(key, str) else None,
+                wait=False,
+            )
+        except WorkflowNotFound as exc:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.message}") from None
+        except ValidationError as exc:
+            return _tool_error(f"invalid arguments for {name!r}: {exc.message}", exc)
+        except RateLimited as exc:
+            return _tool_error(f"rate limited: retry in {exc.retry_after:g}s", exc)
+        except NexusError as exc:
+            return _tool_error(f"{exc.code}: {exc.message}", exc)
+        run_id = started.run_id
+        # The run starts only when this task next yields: subscribing now misses nothing.
+        token = meta.get("progress_token")
+        try:
+            if started.status not in ("pending", "running"):
+                result = started  # an earlier run with the same idempotency key
+            elif token is None:
+                result = await app.wait(run_id)
+            else:
+                result = await self._wait_with_progress(ctx, run_id, app.get_workflow(name))
+        except anyio.get_cancelled_exc_class():
+            # notifications/cancelled (2025-11-25) or a closed response stream
+            # (2026-07-28) cancelled this request: cancel the run too.
+            with anyio.CancelScope(shield=True):
+                await app.cancel(run_id)
+            raise
+        return self._tool_result(self._entry(app.get_workflow(name)), result)
+
+    async def _wait_with_progress(self, ctx: Any, run_id: str, workflow: Workflow) -> RunResult:
+        """Wait for the run, reporting progress per node from its events."""
+        app = self.app
+        total = float(len(workflow.nodes))
+        session = ctx.session
+        ended = anyio.Event()
+
+        async def forward(sub: AsyncIterator[Event]) -> None:
+            done = 0
+            await session.report_progress(0.0, total, f"run {run_id} started")
+            async for event in sub:
+                kind = event.type
+                if kind in ("node.finished", "node.failed"):
+                    done += 1
+                    node = event.data.get("node")
+                    status = event.data.get("status", "failed")
+                    await session.report_progress(float(done), total, f"node {node!r} {status}")
+                elif kind in _TERMINAL:
+                    break
+            ended.set()
+
+        subscription = app.subscribe(("node.*", "run.*"), filter=lambda e: e.run_id == run_id)
+        async with subscription, anyio.create_task_group() as tg:
+            tg.start_soon(forward, subscription)
+            result = await app.wait(run_id)
+            with anyio.move_on_after(1.0):
+                await ended.wait()  # the last node's progress goes out before the result
+            tg.cancel_scope.cancel()
+        return result
+
+    @staticmethod
+    def _tool_result(entry: _ToolEntry, result: RunResult) -> dict[str, Any]:
+        run_meta: dict[str, Any] = {RUN_ID_META: result.run_id}
+        if result.session_id:
+            run_meta[SESSION_META] = result.session_id
+        if result.status == "completed":
+            output = msgspec.to_builtins(result.output)
+            structured = {"result": output} if entry.wrapped else output
+            return {
+                "content": [{"type": "text", "text": _encoder.encode(structured).decode()}],
+                "structuredContent": structured,
+                "isError": False,
+                "resultType": "complete",
+                "_meta": run_meta,
+            }
+        error = result.error
+        name = entry.workflow.name
+        if result.status == "cancelled":
+            message = f"workflow {name!r} was cancelled (run {result.run_id})"
+        elif error is None:
+            message = f"workflow {name!r} ended {result.status} (run {result.run_id})"
+        elif error.node:
+            message = (
+                f"workflow {name!r} failed at node {error.node!r}: {error.type}: {error.message}"
+            )
+        else:
+            message = f"workflow {name!r} failed: {error.type}: {error.message}"
+        if error is not None:
+            run_meta[ERROR_META] = msgspec.to_builtins(error)
+        return {
+            "content": [{"type": "text", "text": message}],
+            "isError": True,
+            "resultType": "complete",
+            "_meta": run_meta,
+        }
+
+    # -- resources -------------------------------------------------------------------
+
+    async def _list_resources(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: Any
+    ) -> types.ListResourcesResult:
+        principal = await self.principal(ctx)
+        self._remember_reader(ctx)
+        resources = [
+            types.Resource(
+                uri=f"{WORKFLOW_URI}{wf.name}",
+                name=wf.name,
+                title=wf.meta.title,
+                description=wf.description or None,
+                mime_type=_JSON,
+            )
+            for wf in await self._visible(principal)
+        ]
+        return types.ListResourcesResult(resources=resources)
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: Any
+    ) -> types.ListResourceTemplatesResult:
+        await self.principal(ctx)
+        return types.ListResourceTemplatesResult(
+            resource_templates=[
+                types.ResourceTemplate(
+                    uri_template=f"{RUN_URI}{{run_id}}",
+                    name="run",
+                    title="Workflow run",
+                    description="Status, output, error and per-node detail of a workflow run.",
+                    mime_type=_JSON,
+                ),
+                types.ResourceTemplate(
+                    uri_template=f"{WORKFLOW_URI}{{name}}",
+                    name="workflow",
+                    title="Workflow definition",
+                    description="A workflow's description, schemas, nodes and connections.",
+                    mime_type=_JSON,
+                ),
+            ]
+        )
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        principal = await self.principal(ctx)
+        uri = params.uri
+        text = await self._resource_text(principal, uri)
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type=_JSON, text=text)]
+        )
+
+    async def _resource_text(self, principal: Principal, uri: str) -> str:
+        if uri.startswith(WORKFLOW_URI):
+            workflow = await self._workflow_for(principal, uri.removeprefix(WORKFLOW_URI))
+            return _encoder.encode(self._describe(workflow)).decode()
+        if uri.startswith(RUN_URI):
+            try:
+                run = await self.app.get_run(uri.removeprefix(RUN_URI), principal=principal)
+            except NotFound as exc:
+                raise MCPError(INVALID_PARAMS, f"Resource not found: {exc.message}") from None
+            return _encoder.encode(run).decode()
+        raise MCPError(
+            INVALID_PARAMS,
+            f"Resource not found: {uri!r} (known: {WORKFLOW_URI}<name>, {RUN_URI}<run id>)",
+        )
+
+    async def _workflow_for(self, principal: Principal, name: str) -> Workflow:
+        workflow = self.app.workflows.get(name)
+        if workflow is None or not await self._may_execute(principal, workflow):
+            raise MCPError(INVALID_PARAMS, f"Resource not found: no workflow {name!r}")
+        return workflow
+
+    def _describe(self, workflow: Workflow) -> dict[str, Any]:
+        entry = self._entry(workflow)
+        return {
+            "name": workflow.name,
+            "title": workflow.meta.title,
+            "description": workflow.description,
+            "input_schema": workflow.input_schema,
+            "output_schema": workflow.output_schema,
+            "tool": entry.definition,
+            "meta": msgspec.to_builtins(workflow.meta),
+            "nodes": [{"id": key, "type": p.type_name} for key, p in workflow.nodes.items()],
+            "connections": [msgspec.to_builtins(c) for c in workflow.connections],
+        }
+
+    async def _check_subscribable(self, principal: Principal, uri: str) -> None:
+        # Reading is the permission to subscribe; it also rejects unknown URIs.
+        await self._resource_text(principal, uri)
+
+    async def _subscribe(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        principal = await self.principal(ctx)
+        await self._check_subscribable(principal, params.uri)
+        connection = _connection_of(ctx)
+        if connection is None:
+            raise MCPError(INTERNAL_ERROR, "this transport cannot deliver resource updates")
+        await self._want_run_events()
+        self._subscriptions.setdefault(connection, set()).add(params.uri)
+        return types.EmptyResult()
+
+    async def _unsubscribe(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        await self.principal(ctx)
+        connection = _connection_of(ctx)
+        if connection is not None:
+            self._subscriptions.get(connection, set()).discard(params.uri)
+        return types.EmptyResult()
+
+    async def _listen_handler(
+        self,
+        ctx: ServerRequestContext[dict[str, Any]],
+        params: types.SubscriptionsListenRequestParams,
+    ) -> types.SubscriptionsListenResult:
+        principal = await self.principal(ctx)
+        for uri in params.notifications.resource_subscriptions or ():
+            await self._check_subscribable(principal, uri)
+        if params.notifications.resource_subscriptions:
+            await self._want_run_events()
+        return await self._listen(ctx, params)
+
+    # -- prompts -------------------------------------------------------------------------
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: Any
+    ) -> types.ListPromptsResult:
+        await self.principal(ctx)
+        return types.ListPromptsResult(
+            prompts=[
+                types.Prompt(
+                    name=item.name,
+                    title=item.title,
+                    description=item.description or None,
+                    arguments=[
+                        types.PromptArgument(
+                            name=arg.name, description=arg.description, required=arg.required
+                        )
+                        for arg in item.arguments
+                    ],
+                )
+                for item in prompts_of(self.app).values()
+            ]
+        )
+
+    async def _get_prompt(
+        self, ctx: ServerRequestContext[dict[str, Any]], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        await self.principal(ctx)
+        prompts = prompts_of(self.app)
+        item = prompts.get(params.name)
+        if item is None:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {params.name!r} (known: {known})")
+        try:
+            messages = await item.render(params.arguments)
+        except ValidationError as exc:
+            raise MCPError(
+                INVALID_PARAMS, f"invalid arguments for prompt {item.name!r}: {exc.message}"
+            ) from None
+        return types.GetPromptResult(
+            description=item.description or None,
+            messages=[
+                types.PromptMessage(
+                    role=message.role, content=types.TextContent(type="text", text=message.content)
+                )
+                for message in messages
+            ],
+        )
+
+
+def _tool_error(message: str, exc: NexusError) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": message}],
+        "isError": True,
+        "resultType": "complete",
+        "_meta": {ERROR_META: msgspec.to_builtins(exc.detail())},
+    }
+
+
+def _connection_of(ctx: Any) -> Connection | None:
+    # ServerRequestContext exposes the per-request ServerSession only; its
+    # connection (standalone outbound, exit stack) is the one stable handle of
+    # a 2025-11-25 connection. mcp 2.3 keeps it on a private attribute.
+    return getattr(ctx.session, "_connection", None)
+
+
+def _client_of(scope: Mapping[str, Any]) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def _notify(connection: Connection, method: str, params: dict[str, Any] | None) -> None:
+    try:
+        await connection.outbound.notify(method, params)
+    except Exception:  # advisory: a dropped connection must not stop the others
+        log.debug("could not deliver %s", method, exc_info=True)
