@@ -1,15 +1,17 @@
 """The core's own defaults, registered through the same hooks as any plugin.
 
 Like pytest's built-in plugins: the function node type, the in-memory and
-SQLite storage backends, and the in-process event bus.
+SQLite storage backends, the in-process event bus and the auth providers
+(API keys, CLI tokens, JWT, anonymous).
 """
 
 from __future__ import annotations
 
 from .hookspecs import hookimpl
-from .specs import EventBusSpec, NodeTypeSpec, StorageBackendSpec
+from .specs import AuthProviderSpec, EventBusSpec, NodeTypeSpec, StorageBackendSpec
 
 __all__ = [
+    "nexus_auth_providers",
     "nexus_event_buses",
     "nexus_node_types",
     "nexus_storage_backends",
@@ -57,4 +59,31 @@ def nexus_event_buses() -> list[EventBusSpec]:
             description="Events within one process.",
             priority=0,
         )
+    ]
+
+
+@hookimpl
+def nexus_auth_providers() -> list[AuthProviderSpec]:
+    """``api_key``, ``cli_token``, ``jwt`` and ``anonymous`` (enabled by name in the config)."""
+    return [
+        AuthProviderSpec(
+            name="api_key",
+            factory="nexus_core.security.providers:ApiKeyProvider",
+            description="API keys (X-API-Key or bearer), stored hashed, scoped, revocable.",
+        ),
+        AuthProviderSpec(
+            name="cli_token",
+            factory="nexus_core.security.providers:CliTokenProvider",
+            description="Tokens issued by 'nexus login', stored hashed, revocable.",
+        ),
+        AuthProviderSpec(
+            name="jwt",
+            factory="nexus_core.security.jwt_provider:JWTProvider",
+            description="JWT bearer tokens (HS256, RS256, ES256; static keys or a JWKS URL).",
+        ),
+        AuthProviderSpec(
+            name="anonymous",
+            factory="nexus_core.security.providers:AnonymousProvider",
+            description="Callers without credentials get the configured roles.",
+        ),
     ]

@@ -36,7 +36,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -46,15 +46,27 @@ from .specs import ConfigSectionSpec
 __all__ = [
     "CONFIG_FILE_NAMES",
     "RESERVED_ENV_VARS",
+    "AnonymousConfig",
+    "ApiKeyConfig",
+    "CliTokenConfig",
     "Config",
     "ConfigError",
     "ConfigStruct",
     "EventsConfig",
+    "InputLimitsConfig",
+    "JwtConfig",
+    "JwtKeyConfig",
     "MonitoringConfig",
     "NexusConfig",
+    "PolicyCondition",
+    "PolicyRule",
+    "RateLimitConfig",
+    "RateLimitRule",
+    "RateLimitScope",
     "RunsConfig",
     "SecurityConfig",
     "ServicesConfig",
+    "StaticApiKey",
     "check_production",
     "load_config",
 ]
@@ -140,19 +152,201 @@ class ConfigStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
 
+class StaticApiKey(ConfigStruct, kw_only=True):
+    """One API key written in the configuration, by its SHA-256 (never the key itself).
+
+    ``sha256`` is the hex digest of the key a client sends
+    (``printf %s "$KEY" | sha256sum``). Keys issued at run time with
+    ``app.security.issue_api_key`` live in storage instead.
+    """
+
+    principal: str
+    sha256: str
+    tenant: str = "default"
+    roles: list[str] = []
+    scopes: list[str] = []
+    attributes: dict[str, Any] = {}
+    label: str | None = None
+
+
+class ApiKeyConfig(ConfigStruct, kw_only=True):
+    """``nexus.services.security.api_key``: the ``api_key`` provider.
+
+    Keys are random tokens starting with ``prefix``, sent as ``X-API-Key`` or
+    ``Authorization: Bearer``; stored hashed. ``default_ttl`` (seconds) is the
+    lifetime of issued keys when the caller gives none (``None``: no expiry).
+    """
+
+    prefix: str = "nxk_"
+    default_ttl: float | None = None
+    keys: list[StaticApiKey] = []
+
+
+class CliTokenConfig(ConfigStruct, kw_only=True):
+    """``nexus.services.security.cli_token``: tokens issued by ``nexus login``.
+
+    Random tokens starting with ``prefix``, sent as ``Authorization: Bearer``,
+    stored hashed, valid for ``ttl`` seconds.
+    """
+
+    prefix: str = "nxc_"
+    ttl: float = 30 * 86400.0
+
+
+class AnonymousConfig(ConfigStruct, kw_only=True):
+    """``nexus.services.security.anonymous``: who a caller without credentials is.
+
+    Used when authentication is on and ``"anonymous"`` is among the enabled
+    providers: callers without credentials get these roles (and nothing else).
+    """
+
+    roles: list[str] = msgspec.field(default_factory=lambda: ["anonymous"])
+    tenant: str = "default"
+
+
+class JwtKeyConfig(ConfigStruct, kw_only=True):
+    """One static JWT verification key and the one algorithm it may be used with.
+
+    ``HS256`` takes a shared ``secret`` (at least 32 bytes) or ``secret_env``, the
+    name of the environment variable holding it; ``RS256`` (an RSA key) and
+    ``ES256`` (an EC P-256 key) take a PEM public key inline (``public_key``)
+    or from a file (``public_key_file``). ``kid`` matches the token header's ``kid``.
+    """
+
+    algorithm: Literal["HS256", "RS256", "ES256"]
+    kid: str | None = None
+    secret: str | None = None
+    secret_env: str | None = None
+    public_key: str | None = None
+    public_key_file: str | None = None
+
+
+class JwtConfig(ConfigStruct, kw_only=True):
+    """``nexus.services.security.jwt``: the ``jwt`` provider (an identity provider's bearer tokens).
+
+    Keys come from ``keys`` and/or a ``jwks_url`` (cached ``jwks_cache_ttl``
+    seconds; an unknown ``kid`` refetches at most every ``jwks_refresh_interval``
+    seconds; JWKS keys are used with ``jwks_algorithms`` only). ``issuer`` and
+    ``audience`` are checked when set; ``exp``/``nbf``/``iat`` with ``leeway``
+    seconds of clock skew; ``required_claims`` must be present. Claims map to
+    the principal: ``subject_claim`` is its id, ``roles_claim`` its roles (a
+    list or a space-separated string), ``tenant_claim`` its tenant
+    (``default_tenant`` when absent), ``scopes_claim`` (off by default) its
+    scopes; every other claim becomes an attribute.
+    """
+
+    keys: list[JwtKeyConfig] = []
+    jwks_url: str | None = None
+    jwks_algorithms: list[Literal["RS256", "ES256"]] = msgspec.field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    jwks_cache_ttl: float = 300.0
+    jwks_refresh_interval: float = 30.0
+    jwks_timeout: float = 5.0
+    issuer: str | None = None
+    audience: list[str] = []
+    leeway: float = 30.0
+    required_claims: list[str] = msgspec.field(default_factory=lambda: ["exp"])
+    subject_claim: str = "sub"
+    roles_claim: str = "roles"
+    tenant_claim: str = "tenant"
+    default_tenant: str = "default"
+    scopes_claim: str | None = None
+
+
+class PolicyCondition(ConfigStruct, kw_only=True):
+    """One ABAC condition: ``attribute`` compared with ``value`` by ``op``.
+
+    Attributes: ``principal.id|tenant|roles|scopes|provider|anonymous``,
+    ``principal.<name>`` (an attribute of the principal, dotted for nesting),
+    ``channel``, ``tenant``, ``action``, ``workflow``, ``workflow.tags``,
+    ``input.<field>`` (dotted), ``time.hour|minute|weekday`` (weekday 0 =
+    Monday, in ``security.timezone``). A missing attribute makes the condition
+    false (``exists`` tests presence).
+    """
+
+    attribute: str
+    op: Literal[
+        "eq", "ne", "in", "not_in", "lt", "le", "gt", "ge", "contains", "matches", "exists"
+    ] = "eq"
+    value: Any = None
+
+
+class PolicyRule(ConfigStruct, kw_only=True):
+    """An ABAC rule: ``effect`` applies to ``actions`` (fnmatch patterns) if its conditions hold."""
+
+    effect: Literal["allow", "deny"]
+    actions: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    conditions: list[PolicyCondition] = []
+    description: str = ""
+
+
+class RateLimitRule(ConfigStruct, kw_only=True):
+    """A token bucket: ``requests`` per ``per`` seconds, bursts of ``burst`` (else ``requests``)."""
+
+    requests: Annotated[float, msgspec.Meta(gt=0)]
+    per: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    burst: Annotated[float, msgspec.Meta(ge=1)] | None = None
+
+
+class RateLimitScope(ConfigStruct, kw_only=True):
+    """Limits per principal and per client address (either may be left out)."""
+
+    per_principal: RateLimitRule | None = None
+    per_client: RateLimitRule | None = None
+
+
+class RateLimitConfig(RateLimitScope, kw_only=True):
+    """``nexus.services.security.rate_limits``: token buckets, kept in storage.
+
+    Every bucket is per channel. The rule for a request is the workflow's
+    (``workflows.<name>``, a bucket of its own), else the channel's
+    (``channels.<name>``), else the top-level one; nothing configured, no limit.
+    """
+
+    channels: dict[str, RateLimitScope] = {}
+    workflows: dict[str, RateLimitScope] = {}
+
+
+class InputLimitsConfig(ConfigStruct, kw_only=True):
+    """``nexus.services.security.input_limits``: checked before validation (``None``: no limit)."""
+
+    max_payload_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = 1_048_576
+    max_depth: Annotated[int, msgspec.Meta(ge=1)] | None = 32
+    max_string_length: Annotated[int, msgspec.Meta(ge=1)] | None = 262_144
+
+
 class SecurityConfig(ConfigStruct, kw_only=True):
-    """``nexus.services.security``: access control and sessions.
+    """``nexus.services.security``: authentication, access control, limits and sessions.
 
     ``auth_enabled`` left as ``None`` means "default by environment": off in
     development, on in staging and production (see :attr:`NexusConfig.auth_required`).
-    ``providers`` names the enabled authentication providers; their own
-    settings (API keys, JWT) are sections of the plugins that provide them.
+    ``providers`` names the enabled authentication providers, tried in order
+    (built in: ``api_key``, ``cli_token``, ``jwt``, ``anonymous``); a provider's
+    settings are the table of its name here (``api_key``, ``jwt``...) or the
+    section ``services.security.<name>`` of the plugin that provides it.
+    ``roles`` maps a role to permission patterns (``workflow:*:execute``,
+    ``runs:read``, ``admin``...); ``default_roles`` are given to every
+    authenticated principal; ``policies`` are the ABAC rules. ``trusted_proxies``
+    (addresses or CIDR networks) may set the client address through
+    ``X-Forwarded-For``. See docs/how-to/secure-a-deployment.md.
     """
 
     strategy: Literal["rbac", "abac", "hybrid"] = "rbac"
     session_timeout: float = 3600.0
     auth_enabled: bool | None = None
     providers: list[str] = []
+    roles: dict[str, list[str]] = {}
+    default_roles: list[str] = []
+    policies: list[PolicyRule] = []
+    timezone: str = "UTC"
+    api_key: ApiKeyConfig = msgspec.field(default_factory=ApiKeyConfig)
+    cli_token: CliTokenConfig = msgspec.field(default_factory=CliTokenConfig)
+    jwt: JwtConfig = msgspec.field(default_factory=JwtConfig)
+    anonymous: AnonymousConfig = msgspec.field(default_factory=AnonymousConfig)
+    rate_limits: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    input_limits: InputLimitsConfig = msgspec.field(default_factory=InputLimitsConfig)
+    trusted_proxies: list[str] = []
 
 
 class MonitoringConfig(ConfigStruct, kw_only=True):

@@ -597,9 +597,11 @@ def test_unknown_key_names_path_and_file(tmp_path: Path) -> None:
     path = write(tmp_path / "nexus.yaml", "nexus:\n  services:\n    security:\n      stratgy: x\n")
     with pytest.raises(ConfigError) as info:
         load(path)
+    known = ", ".join(sorted(field.name for field in msgspec.structs.fields(SecurityConfig)))
+    assert "auth_enabled, " in known
     assert str(info.value) == (
         f"{path}: nexus.services.security.stratgy: unknown key "
-        "(known: auth_enabled, providers, session_timeout, strategy); did you mean 'strategy'?"
+        f"(known: {known}); did you mean 'strategy'?"
     )
     with pytest.raises(ConfigError, match=r"nexus\.titel: unknown key .*did you mean 'title'"):
         load(write(tmp_path / "nexus.toml", 'titel = "x"\n'))

@@ -91,4 +91,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             data BLOB NOT NULL
         )""",
     ),
+    # 2: credentials the host issues (API keys, CLI tokens), by the hash of their token.
+    (
+        """CREATE TABLE credentials (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL,
+            data BLOB NOT NULL,
+            UNIQUE (kind, token_hash)
+        )""",
+        "CREATE INDEX credentials_principal ON credentials (principal, created_at, id)",
+        "CREATE INDEX credentials_order ON credentials (created_at, id)",
+    ),
 )

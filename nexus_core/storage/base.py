@@ -22,6 +22,7 @@ from ..events import Event
 
 __all__ = [
     "AuditRecord",
+    "CredentialRecord",
     "NodeCheckpoint",
     "RunRecord",
     "RunStatus",
@@ -95,6 +96,30 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     run_id: str | None = None
     reason: str | None = None
     input_hash: str | None = None
+
+
+class CredentialRecord(msgspec.Struct, kw_only=True):
+    """A credential the host issued (an API key, a CLI token): stored by the hash of its token.
+
+    ``token_hash`` is the SHA-256 hex digest of the token; the token itself is
+    shown once, when issued, and never stored. ``kind`` is ``"api_key"`` or
+    ``"cli_token"`` (plugins may use kinds of their own). A credential is
+    usable while ``revoked_at`` is None or in the future and ``expires_at`` is
+    None or in the future.
+    """
+
+    id: str
+    kind: str
+    token_hash: str
+    principal: str
+    tenant: str = "default"
+    roles: list[str] = []
+    scopes: list[str] = []
+    attributes: dict[str, Any] = {}
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    label: str | None = None
 
 
 class Storage(abc.ABC):
@@ -249,6 +274,39 @@ class Storage(abc.ABC):
         """Audit records oldest first, filtered; ``since`` inclusive, ``until`` exclusive.
 
         Records with equal ``time`` come in append order.
+        """
+
+    # -- credentials -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_credential(self, record: CredentialRecord) -> None:
+        """Store a new credential; an id or ``(kind, token_hash)`` in use raises ``ValueError``."""
+
+    @abc.abstractmethod
+    async def get_credential(self, kind: str, token_hash: str) -> CredentialRecord | None:
+        """The credential of that kind with that token hash (revoked or expired too), or None."""
+
+    @abc.abstractmethod
+    async def get_credential_by_id(self, credential_id: str) -> CredentialRecord | None:
+        """The credential with that id (revoked or expired too), or None."""
+
+    @abc.abstractmethod
+    async def list_credentials(
+        self,
+        *,
+        principal: str | None = None,
+        kind: str | None = None,
+        tenant: str | None = None,
+    ) -> list[CredentialRecord]:
+        """Credentials oldest first (by ``created_at``, then id), filtered; revoked ones too."""
+
+    @abc.abstractmethod
+    async def revoke_credential(self, credential_id: str, *, at: float) -> bool:
+        """Set ``revoked_at`` to ``at`` unless it is already revoked at or before ``at``.
+
+        Returns whether the record changed (False for an unknown id). ``at`` may
+        be in the future: a rotated key stays usable until then. Nothing else
+        about a credential ever changes.
         """
 
     # -- cache -----------------------------------------------------------------

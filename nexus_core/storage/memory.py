@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..events import Event
-from .base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+from .base import (
+    AuditRecord,
+    CredentialRecord,
+    NodeCheckpoint,
+    RunRecord,
+    SessionRecord,
+    Storage,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -26,7 +33,7 @@ _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     t: msgspec.json.Decoder(t)
-    for t in (SessionRecord, RunRecord, NodeCheckpoint, Event, AuditRecord)
+    for t in (SessionRecord, RunRecord, NodeCheckpoint, Event, AuditRecord, CredentialRecord)
 }
 
 
@@ -59,6 +66,8 @@ class MemoryStorage(Storage):
         self._cache: dict[str, tuple[bytes, float | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self._blobs: dict[str, bytes] = {}
+        self._credentials: dict[str, CredentialRecord] = {}
+        self._credential_hashes: dict[tuple[str, str], str] = {}
 
     @property
     def persistent(self) -> bool:
@@ -256,6 +265,52 @@ class MemoryStorage(Storage):
         ]
         matches.sort(key=lambda r: r.time)  # stable: append order breaks ties
         return [_copy(r) for r in matches[:limit]]
+
+    # -- credentials -----------------------------------------------------------
+
+    async def put_credential(self, record: CredentialRecord) -> None:
+        """Store a new credential; a used id or ``(kind, token_hash)`` raises ``ValueError``."""
+        key = (record.kind, record.token_hash)
+        if record.id in self._credentials or key in self._credential_hashes:
+            raise ValueError(f"credential {record.id!r} (or its token) already exists")
+        self._credentials[record.id] = _copy(record)
+        self._credential_hashes[key] = record.id
+
+    async def get_credential(self, kind: str, token_hash: str) -> CredentialRecord | None:
+        """The credential of that kind with that token hash, or None."""
+        credential_id = self._credential_hashes.get((kind, token_hash))
+        return None if credential_id is None else _copy(self._credentials[credential_id])
+
+    async def get_credential_by_id(self, credential_id: str) -> CredentialRecord | None:
+        """The credential with that id, or None."""
+        record = self._credentials.get(credential_id)
+        return None if record is None else _copy(record)
+
+    async def list_credentials(
+        self,
+        *,
+        principal: str | None = None,
+        kind: str | None = None,
+        tenant: str | None = None,
+    ) -> list[CredentialRecord]:
+        """Credentials oldest first (by ``created_at``, then id), filtered."""
+        matches = [
+            r
+            for r in self._credentials.values()
+            if (principal is None or r.principal == principal)
+            and (kind is None or r.kind == kind)
+            and (tenant is None or r.tenant == tenant)
+        ]
+        matches.sort(key=lambda r: (r.created_at, r.id))
+        return [_copy(r) for r in matches]
+
+    async def revoke_credential(self, credential_id: str, *, at: float) -> bool:
+        """Set ``revoked_at`` to ``at`` unless already revoked at or before it."""
+        record = self._credentials.get(credential_id)
+        if record is None or (record.revoked_at is not None and record.revoked_at <= at):
+            return False
+        self._credentials[credential_id] = msgspec.structs.replace(record, revoked_at=at)
+        return True
 
     # -- cache -----------------------------------------------------------------
 

@@ -38,7 +38,14 @@ import msgspec
 
 from ..events import Event
 from ._migrations import MIGRATIONS, Migration
-from .base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+from .base import (
+    AuditRecord,
+    CredentialRecord,
+    NodeCheckpoint,
+    RunRecord,
+    SessionRecord,
+    Storage,
+)
 
 __all__ = ["SQLiteStorage", "SchemaVersionError"]
 
@@ -56,6 +63,7 @@ _decode_checkpoint = msgspec.json.Decoder(NodeCheckpoint).decode
 _decode_run = msgspec.json.Decoder(RunRecord).decode
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_audit = msgspec.json.Decoder(AuditRecord).decode
+_decode_credential = msgspec.json.Decoder(CredentialRecord).decode
 
 # -- statements -----------------------------------------------------------------
 
@@ -101,6 +109,18 @@ _READ_RUN_EVENTS = f"SELECT data FROM events WHERE {_AFTER} AND run_id = ? ORDER
 
 _INSERT_AUDIT = "INSERT INTO audit (time, tenant, principal, workflow, data) VALUES (?, ?, ?, ?, ?)"
 
+_INSERT_CREDENTIAL = (
+    "INSERT INTO credentials"
+    " (id, kind, token_hash, principal, tenant, created_at, revoked_at, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CREDENTIAL_COLS = "revoked_at, data"
+_SELECT_CREDENTIAL = f"SELECT {_CREDENTIAL_COLS} FROM credentials WHERE kind = ? AND token_hash = ?"
+_SELECT_CREDENTIAL_BY_ID = f"SELECT {_CREDENTIAL_COLS} FROM credentials WHERE id = ?"
+_REVOKE_CREDENTIAL = (
+    "UPDATE credentials SET revoked_at = ? WHERE id = ? AND (revoked_at IS NULL OR revoked_at > ?)"
+)
+
 _SELECT_CACHE = "SELECT value FROM cache WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
 _UPSERT_CACHE = (
     "INSERT INTO cache (key, value, expires_at) VALUES (?, ?, ?)"
@@ -124,6 +144,11 @@ _DELETE_BLOB = "DELETE FROM blobs WHERE key = ?"
 _LIST_BLOBS = "SELECT key FROM blobs ORDER BY key"
 _LIST_BLOBS_FROM = "SELECT key FROM blobs WHERE key >= ? ORDER BY key"
 _LIST_BLOBS_RANGE = "SELECT key FROM blobs WHERE key >= ? AND key < ? ORDER BY key"
+
+
+def _credential(row: Sequence[Any]) -> CredentialRecord:
+    # revoked_at lives in its column (the only field that changes), the rest in data.
+    return msgspec.structs.replace(_decode_credential(row[1]), revoked_at=row[0])
 
 
 class SchemaVersionError(RuntimeError):
@@ -582,6 +607,59 @@ class SQLiteStorage(Storage):
         sql += " ORDER BY time, seq LIMIT ?"
         params.append(limit)
         return [_decode_audit(row[0]) for row in await self._read(sql, params)]
+
+    # -- credentials -----------------------------------------------------------
+
+    async def put_credential(self, record: CredentialRecord) -> None:
+        """Store a new credential; a used id or ``(kind, token_hash)`` raises ``ValueError``."""
+        params = (
+            record.id,
+            record.kind,
+            record.token_hash,
+            record.principal,
+            record.tenant,
+            record.created_at,
+            record.revoked_at,
+            _encode(record),
+        )
+        try:
+            await self._write(_INSERT_CREDENTIAL, params)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"credential {record.id!r} (or its token) already exists") from exc
+
+    async def get_credential(self, kind: str, token_hash: str) -> CredentialRecord | None:
+        """The credential of that kind with that token hash, or None."""
+        rows = await self._read(_SELECT_CREDENTIAL, (kind, token_hash))
+        return _credential(rows[0]) if rows else None
+
+    async def get_credential_by_id(self, credential_id: str) -> CredentialRecord | None:
+        """The credential with that id, or None."""
+        rows = await self._read(_SELECT_CREDENTIAL_BY_ID, (credential_id,))
+        return _credential(rows[0]) if rows else None
+
+    async def list_credentials(
+        self,
+        *,
+        principal: str | None = None,
+        kind: str | None = None,
+        tenant: str | None = None,
+    ) -> list[CredentialRecord]:
+        """Credentials oldest first (by ``created_at``, then id), filtered."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("principal", principal), ("kind", kind), ("tenant", tenant)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_CREDENTIAL_COLS} FROM credentials"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        return [_credential(row) for row in await self._read(sql, params)]
+
+    async def revoke_credential(self, credential_id: str, *, at: float) -> bool:
+        """Set ``revoked_at`` to ``at`` unless already revoked at or before it."""
+        return bool(await self._write(_REVOKE_CREDENTIAL, (at, credential_id, at)))
 
     # -- cache -----------------------------------------------------------------
 

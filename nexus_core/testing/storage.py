@@ -35,7 +35,9 @@ What the suite pins down beyond the docstrings of :class:`Storage`:
   ``unfinished_runs`` oldest first; an unknown ``before`` (or another tenant's)
   gives an empty page;
 * appending an event whose id is already logged does nothing;
-* audit records come oldest first by ``time``, ties in append order.
+* audit records come oldest first by ``time``, ties in append order;
+* credentials are found by ``(kind, token_hash)`` and by id, revoked ones
+  included; ``revoke_credential`` keeps the earliest revocation time.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ from hypothesis.stateful import (
 )
 
 from ..events import Event
-from ..storage.base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+from ..storage.base import (
+    AuditRecord,
+    CredentialRecord,
+    NodeCheckpoint,
+    RunRecord,
+    SessionRecord,
+    Storage,
+)
 
 __all__ = ["StorageContract", "StorageFactory", "storage_state_machine"]
 
@@ -98,6 +107,14 @@ def _audit(aid: str, t: float, **fields: Any) -> AuditRecord:
     fields.setdefault("action", "invoke")
     fields.setdefault("outcome", "allowed")
     return AuditRecord(id=aid, time=t, **fields)
+
+
+def _credential(cid: str, **fields: Any) -> CredentialRecord:
+    fields.setdefault("kind", "api_key")
+    fields.setdefault("token_hash", f"hash-of-{cid}")
+    fields.setdefault("principal", "alice")
+    fields.setdefault("created_at", 1000.0)
+    return CredentialRecord(id=cid, **fields)
 
 
 class StorageContract:
@@ -521,6 +538,93 @@ class StorageContract:
         assert await storage.query_audit(tenant="acme", limit=0) == []
         assert (await storage.query_audit(principal="carol"))[0] == records[4]
 
+    # -- credentials -----------------------------------------------------------
+
+    async def test_credential_put_and_get(self, storage: Storage) -> None:
+        """A credential comes back equal by ``(kind, token_hash)`` and by id."""
+        record = _credential(
+            "c1",
+            tenant="acme",
+            roles=["admin", "ops"],
+            scopes=["workflow:*:execute"],
+            attributes={"team": "infra", "level": 3, "nested": {"a": [1, 2]}},
+            expires_at=5000.0,
+            label="ci key",
+        )
+        await storage.put_credential(record)
+        assert await storage.get_credential("api_key", "hash-of-c1") == record
+        assert await storage.get_credential_by_id("c1") == record
+        assert await storage.get_credential("cli_token", "hash-of-c1") is None  # other kind
+        assert await storage.get_credential("api_key", "nope") is None
+        assert await storage.get_credential_by_id("nope") is None
+
+    async def test_credential_duplicates_are_refused(self, storage: Storage) -> None:
+        """A used id, or a used ``(kind, token_hash)``, raises ``ValueError``; nothing changes."""
+        await storage.put_credential(_credential("c1"))
+        with pytest.raises(ValueError, match="already exists"):
+            await storage.put_credential(_credential("c1", token_hash="other"))
+        with pytest.raises(ValueError, match="already exists"):
+            await storage.put_credential(_credential("c2", token_hash="hash-of-c1"))
+        assert await storage.get_credential("api_key", "other") is None
+        assert await storage.get_credential_by_id("c2") is None
+        # The same hash under another kind is another credential.
+        await storage.put_credential(_credential("c3", kind="cli_token", token_hash="hash-of-c1"))
+        found = await storage.get_credential("cli_token", "hash-of-c1")
+        assert found is not None
+        assert found.id == "c3"
+
+    async def test_credential_list_filters_and_order(self, storage: Storage) -> None:
+        """Listed oldest first (``created_at``, then id), by principal, kind and tenant."""
+        records = [
+            _credential("c4", created_at=30.0, principal="bob"),
+            _credential("c2", created_at=10.0, kind="cli_token", tenant="acme"),
+            _credential("c3", created_at=20.0, principal="bob", tenant="acme"),
+            _credential("c1", created_at=20.0),
+        ]
+        for record in records:
+            await storage.put_credential(record)
+        await storage.revoke_credential("c4", at=40.0)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.id for r in await storage.list_credentials(**filters)]
+
+        assert await ids() == ["c2", "c1", "c3", "c4"]  # revoked ones too
+        assert await ids(principal="bob") == ["c3", "c4"]
+        assert await ids(kind="api_key") == ["c1", "c3", "c4"]
+        assert await ids(tenant="acme") == ["c2", "c3"]
+        assert await ids(principal="bob", tenant="acme", kind="api_key") == ["c3"]
+        assert await ids(principal="nobody") == []
+
+    async def test_credential_revoke(self, storage: Storage) -> None:
+        """The earliest revocation wins; nothing but ``revoked_at`` changes."""
+        record = _credential("c1", roles=["r"], expires_at=9000.0)
+        await storage.put_credential(record)
+        assert await storage.revoke_credential("nope", at=1.0) is False
+        assert await storage.revoke_credential("c1", at=2000.0) is True
+        got = await storage.get_credential("api_key", "hash-of-c1")
+        assert got == msgspec.structs.replace(record, revoked_at=2000.0)
+        assert await storage.revoke_credential("c1", at=2000.0) is False
+        assert await storage.revoke_credential("c1", at=3000.0) is False  # later: kept
+        assert await storage.revoke_credential("c1", at=1500.0) is True  # earlier: wins
+        got = await storage.get_credential_by_id("c1")
+        assert got is not None
+        assert got.revoked_at == 1500.0
+        [listed] = await storage.list_credentials()
+        assert listed.revoked_at == 1500.0
+
+    async def test_credential_records_are_copies(self, storage: Storage) -> None:
+        """Mutating a stored or returned credential does not change the store."""
+        record = _credential("c1", roles=["a"], attributes={"k": [1]})
+        await storage.put_credential(record)
+        record.roles.append("mutated")
+        got = await storage.get_credential_by_id("c1")
+        assert got is not None
+        assert got.roles == ["a"]
+        got.attributes["k"].append(2)
+        again = await storage.get_credential("api_key", "hash-of-c1")
+        assert again is not None
+        assert again.attributes == {"k": [1]}
+
     # -- cache -----------------------------------------------------------------
 
     async def test_cache_get_set_delete(self, storage: Storage) -> None:
@@ -647,6 +751,10 @@ class StorageContract:
 _SESSION_IDS = st.sampled_from(["s0", "s1", "s2", "s3"])
 _TENANTS = st.sampled_from(["t0", "t1"])
 _MAYBE_TENANT = st.none() | _TENANTS
+_CREDENTIAL_IDS = st.sampled_from(["c0", "c1", "c2", "c3"])
+_CREDENTIAL_KINDS = st.sampled_from(["api_key", "cli_token"])
+_TOKEN_HASHES = st.sampled_from(["h0", "h1", "h2"])
+_PRINCIPALS = st.sampled_from(["alice", "bob"])
 _STATUSES = st.sampled_from(["pending", "running", "completed", "failed", "cancelled"])
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=4),
@@ -673,7 +781,7 @@ def storage_state_machine(
     ``machine.TestCase`` to unittest.
 
     It covers sessions, runs (idempotency, filters, ordering, paging),
-    checkpoints, events, cache and blobs.
+    checkpoints, events, cache, blobs and credentials.
     """
 
     class StorageMachine(RuleBasedStateMachine):
@@ -705,6 +813,7 @@ def storage_state_machine(
             self.event_log: list[Event] = []
             self.cache: dict[str, bytes] = {}
             self.blobs: dict[str, bytes] = {}
+            self.credentials: dict[str, CredentialRecord] = {}
             self.counter = 0
 
         def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -999,5 +1108,91 @@ def storage_state_machine(
         def list_blobs(self, prefix: str) -> None:
             expected = sorted(k for k in self.blobs if k.startswith(prefix))
             assert self.call(self.store.list_blobs, prefix) == expected
+
+        # -- credentials ---------------------------------------------------------
+
+        @rule(
+            cid=_CREDENTIAL_IDS,
+            kind=_CREDENTIAL_KINDS,
+            token_hash=_TOKEN_HASHES,
+            principal=_PRINCIPALS,
+            tenant=_TENANTS,
+            created_at=st.integers(0, 3).map(float),
+        )
+        def put_credential(
+            self,
+            cid: str,
+            kind: str,
+            token_hash: str,
+            principal: str,
+            tenant: str,
+            created_at: float,
+        ) -> None:
+            record = CredentialRecord(
+                id=cid,
+                kind=kind,
+                token_hash=token_hash,
+                principal=principal,
+                tenant=tenant,
+                roles=["r"],
+                created_at=created_at,
+            )
+            taken = cid in self.credentials or any(
+                (c.kind, c.token_hash) == (kind, token_hash) for c in self.credentials.values()
+            )
+            if taken:
+                with pytest.raises(ValueError, match="already exists"):
+                    self.call(self.store.put_credential, record)
+            else:
+                self.call(self.store.put_credential, record)
+                self.credentials[cid] = record
+
+        @rule(kind=_CREDENTIAL_KINDS, token_hash=_TOKEN_HASHES)
+        def get_credential(self, kind: str, token_hash: str) -> None:
+            expected = next(
+                (
+                    c
+                    for c in self.credentials.values()
+                    if (c.kind, c.token_hash) == (kind, token_hash)
+                ),
+                None,
+            )
+            assert self.call(self.store.get_credential, kind, token_hash) == expected
+
+        @rule(cid=_CREDENTIAL_IDS)
+        def get_credential_by_id(self, cid: str) -> None:
+            assert self.call(self.store.get_credential_by_id, cid) == self.credentials.get(cid)
+
+        @rule(
+            principal=st.none() | _PRINCIPALS,
+            kind=st.none() | _CREDENTIAL_KINDS,
+            tenant=_MAYBE_TENANT,
+        )
+        def list_credentials(
+            self, principal: str | None, kind: str | None, tenant: str | None
+        ) -> None:
+            expected = sorted(
+                (
+                    c
+                    for c in self.credentials.values()
+                    if (principal is None or c.principal == principal)
+                    and (kind is None or c.kind == kind)
+                    and (tenant is None or c.tenant == tenant)
+                ),
+                key=lambda c: (c.created_at, c.id),
+            )
+            got = self.call(
+                self.store.list_credentials, principal=principal, kind=kind, tenant=tenant
+            )
+            assert got == expected
+
+        @rule(cid=_CREDENTIAL_IDS, at=st.integers(0, 5).map(float))
+        def revoke_credential(self, cid: str, at: float) -> None:
+            stored = self.credentials.get(cid)
+            changes = stored is not None and (stored.revoked_at is None or stored.revoked_at > at)
+            assert self.call(self.store.revoke_credential, cid, at=at) is changes
+            if changes:
+                assert stored is not None
+                self.credentials[cid] = msgspec.structs.replace(stored, revoked_at=at)
 
     return StorageMachine

@@ -1,0 +1,105 @@
+"""Who is calling: principals, the credentials channels pass in, and the provider protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "ANONYMOUS",
+    "AuthProvider",
+    "Credentials",
+    "Principal",
+    "hash_inputs",
+    "hash_token",
+    "new_token",
+    "tokens_equal",
+]
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """An authenticated caller (or the anonymous one).
+
+    ``roles`` grant permissions (RBAC); ``scopes``, when not empty, narrow what
+    the credential may do to the matching actions whatever the roles say;
+    ``attributes`` feed ABAC conditions (``principal.<name>``). ``provider``
+    names the auth provider that vouched for it.
+    """
+
+    id: str
+    tenant: str = "default"
+    roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    attributes: dict[str, Any] = {}
+    provider: str | None = None
+    anonymous: bool = False
+
+
+#: The caller without credentials while authentication is off (the development default).
+ANONYMOUS = Principal(id="anonymous", roles=("anonymous",), anonymous=True)
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True):
+    """What a channel received from its caller, in channel-neutral form.
+
+    ``bearer`` is an ``Authorization: Bearer`` token (an API key, a CLI token
+    or a JWT), ``api_key`` an ``X-API-Key`` header; ``client`` is the address
+    of the peer that connected and ``forwarded_for`` its ``X-Forwarded-For``
+    header, believed only when the peer is a configured trusted proxy.
+    """
+
+    bearer: str | None = None
+    api_key: str | None = None
+    client: str | None = None
+    forwarded_for: str | None = None
+
+    @property
+    def presented(self) -> bool:
+        """Whether the caller sent a token or key at all."""
+        return self.bearer is not None or self.api_key is not None
+
+
+@runtime_checkable
+class AuthProvider(Protocol):
+    """Turns credentials into a principal. Contributed through ``nexus_auth_providers``.
+
+    ``authenticate`` returns ``None`` when the credentials are not its kind
+    (the next enabled provider is tried) and raises
+    :class:`~nexus_core.errors.AuthenticationError` when they are its kind but
+    invalid (expired, revoked, bad signature): that ends authentication with a
+    401. It must never let an exception other than ``AuthenticationError``
+    escape for bad input. Optional members: ``async start()`` / ``async
+    stop()`` (run with the host) and ``anonymous = True`` for providers that
+    admit callers without proving who they are (they do not count as
+    "authentication configured" for production).
+    """
+
+    name: str
+
+    async def authenticate(self, credentials: Credentials, channel: str) -> Principal | None:
+        """The principal these credentials prove, None if not this provider's kind."""
+        ...
+
+
+def hash_inputs(inputs: Any) -> str:
+    """A stable SHA-256 of the inputs, for audit and idempotency (never the raw values)."""
+    return hashlib.sha256(msgspec.json.encode(inputs, order="sorted")).hexdigest()
+
+
+def new_token(prefix: str = "") -> str:
+    """A new random token (256 bits) with a recognisable prefix (``nxk_``, ``nxc_``)."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest under which a token is stored (fine for high-entropy tokens)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tokens_equal(a: str, b: str) -> bool:
+    """Compare two digests in constant time."""
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,351 @@
+"""RBAC and ABAC decisions agree with a simple reference model (hypothesis, through app.invoke)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+from test_security import make_app, secured
+
+from nexus_core import Nexus, PermissionDenied
+from nexus_core.security import Credentials, Principal
+
+pytestmark = pytest.mark.anyio
+
+WORKFLOWS = ["greet", "add", "report"]
+CHANNELS = ["api", "cli", "mcp"]
+ROLE_NAMES = ["r0", "r1", "r2", "r3"]
+PERMISSIONS = [
+    "workflow:greet:execute",
+    "workflow:add:execute",
+    "workflow:*:execute",
+    "workflow:g*:execute",
+    "workflow:report:*",
+    "runs:read",
+    "admin",
+    "*",
+]
+ACTIONS = ["*", "workflow:*:execute", "workflow:greet:execute", "workflow:report:execute", "runs:*"]
+CONDITIONS: list[dict[str, Any]] = [
+    {"attribute": "principal.dept", "op": "eq", "value": "eng"},
+    {"attribute": "principal.dept", "op": "in", "value": ["eng", "ops"]},
+    {"attribute": "principal.dept", "op": "ne", "value": "ops"},
+    {"attribute": "principal.dept", "op": "exists", "value": True},
+    {"attribute": "principal.dept", "op": "exists", "value": False},
+    {"attribute": "principal.level", "op": "ge", "value": 2},
+    {"attribute": "principal.level", "op": "lt", "value": 3},
+    {"attribute": "principal.roles", "op": "contains", "value": "r1"},
+    {"attribute": "principal.roles", "op": "in", "value": ["r2", "r3"]},
+    {"attribute": "principal.id", "op": "matches", "value": "a*"},
+    {"attribute": "channel", "op": "eq", "value": "api"},
+    {"attribute": "channel", "op": "not_in", "value": ["mcp"]},
+    {"attribute": "tenant", "op": "eq", "value": "acme"},
+    {"attribute": "workflow", "op": "eq", "value": "report"},
+    {"attribute": "input.amount", "op": "gt", "value": 100},
+    {"attribute": "input.amount", "op": "le", "value": 100},
+    {"attribute": "input.region", "op": "in", "value": ["eu", "us"]},
+    {"attribute": "input.name", "op": "eq", "value": "root"},
+    {"attribute": "time.hour", "op": "lt", "value": 12},
+    {"attribute": "time.weekday", "op": "in", "value": [5, 6]},
+]
+INPUTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "greet": st.fixed_dictionaries({"name": st.sampled_from(["ada", "root", "bob"])}),
+    "add": st.fixed_dictionaries({"a": st.integers(0, 5), "b": st.integers(0, 5)}),
+    "report": st.fixed_dictionaries(
+        {
+            "amount": st.sampled_from([5.0, 100.0, 250.0]),
+            "region": st.sampled_from(["eu", "us", "ap"]),
+        }
+    ),
+}
+
+# -- the reference model: the documented rules, written as plainly as possible ---------------------
+
+
+def _attribute(name: str, request: dict[str, Any]) -> tuple[bool, Any]:
+    p: Principal = request["principal"]
+    if name == "principal.id":
+        return True, p.id
+    if name == "principal.roles":
+        return True, list(p.roles)
+    if name.startswith("principal."):
+        key = name.split(".", 1)[1]
+        return (key in p.attributes), p.attributes.get(key)
+    if name == "channel":
+        return True, request["channel"]
+    if name == "tenant":
+        return True, p.tenant
+    if name == "workflow":
+        return True, request["workflow"]
+    if name.startswith("input."):
+        key = name.split(".", 1)[1]
+        return (key in request["inputs"]), request["inputs"].get(key)
+    now: dt.datetime = request["now"]
+    return True, {"time.hour": now.hour, "time.weekday": now.weekday()}[name]
+
+
+def _holds(condition: dict[str, Any], request: dict[str, Any]) -> bool:
+    present, value = _attribute(condition["attribute"], request)
+    op, want = condition["op"], condition["value"]
+    if op == "exists":
+        return present == want
+    if not present:
+        return False
+    if op == "eq":
+        return value == want
+    if op == "ne":
+        return value != want
+    if op in ("in", "not_in"):
+        hit = any(v in want for v in value) if isinstance(value, list) else value in want
+        return hit if op == "in" else not hit
+    if op == "contains":
+        return want in value
+    if op == "matches":
+        return fnmatch.fnmatchcase(value, want)
+    comparisons = {"lt": value < want, "le": value <= want, "gt": value > want, "ge": value >= want}
+    return comparisons[op]
+
+
+def reference(config: dict[str, Any], request: dict[str, Any]) -> bool:
+    p: Principal = request["principal"]
+    action = f"workflow:{request['workflow']}:execute"
+
+    def grants(pattern: str) -> bool:
+        return pattern == "admin" or fnmatch.fnmatchcase(action, pattern)
+
+    if p.scopes and not any(grants(s) for s in p.scopes):
+        return False
+    roles = [*p.roles, *config.get("default_roles", [])]
+    rbac = any(grants(perm) for role in roles for perm in config.get("roles", {}).get(role, []))
+    matching = [
+        rule
+        for rule in config.get("policies", [])
+        if any(fnmatch.fnmatchcase(action, a) for a in rule["actions"])
+        and all(_holds(c, request) for c in rule["conditions"])
+    ]
+    allow = any(r["effect"] == "allow" for r in matching)
+    deny = any(r["effect"] == "deny" for r in matching)
+    strategy = config["strategy"]
+    if strategy == "rbac":
+        return rbac
+    if strategy == "abac":
+        return allow and not deny
+    return (rbac or allow) and not deny
+
+
+# -- random configurations and requests ------------------------------------------------------------
+
+rules = st.fixed_dictionaries(
+    {
+        "effect": st.sampled_from(["allow", "deny"]),
+        "actions": st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2),
+        "conditions": st.lists(st.sampled_from(CONDITIONS), max_size=3),
+    }
+)
+role_tables = st.dictionaries(
+    st.sampled_from(ROLE_NAMES), st.lists(st.sampled_from(PERMISSIONS), max_size=3), max_size=4
+)
+
+
+@st.composite
+def configurations(draw: st.DrawFn) -> dict[str, Any]:
+    strategy = draw(st.sampled_from(["rbac", "abac", "hybrid"]))
+    roles = {} if strategy == "abac" else draw(role_tables)
+    policies = [] if strategy == "rbac" else draw(st.lists(rules, max_size=5))
+    allows = any(rule["effect"] == "allow" for rule in policies)
+    assume(roles if strategy == "rbac" else allows if strategy == "abac" else roles or allows)
+    config: dict[str, Any] = {"strategy": strategy, "roles": roles, "policies": policies}
+    if roles and draw(st.booleans()):
+        config["default_roles"] = [draw(st.sampled_from(sorted(roles)))]
+    return config
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    if draw(st.booleans()):
+        attributes["dept"] = draw(st.sampled_from(["eng", "ops", "sales"]))
+    if draw(st.booleans()):
+        attributes["level"] = draw(st.integers(0, 4))
+    scopes: tuple[str, ...] = ()
+    if draw(st.integers(0, 4)) == 0:
+        scopes = tuple(draw(st.lists(st.sampled_from(PERMISSIONS[:5]), min_size=1, max_size=2)))
+    principal = Principal(
+        id=draw(st.sampled_from(["alice", "bob", "ann"])),
+        tenant=draw(st.sampled_from(["acme", "globex"])),
+        roles=tuple(draw(st.lists(st.sampled_from(ROLE_NAMES), max_size=3, unique=True))),
+        scopes=scopes,
+        attributes=attributes,
+    )
+    workflow = draw(st.sampled_from(WORKFLOWS))
+    moment = draw(
+        st.datetimes(min_value=dt.datetime(2024, 1, 1), max_value=dt.datetime(2026, 1, 1))
+    )
+    return {
+        "principal": principal,
+        "workflow": workflow,
+        "channel": draw(st.sampled_from(CHANNELS)),
+        "inputs": draw(INPUTS[workflow]),
+        "now": moment.replace(tzinfo=dt.UTC),
+    }
+
+
+POLICY_SETTINGS = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@POLICY_SETTINGS
+@given(config=configurations(), batch=st.lists(requests(), min_size=1, max_size=6))
+async def test_decisions_agree_with_the_reference_model(
+    config: dict[str, Any], batch: list[dict[str, Any]]
+) -> None:
+    app = make_app(security={"auth_enabled": True, "providers": ["api_key"], **config})
+    async with app:
+        for request in batch:
+            app.security.clock = request["now"].timestamp
+            expected = reference(config, request)
+            event(f"{config['strategy']}: {'allowed' if expected else 'denied'}")
+            try:
+                result = await app.invoke(
+                    request["workflow"],
+                    request["inputs"],
+                    principal=request["principal"],
+                    channel=request["channel"],
+                )
+            except PermissionDenied:
+                assert not expected, request
+            else:
+                assert expected, request
+                assert result.status == "completed"
+        denied = sum(
+            1 for r in await app.security.query_audit(limit=1000) if r.outcome == "forbidden"
+        )
+        assert denied == sum(1 for request in batch if not reference(config, request))
+
+
+@POLICY_SETTINGS
+@given(config=configurations(), request=requests())
+async def test_visible_workflows_are_those_it_may_execute(
+    config: dict[str, Any], request: dict[str, Any]
+) -> None:
+    app = make_app(security={"auth_enabled": True, "providers": ["api_key"], **config})
+    async with app:
+        app.security.clock = request["now"].timestamp
+        who, channel = request["principal"], request["channel"]
+        visible = [wf.name for wf in await app.visible_workflows(who, channel=channel)]
+        no_inputs = {**request, "inputs": {}}
+        expected = sorted(
+            name for name in app.workflows if reference(config, {**no_inputs, "workflow": name})
+        )
+        assert visible == expected
+
+
+# -- examples, as a reader would check them --------------------------------------------------------
+
+
+async def test_rbac_wildcards_and_admin() -> None:
+    app = make_app(security=secured())
+    async with app:
+        greeter, _ = await app.security.issue_api_key("g", roles=["greeter"])
+        admin, _ = await app.security.issue_api_key("root", roles=["admin"])
+        nobody, _ = await app.security.issue_api_key("n", roles=[])
+        assert (await app.invoke("greet", {}, credentials=Credentials(api_key=greeter))).status
+        with pytest.raises(PermissionDenied, match="lacks the permission 'workflow:add:execute'"):
+            await app.invoke("add", {}, credentials=Credentials(api_key=greeter))
+        for name in app.workflows:
+            if name != "visit":
+                await app.invoke(name, {}, credentials=Credentials(api_key=admin))
+        with pytest.raises(PermissionDenied):
+            await app.invoke("greet", {}, credentials=Credentials(api_key=nobody))
+        who = await app.security.authenticate(Credentials(api_key=greeter), "api")
+        assert [wf.name for wf in await app.visible_workflows(who)] == ["greet"]
+
+
+async def test_hybrid_deny_overrides_roles_and_input_conditions() -> None:
+    app = make_app(
+        security=secured(
+            strategy="hybrid",
+            policies=[
+                {
+                    "effect": "deny",
+                    "actions": ["workflow:report:execute"],
+                    "conditions": [
+                        {"attribute": "input.amount", "op": "gt", "value": 1000},
+                        {"attribute": "principal.clearance", "op": "ne", "value": "high"},
+                    ],
+                    "description": "big reports need clearance",
+                },
+                {
+                    "effect": "allow",
+                    "actions": ["workflow:greet:execute"],
+                    "conditions": [{"attribute": "channel", "op": "eq", "value": "cli"}],
+                },
+            ],
+        )
+    )
+    async with app:
+        op = Principal(id="op", roles=("operator",), attributes={"clearance": "low"})
+        boss = Principal(id="boss", roles=("operator",), attributes={"clearance": "high"})
+        guest = Principal(id="guest")
+        assert (await app.invoke("report", {"amount": 10}, principal=op)).status == "completed"
+        with pytest.raises(PermissionDenied, match="a policy denies 'op'"):
+            await app.invoke("report", {"amount": 5000}, principal=op)
+        with pytest.raises(PermissionDenied):  # raw JSON bytes are read for conditions too
+            await app.invoke("report", b'{"amount": 5000}', principal=op)
+        assert (await app.invoke("report", {"amount": 5000}, principal=boss)).status == "completed"
+        assert (await app.invoke("greet", {}, principal=guest, channel="cli")).status == "completed"
+        with pytest.raises(PermissionDenied):
+            await app.invoke("greet", {}, principal=guest, channel="api")
+
+
+async def test_time_conditions_use_the_configured_time_zone() -> None:
+    app = make_app(
+        security={
+            "auth_enabled": True,
+            "providers": ["api_key"],
+            "strategy": "abac",
+            "timezone": "Asia/Tokyo",
+            "policies": [
+                {
+                    "effect": "allow",
+                    "conditions": [
+                        {"attribute": "time.hour", "op": "ge", "value": 9},
+                        {"attribute": "time.hour", "op": "lt", "value": 17},
+                        {"attribute": "time.weekday", "op": "lt", "value": 5},
+                    ],
+                }
+            ],
+        }
+    )
+    async with app:
+        who = Principal(id="worker")
+        tokyo = dt.timezone(dt.timedelta(hours=9))
+        app.security.clock = dt.datetime(2025, 3, 4, 10, 0, tzinfo=tokyo).timestamp  # Tuesday
+        assert (await app.invoke("greet", {}, principal=who)).status == "completed"
+        app.security.clock = dt.datetime(2025, 3, 4, 20, 0, tzinfo=tokyo).timestamp
+        with pytest.raises(PermissionDenied):
+            await app.invoke("greet", {}, principal=who)
+        app.security.clock = dt.datetime(2025, 3, 8, 10, 0, tzinfo=tokyo).timestamp  # Saturday
+        with pytest.raises(PermissionDenied):
+            await app.invoke("greet", {}, principal=who)
+
+
+async def test_decide_explains_without_running_anything() -> None:
+    app: Nexus = make_app(security=secured())
+    async with app:
+        who = Principal(id="g", roles=("greeter",))
+        assert app.security.allowed(who, "workflow:greet:execute")
+        decision = app.security.decide(who, "workflow:add:execute")
+        assert (decision.allowed, decision.reason) == (
+            False,
+            "'g' lacks the permission 'workflow:add:execute'",
+        )
+        other = app.security.decide(
+            Principal(id="x", roles=("admin",), tenant="a"), "runs:read", tenant="b"
+        )
+        assert not other.allowed and "another tenant" in other.reason
