@@ -17,6 +17,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginInfo, PluginLoadError
+from .security import Credentials, Principal
 from .sessions import Session
 from .specs import (
     AuthProviderSpec,
@@ -48,6 +49,7 @@ __all__ = [
     "ChannelSpec",
     "CommandSpec",
     "ConfigSectionSpec",
+    "Credentials",
     "EventBusSpec",
     "FieldError",
     "HttpMountSpec",
@@ -61,6 +63,7 @@ __all__ = [
     "PermissionDenied",
     "PluginInfo",
     "PluginLoadError",
+    "Principal",
     "RateLimited",
     "RunControl",
     "RunResult",

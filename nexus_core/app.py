@@ -18,12 +18,10 @@ import msgspec
 
 from .config import Config, ConfigError, check_production, load_config
 from .errors import (
-    AuthenticationError,
     IdempotencyConflict,
     NexusError,
     PermissionDenied,
     PluginLoadFailed,
-    RateLimited,
     RunNotFound,
     SessionNotFound,
     WorkflowDefinitionError,
@@ -46,6 +44,15 @@ from .workflows.runtime import NodeResult, RunControl, RunError, RunResult, Runt
 __all__ = ["Nexus"]
 
 log = logging.getLogger("nexus")
+
+# Where the storage backends the core does not ship are found.
+_STORAGE_PLUGINS = {
+    "redis": "nexus-plugin-redis",
+    "rediss": "nexus-plugin-redis",
+    "postgres": "nexus-plugin-postgres",
+    "postgresql": "nexus-plugin-postgres",
+    "s3": "nexus-plugin-s3",
+}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -92,6 +99,7 @@ class Nexus:
                 )
         self._check_required_plugins()
         self.title = title or self.config.nexus.title
+        logging.getLogger("nexus").setLevel(self.config.nexus.services.monitoring.log_level.upper())
         self.instance_id = self.config.nexus.instance_id or socket.gethostname()
         self.runtime = Runtime()
         self.metrics = Metrics(enabled=self.config.nexus.services.monitoring.metrics)
@@ -319,9 +327,7 @@ class Nexus:
                 who, f"workflow:{wf.name}:execute", workflow=wf, channel=channel, inputs=inputs
             )
             sess = await self._session_for(session, channel, who, wf)
-            await self.security.rate_limit(
-                who, channel, wf.name, credentials.client if credentials else None
-            )
+            await self.security.rate_limit(who, channel, wf.name, credentials)
             self.security.check_input_limits(inputs)
             values = wf.validate(inputs)
             plain = msgspec.to_builtins(values)
@@ -341,25 +347,23 @@ class Nexus:
                 owner=self.instance_id,
             )
             record, created = await services.storage.create_run(record)
-        except NexusError as exc:
-            self._count_failure(exc, who, channel, workflow, started)
-            if isinstance(exc, (AuthenticationError, PermissionDenied, RateLimited)):
-                await self.security.audit(
-                    action="invoke",
-                    outcome=exc.code,
-                    principal=who,
-                    channel=channel,
-                    workflow=workflow,
-                    reason=exc.message,
-                )
-            raise
-        if not created:
-            if record.workflow != wf.name or record.input_hash != digest:
-                error = IdempotencyConflict(
+            if not created and (record.workflow != wf.name or record.input_hash != digest):
+                raise IdempotencyConflict(
                     "this Idempotency-Key was already used with other inputs or another workflow"
                 )
-                self._count_failure(error, who, channel, workflow, started)
-                raise error
+        except NexusError as exc:
+            # Every refused invocation is audited too: N invocations, N records.
+            self._count_failure(exc, who, channel, workflow, started)
+            await self.security.audit(
+                action="invoke",
+                outcome=exc.code,
+                principal=who,
+                channel=channel,
+                workflow=workflow,
+                reason=exc.message,
+            )
+            raise
+        if not created:
             return await self._existing(record, wait)
         self.metrics.record_execution(wf.name, channel)
         done = self._done[record.id] = anyio.Event()
@@ -390,6 +394,9 @@ class Nexus:
     ) -> Session | None:
         sessions = self._services().sessions
         if session_id:
+            found = await sessions.get(session_id, tenant=who.tenant)
+            if not await self.security.check_session(who, found.record):
+                raise SessionNotFound("unknown or expired session")  # as if it did not exist
             return await sessions.resume(session_id, channel=channel, tenant=who.tenant)
         if any(issubclass(kind, Session) for kind in wf.injected.values()):
             return await self.create_session(channel=channel, principal=who)
@@ -425,6 +432,7 @@ class Nexus:
                 control=control,
                 completed=completed,
                 state={Session: sess} if sess is not None else None,
+                timeout=self.config.nexus.services.runs.default_timeout,
             )
         except anyio.get_cancelled_exc_class():
             # The host is stopping: the run stays "running" with its checkpoints
@@ -436,6 +444,10 @@ class Nexus:
         result.session_id = record.session_id
         record.status = result.status
         record.output = msgspec.to_builtins(result.output)
+        # Every channel sees the same plain JSON data, in-process callers too.
+        result.output = record.output
+        for node in result.nodes.values():
+            node.output = msgspec.to_builtins(node.output)
         record.error = msgspec.to_builtins(result.error) if result.error else None
         record.finished_at = result.finished_at
         with anyio.CancelScope(shield=True):
@@ -678,9 +690,11 @@ class Nexus:
         backends = self.host.storage_backends()
         spec = backends.get(scheme)
         if spec is None:
+            plugin = _STORAGE_PLUGINS.get(scheme)
+            hint = f"; install it with 'pip install {plugin}'" if plugin else ""
             raise ConfigError(
                 f"no storage backend for {scheme!r} URLs (installed: "
-                f"{', '.join(sorted(backends))}); install its plugin, e.g. nexus-plugin-{scheme}",
+                f"{', '.join(sorted(backends))}){hint}",
                 key="nexus.storage",
             )
         try:
@@ -714,7 +728,7 @@ class Nexus:
             raise RuntimeError("this Nexus host is already running")
         storage = self._open_storage()
         check_production(
-            self.config,
+            msgspec.structs.replace(self.config.nexus, storage=storage.url),
             storage_persistent=storage.persistent,
             auth_configured=self.security.auth_configured,
         )

@@ -34,7 +34,7 @@ def load_app(target: str | None = None, *, env: Mapping[str, str] | None = None)
     if not target:
         raise AppNotFound(
             "no application given: pass APP (a file such as app.py, or module:attr), "
-            "set NEXUS_APP, or put app = \"module:attr\" in nexus.toml"
+            'set NEXUS_APP, or put app = "module:attr" in nexus.toml'
         )
     module_part, _, attr = target.partition(":")
     if module_part.endswith(".py") or os.sep in module_part or Path(module_part).is_file():
