@@ -1,0 +1,127 @@
+"""Reading what a request carries (credentials, session, preferences) in one pass over headers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from nexus_core.security import Credentials
+
+from .problems import InvalidJSON
+
+__all__ = ["RequestInfo", "decode_object", "read_request"]
+
+_decode = msgspec.json.Decoder().decode
+_WANTED = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"x-forwarded-for",
+        b"prefer",
+        b"idempotency-key",
+        b"x-nexus-session",
+        b"cookie",
+        b"last-event-id",
+        b"origin",
+        b"host",
+    }
+)
+
+
+class RequestInfo:
+    """The headers the API acts on, read once from the ASGI scope."""
+
+    __slots__ = ("client", "cookie_session", "header_session", "headers")
+
+    def __init__(
+        self,
+        headers: dict[str, str],
+        client: str | None,
+        header_session: str | None,
+        cookie_session: str | None,
+    ) -> None:
+        self.headers = headers
+        self.client = client
+        self.header_session = header_session
+        self.cookie_session = cookie_session
+
+    @property
+    def session(self) -> str | None:
+        """The session asked for: the ``X-Nexus-Session`` header, else the cookie."""
+        return self.header_session or self.cookie_session
+
+    @property
+    def respond_async(self) -> bool:
+        """Whether ``Prefer: respond-async`` was sent."""
+        prefer = self.headers.get("prefer")
+        return prefer is not None and "respond-async" in prefer.lower()
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The ``Idempotency-Key`` header (stripped), if any."""
+        key = self.headers.get("idempotency-key")
+        return key.strip() or None if key is not None else None
+
+    def credentials(self) -> Credentials:
+        """The caller's credentials in channel-neutral form."""
+        bearer = None
+        auth = self.headers.get("authorization")
+        if auth is not None:
+            scheme, _, token = auth.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer = token.strip()
+        api_key = self.headers.get("x-api-key")
+        return Credentials(
+            bearer=bearer,
+            api_key=api_key.strip() or None if api_key is not None else None,
+            client=self.client,
+            forwarded_for=self.headers.get("x-forwarded-for"),
+        )
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            value = value.strip().strip('"')
+            return value or None
+    return None
+
+
+def read_request(scope: Mapping[str, Any], cookie_name: str | None) -> RequestInfo:
+    """Read the headers the API acts on from an HTTP or WebSocket scope."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        if raw_name in _WANTED:
+            name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            if name in found:  # repeated headers: join, as RFC 9110 allows
+                value = f"{found[name]}, {value}" if name != "cookie" else f"{found[name]}; {value}"
+            found[name] = value
+    client = scope.get("client")
+    header_session = found.get("x-nexus-session")
+    cookie = found.get("cookie")
+    cookie_session = _cookie(cookie, cookie_name) if cookie and cookie_name else None
+    return RequestInfo(
+        found,
+        client[0] if client else None,
+        header_session.strip() or None if header_session is not None else None,
+        cookie_session,
+    )
+
+
+def decode_object(body: bytes) -> Any:
+    """Decode a JSON request body once; an empty body is ``{}``.
+
+    Raises :class:`~.problems.InvalidJSON` (400, naming the body) when it does
+    not parse. Whether it is an object is the workflow's validation to say.
+    """
+    if not body or body.isspace():
+        return {}
+    try:
+        return _decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidJSON(str(exc)) from None
+    except RecursionError:
+        raise InvalidJSON("nested too deeply") from None

@@ -1,0 +1,589 @@
+"""The HTTP application: a Litestar app whose every request goes through the host.
+
+``create_app(app)`` builds it for a running host; the API channel serves it
+with uvicorn. Routes:
+
+=================================  ==========================================================
+``GET /workflows``                 workflows with their input and output JSON Schemas
+``GET /workflows/{name}``          one workflow
+``POST /workflows/{name}/runs``    run it with the JSON body as inputs (waits; or
+                                   ``Prefer: respond-async`` -> 202 + ``Location``)
+``GET /runs``                      runs, filtered (workflow, status, session_id), paginated
+``GET /runs/{id}``                 status, output, per-node detail
+``DELETE /runs/{id}``              cancel
+``GET /runs/{id}/events``          the run's events (SSE)
+``POST /sessions``                 a new session (also in ``X-Nexus-Session`` and a cookie)
+``GET /sessions/{id}``             a session
+``GET /events?types=run.*``        the host's events (SSE, ``Last-Event-ID`` to resume)
+``/ws``                            the WebSocket protocol (see :mod:`.realtime`)
+``GET /health/live``, ``/ready``   probes
+``GET /metrics``                   Prometheus text
+``GET /plugins``                   loaded plugins, load errors, channels
+``GET /openapi.json``, ``/docs``   OpenAPI 3.1 and an interactive page
+=================================  ==========================================================
+
+Plus whatever other plugins mount through ``nexus_api_mounts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from litestar import Litestar, Request, Response, WebSocket, asgi, delete, get, post, websocket
+from litestar.config.cors import CORSConfig
+from litestar.enums import ScopeType
+from litestar.params import FromPath
+from litestar.response import Stream
+from litestar.types import Receive, Scope, Send
+from nexus_core.channels import describe
+from nexus_core.errors import (
+    FieldError,
+    RateLimited,
+    SessionNotFound,
+    ValidationError,
+    WorkflowNotFound,
+)
+from nexus_core.health import HealthReport, liveness
+from nexus_core.specs import HttpMountSpec
+from nexus_core.workflows.schema import convert
+
+from ._http import RequestInfo, decode_object, read_request
+from ._state import ApiState
+from .config import ApiConfig
+from .models import (
+    ChannelInfo,
+    PluginList,
+    RunList,
+    RunSummary,
+    SessionBody,
+    WorkflowInfo,
+    WorkflowList,
+)
+from .openapi import build_openapi
+from .problems import PROBLEM_JSON, Conflict, problem_body, problem_from_exception
+from .realtime import event_stream, run_event_stream, serve_websocket
+
+if TYPE_CHECKING:
+    from nexus_core import Nexus, Workflow
+    from nexus_core.sessions import Session
+
+__all__ = ["RESERVED_PREFIXES", "Mount", "collect_mounts", "create_app"]
+
+log = logging.getLogger("nexus.api")
+
+JSON = "application/json"
+#: First path segments the API's own routes use; a mount may not claim them.
+RESERVED_PREFIXES = frozenset(
+    {
+        "workflows",
+        "runs",
+        "sessions",
+        "events",
+        "ws",
+        "health",
+        "metrics",
+        "plugins",
+        "docs",
+        "openapi.json",
+    }
+)
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+_TERMINAL = ("completed", "failed", "cancelled")
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+_DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>{title} - API</title>
+  <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({{url: {openapi}, dom_id: "#swagger-ui", deepLinking: true}});
+  </script>
+</body>
+</html>
+"""
+
+
+class Mount(msgspec.Struct, kw_only=True):
+    """An ASGI application another plugin mounts, ready to serve."""
+
+    path: str
+    app: Any
+    plugin: str
+
+
+def collect_mounts(app: Nexus) -> list[Mount]:
+    """Call ``nexus_api_mounts`` on every plugin; build each mount's ASGI app.
+
+    Raises ``ValueError`` naming the plugins for two mounts on one path, a
+    mount on one of the API's own routes, or a hook that returns something
+    other than :class:`~nexus_core.specs.HttpMountSpec`.
+    """
+    host = app.host
+    if not host.has_impls("nexus_api_mounts"):
+        return []
+    caller = host.hook("nexus_api_mounts")
+    found: dict[str, Mount] = {}
+    for impl in reversed(caller.get_hookimpls()):
+        plugin = host.pm.get_name(impl.plugin) or repr(impl.plugin)
+        kwargs = {name: app for name in impl.argnames if name == "app"}
+        for spec in impl.function(**kwargs) or ():
+            if not isinstance(spec, HttpMountSpec):
+                raise ValueError(
+                    f"plugin {plugin!r}: nexus_api_mounts must return HttpMountSpec objects, "
+                    f"got {type(spec).__name__}"
+                )
+            path = "/" + spec.path.strip("/")
+            if path == "/" or path.split("/")[1] in RESERVED_PREFIXES:
+                raise ValueError(
+                    f"plugin {plugin!r}: cannot mount {spec.name!r} on {spec.path!r}, "
+                    "which is one of the API's own routes"
+                )
+            if path in found:
+                raise ValueError(
+                    f"mount path {path!r} is claimed by both {found[path].plugin!r} "
+                    f"and {plugin!r}; disable one with NEXUS_DISABLE_PLUGINS"
+                )
+            found[path] = Mount(path=path, app=spec.load()(app), plugin=plugin)
+    return list(found.values())
+
+
+def _mount_handler(mount: Mount) -> Any:
+    target = mount.app
+    prefix = mount.path
+
+    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
+        # Litestar leaves the remainder in "path", always with a trailing slash;
+        # give the mounted app the remainder as sent and the mount in root_path.
+        path = scope["path"]
+        raw = scope.get("raw_path")
+        if path != "/" and path.endswith("/") and raw is not None and not raw.endswith(b"/"):
+            path = path[:-1]
+        child = dict(scope)
+        child["path"] = path
+        child["root_path"] = scope.get("root_path", "") + prefix
+        await target(child, receive, send)
+
+    forward.__name__ = f"mount_{prefix.strip('/').replace('/', '_')}"
+    return asgi(prefix, is_mount=True, copy_scope=True, name=f"mount:{prefix}")(forward)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(_encode(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def _workflow_info(wf: Workflow) -> WorkflowInfo:
+    meta = wf.meta
+    return WorkflowInfo(
+        name=wf.name,
+        description=wf.description,
+        input_schema=wf.input_schema,
+        output_schema=wf.output_schema,
+        runs_url=f"/workflows/{wf.name}/runs",
+        title=meta.title,
+        tags=list(meta.tags),
+        read_only=meta.read_only,
+        destructive=meta.destructive,
+        idempotent=meta.idempotent,
+    )
+
+
+def _session_body(session: Session) -> SessionBody:
+    record = session.record
+    return SessionBody(
+        session_id=record.id,
+        channels=list(record.channels),
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        state=msgspec.to_builtins(record.state, enc_hook=str),
+    )
+
+
+class _RunQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    workflow: str | None = None
+    status: str | None = None
+    session_id: str | None = None
+    limit: int = 50
+    before: str | None = None
+
+
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+
+
+def _run_query(params: dict[str, str]) -> _RunQuery:
+    query: _RunQuery = convert(params, _RunQuery)
+    if not 1 <= query.limit <= 200:
+        raise ValidationError([FieldError(path="limit", reason="expected 1 to 200")])
+    if query.status is not None and query.status not in _STATUSES:
+        raise ValidationError(
+            [FieldError(path="status", reason=f"expected one of {', '.join(_STATUSES)}")]
+        )
+    return query
+
+
+def _exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    problem, headers = problem_from_exception(exc, request.url.path)
+    return Response(
+        problem_body(problem), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _routes(api: ApiState) -> list[Any]:
+    app = api.app
+    config = api.config
+    cookie = config.session_cookie
+
+    authenticate = api.authenticate
+
+    async def _runs_here(run_id: str) -> bool:
+        storage = app.storage
+        record = await storage.get_run(run_id) if storage is not None else None
+        return record is not None and record.owner in (None, app.instance_id)
+
+    def session_headers(info: RequestInfo, session_id: str | None) -> dict[str, str] | None:
+        if session_id is None:
+            if cookie and info.cookie_session and info.header_session is None:
+                return {"Set-Cookie": f"{cookie}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"}
+            return None
+        headers = {"X-Nexus-Session": session_id}
+        if cookie and info.cookie_session != session_id:
+            headers["Set-Cookie"] = f"{cookie}={session_id}; Path=/; HttpOnly; SameSite=Lax"
+        return headers
+
+    # -- workflows and runs ------------------------------------------------------
+
+    @get("/workflows", name="list_workflows")
+    async def list_workflows(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        items = [_workflow_info(wf) for wf in await api.visible_workflows(who)]
+        return _json(WorkflowList(items=sorted(items, key=lambda w: w.name)))
+
+    @get("/workflows/{name:str}", name="get_workflow")
+    async def get_workflow(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        visible = {wf.name: wf for wf in await api.visible_workflows(who)}
+        if name not in visible:
+            raise WorkflowNotFound(name, visible)
+        return _json(_workflow_info(visible[name]))
+
+    @post("/workflows/{name:str}/runs", name="run_workflow", status_code=200)
+    async def run_workflow(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+        # The hot path: headers read once, body decoded once, one invoke, one encode.
+        info = read_request(request.scope, cookie)
+        inputs = decode_object(await request.body())
+        respond_async = info.respond_async
+        session = info.session
+        try:
+            result = await app.invoke(
+                name,
+                inputs,
+                credentials=info.credentials(),
+                channel="api",
+                session=session,
+                idempotency_key=info.idempotency_key,
+                wait=not respond_async,
+            )
+        except SessionNotFound:
+            if info.header_session is not None or session is None:
+                raise
+            # A stale cookie: run without it (the answer clears the cookie).
+            result = await app.invoke(
+                name,
+                inputs,
+                credentials=info.credentials(),
+                channel="api",
+                idempotency_key=info.idempotency_key,
+                wait=not respond_async,
+            )
+        headers = session_headers(info, result.session_id) or {}
+        headers["Location"] = f"/runs/{result.run_id}"
+        if respond_async and result.status in ("pending", "running"):
+            headers["Preference-Applied"] = "respond-async"
+            return _json(result, 202, headers)
+        return _json(result, 200, headers)
+
+    @get("/runs", name="list_runs")
+    async def list_runs(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        query = _run_query(dict(request.query_params))
+        records = await app.list_runs(
+            principal=who,
+            workflow=query.workflow,
+            status=query.status,
+            session_id=query.session_id,
+            limit=query.limit,
+            before=query.before,
+        )
+        items = [
+            RunSummary(
+                run_id=r.id,
+                workflow=r.workflow,
+                status=r.status,
+                created_at=r.created_at,
+                channel=r.channel,
+                session_id=r.session_id,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+            for r in records
+        ]
+        following = items[-1].run_id if len(items) == query.limit else None
+        return _json(RunList(items=items, next=following))
+
+    @get("/runs/{run_id:str}", name="get_run")
+    async def get_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        return _json(await app.get_run(run_id, principal=who))
+
+    @delete("/runs/{run_id:str}", name="cancel_run", status_code=200)
+    async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        run = await app.get_run(run_id, principal=who)
+        if run.status in _TERMINAL:
+            return _json(run)
+        cancelled = await app.cancel(run_id, principal=who)
+        # A run accepted here may not have started executing yet: try again briefly.
+        deadline = time.monotonic() + 1.0
+        while not cancelled and time.monotonic() < deadline and await _runs_here(run_id):
+            await anyio.sleep(0.02)
+            run = await app.get_run(run_id, principal=who)
+            if run.status in _TERMINAL:
+                return _json(run)
+            cancelled = await app.cancel(run_id, principal=who)
+        if not cancelled:
+            raise Conflict(f"run {run_id!r} is {run.status} on another server; cancel it there")
+        deadline = time.monotonic() + 2.0
+        while run.status not in _TERMINAL and time.monotonic() < deadline:
+            await anyio.sleep(0.02)
+            run = await app.get_run(run_id, principal=who)
+        return _json(run, 200 if run.status in _TERMINAL else 202)
+
+    # -- sessions ------------------------------------------------------------------
+
+    @post("/sessions", name="create_session", status_code=201)
+    async def create_session(request: Request[Any, Any, Any]) -> Response[bytes]:
+        info = read_request(request.scope, cookie)
+        who = await authenticate(info)
+        session = await app.create_session(channel="api", principal=who)
+        headers = session_headers(info, session.id) or {}
+        headers["Location"] = f"/sessions/{session.id}"
+        return _json(_session_body(session), 201, headers)
+
+    @get("/sessions/{session_id:str}", name="get_session")
+    async def get_session(
+        request: Request[Any, Any, Any], session_id: FromPath[str]
+    ) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        return _json(_session_body(await app.get_session(session_id, principal=who)))
+
+    # -- events --------------------------------------------------------------------
+
+    @get("/events", name="events")
+    async def events(request: Request[Any, Any, Any]) -> Stream:
+        info = read_request(request.scope, cookie)
+        who = await authenticate(info)
+        raw = ",".join(request.query_params.getall("types", [])) or "*"
+        patterns = [p.strip() for p in raw.split(",") if p.strip()] or ["*"]
+        last = info.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        await api.subscribe(patterns, who).aclose()  # 403 now rather than a broken stream
+        body = event_stream(api, who, patterns, last or None)
+        return Stream(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @get("/runs/{run_id:str}/events", name="run_events")
+    async def run_events(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Stream:
+        info = read_request(request.scope, cookie)
+        who = await authenticate(info)
+        await app.get_run(run_id, principal=who)  # 404 before the stream starts
+        last = info.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        body = run_event_stream(api, who, run_id, last or None)
+        return Stream(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @websocket("/ws", name="ws")
+    async def ws(socket: WebSocket[Any, Any, Any]) -> None:
+        await serve_websocket(api, socket)
+
+    # -- operations ----------------------------------------------------------------
+
+    @get("/health/live", name="health_live")
+    async def health_live() -> Response[bytes]:
+        return _json(await liveness())
+
+    @get("/health/ready", name="health_ready")
+    async def health_ready() -> Response[bytes]:
+        report: HealthReport = await app.readiness()
+        return _json(report, 200 if report.ok else 503)
+
+    @get("/metrics", name="metrics")
+    async def metrics() -> Response[bytes]:
+        body, content_type = app.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @get("/plugins", name="plugins")
+    async def plugins() -> Response[bytes]:
+        channels = [msgspec.convert(describe(c), ChannelInfo) for c in app.channels.values()]
+        return _json(PluginList(items=app.plugins, errors=app.plugin_errors, channels=channels))
+
+    handlers: list[Any] = [
+        list_workflows,
+        get_workflow,
+        run_workflow,
+        list_runs,
+        get_run,
+        cancel_run,
+        create_session,
+        get_session,
+        events,
+        run_events,
+        ws,
+        health_live,
+        health_ready,
+        metrics,
+        plugins,
+    ]
+
+    if config.docs:
+
+        @get("/openapi.json", name="openapi")
+        async def openapi() -> Response[bytes]:
+            key = tuple(app.workflows)
+            cached = api.openapi_cache
+            if cached is None or cached[0] != key:
+                document = build_openapi(app, root_path=config.root_path)
+                cached = api.openapi_cache = (key, _encode(document))
+            return Response(cached[1], media_type=JSON)
+
+        @get("/docs", name="docs")
+        async def docs() -> Response[str]:
+            url = json.dumps(f"{config.root_path}/openapi.json").replace("<", "\\u003c")
+            html = _DOCS_HTML.format(title=escape(app.title), openapi=url)
+            return Response(html, media_type="text/html")
+
+        handlers += [openapi, docs]
+    return handlers
+
+
+class _RateLimit:
+    """Requests per minute per client address on every route but the probes and metrics."""
+
+    def __init__(self, inner: Any, api: ApiState, per_minute: int) -> None:
+        self.inner = inner
+        self.api = api
+        self.capacity = float(per_minute)
+        self.refill = per_minute / 60.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        storage = self.api.app.storage
+        if (
+            scope["type"] == ScopeType.HTTP
+            and storage is not None
+            and not scope["path"].startswith(("/health/", "/metrics"))
+        ):
+            client = scope.get("client")
+            key = f"api:rate:{client[0] if client else 'unknown'}"
+            wait = await storage.take_tokens(
+                key, capacity=self.capacity, refill_per_second=self.refill
+            )
+            if wait > 0:
+                problem, headers = problem_from_exception(
+                    RateLimited(f"over {int(self.capacity)} requests per minute", wait),
+                    scope["path"],
+                )
+                body = problem_body(problem)
+                start: Any = {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                        *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+                    ],
+                }
+                end: Any = {"type": "http.response.body", "body": body}
+                await send(start)
+                await send(end)
+                return
+        await self.inner(scope, receive, send)
+
+
+def create_app(
+    app: Nexus,
+    config: ApiConfig | None = None,
+    *,
+    state: ApiState | None = None,
+    mounts: list[Mount] | None = None,
+) -> Litestar:
+    """Build the Litestar application serving ``app`` (which must be running when requests come).
+
+    ``mounts`` defaults to what the plugins return from ``nexus_api_mounts``;
+    their ``lifespan()`` is entered in the application's lifespan. The
+    :class:`~._state.ApiState` is ``result.state["nexus_api"]``.
+    """
+    config = config if config is not None else ApiConfig()
+    api = state if state is not None else ApiState(app, config)
+    mounts = collect_mounts(app) if mounts is None else mounts
+    handlers = _routes(api) + [_mount_handler(m) for m in mounts]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for mount in mounts:
+                enter: Callable[[], Any] | None = getattr(mount.app, "lifespan", None)
+                if callable(enter):
+                    await stack.enter_async_context(enter())
+            yield
+
+    cors = None
+    if config.cors_origins:
+        wildcard = "*" in config.cors_origins
+        cors = CORSConfig(
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-API-Key",
+                "Idempotency-Key",
+                "Prefer",
+                "X-Nexus-Session",
+                "Last-Event-ID",
+            ],
+            expose_headers=[
+                "Location",
+                "X-Nexus-Session",
+                "Retry-After",
+                "Preference-Applied",
+                "WWW-Authenticate",
+            ],
+            allow_credentials=not wildcard,
+        )
+    middleware: list[Any] = []
+    if config.rate_limit:
+        per_minute = config.rate_limit
+        middleware.append(lambda app: _RateLimit(app, api, per_minute))
+    litestar = Litestar(
+        route_handlers=handlers,
+        middleware=middleware,
+        lifespan=[lifespan],
+        exception_handlers={Exception: _exception_handler},
+        cors_config=cors,
+        openapi_config=None,
+        request_max_body_size=config.max_body_bytes,
+        logging_config=None,
+        debug=False,
+    )
+    litestar.state["nexus_api"] = api
+    return litestar

@@ -1,0 +1,60 @@
+"""``nexus serve``: the command the CLI plugin registers lazily from ``nexus_cli_commands``.
+
+Import-light: Litestar and uvicorn are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["serve_command"]
+
+_DEFAULT_HOST = "127.0.0.1"
+_DEFAULT_PORT = 8000
+
+
+def serve_command(
+    app: str | None = None,
+    /,
+    *,
+    host: str = _DEFAULT_HOST,
+    port: int = _DEFAULT_PORT,
+    workers: int = 1,
+    reload: bool = False,
+) -> int:
+    """Serve APP over HTTP: REST, WebSocket, Server-Sent Events, OpenAPI docs at /docs.
+
+    Parameters
+    ----------
+    app
+        The application: a file (app.py) or module:attr; default NEXUS_APP or
+        app in nexus.toml.
+    host
+        The address to listen on (nexus.channels.api.host when left at the default).
+    port
+        The port to listen on; 0 picks a free one (nexus.channels.api.port when
+        left at the default).
+    workers
+        Worker processes, each running the host (nexus.channels.api.workers when 1).
+    reload
+        Restart when a file under the working directory changes (development only).
+
+    """
+    from nexus_core.errors import NexusError
+
+    from .serving import serve
+
+    try:
+        return serve(
+            app,
+            # Flags left at their defaults defer to the config file and NEXUS_* variables.
+            host=None if host == _DEFAULT_HOST else host,
+            port=None if port == _DEFAULT_PORT else port,
+            workers=None if workers == 1 else workers,
+            reload=reload,
+        )
+    except NexusError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

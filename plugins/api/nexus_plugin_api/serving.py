@@ -1,0 +1,246 @@
+"""``serve()``: run an application's HTTP server in one or several worker processes.
+
+Each worker runs the whole host (storage, events, sessions) and the ``api``
+channel on one shared listening socket. ``SIGTERM`` or ``Ctrl-C`` stops a worker
+gracefully: it stops accepting connections, ends open event streams and
+WebSockets, lets requests in flight (and the runs they wait for) finish for up
+to ``graceful_timeout`` seconds, then stops the host; runs started with
+``Prefer: respond-async`` and still going are left checkpointed and resume at
+the next start. A second signal stops at once.
+
+With several workers a small supervisor process starts them (each imports the
+application anew, so the application must be importable: a file path or
+``module:attr``), restarts a worker that dies, and forwards ``SIGTERM``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from nexus_core import Nexus
+from nexus_core.config import ConfigError
+from nexus_core.loader import load_app
+
+from .channel import ApiChannel, bind_socket, inherited_sockets
+from .config import ApiConfig, check_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["app_reference", "serve"]
+
+log = logging.getLogger("nexus.api")
+_STARTUP_FAILURE = 3
+
+
+def _uvloop() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def app_reference(app: Nexus) -> str | None:
+    """A ``"file.py:name"`` or ``"module:name"`` string that loads ``app`` in another process."""
+    for module in list(sys.modules.values()):
+        names = [key for key, value in vars(module).items() if value is app] if module else []
+        if not names:
+            continue
+        name = names[0]
+        module_name = getattr(module, "__name__", "")
+        file = getattr(module, "__file__", None)
+        if module_name == "__main__" or module_name.startswith("nexus_app_"):
+            if file:
+                return f"{file}:{name}"
+            continue
+        return f"{module_name}:{name}"
+    return None
+
+
+def _configure_logging(app: Nexus | None) -> None:
+    if logging.getLogger().handlers:
+        return
+    level = app.config.nexus.services.monitoring.log_level if app is not None else "INFO"
+    logging.basicConfig(level=level.upper(), format="%(levelname)-8s %(name)s: %(message)s")
+
+
+async def _watch_signals(channel: ApiChannel, signums: tuple[int, ...]) -> None:
+    with anyio.open_signal_receiver(*(signal.Signals(s) for s in signums)) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            if count == 1:
+                log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+                channel.stop()
+            else:
+                log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                channel.stop(force=True)
+
+
+async def _serve_host(app: Nexus, sockets: list[socket.socket], signums: tuple[int, ...]) -> None:
+    token = inherited_sockets.set(sockets)
+    try:
+        async with app.running(channels=["api"]):
+            channel: ApiChannel = app.channels["api"]
+            async with anyio.create_task_group() as tg:
+                if signums and threading.current_thread() is threading.main_thread():
+                    tg.start_soon(_watch_signals, channel, signums)
+                await channel.wait_stopped()
+                tg.cancel_scope.cancel()
+    finally:
+        inherited_sockets.reset(token)
+
+
+def run_worker(
+    app: Nexus,
+    sockets: list[socket.socket],
+    signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Run the host with the ``api`` channel on ``sockets`` until a signal stops it."""
+    anyio.run(_serve_host, app, sockets, signums, backend="asyncio", backend_options=_uvloop())
+
+
+def _child_main(reference: str, sockets: list[socket.socket]) -> None:
+    """A supervised worker: load the app, serve; SIGINT is the supervisor's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        app = load_app(reference)
+        _configure_logging(app)
+        run_worker(app, sockets, (signal.SIGTERM,))
+    except Exception as exc:
+        _configure_logging(None)
+        log.error("worker %d failed: %s: %s", os.getpid(), type(exc).__name__, exc)
+        sys.exit(_STARTUP_FAILURE)
+
+
+def _supervise(reference: str, sockets: list[socket.socket], workers: int, grace: float) -> int:
+    """Start ``workers`` processes, restart those that die, stop them all on a signal."""
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def start() -> tuple[Any, float]:
+        process = context.Process(
+            target=_child_main, args=(reference, sockets), name="nexus-api-worker"
+        )
+        process.start()
+        return process, time.monotonic()
+
+    processes = [start() for _ in range(workers)]
+    log.info(
+        "supervisor %d started %d workers: %s",
+        os.getpid(),
+        workers,
+        ", ".join(str(p.pid) for p, _ in processes),
+    )
+    code = 0
+    try:
+        while not stop.wait(0.5):
+            for index, (process, started) in enumerate(processes):
+                if process.is_alive():
+                    continue
+                if process.exitcode == _STARTUP_FAILURE or time.monotonic() - started < 5:
+                    log.error(
+                        "worker %d exited with %s while starting; stopping",
+                        process.pid,
+                        process.exitcode,
+                    )
+                    code = 1
+                    stop.set()
+                    break
+                log.warning("worker %d died (exit %s); restarting", process.pid, process.exitcode)
+                processes[index] = start()
+    finally:
+        for process, _ in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace + 5
+        for process, _ in processes:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code
+
+
+def _reload(reference: str, sockets: list[socket.socket], target: Callable[..., None]) -> None:
+    import uvicorn
+    from uvicorn.supervisors import ChangeReload
+
+    config = uvicorn.Config("nexus_plugin_api:unused", reload=True, reload_dirs=[os.getcwd()])
+    ChangeReload(config, target=target, sockets=sockets).run()
+
+
+def serve(
+    app: Nexus | str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    reload: bool = False,
+) -> int:
+    """Serve ``app`` over HTTP until stopped; return an exit code.
+
+    ``app`` is a :class:`~nexus_core.Nexus` object or a reference for
+    :func:`~nexus_core.loader.load_app` (``"app.py"``, ``"shop.app:app"``,
+    ``None`` for ``NEXUS_APP``/``nexus.toml``). ``host``, ``port`` and
+    ``workers`` default to ``nexus.channels.api``. ``reload`` restarts the
+    server when a file under the working directory changes (development).
+    """
+    reference = app if isinstance(app, str) or app is None else None
+    loaded = app if isinstance(app, Nexus) else load_app(app)
+    _configure_logging(loaded)
+    try:
+        section = loaded.config.section("channels.api")
+    except ConfigError:
+        section = None
+    config: ApiConfig = section if isinstance(section, ApiConfig) else ApiConfig()
+    check_config(config, environment=loaded.config.nexus.environment)
+    host = host if host is not None else config.host
+    port = port if port is not None else config.port
+    workers = workers if workers is not None else config.workers
+    if workers < 1:
+        raise ConfigError(f"workers: expected at least 1, got {workers}", key="workers")
+    sock = bind_socket(host, port, config.backlog)
+    try:
+        if workers == 1 and not reload:
+            run_worker(loaded, [sock])
+            return 0
+        reference = reference or app_reference(loaded)
+        if reference is None:
+            raise ConfigError(
+                "several workers (or reload) need an importable application: pass it as "
+                "'path/to/app.py' or 'module:attr' rather than as an object",
+                key="workers",
+            )
+        if reload:
+            log.info("reloading on changes under %s", os.getcwd())
+            _reload(reference, [sock], functools.partial(_reload_target, reference))
+            return 0
+        return _supervise(reference, [sock], workers, config.graceful_timeout)
+    finally:
+        sock.close()
+
+
+def _reload_target(reference: str, sockets: list[socket.socket] | None = None) -> None:
+    _child_main(reference, sockets or [])
