@@ -113,9 +113,8 @@ class Nexus:
         self._prompts: dict[str, Prompt] = {}
         self._unannounced: list[Workflow] = []
         self._running: _Services | None = None
-        self._controls: dict[str, RunControl] = {}
-        self._done: dict[str, anyio.Event] = {}
-        self._results: dict[str, RunResult] = {}
+        #: Runs executing in this process, by id (gone once finished: nothing leaks).
+        self._active: dict[str, _ActiveRun] = {}
 
     def __repr__(self) -> str:
         return f"<Nexus {self.title!r} workflows={len(self._workflows)}>"
@@ -180,6 +179,7 @@ class Nexus:
         idempotent: bool = False,
         timeout: float | None = None,
         retries: int = 0,
+        blocking: bool = True,
     ) -> Callable[[F], F]: ...
 
     def workflow(
@@ -196,13 +196,16 @@ class Nexus:
         idempotent: bool = False,
         timeout: float | None = None,
         retries: int = 0,
+        blocking: bool = True,
     ) -> Any:
         """Register a typed function (sync or async) as a workflow; usable bare or with options.
 
         The name defaults to the function's, the description to its docstring;
         the input schema comes from the signature, the output schema from the
         return annotation. ``read_only``/``destructive``/``idempotent`` become
-        MCP tool annotations. The function itself is returned unchanged.
+        MCP tool annotations. A sync function runs in a worker thread unless
+        ``blocking=False`` says it is quick, pure code that may run on the event
+        loop (saving the thread hop). The function itself is returned unchanged.
         """
         meta = WorkflowMeta(
             title=title,
@@ -214,11 +217,12 @@ class Nexus:
         policy = NodePolicy(timeout=timeout, retries=retries)
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(
-                workflow_from_function(
-                    fn, name=name, description=description, meta=meta, policy=policy
-                )
+            workflow = workflow_from_function(
+                fn, name=name, description=description, meta=meta, policy=policy
             )
+            for placed in workflow.nodes.values():
+                placed.node.blocking = blocking
+            self.register(workflow)
             return fn
 
         return register(function) if function is not None else register
@@ -366,17 +370,32 @@ class Nexus:
         if not created:
             return await self._existing(record, wait)
         self.metrics.record_execution(wf.name, channel)
-        done = self._done[record.id] = anyio.Event()
-        services.task_group.start_soon(self._execute, wf, values, record, sess, who, None)
+        active = self._start(wf, values, record, sess, who, None)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(
                 run_id=record.id, workflow=wf.name, status="running", session_id=record.session_id
             )
-        await done.wait()
-        result = self._results.pop(record.id)
+        result = await active.result()
         self.metrics.record_request(channel, wf.name, result.status, time.perf_counter() - started)
         return result
+
+    def _start(
+        self,
+        wf: Workflow,
+        values: Any,
+        record: RunRecord,
+        sess: Session | None,
+        who: Principal,
+        completed: dict[str, Any] | None,
+    ) -> _ActiveRun:
+        # The control exists before the task starts, so a cancel that arrives
+        # between acceptance and the first node still finds the run.
+        active = self._active[record.id] = _ActiveRun(record.id)
+        self._services().task_group.start_soon(
+            self._execute, wf, values, record, sess, who, completed, active
+        )
+        return active
 
     def _count_failure(
         self, exc: NexusError, who: Principal, channel: str, workflow: str, started: float
@@ -410,9 +429,9 @@ class Nexus:
         sess: Session | None,
         who: Principal,
         completed: dict[str, Any] | None,
+        active: _ActiveRun,
     ) -> None:
         services = self._services()
-        control = self._controls[record.id] = RunControl()
         if record.started_at is None:
             record.started_at = time.time()
         try:
@@ -429,18 +448,26 @@ class Nexus:
                 values,
                 run_id=record.id,
                 observer=_Recorder(self, record),
-                control=control,
+                control=active.control,
                 completed=completed,
                 state={Session: sess} if sess is not None else None,
                 timeout=self.config.nexus.services.runs.default_timeout,
             )
-        except anyio.get_cancelled_exc_class():
-            # The host is stopping: the run stays "running" with its checkpoints
-            # and is resumed (or failed, as configured) at the next start.
-            self._done.pop(record.id, None)
+        except BaseException:
+            # The host is stopping (or storage failed): the run stays "running"
+            # with its checkpoints and is resumed, or failed, at the next start.
+            # Waiters learn it is still running instead of hanging.
+            self._active.pop(record.id, None)
+            active.finish(
+                RunResult(
+                    run_id=record.id,
+                    workflow=wf.name,
+                    status="running",
+                    session_id=record.session_id,
+                    started_at=record.started_at,
+                )
+            )
             raise
-        finally:
-            self._controls.pop(record.id, None)
         result.session_id = record.session_id
         record.status = result.status
         record.output = msgspec.to_builtins(result.output)
@@ -471,24 +498,21 @@ class Nexus:
             )
         if result.status == "failed":
             self.metrics.record_error(record.channel or "python", "run_failed")
-        done = self._done.pop(record.id, None)
-        if done is not None:
-            self._results[record.id] = result
-            done.set()
+        self._active.pop(record.id, None)
+        active.finish(result)
 
     async def _existing(self, record: RunRecord, wait: bool) -> RunResult:
         """The result of a run started earlier with the same idempotency key."""
         if wait:
-            done = self._done.get(record.id)
-            if done is not None:
-                await done.wait()
-            else:
-                while record.status in ("pending", "running"):
-                    await anyio.sleep(0.05)  # another instance runs it: poll the store
-                    fresh = await self._services().storage.get_run(record.id)
-                    if fresh is None:
-                        break
-                    record = fresh
+            active = self._active.get(record.id)
+            if active is not None:
+                return await active.result()
+            while record.status in ("pending", "running"):
+                await anyio.sleep(0.05)  # another instance runs it: poll the store
+                fresh = await self._services().storage.get_run(record.id)
+                if fresh is None:
+                    break
+                record = fresh
         return await self.get_run(record.id)
 
     async def get_run(self, run_id: str, *, principal: Principal | None = None) -> RunResult:
@@ -559,18 +583,17 @@ class Nexus:
                 raise RunNotFound(f"no run {run_id!r}")
             if not await self.security.check_run(principal, record, "runs:cancel"):
                 raise PermissionDenied(f"{principal.id!r} may not cancel run {run_id!r}")
-        control = self._controls.get(run_id)
-        if control is None:
+        active = self._active.get(run_id)
+        if active is None:
             return False
-        control.cancel()
+        active.control.cancel()
         return True
 
     async def wait(self, run_id: str) -> RunResult:
         """Wait for a run started with ``wait=False`` to finish; return its result."""
-        done = self._done.get(run_id)
-        if done is not None:
-            await done.wait()
-            return self._results.pop(run_id, None) or await self.get_run(run_id)
+        active = self._active.get(run_id)
+        if active is not None:
+            return await active.result()
         record = await self._services().storage.get_run(run_id)
         if record is None:
             raise RunNotFound(f"no run {run_id!r}")
@@ -758,6 +781,7 @@ class Nexus:
                     yield self
                 finally:
                     with anyio.CancelScope(shield=True):
+                        await self._drain(self.config.nexus.services.runs.shutdown_grace)
                         await self._announce_pending()
                         await self.host.shutdown(self)
                         await self.security.stop()
@@ -769,6 +793,12 @@ class Nexus:
             self.storage = None
             with anyio.CancelScope(shield=True):
                 await storage.close()
+
+    async def _drain(self, grace: float) -> None:
+        """Let runs in flight finish, for ``grace`` seconds at most."""
+        with anyio.move_on_after(grace):
+            while self._active:
+                await next(iter(self._active.values())).result()
 
     async def serve(self, channels: Iterable[str] | None = None) -> None:
         """Run the host with every installed channel (or the named ones) until cancelled."""
@@ -815,10 +845,7 @@ class Nexus:
                 with contextlib.suppress(SessionNotFound):
                     sess = await services.sessions.get(record.session_id)
             who = Principal(id=record.principal or "anonymous", tenant=record.tenant)
-            self._done[record.id] = anyio.Event()
-            services.task_group.start_soon(
-                self._execute, wf, wf.validate(record.inputs), record, sess, who, completed
-            )
+            self._start(wf, wf.validate(record.inputs), record, sess, who, completed)
 
     async def expire_sessions(self) -> list[str]:
         """Delete expired sessions now, emit ``session.expired`` for each; return their ids.
@@ -860,6 +887,28 @@ async def _single_errors() -> AsyncIterator[None]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             raise group.exceptions[0] from group.exceptions[0].__cause__
         raise
+
+
+class _ActiveRun:
+    """A run executing in this process: its cancel handle and, once done, its result."""
+
+    __slots__ = ("_done", "_result", "control", "run_id")
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.control = RunControl()
+        self._done = anyio.Event()
+        self._result: RunResult | None = None
+
+    def finish(self, result: RunResult) -> None:
+        self._result = result
+        self._done.set()
+
+    async def result(self) -> RunResult:
+        """Wait for the run's result (status ``running`` if the host stopped first)."""
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
 
 
 class _Services:

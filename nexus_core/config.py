@@ -361,11 +361,14 @@ class RunsConfig(ConfigStruct, kw_only=True):
 
     ``on_restart="resume"`` picks interrupted runs up from their last
     checkpoint; ``"fail"`` marks them failed. ``default_timeout`` is in seconds
-    (``None``: no limit unless the workflow sets one).
+    (``None``: no limit unless the workflow sets one). At shutdown the host lets
+    runs in flight finish for ``shutdown_grace`` seconds; runs still going then
+    are cancelled where they stand and resume from their checkpoints at the next start.
     """
 
     on_restart: Literal["resume", "fail"] = "resume"
     default_timeout: float | None = None
+    shutdown_grace: float = 5.0
 
 
 class EventsConfig(ConfigStruct, kw_only=True):

@@ -415,3 +415,40 @@ async def test_failures_and_registrations_are_events(storage_url: str) -> None:
         logged = await app.storage.read_events()
         registered = [e.data["workflow"] for e in logged if e.type == "workflow.registered"]
         assert registered[:4] == ["greet", "visit", "nap", "explode"]
+
+
+async def test_shutdown_lets_runs_in_flight_finish(tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'grace.db'}", services={"runs": {"shutdown_grace": 5}})
+    async with app:
+        pending = await app.invoke("nap", {"seconds": 0.2}, wait=False)
+    # The host stopped only after the run ended, and recorded it.
+    async with make_app(f"sqlite:///{tmp_path / 'grace.db'}") as again:
+        assert (await again.get_run(pending.run_id)).output == "rested"
+
+
+async def test_runs_past_the_grace_are_left_to_resume(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'grace.db'}"
+    app = make_app(url, services={"runs": {"shutdown_grace": 0.05, "on_restart": "fail"}})
+    waiter: dict[str, Any] = {}
+
+    async def wait_for_it(run_id: str) -> None:
+        waiter["result"] = await app.wait(run_id)
+
+    async with anyio.create_task_group() as outside, app:
+        pending = await app.invoke("nap", {"seconds": 30}, wait=False)
+        outside.start_soon(wait_for_it, pending.run_id)
+        await anyio.sleep(0.05)
+    assert waiter["result"].status == "running"  # the waiter was answered, not left hanging
+    async with make_app(url, services={"runs": {"on_restart": "fail"}}) as again:
+        stored = await again.get_run(pending.run_id)
+    assert stored.status == "failed"
+    assert "interrupted" in stored.error.message
+
+
+async def test_async_runs_leave_nothing_behind() -> None:
+    app = make_app("memory://")
+    async with app:
+        ids = [(await app.invoke("greet", {"name": str(i)}, wait=False)).run_id for i in range(20)]
+        await anyio.sleep(0.2)
+        assert app._active == {}
+        assert {(await app.get_run(i)).status for i in ids} == {"completed"}

@@ -333,3 +333,14 @@ async def test_a_run_timeout_fails_the_run_and_cancels_its_nodes() -> None:
     assert result.error.message == "run timed out after 0.05s"
     assert result.error.node is None
     assert result.nodes["slow"].status == "cancelled"
+
+
+async def test_a_quick_sync_workflow_can_stay_on_the_loop() -> None:
+    app = Nexus(autoload=False)
+    loop_thread = threading.get_ident()
+
+    @app.workflow(blocking=False)
+    def where() -> int:
+        return threading.get_ident()
+
+    assert (await app.execute("where")).output == loop_thread

@@ -38,7 +38,7 @@ async def test_calls_a_tool_of_a_stdio_server_inside_a_workflow(example_app: Pat
         result = await host.invoke("remote", {"name": "Ada"})
     assert result.status == "completed", result.error
     assert result.output == "HELLO, ADA!"
-    assert result.nodes["call"].output.content[0]["type"] == "text"
+    assert result.nodes["call"].output["content"][0]["type"] == "text"
 
 
 async def test_calls_a_tool_over_streamable_http(example_app: Path) -> None:
