@@ -270,7 +270,7 @@ class _LocalSubscription(Subscription):
         self._buffer: deque[Event] = deque()
         self._resync = False
         self._last_read: str | None = None
-        self._skip: str | None = None
+        self._skip: set[str] = set()
 
     @property
     def last_event_id(self) -> str | None:
@@ -292,10 +292,10 @@ class _LocalSubscription(Subscription):
             except Exception as exc:  # a broken filter ends its own subscription only
                 self._fail(exc)
                 return
-        if self._skip is not None and event.id == self._skip:
-            # Read from the log during replay while its publisher was between
+        if self._skip and event.id in self._skip:
+            # Read from the log during replay while its batch was between
             # append and delivery: already handed out.
-            self._skip = None
+            self._skip.discard(event.id)
             return
         queue = self._queue
         if len(queue) >= self._size:
@@ -407,9 +407,10 @@ class _LocalSubscription(Subscription):
                 for _ in range(index + 1):
                     queue.popleft()
                 return
-        if self._bus._inflight == last_read:
+        inflight = self._bus._inflight
+        if last_read in inflight:
             queue.clear()
-            self._skip = last_read
+            self._skip = set(inflight[: inflight.index(last_read) + 1])
 
     async def aclose(self) -> None:
         """Stop receiving; iteration ends. Idempotent."""
@@ -428,6 +429,27 @@ class _LocalSubscription(Subscription):
 
     def __repr__(self) -> str:
         return f"<Subscription {list(self.patterns)} queued={len(self._queue)}>"
+
+
+class _Batch:
+    """Publishers waiting for the batch their events went into."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+
+    def release(self) -> None:
+        self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self._error is not None:
+            raise RuntimeError(f"the event log refused the batch: {self._error}") from self._error
 
 
 class LocalEventBus(EventBus):
@@ -460,11 +482,15 @@ class LocalEventBus(EventBus):
         self.overflow: Overflow = overflow
         self._subs: dict[_LocalSubscription, None] = {}
         self._by_type: dict[str, tuple[_LocalSubscription, ...]] = {}
-        try:  # no trip through the event loop when uncontended
-            self._lock = anyio.Lock(fast_acquire=True)
-        except TypeError:  # anyio < 4.5
-            self._lock = anyio.Lock()
-        self._inflight: str | None = None
+        # Group logging: events published while a batch is being appended go
+        # in the next batch, appended in one storage call, then delivered in
+        # the same order. Log order is delivery order; publishers never wait
+        # on one another's round trips one by one.
+        self._pending: list[Event] = []
+        self._next_batch = _Batch()
+        self._flushing = False
+        #: Ids of the batch appended but not yet delivered (see _go_live).
+        self._inflight: list[str] = []
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
@@ -499,15 +525,43 @@ class LocalEventBus(EventBus):
                 for sub in self._targets(event.type):
                     sub._push(event)
             return
-        async with self._lock:
-            with anyio.CancelScope(shield=True):
-                self._inflight = event.id
-                try:
-                    await log.append_event(event)
-                    for sub in self._targets(event.type):
-                        sub._push(event)
-                finally:
-                    self._inflight = None
+        self._pending.append(event)
+        if self._flushing:
+            # The flushing publisher logs and delivers it with the next batch.
+            await self._next_batch.wait()
+            return
+        self._flushing = True
+        append_many = getattr(log, "append_events", None)
+        try:
+            with anyio.CancelScope(shield=True):  # an event logged is an event delivered
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    waiters, self._next_batch = self._next_batch, _Batch()
+                    self._inflight = [each.id for each in batch]
+                    try:
+                        if append_many is not None:
+                            await append_many(batch)
+                        else:
+                            for each in batch:
+                                await log.append_event(each)
+                        for each in batch:
+                            for sub in self._targets(each.type):
+                                sub._push(each)
+                    except BaseException as exc:
+                        waiters.fail(exc)
+                        raise
+                    finally:
+                        self._inflight = []
+                        waiters.release()
+        except BaseException as exc:
+            # Events queued behind a failed batch were not logged: say so to their publishers.
+            self._pending = []
+            self._next_batch.fail(exc)
+            self._next_batch.release()
+            self._next_batch = _Batch()
+            raise
+        finally:
+            self._flushing = False
 
     def deliver(self, event: Event) -> None:
         """Hand ``event`` to local subscribers without logging it.

@@ -620,3 +620,27 @@ def test_event_round_trips_through_json() -> None:
     event = Event(type=EventType.RUN_STARTED, run_id="r1", data={"x": 1})
     back = msgspec.json.decode(msgspec.json.encode(event), type=Event)
     assert back == event
+
+
+@pytest.mark.anyio
+async def test_a_failing_log_fails_every_publisher_of_its_batch() -> None:
+    class BrokenLog(ListLog):
+        async def append_event(self, event: Event) -> None:
+            await anyio.sleep(0.01)
+            raise OSError("disk full")
+
+    bus = LocalEventBus(BrokenLog())
+    outcomes: list[str] = []
+
+    async def publish(n: int) -> None:
+        try:
+            await bus.publish(Event(type="run.started", data={"n": n}))
+        except (OSError, RuntimeError) as exc:
+            outcomes.append(type(exc).__name__)
+
+    with anyio.fail_after(5):  # nobody is left waiting forever
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(publish, n)
+    assert len(outcomes) == 5
+    assert outcomes.count("OSError") >= 1

@@ -14,6 +14,7 @@ suite: a backend passes it or it is not done.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -244,6 +245,15 @@ class Storage(abc.ABC):
         Appending an event whose id is already in the log does nothing (so a
         redelivered event is logged once).
         """
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Append several events, in order (the bus logs a burst in one call).
+
+        The default appends one by one; a backend should override it to write
+        them in one round trip.
+        """
+        for event in events:
+            await self.append_event(event)
 
     @abc.abstractmethod
     async def read_events(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -216,6 +217,13 @@ class MemoryStorage(Storage):
             return
         self._event_index[event.id] = len(self._events)
         self._events.append(_copy(event))
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Append several events in order (no await between them: one atomic step)."""
+        for event in events:
+            if event.id not in self._event_index:
+                self._event_index[event.id] = len(self._events)
+                self._events.append(_copy(event))
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None

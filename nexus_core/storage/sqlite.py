@@ -258,6 +258,8 @@ class SQLiteStorage(Storage):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock: anyio.Lock | None = None
+        self._queue: list[_Write] = []
+        self._flushing = False
         self._cache_sets = 0
 
     @property
@@ -378,12 +380,55 @@ class SQLiteStorage(Storage):
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run one write statement (committed on return); the number of rows changed."""
+        """Run one write statement (committed on return); the number of rows changed.
+
+        Group commit: writes queued while a batch is being applied go together
+        in the next one, in one trip to the connection's thread and one
+        transaction. Each statement has its own savepoint, so one failing
+        (a duplicate id) fails only its own caller. Under concurrency this is
+        what turns per-write thread hops into per-batch ones.
+        """
+        [rowcount] = await self._write_many([(sql, tuple(params))])
+        return rowcount
+
+    async def _write_many(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Queue several writes together (kept in order, in one batch); their row counts."""
         if self._writer is None or self._lock is None:
             raise self._closed()
-        async with self._lock:
-            cursor = await self._writer.execute(sql, params)
-            return cursor.rowcount
+        ops = [_Write(sql, params) for sql, params in statements]
+        self._queue.extend(ops)
+        op = ops[-1]
+        if self._flushing:
+            await op.done.wait()
+        else:
+            self._flushing = True
+            try:
+                # Shielded: a batch handed to the thread is applied whatever
+                # happens here, and its other writers must hear the outcome.
+                with anyio.CancelScope(shield=True):
+                    while self._queue:
+                        batch, self._queue = self._queue, []
+                        async with self._lock:
+                            await self._apply(batch)
+                        for each in batch:
+                            each.done.set()
+            finally:
+                self._flushing = False
+        for each in ops:
+            if each.error is not None:
+                raise each.error
+        return [each.rowcount for each in ops]
+
+    async def _apply(self, batch: list[_Write]) -> None:
+        writer = self._writer
+        assert writer is not None
+        try:
+            # aiosqlite runs a function in the connection's own thread through
+            # _execute; its public API has no batch call (pinned in pyproject).
+            await writer._execute(_apply_batch, writer._conn, batch)
+        except Exception as exc:
+            for op in batch:
+                op.error = op.error or exc
 
     async def _write_fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         if self._writer is None or self._lock is None:
@@ -554,6 +599,13 @@ class SQLiteStorage(Storage):
     async def append_event(self, event: Event) -> None:
         """Append to the log; an event whose id is already logged is not appended again."""
         await self._write(_INSERT_EVENT, (event.id, event.run_id, _encode(event)))
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Append several events in order, in one trip to the writer (one transaction)."""
+        if events:
+            await self._write_many(
+                [(_INSERT_EVENT, (e.id, e.run_id, _encode(e))) for e in events]
+            )
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
@@ -738,3 +790,42 @@ class SQLiteStorage(Storage):
         else:
             rows = await self._read(_LIST_BLOBS_RANGE, (prefix, end))
         return [row[0] for row in rows]
+
+
+class _Write:
+    """One queued write statement and, once applied, its outcome."""
+
+    __slots__ = ("done", "error", "params", "rowcount", "sql")
+
+    def __init__(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.sql = sql
+        self.params = params
+        self.rowcount = 0
+        self.error: BaseException | None = None
+        self.done = anyio.Event()
+
+
+def _apply_batch(conn: sqlite3.Connection, batch: list[_Write]) -> None:
+    """Apply queued writes in one transaction, each under its own savepoint (writer thread)."""
+    if len(batch) == 1:  # autocommit: the statement is its own transaction
+        op = batch[0]
+        try:
+            op.rowcount = conn.execute(op.sql, op.params).rowcount
+        except Exception as exc:
+            op.error = exc
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in batch:
+            conn.execute("SAVEPOINT nexus_write")
+            try:
+                op.rowcount = conn.execute(op.sql, op.params).rowcount
+            except Exception as exc:
+                conn.execute("ROLLBACK TO nexus_write")
+                op.error = exc
+            conn.execute("RELEASE nexus_write")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
