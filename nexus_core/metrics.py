@@ -11,16 +11,10 @@ Plugins add their own collectors to :attr:`Metrics.registry`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+if TYPE_CHECKING:  # prometheus_client costs ~70 ms to import: only hosts that count pay it
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["Metrics"]
 
@@ -40,6 +34,8 @@ class Metrics:
     """
 
     def __init__(self, *, enabled: bool = True, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.enabled = enabled
         #: The registry these series live in; plugins may register collectors on it.
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -119,6 +115,8 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """Return the Prometheus text exposition and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         if not self.enabled:
             return b"", CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
