@@ -87,6 +87,10 @@ RESERVED_ENV_VARS: frozenset[str] = frozenset(
         "NEXUS_REQUIRE_SERVICES",  # tests: fail instead of skipping without Redis etc.
         "NEXUS_STRICT_PLUGINS",  # plugin loader: a broken plugin stops the host
         "NEXUS_URL",  # the CLI as a client: the server to talk to
+        "NEXUS_TOKEN",  # the CLI and MCP stdio: the bearer token to present
+        "NEXUS_OUTPUT",  # the CLI: text or json
+        "NEXUS_CLI_NO_CACHE",  # the CLI: rebuild the command table every time
+        "NEXUS_DEBUG",  # the CLI: show tracebacks
     }
 )
 

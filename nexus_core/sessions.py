@@ -7,7 +7,6 @@ and write ``session.state``; the host saves the state when the run ends.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ import msgspec
 
 from .errors import SessionNotFound
 from .storage.base import SessionRecord, Storage
+from .workflows.runtime import new_token
 from .workflows.schema import Injectable
 
 __all__ = ["Session", "SessionManager"]
@@ -85,7 +85,7 @@ class SessionManager:
         now = self.clock()
         ttl = self.ttl if ttl is None else ttl
         record = SessionRecord(
-            id=secrets.token_urlsafe(24),
+            id=new_token(24),
             tenant=tenant,
             principal=principal,
             created_at=now,

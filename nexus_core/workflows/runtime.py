@@ -34,6 +34,7 @@ __all__ = [
     "RunStatus",
     "Runtime",
     "new_run_id",
+    "new_token",
 ]
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -43,8 +44,19 @@ _UNSET = msgspec.UNSET
 
 
 def new_run_id() -> str:
-    """A new run id: unguessable (128 random bits), URL-safe."""
-    return secrets.token_urlsafe(16)
+    """A new run id: unguessable (128 random bits), URL-safe, never starting with "-"."""
+    return new_token(16)
+
+
+def new_token(nbytes: int) -> str:
+    """``secrets.token_urlsafe(nbytes)`` that starts with a letter or digit.
+
+    A leading "-" would read as an option on any command line.
+    """
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if token[0].isalnum():
+            return token
 
 
 class NodeResult(msgspec.Struct, kw_only=True, omit_defaults=True):
