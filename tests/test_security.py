@@ -29,9 +29,13 @@ def make_app(
     plugins: tuple[object, ...] = (),
 ) -> Nexus:
     """A host with a few workflows; ``security`` is the nexus.services.security table."""
-    config: dict[str, Any] = {"environment": environment}
+    # Tests leave long runs behind on purpose: stop without waiting for them.
+    config: dict[str, Any] = {
+        "environment": environment,
+        "services": {"runs": {"shutdown_grace": 0}},
+    }
     if security is not None:
-        config["services"] = {"security": security}
+        config["services"]["security"] = security
     app = Nexus("sec", storage=storage, config=config, autoload=False, env={}, plugins=plugins)
 
     @app.workflow
