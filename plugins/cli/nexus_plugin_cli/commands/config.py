@@ -1,0 +1,168 @@
+"""``nexus config show`` (the effective settings, each with its source) and ``config check``.
+
+Both read the configuration the way the host does: ``nexus.toml`` (or
+``nexus.yaml``, or ``NEXUS_CONFIG``) under ``NEXUS_*`` variables, with the
+sections of every installed plugin. With an application (``--app``, or
+``NEXUS_APP``, or ``app`` in ``nexus.toml``) its own configuration is used.
+A gateway does not expose its configuration: with ``--url`` only the
+command line's own settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cyclopts import App
+
+from .. import context, state
+from ..context import Globals
+from ..errors import OK
+from ..output import Console, dumps
+
+__all__ = ["app", "check_config", "show_config"]
+
+app = App(name="config", help="Show the effective configuration with its sources, or check it.")
+
+
+def _load() -> tuple[Any, Any, str]:
+    """(Config, PluginHost, where it came from), from the application when there is one."""
+    from nexus_core.config import load_config
+    from nexus_core.loader import AppNotFound, load_app
+    from nexus_core.plugins import PluginHost
+
+    target = context.target()
+    try:
+        application = load_app(target.app)
+    except AppNotFound:
+        if target.app or os.environ.get("NEXUS_APP"):
+            raise
+        host = PluginHost()
+        return load_config(sections=host.config_sections()), host, "no application"
+    return application.config, application.host, f"application {application.title!r}"
+
+
+def _client(target: Any) -> dict[str, tuple[Any, str]]:
+    """The command line's own settings: target, token and session, with their sources."""
+    settings = context.SETTINGS
+    if target.remote:
+        where = "--url" if settings.url else "env NEXUS_URL"
+        entries: dict[str, tuple[Any, str]] = {"cli.url": (target.url, where)}
+    else:
+        where = "--app" if settings.app else "env NEXUS_APP" if target.app else "nexus.toml"
+        entries = {"cli.app": (target.app, where)}
+    if settings.token:
+        token_source = "--token"
+    elif os.environ.get("NEXUS_TOKEN"):
+        token_source = "env NEXUS_TOKEN"
+    elif state.load_token(target.key):
+        token_source = "nexus login"
+    else:
+        token_source = "default"
+    has_token = token_source != "default"
+    entries["cli.token"] = ("(set)" if has_token else None, token_source)
+    session = state.current_session(target.key)
+    entries["cli.session"] = (session, "nexus session" if session else "default")
+    return entries
+
+
+@app.command(name="show")
+def show_config(*, g: Globals | None = None) -> int:
+    """Show every setting in force and where it came from (default, file, environment, code)."""
+    context.settings(g)
+
+    async def body(out: Console) -> int:
+        target = context.target()
+        client = _client(target)
+        settings: dict[str, tuple[Any, str]] = {}
+        if not target.remote:
+            config, _host, _where = _load()
+            flat = _flatten(config.to_dict())
+            sources = config.sources()
+            settings = {key: (value, sources.get(key, "default")) for key, value in flat.items()}
+        if out.json:
+            out.result(
+                {
+                    "config": None if target.remote else config.to_dict(),
+                    "sources": {k: s for k, (_, s) in settings.items()},
+                    "cli": {k.removeprefix("cli."): v for k, (v, _) in client.items()},
+                    "cli_sources": {k.removeprefix("cli."): s for k, (_, s) in client.items()},
+                }
+            )
+            return OK
+        rows = {**settings, **client}
+        texts = {key: dumps(value, indent=None) for key, (value, _) in rows.items()}
+        width = max((len(k) + len(v) for k, v in texts.items()), default=0) + 3
+        for key, (_, source) in rows.items():
+            left = f"{key} = {texts[key]}"
+            out.line(f"{left:{width}}  # {source}")
+        if target.remote:
+            out.note("the gateway's own configuration is not exposed over its API")
+        return OK
+
+    return context.execute(body)
+
+
+@app.command(name="check")
+def check_config(*, g: Globals | None = None) -> int:
+    """Check the configuration: unknown keys, wrong types, storage, production rules.
+
+    Exits with 2 and names the key and the file or variable at fault when it is invalid.
+    """
+    context.settings(g)
+
+    async def body(out: Console) -> int:
+        from nexus_core.config import ConfigError, check_production
+
+        target = context.target()
+        if target.remote:
+            from ..errors import usage_error
+
+            raise usage_error(
+                "config check reads local files; a gateway checks its own at start-up",
+                hint="run it where the gateway runs, without --url",
+            )
+        config, host, where = _load()
+        url = config.nexus.storage
+        scheme = url.partition(":")[0]
+        backends = host.storage_backends()
+        spec = backends.get(scheme)
+        if spec is None:
+            raise ConfigError(
+                f"nexus.storage: no storage backend for {scheme!r} URLs (installed: "
+                f"{', '.join(sorted(backends))}); install its plugin, e.g. nexus-plugin-{scheme}",
+                key="nexus.storage",
+            )
+        storage = spec.load()(url)
+        check_production(
+            config,
+            storage_persistent=storage.persistent,
+            auth_configured=bool(config.nexus.services.security.providers),
+        )
+        report = {
+            "ok": True,
+            "file": str(config.path) if config.path else None,
+            "source": where,
+            "environment": config.nexus.environment,
+            "storage": url,
+        }
+        if out.json:
+            out.result(report)
+        else:
+            out.line(f"configuration OK ({report['file'] or 'no file'}; {where})")
+            out.line(f"environment {report['environment']}, storage {url}")
+        return OK
+
+    return context.execute(body)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(table):
+        value = table[key]
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, path))
+        else:
+            out[path] = value
+    return out

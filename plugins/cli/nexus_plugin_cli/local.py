@@ -1,0 +1,370 @@
+"""The in-process backend: the application loaded from ``--app`` and run in this process.
+
+Every invocation takes the core's one request path (``app.invoke`` with
+``channel="cli"``), so security, validation, sessions, events and audit are
+the same as on every other channel. The host (storage, events, sessions) is
+started only for the commands that need it: listing workflows does not open
+the database.
+
+Each ``nexus`` process runs the host as its own instance
+(``HOST/cli-PID``), so starting one never resumes the runs another process
+(a gateway, another ``nexus run``) is executing; ``nexus runs resume`` takes
+over a run whose process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import socket
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from . import state
+from .backends import (
+    TERMINAL,
+    Backend,
+    EventCallback,
+    Target,
+    event_view,
+    run_summary,
+    run_view,
+    session_view,
+)
+from .errors import CliError, Problem
+
+if TYPE_CHECKING:
+    from nexus_core import Nexus
+    from nexus_core.security import Credentials, Principal
+
+__all__ = ["LocalBackend", "cli_instance_id", "owner_state"]
+
+_POLL = 0.2  # seconds between reads of the event log when following
+
+
+def cli_instance_id() -> str:
+    """The host instance id of this ``nexus`` process: ``HOST/cli-PID``."""
+    return f"{socket.gethostname()}/cli-{os.getpid()}"
+
+
+def owner_state(owner: str | None) -> tuple[str, str]:
+    """Who executes a run: ``("gone" | "alive" | "here" | "gateway", description)``."""
+    if not owner:
+        return "gone", "no process"
+    host, _, rest = owner.partition("/cli-")
+    if not rest:
+        return "gateway", f"gateway instance {owner!r}"
+    if host != socket.gethostname():
+        return "alive", f"`nexus` process {rest} on {host}"
+    try:
+        pid = int(rest)
+    except ValueError:
+        return "gone", owner
+    if pid == os.getpid():
+        return "here", "this process"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone", f"`nexus` process {pid} (exited)"
+    except OSError:
+        return "alive", f"`nexus` process {pid}"
+    return "alive", f"`nexus` process {pid}"
+
+
+def _builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+class LocalBackend(Backend):
+    """The application in this process (``--app``, ``NEXUS_APP`` or ``nexus.toml``)."""
+
+    def __init__(self, target: Target, *, app: Nexus | None = None) -> None:
+        self.target = target
+        self.app: Nexus | None = app
+        self._host: contextlib.AsyncExitStack | None = None
+        self._principal: Principal | None = None
+        self._credentials: Credentials | None = None
+
+    async def __aenter__(self) -> LocalBackend:
+        if self.app is None:
+            from nexus_core.loader import load_app
+
+            self.app = load_app(self.target.app)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._stop_host()
+
+    # -- the host ------------------------------------------------------------------
+
+    @property
+    def nexus(self) -> Nexus:
+        """The application (loaded on entry)."""
+        if self.app is None:
+            raise RuntimeError("use 'async with LocalBackend(...)'")
+        return self.app
+
+    async def start(self) -> None:
+        """Start the host now (before the backend is used from several tasks)."""
+        await self._running()
+
+    async def _running(self) -> Nexus:
+        app = self.nexus
+        if self._host is None:
+            from nexus_core.security import Credentials
+
+            app.instance_id = cli_instance_id()
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(app.running())
+            self._host = stack
+            token = self.target.token or state.load_token(self.target.key)
+            self._credentials = Credentials(bearer=token, client="cli")
+            self._principal = await app.security.authenticate(self._credentials, "cli")
+        return app
+
+    async def _stop_host(self) -> None:
+        host, self._host = self._host, None
+        if host is not None:
+            await host.aclose()
+
+    # -- workflows ---------------------------------------------------------------------
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        """Every registered workflow, sorted by name."""
+        return [self._workflow(wf) for _, wf in sorted(self.nexus.workflows.items())]
+
+    async def workflow(self, name: str) -> dict[str, Any]:
+        """One workflow with its schemas (``WorkflowNotFound`` with a suggestion)."""
+        return self._workflow(self.nexus.get_workflow(name))
+
+    @staticmethod
+    def _workflow(wf: Any) -> dict[str, Any]:
+        return {
+            "name": wf.name,
+            "description": wf.description or "",
+            "input_schema": wf.input_schema,
+            "output_schema": wf.output_schema,
+        }
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        *,
+        session: str | None = None,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        on_event: EventCallback | None = None,
+    ) -> dict[str, Any]:
+        """Run ``name`` through ``app.invoke`` on channel ``cli``."""
+        app = await self._running()
+        options: dict[str, Any] = {
+            "credentials": self._credentials,
+            "channel": "cli",
+            "session": session,
+            "idempotency_key": idempotency_key,
+        }
+        if on_event is None and wait:
+            return run_view(_builtins(await app.invoke(name, inputs, **options)))
+        started = await app.invoke(name, inputs, wait=False, **options)
+        if not wait or started.status in TERMINAL:
+            return run_view(_builtins(started))
+        run_id = started.run_id
+        # Registered before this task yields: the run has not emitted anything yet.
+        sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
+        return await self._follow(run_id, sub, on_event)
+
+    async def _follow(
+        self, run_id: str, sub: Any, on_event: EventCallback | None
+    ) -> dict[str, Any]:
+        app = self.nexus
+        finished = anyio.Event()
+
+        async def forward() -> None:
+            async with sub:
+                async for event in sub:
+                    if on_event is not None:
+                        await _call(on_event, event_view(_builtins(event)))
+                    if event.type in ("run.completed", "run.failed", "run.cancelled"):
+                        break
+            finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward)
+            result = await app.wait(run_id)
+            with anyio.move_on_after(2):
+                await finished.wait()
+            tg.cancel_scope.cancel()
+        return run_view(_builtins(result))
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        """A run with its nodes."""
+        app = await self._running()
+        return run_view(_builtins(await app.get_run(run_id, principal=self._principal)))
+
+    async def runs(
+        self, *, workflow: str | None = None, status: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Run summaries, newest first."""
+        app = await self._running()
+        records = await app.list_runs(
+            principal=self._principal, workflow=workflow, status=status, limit=limit
+        )
+        return [run_summary({"run_id": r.id, **_builtins(r)}) for r in records]
+
+    async def _record(self, run_id: str) -> Any:
+        from nexus_core.errors import RunNotFound
+
+        app = await self._running()
+        assert app.storage is not None
+        assert self._principal is not None
+        record = await app.storage.get_run(run_id, tenant=self._principal.tenant)
+        if record is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return record
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel a run of this process, or mark cancelled a run whose process is gone."""
+        app = await self._running()
+        record = await self._record(run_id)
+        if record.status in TERMINAL:
+            return {"run_id": run_id, "cancelled": False, "status": record.status}
+        if await app.cancel(run_id, principal=self._principal):
+            result = await app.wait(run_id)
+            return {"run_id": run_id, "cancelled": True, "status": result.status}
+        where, who = owner_state(record.owner)
+        if where in ("alive", "gateway"):
+            raise CliError(
+                Problem(
+                    code="conflict",
+                    message=f"run {run_id} is executing in {who}; it can only be cancelled there",
+                    hint="cancel it through its gateway: nexus --url URL runs cancel RUN_ID"
+                    if where == "gateway"
+                    else "stop that process (Ctrl-C) to interrupt the run",
+                )
+            )
+        # Its process is gone: nothing executes it, so record it as cancelled.
+        from nexus_core.events import EventType
+
+        assert app.storage is not None
+        record.status = "cancelled"
+        record.finished_at = time.time()
+        record.error = {"type": "Cancelled", "message": "cancelled from the command line"}
+        await app.storage.save_run(record)
+        await app.emit(EventType.RUN_CANCELLED, run=record, data={"workflow": record.workflow})
+        return {"run_id": run_id, "cancelled": True, "status": "cancelled"}
+
+    async def resume(self, run_id: str, *, on_event: EventCallback | None = None) -> dict[str, Any]:
+        """Finish an interrupted run from its checkpoints (or show a finished one)."""
+        record = await self._record(run_id)
+        if record.status in TERMINAL:
+            return await self.run(run_id)
+        where, who = owner_state(record.owner)
+        if where in ("alive", "gateway"):
+            raise CliError(
+                Problem(
+                    code="conflict",
+                    message=f"run {run_id} is executing in {who}; it resumes there",
+                    hint="follow it with: nexus runs show RUN_ID"
+                    if where == "alive"
+                    else "it resumes when that gateway restarts; follow it with --url URL",
+                )
+            )
+        # Restart the host as the run's owner: the core resumes the owner's
+        # unfinished runs from their last checkpoints at start-up.
+        await self._stop_host()
+        app = self.nexus
+        stack = contextlib.AsyncExitStack()
+        app.instance_id = record.owner or cli_instance_id()
+        await stack.enter_async_context(app.running())
+        self._host = stack
+        sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
+        return await self._follow(run_id, sub, on_event)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def create_session(self) -> dict[str, Any]:
+        """A new session (``session.created`` is emitted)."""
+        app = await self._running()
+        sess = await app.create_session(channel="cli", principal=self._principal)
+        return session_view(_builtins(sess.record))
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        """A live session."""
+        app = await self._running()
+        sess = await app.get_session(session_id, principal=self._principal)
+        return session_view(_builtins(sess.record))
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def events(
+        self, patterns: Sequence[str], *, since: str | None = None, follow: bool = True
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Read the event log (shared by every process on this storage), then poll it."""
+        app = await self._running()  # here, not in the generator: the host is task-bound
+        return self._poll_events(app, patterns, since, follow)
+
+    async def _poll_events(
+        self, app: Nexus, patterns: Sequence[str], since: str | None, follow: bool
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        storage = app.storage
+        assert storage is not None
+        match = _matcher(patterns)
+        cursor = None if since in (None, "", "0") else since
+        if since is None:
+            cursor = await _last_event_id(storage)
+        page_size = 500
+        while True:
+            page = await storage.read_events(after=cursor, limit=page_size)
+            for event in page:
+                cursor = event.id
+                if match(event.type):
+                    yield event_view(_builtins(event))
+            if len(page) >= page_size:
+                continue
+            if not follow:
+                return
+            await anyio.sleep(_POLL)
+
+    # -- plugins ------------------------------------------------------------------------------
+
+    async def plugins(self) -> dict[str, Any]:
+        """The plugins the application loaded, and those that failed."""
+        app = self.nexus
+        return {
+            "plugins": [_builtins(info) for info in app.plugins],
+            "errors": [_builtins(error) for error in app.plugin_errors],
+        }
+
+
+async def _call(callback: EventCallback, event: dict[str, Any]) -> None:
+    result = callback(event)
+    if result is not None:
+        await result
+
+
+def _matcher(patterns: Sequence[str]) -> Any:
+    pats = tuple(patterns) or ("*",)
+    if "*" in pats:
+        return lambda _type: True
+    compiled = [re.compile(fnmatch.translate(p)) for p in pats]
+    return lambda event_type: any(c.match(event_type) for c in compiled)
+
+
+async def _last_event_id(storage: Any) -> str | None:
+    cursor: str | None = None
+    while True:
+        page = await storage.read_events(after=cursor, limit=5000)
+        if not page:
+            return cursor
+        cursor = str(page[-1].id)
+        if len(page) < 5000:
+            return cursor

@@ -1,0 +1,151 @@
+"""How results look: the same for the local and the remote backend."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import FAILURE, OK, CliError, Problem
+from .options import input_options
+from .output import Console, dumps
+
+__all__ = [
+    "fail_run",
+    "problem_with_options",
+    "render_run",
+    "render_run_detail",
+    "when",
+]
+
+
+def when(timestamp: float | None) -> str | None:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS`` (None stays None)."""
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def run_problem(run: Mapping[str, Any]) -> Problem | None:
+    """The error of a run that did not complete (None for a completed or unfinished run)."""
+    status = run.get("status")
+    run_id = run.get("run_id")
+    if status == "failed":
+        error = run.get("error") or {}
+        node = error.get("node")
+        where = f" at node {node!r}" if node else ""
+        kind = error.get("type")
+        reason = error.get("message") or "no reason given"
+        reason = f"{kind}: {reason}" if kind and not reason.startswith(f"{kind}:") else reason
+        return Problem(
+            code="run_failed",
+            message=f"run {run_id} of {run.get('workflow')!r} failed{where}: {reason}",
+            node=node,
+            hint=f"details: nexus runs show {run_id}",
+        )
+    if status == "cancelled":
+        return Problem(code="run_cancelled", message=f"run {run_id} was cancelled")
+    return None
+
+
+def fail_run(run: Mapping[str, Any]) -> CliError | None:
+    """A :class:`CliError` for a failed or cancelled run, else None."""
+    problem = run_problem(run)
+    return CliError(problem) if problem is not None else None
+
+
+def render_run(out: Console, run: Mapping[str, Any]) -> int:
+    """Print a run's result; return the exit code (1 unless it completed).
+
+    Text: the output as JSON on stdout, or the failing node and reason on
+    stderr. JSON: the whole run (status, output, error, nodes) on stdout.
+    """
+    problem = run_problem(run)
+    status = run.get("status")
+    if out.json:
+        out.result(dict(run))
+        if problem is not None:
+            for text in problem.lines():
+                out.stderr.write(text + "\n")
+            return FAILURE
+        return OK
+    if problem is not None:
+        out.problem(problem)
+        return FAILURE
+    if status == "completed":
+        out.result(run.get("output"))
+        return OK
+    run_id = run.get("run_id")
+    out.line(str(run_id))
+    out.note(f"run {run_id} is {status}; follow it with: nexus runs resume {run_id}")
+    return OK
+
+
+def render_run_detail(out: Console, run: Mapping[str, Any]) -> int:
+    """``nexus runs show``: the run and each node (JSON: the run itself)."""
+    if out.json:
+        out.result(dict(run))
+        return OK
+    out.line(f"run       {run.get('run_id')}")
+    out.line(f"workflow  {run.get('workflow')}")
+    out.line(f"status    {run.get('status')}")
+    if run.get("session_id"):
+        out.line(f"session   {run.get('session_id')}")
+    started, finished = run.get("started_at"), run.get("finished_at")
+    if started:
+        out.line(f"started   {when(started)}")
+    if finished:
+        took = f" ({(finished - started) * 1000:.0f} ms)" if started else ""
+        out.line(f"finished  {when(finished)}{took}")
+    error = run.get("error")
+    if error:
+        node = f" at node {error.get('node')!r}" if error.get("node") else ""
+        out.line(f"error     {error.get('type')}{node}: {error.get('message')}")
+    if run.get("status") == "completed":
+        out.line(f"output    {dumps(run.get('output'), indent=None)}")
+    nodes = run.get("nodes") or {}
+    if nodes:
+        out.line("nodes")
+        rows = []
+        for node_id, node in nodes.items():
+            took = node.get("duration_ms")
+            rows.append(
+                [
+                    node_id,
+                    node.get("status"),
+                    f"{took:.1f} ms" if took is not None else None,
+                    node.get("error") or dumps(node.get("output"), indent=None),
+                ]
+            )
+        out.table(rows, ["node", "status", "duration", "output / error"])
+    return OK
+
+
+_SEGMENT = re.compile(r"^([^.\[]+)(.*)$")
+
+
+def problem_with_options(problem: Problem, schema: Mapping[str, Any]) -> Problem:
+    """Name command-line options instead of input fields in a validation error.
+
+    ``count: expected int, got str`` becomes ``option --count: expected int, got str``.
+    """
+    if problem.code not in ("validation_error", "input_limit") or not problem.errors:
+        return problem
+    flags = {option.field: option.flag for option in input_options(schema)}
+    errors = []
+    for path, reason in problem.errors:
+        match = _SEGMENT.match(path or "")
+        if match and match.group(1) in flags:
+            path = flags[match.group(1)] + match.group(2)
+        errors.append((path, reason))
+    message = "; ".join(
+        f"option {p}: {r}" if p.startswith("--") else f"{p or '(input)'}: {r}" for p, r in errors
+    )
+    return Problem(
+        code=problem.code,
+        message=f"invalid input: {message}",
+        errors=errors,
+        hint=problem.hint or "nexus run WORKFLOW --help lists the options",
+        status=problem.status,
+    )

@@ -1,0 +1,208 @@
+"""Remote mode (--url / NEXUS_URL) against a real gateway, compared with local mode.
+
+The gateway is ``python -m nexus_plugin_api APP --port P`` in a subprocess
+serving the same example app; these tests skip when the API plugin is not
+installed (``NEXUS_REQUIRE_SERVICES`` does not apply: it is a plugin, not a service).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_support import API_INSTALLED, APP_SOURCE, Cli, base_env, free_port, serve
+
+pytestmark = pytest.mark.timeout(300)
+
+_VOLATILE = {"run_id", "started_at", "finished_at", "created_at", "session_id", "duration_ms"}
+
+
+def stable(value: Any) -> Any:
+    """The value without ids and times, which differ between any two runs."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
+def errors(done: Any) -> list[str]:
+    """The error lines (run ids masked)."""
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    return [" ".join("RUN" if len(w) == 22 else w for w in line.split()) for line in lines]
+
+
+CASES = [
+    ("run", "greet", "--name", "Ada", "--excited", "--times", "2"),
+    ("run", "tally", "--tags", "a", "--tags", "b", "--weights", '{"a": 3}'),
+    ("run", "divide", "--a", "1", "--b", "8"),
+    ("run", "pipeline", "--x", "2"),
+    ("run", "pipeline", "--x", "3"),
+    ("run", "gret", "--name", "x"),
+    ("run", "greet"),
+    ("run", "greet", "--name", "x", "--times", "lots"),
+    ("run", "greet", "--nmae", "x"),
+    ("run", "greet", "--json", '{"name": "J"}', "--times", "1"),
+    ("workflows",),
+    ("workflows", "show", "tally"),
+    ("workflows", "show", "tallly"),
+    ("runs", "show", "no-such-run"),
+    ("session", "show", "no-such-session"),
+]
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_local_and_remote_give_the_same_results_and_errors(
+    cli: Cli, remote: Cli, output: str
+) -> None:
+    for case in CASES:
+        local = cli("-o", output, *case)
+        far = remote("-o", output, *case)
+        assert far.returncode == local.returncode, (case, local.stderr, far.stderr)
+        assert errors(far) == errors(local), case
+        if local.stdout.strip().startswith(("{", "[", '"')) or local.stdout.strip()[:1].isdigit():
+            assert stable(json.loads(far.stdout)) == stable(json.loads(local.stdout)), case
+        else:
+            assert far.stdout == local.stdout, case
+
+
+def test_remote_runs_show_cancel_and_resume(remote: Cli) -> None:
+    done = remote("-o", "json", "run", "pipeline", "--x", "3")
+    run = json.loads(done.stdout)
+    shown = json.loads(remote("-o", "json", "runs", "show", run["run_id"]).stdout)
+    assert shown["status"] == "completed" and set(shown["nodes"]) == {"double", "invert"}
+    listed = json.loads(remote("-o", "json", "runs", "--workflow", "pipeline").stdout)
+    assert run["run_id"] in [r["run_id"] for r in listed]
+    assert all(r["channel"] == "api" for r in listed)
+    slow = remote("run", "slow", "--seconds", "20", "--no-wait").stdout.strip()
+    cancelled = remote("runs", "cancel", slow)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(remote("-o", "json", "runs", "show", slow).stdout)["status"] == "cancelled"
+    quick = remote("run", "slow", "--seconds", "0.5", "--no-wait").stdout.strip()
+    followed = remote("runs", "resume", quick)  # the gateway runs it; resume follows it to its end
+    assert followed.returncode == 0 and json.loads(followed.stdout) == "done"
+
+
+def test_remote_progress_events_and_batch(remote: Cli) -> None:
+    done = remote("run", "pipeline", "--x", "3")
+    assert "node double completed" in done.stderr and "node invert completed" in done.stderr
+    follower = remote.popen("events", "--type", "run.*", "--count", "2", "-o", "json")
+    time.sleep(1.5)
+    remote("run", "greet", "--name", "Ev", "-q")
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert [json.loads(line)["type"] for line in out.splitlines()] == [
+        "run.started",
+        "run.completed",
+    ]
+    replay = remote("events", "--since", "0", "--type", "node.*", "--count", "2", "-o", "json")
+    assert [json.loads(line)["type"] for line in replay.stdout.splitlines()] == [
+        "node.started",
+        "node.finished",
+    ]
+    lines = (
+        '{"workflow": "greet", "inputs": {"name": "A"}}\n'
+        '{"workflow": "divide", "inputs": {"a": 1, "b": 0}}\n'
+    )
+    batch = remote("batch", "-", "-c", "2", input=lines)
+    assert batch.returncode == 1
+    assert (
+        batch.stderr.strip()
+        .splitlines()[-1]
+        .startswith("batch: 2 invocations: 1 completed, 1 failed")
+    )
+
+
+def test_remote_sessions_plugins_and_login(remote: Cli, gateway: str) -> None:
+    created = remote("session", "new")
+    session_id = created.stdout.strip()
+    assert created.returncode == 0 and session_id
+    remote("run", "greet", "--name", "S")
+    runs = json.loads(remote("-o", "json", "runs", "--limit", "1").stdout)
+    assert runs[0]["session_id"] == session_id
+    shown = json.loads(remote("-o", "json", "session", "show").stdout)
+    assert shown["id"] == session_id and "api" in shown["channels"]
+    plugins = json.loads(remote("plugins", "--json").stdout)
+    assert "nexus-plugin-api" in {p["name"] for p in plugins["plugins"]}
+    refused = remote("login", "--token", "not-a-real-token")
+    assert refused.returncode == 1
+    assert "refused this token" in refused.stderr
+    config = remote("config", "show")
+    assert f'cli.url = "{gateway}"' in config.stdout
+
+
+API_KEY = "nxk_cli-test-key"
+SECURE_CONFIG = f"""
+[nexus.services.security]
+providers = ["api_key"]
+auth_enabled = true
+roles = {{ operator = ["admin"] }}
+
+[[nexus.services.security.api_key.keys]]
+principal = "ops"
+sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
+roles = ["operator"]
+"""
+
+
+@pytest.fixture(scope="module")
+def secure_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway with authentication on and one API key."""
+    if not API_INSTALLED:
+        pytest.skip("remote mode needs the API plugin (nexus-plugin-api)")
+    tmp = tmp_path_factory.mktemp("secure")
+    (tmp / "app.py").write_text(APP_SOURCE, encoding="utf-8")
+    (tmp / "nexus.toml").write_text(SECURE_CONFIG, encoding="utf-8")
+    with serve(tmp / "app.py", tmp) as url:
+        yield url
+
+
+def test_remote_login_keeps_the_token_for_later_commands(
+    tmp_path: Path, secure_gateway: str
+) -> None:
+    env = base_env(tmp_path)
+    env["NEXUS_URL"] = secure_gateway
+    remote = Cli(tmp_path, env)
+    refused = remote("workflows")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: authentication required")
+    assert "nexus login" in refused.stderr
+    bad = remote("login", "--token", "nxk_wrong")
+    assert bad.returncode == 1 and "refused this token" in bad.stderr
+    done = remote("login", "--with-token", input=API_KEY + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"logged in to {secure_gateway}"
+    assert remote("workflows").returncode == 0
+    run = remote("run", "greet", "--name", "Ada")
+    assert json.loads(run.stdout) == "Hello, Ada."
+    assert remote("logout").stdout.strip() == f"logged out of {secure_gateway}"
+    assert remote("workflows").returncode == 1
+
+
+def test_nexus_serve_through_the_hook(cli: Cli, app_file: Path) -> None:
+    """`nexus serve` is the API plugin's command, registered lazily from its hook."""
+    if not API_INSTALLED:
+        pytest.skip("nexus serve comes from the API plugin (nexus-plugin-api)")
+    port = free_port()
+    server = cli.popen("serve", str(app_file), "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()[1]
+            done = cli("--url", url, "run", "greet", "--name", "Served", check_traceback=False)
+            if done.returncode == 0:
+                break
+            assert time.monotonic() < deadline, done.stderr
+            time.sleep(0.3)
+        assert json.loads(done.stdout) == "Hello, Served."
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert "Traceback" not in err
