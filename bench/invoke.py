@@ -11,6 +11,13 @@ calls each; the machine is noisy, so read the medians, not single runs.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds http.py and mcp.py: keep this folder off sys.path so they never
+# shadow the stdlib's http or the mcp package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import collections
 import json
@@ -31,6 +38,7 @@ WRITES = (
     "save_run",
     "save_checkpoint",
     "append_event",
+    "append_events",
     "append_audit",
     "create_session",
     "save_session",

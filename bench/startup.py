@@ -33,6 +33,13 @@ overrides it)::
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds http.py and mcp.py: keep this folder off sys.path so they never
+# shadow the stdlib's http or the mcp package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
