@@ -487,7 +487,7 @@ class LocalEventBus(EventBus):
         # the same order. Log order is delivery order; publishers never wait
         # on one another's round trips one by one.
         self._pending: list[Event] = []
-        self._next_batch = _Batch()
+        self._next_batch: _Batch | None = None  # made when someone has to wait for it
         self._flushing = False
         #: Ids of the batch appended but not yet delivered (see _go_live).
         self._inflight: list[str] = []
@@ -528,6 +528,8 @@ class LocalEventBus(EventBus):
         self._pending.append(event)
         if self._flushing:
             # The flushing publisher logs and delivers it with the next batch.
+            if self._next_batch is None:
+                self._next_batch = _Batch()
             await self._next_batch.wait()
             return
         self._flushing = True
@@ -536,7 +538,7 @@ class LocalEventBus(EventBus):
             with anyio.CancelScope(shield=True):  # an event logged is an event delivered
                 while self._pending:
                     batch, self._pending = self._pending, []
-                    waiters, self._next_batch = self._next_batch, _Batch()
+                    waiters, self._next_batch = self._next_batch, None
                     self._inflight = [each.id for each in batch]
                     try:
                         if append_many is not None:
@@ -548,17 +550,20 @@ class LocalEventBus(EventBus):
                             for sub in self._targets(each.type):
                                 sub._push(each)
                     except BaseException as exc:
-                        waiters.fail(exc)
+                        if waiters is not None:
+                            waiters.fail(exc)
                         raise
                     finally:
                         self._inflight = []
-                        waiters.release()
+                        if waiters is not None:
+                            waiters.release()
         except BaseException as exc:
             # Events queued behind a failed batch were not logged: say so to their publishers.
             self._pending = []
-            self._next_batch.fail(exc)
-            self._next_batch.release()
-            self._next_batch = _Batch()
+            if self._next_batch is not None:
+                self._next_batch.fail(exc)
+                self._next_batch.release()
+                self._next_batch = None
             raise
         finally:
             self._flushing = False
