@@ -603,9 +603,7 @@ class SQLiteStorage(Storage):
     async def append_events(self, events: Sequence[Event]) -> None:
         """Append several events in order, in one trip to the writer (one transaction)."""
         if events:
-            await self._write_many(
-                [(_INSERT_EVENT, (e.id, e.run_id, _encode(e))) for e in events]
-            )
+            await self._write_many([(_INSERT_EVENT, (e.id, e.run_id, _encode(e))) for e in events])
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
