@@ -3,7 +3,7 @@
 ``create_app(app)`` builds it for a running host; the API channel serves it
 with uvicorn. Routes:
 
-=================================  ==========================================================
+==================================  =========================================================
 ``GET /workflows``                 workflows with their input and output JSON Schemas
 ``GET /workflows/{name}``          one workflow
 ``POST /workflows/{name}/runs``    run it with the JSON body as inputs (waits; or
@@ -19,8 +19,12 @@ with uvicorn. Routes:
 ``GET /health/live``, ``/ready``   probes
 ``GET /metrics``                   Prometheus text
 ``GET /plugins``                   loaded plugins, load errors, channels
+``POST /auth/cli-tokens``          exchange an API key (or bearer token) for a CLI token
+``DELETE /auth/cli-tokens/current`` revoke the CLI token presented (``nexus logout``)
+``GET /config``, ``/config/check`` the effective configuration (masked), a re-check
+                                   of its file (``admin`` when auth is on; see :mod:`.admin`)
 ``GET /openapi.json``, ``/docs``   OpenAPI 3.1 and an interactive page
-=================================  ==========================================================
+==================================  =========================================================
 
 Plus whatever other plugins mount through ``nexus_api_mounts``.
 """
@@ -45,7 +49,9 @@ from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 from nexus_core.channels import describe
 from nexus_core.errors import (
+    AuthenticationError,
     FieldError,
+    PermissionDenied,
     RateLimited,
     SessionNotFound,
     ValidationError,
@@ -55,11 +61,15 @@ from nexus_core.health import HealthReport, liveness
 from nexus_core.specs import HttpMountSpec
 from nexus_core.workflows.schema import convert
 
+from . import admin
 from ._http import RequestInfo, decode_object, read_request
 from ._state import ApiState
 from .config import ApiConfig
 from .models import (
     ChannelInfo,
+    CliToken,
+    CliTokenRequest,
+    CliTokenRevoked,
     PluginList,
     RunList,
     RunSummary,
@@ -68,7 +78,13 @@ from .models import (
     WorkflowList,
 )
 from .openapi import build_openapi
-from .problems import PROBLEM_JSON, Conflict, problem_body, problem_from_exception
+from .problems import (
+    PROBLEM_JSON,
+    Conflict,
+    Unsupported,
+    problem_body,
+    problem_from_exception,
+)
 from .realtime import event_stream, run_event_stream, serve_websocket
 
 if TYPE_CHECKING:
@@ -91,6 +107,8 @@ RESERVED_PREFIXES = frozenset(
         "health",
         "metrics",
         "plugins",
+        "auth",
+        "config",
         "docs",
         "openapi.json",
     }
@@ -437,6 +455,71 @@ def _routes(api: ApiState) -> list[Any]:
         channels = [msgspec.convert(describe(c), ChannelInfo) for c in app.channels.values()]
         return _json(PluginList(items=app.plugins, errors=app.plugin_errors, channels=channels))
 
+    # -- login and configuration ------------------------------------------------------
+
+    @post("/auth/cli-tokens", name="issue_cli_token", status_code=201)
+    async def issue_cli_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        if who.anonymous:
+            raise AuthenticationError(
+                "a CLI token is issued to whoever the credentials prove: send an API key "
+                "(X-API-Key) or a bearer token"
+            )
+        if who.provider == "cli_token":
+            raise PermissionDenied(
+                "a CLI token cannot be exchanged for another; log in with an API key "
+                "or a bearer token of your identity provider"
+            )
+        body: CliTokenRequest = convert(decode_object(await request.body()), CliTokenRequest)
+        if "cli_token" not in app.security.providers:
+            raise Unsupported(
+                "this gateway does not issue CLI tokens: enable the cli_token auth provider "
+                "(nexus.services.security.providers)"
+            )
+        token, record = await app.security.issue_cli_token(
+            who, label=body.label or "issued over the API"
+        )
+        await app.security.audit(
+            action="cli_token:issue", outcome="ok", principal=who, channel="api"
+        )
+        issued = CliToken(
+            token=token,
+            id=record.id,
+            expires_at=record.expires_at,
+            principal=record.principal,
+            tenant=record.tenant,
+        )
+        return _json(issued, 201, {"Cache-Control": "no-store"})
+
+    @delete("/auth/cli-tokens/current", name="revoke_cli_token", status_code=200)
+    async def revoke_cli_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+        info = read_request(request.scope, cookie)
+        who = await authenticate(info)
+        if who.anonymous:
+            raise AuthenticationError(
+                "present the CLI token to revoke: Authorization: Bearer <token>"
+            )
+        bearer = info.credentials().bearer
+        revoked = False
+        if who.provider == "cli_token" and bearer:
+            revoked = await app.security.revoke_cli_token(bearer)
+            await app.security.audit(
+                action="cli_token:revoke", outcome="ok", principal=who, channel="api"
+            )
+        return _json(CliTokenRevoked(revoked=revoked, principal=who.id))
+
+    @get("/config", name="get_config")
+    async def get_config(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        await admin.require_admin(app, who)
+        return _json(admin.view(app), headers={"Cache-Control": "no-store"})
+
+    @get("/config/check", name="check_config")
+    async def check_config(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        await admin.require_admin(app, who)
+        return _json(await admin.check_config(app), headers={"Cache-Control": "no-store"})
+
     handlers: list[Any] = [
         list_workflows,
         get_workflow,
@@ -453,6 +536,10 @@ def _routes(api: ApiState) -> list[Any]:
         health_ready,
         metrics,
         plugins,
+        issue_cli_token,
+        revoke_cli_token,
+        get_config,
+        check_config,
     ]
 
     if config.docs:

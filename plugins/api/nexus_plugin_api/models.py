@@ -6,7 +6,7 @@ itself, so a run looks the same over REST, in Python and to the CLI.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from nexus_core.health import HealthReport
@@ -15,6 +15,12 @@ from nexus_core.workflows.runtime import RunResult, RunStatus
 
 __all__ = [
     "ChannelInfo",
+    "CliToken",
+    "CliTokenRequest",
+    "CliTokenRevoked",
+    "ConfigCheck",
+    "ConfigIssue",
+    "ConfigView",
     "HealthReport",
     "PluginList",
     "RunList",
@@ -97,3 +103,65 @@ class PluginList(msgspec.Struct, kw_only=True):
     items: list[PluginInfo]
     errors: list[PluginLoadError] = []
     channels: list[ChannelInfo] = []
+
+
+class CliTokenRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /auth/cli-tokens`` (optional body): a label to recognise the token by later."""
+
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class CliToken(msgspec.Struct, kw_only=True):
+    """A new CLI token: the secret (shown only here), its record's id, expiry and owner."""
+
+    token: str
+    id: str
+    expires_at: float | None
+    principal: str
+    tenant: str
+
+
+class CliTokenRevoked(msgspec.Struct, kw_only=True):
+    """``DELETE /auth/cli-tokens/current``: whether the presented CLI token was revoked.
+
+    ``revoked`` is false when the credential presented is not a CLI token (an
+    API key or a JWT is never revoked here).
+    """
+
+    revoked: bool
+    principal: str
+
+
+class ConfigView(msgspec.Struct, kw_only=True):
+    """``GET /config``: the effective configuration, secrets masked, and each value's source.
+
+    ``config`` is laid out as in a file (under ``nexus``); ``sources`` maps each
+    leaf's dotted key to ``"default"``, the file name, ``"code"`` or
+    ``"env NEXUS_..."``; ``path`` is the file read, if any.
+    """
+
+    config: dict[str, Any]
+    sources: dict[str, str]
+    path: str | None = None
+
+
+class ConfigIssue(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One configuration error: what is wrong, the key at fault and where it came from."""
+
+    message: str
+    key: str | None = None
+    source: str | None = None
+    suggestion: str | None = None
+
+
+class ConfigCheck(msgspec.Struct, kw_only=True):
+    """``GET /config/check``: the configuration file as it is now, checked as at start-up.
+
+    ``ok`` false lists the ``errors``; the other fields describe what was checked.
+    """
+
+    ok: bool
+    errors: list[ConfigIssue] = []
+    file: str | None = None
+    environment: str | None = None
+    storage: str | None = None

@@ -19,6 +19,11 @@ import msgspec
 import nexus_core
 
 from .models import (
+    CliToken,
+    CliTokenRequest,
+    CliTokenRevoked,
+    ConfigCheck,
+    ConfigView,
     HealthReport,
     PluginList,
     RunList,
@@ -44,6 +49,11 @@ _STATIC_TYPES = (
     HealthReport,
     PluginList,
     Problem,
+    CliTokenRequest,
+    CliToken,
+    CliTokenRevoked,
+    ConfigView,
+    ConfigCheck,
 )
 _PROBLEMS = {
     400: "The request is malformed (for example, the body is not JSON).",
@@ -230,6 +240,8 @@ _LAST_EVENT_ID = {
     "schema": {"type": "string"},
 }
 _PUBLIC: list[dict[str, list[str]]] = []
+#: Routes that always need credentials, even with authentication off.
+_CREDENTIALS: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
 
 def _static_paths() -> dict[str, Any]:
@@ -372,6 +384,65 @@ def _static_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/auth/cli-tokens": {
+            "post": {
+                "operationId": "issue_cli_token",
+                "summary": "Exchange an API key (or a bearer token) for a CLI token.",
+                "description": "Issues a CLI token to the principal the credentials prove, with "
+                "its tenant, roles and scopes (what `nexus login --url URL --api-key KEY` "
+                "does). The token is shown only in this answer. Needs the `cli_token` auth "
+                "provider enabled; a CLI token cannot be exchanged for another.",
+                "tags": ["auth"],
+                "security": _CREDENTIALS,
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("CliTokenRequest")}},
+                },
+                "responses": {
+                    "201": _json(_ref("CliToken"), "The new CLI token."),
+                    **_problems(400, 401, 403, 413, 422),
+                },
+            }
+        },
+        "/auth/cli-tokens/current": {
+            "delete": {
+                "operationId": "revoke_cli_token",
+                "summary": "Revoke the CLI token this request presents (`nexus logout`).",
+                "description": "`revoked` is false when the credential presented is not a CLI "
+                "token: API keys and JWTs are never revoked here.",
+                "tags": ["auth"],
+                "security": [{"bearerAuth": []}],
+                "responses": {
+                    "200": _json(_ref("CliTokenRevoked"), "Whether the token was revoked."),
+                    **_problems(401),
+                },
+            }
+        },
+        "/config": {
+            "get": {
+                "operationId": "get_config",
+                "summary": "The effective configuration, secrets masked, with each value's source.",
+                "description": "Needs the `admin` permission when authentication is on.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json(_ref("ConfigView"), "The configuration."),
+                    **_problems(401, 403),
+                },
+            }
+        },
+        "/config/check": {
+            "get": {
+                "operationId": "check_config",
+                "summary": "Re-read the configuration file and check it as at start-up.",
+                "description": "200 either way: `ok` false lists the errors. Needs the `admin` "
+                "permission when authentication is on.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": _json(_ref("ConfigCheck"), "The result of the check."),
+                    **_problems(401, 403),
+                },
+            }
+        },
         "/health/live": {
             "get": {
                 "operationId": "health_live",
@@ -465,6 +536,7 @@ def build_openapi(app: Nexus, *, root_path: str = "") -> dict[str, Any]:
             {"name": "runs", "description": "Runs: status, results, cancellation."},
             {"name": "sessions", "description": "Sessions shared by every channel."},
             {"name": "events", "description": "Server-Sent Events."},
-            {"name": "operations", "description": "Health, metrics, plugins."},
+            {"name": "auth", "description": "CLI tokens for `nexus login`."},
+            {"name": "operations", "description": "Health, metrics, plugins, configuration."},
         ],
     }

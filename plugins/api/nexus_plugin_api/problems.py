@@ -33,6 +33,7 @@ __all__ = [
     "Conflict",
     "InvalidJSON",
     "Problem",
+    "Unsupported",
     "problem_body",
     "problem_from_detail",
     "problem_from_exception",
@@ -59,6 +60,12 @@ class Conflict(NexusError):
     """The request conflicts with the resource's state (409)."""
 
     code = "conflict"
+
+
+class Unsupported(NexusError):
+    """The gateway is not set up to do what was asked (403), e.g. to issue CLI tokens."""
+
+    code = "unsupported"
 
 
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -99,7 +106,7 @@ def status_for(exc: NexusError) -> int:
         return 409
     if isinstance(exc, AuthenticationError):
         return 401
-    if isinstance(exc, PermissionDenied):
+    if isinstance(exc, PermissionDenied | Unsupported):
         return 403
     if isinstance(exc, RateLimited):
         return 429

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import re
 import socket
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from . import state
+from . import tokens
 from .backends import (
     TERMINAL,
     Backend,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from nexus_core.security import Credentials, Principal
 
 __all__ = ["LocalBackend", "cli_instance_id", "owner_state"]
+
+log = logging.getLogger("nexus.cli")
 
 _POLL = 0.2  # seconds between reads of the event log when following
 
@@ -114,18 +117,39 @@ class LocalBackend(Backend):
         """Start the host now (before the backend is used from several tasks)."""
         await self._running()
 
-    async def _running(self) -> Nexus:
+    async def host(self) -> Nexus:
+        """The application with its host started, without authenticating (``nexus login``)."""
         app = self.nexus
         if self._host is None:
-            from nexus_core.security import Credentials
-
             app.instance_id = cli_instance_id()
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(app.running())
             self._host = stack
-            token = self.target.token or state.load_token(self.target.key)
-            self._credentials = Credentials(bearer=token, client="cli")
-            self._principal = await app.security.authenticate(self._credentials, "cli")
+        return app
+
+    async def _running(self) -> Nexus:
+        app = await self.host()
+        if self._principal is None:
+            from nexus_core.errors import AuthenticationError
+            from nexus_core.security import Credentials
+
+            given = self.target.token
+            saved = None if given else tokens.saved(self.target)
+            self._credentials = Credentials(bearer=given or saved, client="cli")
+            try:
+                self._principal = await app.security.authenticate(self._credentials, "cli")
+            except AuthenticationError as exc:
+                if saved is None:
+                    raise
+                # One local login serves every application; another one's token (or a
+                # revoked one) must not lock this application out: go on without it.
+                log.warning(
+                    "the token saved by `nexus login` is not accepted by this application "
+                    "(%s); going on without it (log in again with: nexus login)",
+                    exc.message,
+                )
+                self._credentials = Credentials(client="cli")
+                self._principal = await app.security.authenticate(self._credentials, "cli")
         return app
 
     async def _stop_host(self) -> None:

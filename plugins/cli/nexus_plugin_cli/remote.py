@@ -10,6 +10,9 @@ runs / runs show / cancel / resume         ``GET /runs``, ``GET /runs/{id}``, ``
 session new / show                         ``POST /sessions``, ``GET /sessions/{id}``
 events                                     ``GET /events?types=...`` (SSE, ``Last-Event-ID``)
 plugins                                    ``GET /plugins``
+login --api-key / logout                   ``POST /auth/cli-tokens``,
+                                           ``DELETE /auth/cli-tokens/current``
+config show / config check                 ``GET /config``, ``GET /config/check``
 =========================================  ==========================================
 
 Errors are RFC 9457 problems carrying the core's error fields, rebuilt here
@@ -28,7 +31,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from . import __version__, state
+from . import __version__, tokens
 from .backends import (
     TERMINAL,
     Backend,
@@ -110,7 +113,7 @@ class RemoteBackend(Backend):
     def headers(self) -> dict[str, str]:
         """Headers of every request: the user agent and the bearer token, if any."""
         headers = {"User-Agent": f"nexus-cli/{__version__}", "Accept": "application/json"}
-        token = self.target.token or state.load_token(self.target.key)
+        token = self.target.token or tokens.saved(self.target)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
@@ -389,6 +392,65 @@ class RemoteBackend(Backend):
                     data.append(value)
                 else:
                     fields[name] = value
+
+    # -- login and configuration ------------------------------------------------------------
+
+    async def issue_cli_token(self, api_key: str, *, label: str) -> dict[str, Any]:
+        """``POST /auth/cli-tokens`` with ``X-API-Key``: a CLI token for the key's principal.
+
+        Returns ``{"token", "id", "expires_at", "principal", "tenant"}``. The
+        bearer token of this backend (if any) is not sent: the key alone says who.
+        """
+        request = self.client.build_request(
+            "POST", "/auth/cli-tokens", json={"label": label}, headers={"X-API-Key": api_key}
+        )
+        request.headers.pop("Authorization", None)
+        response = await self.client.send(request)
+        if response.status_code in (404, 405):
+            raise CliError(
+                Problem(
+                    code="unsupported",
+                    message=f"the gateway at {self.target.url} cannot exchange an API key for "
+                    "a CLI token (it has no POST /auth/cli-tokens)",
+                    hint="store a token you were given: nexus login --url URL --token TOKEN",
+                    status=response.status_code,
+                )
+            )
+        if response.status_code >= 400:
+            problem = problem_from_response(response)
+            if problem.code in ("unauthenticated", "forbidden"):
+                problem.message = f"the gateway at {self.target.url} refused: {problem.message}"
+                problem.hint = None
+            raise CliError(problem)
+        body = response.json()
+        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
+            raise CliError(
+                Problem(code="gateway_error", message="the gateway answered without a token")
+            )
+        return body
+
+    async def revoke_current_token(self, token: str) -> bool:
+        """``DELETE /auth/cli-tokens/current`` with ``token``: whether the gateway revoked it.
+
+        A token the gateway no longer accepts (revoked, expired) is not an error.
+        """
+        response = await self.client.delete(
+            "/auth/cli-tokens/current", headers={"Authorization": f"Bearer {token}"}
+        )  # the token being revoked, whatever --token / NEXUS_TOKEN say
+        if response.status_code in (401, 404, 405):
+            return False
+        if response.status_code >= 400:
+            raise CliError(problem_from_response(response))
+        body = response.json() if response.content else {}
+        return bool(isinstance(body, dict) and body.get("revoked"))
+
+    async def config(self) -> dict[str, Any]:
+        """``GET /config``: ``{"config", "sources", "path"}``, secrets masked by the gateway."""
+        return dict(await self._json("GET", "/config"))
+
+    async def config_check(self) -> dict[str, Any]:
+        """``GET /config/check``: ``{"ok": true, ...}`` or ``{"ok": false, "errors": [...]}``."""
+        return dict(await self._json("GET", "/config/check"))
 
     # -- plugins ------------------------------------------------------------------------
 

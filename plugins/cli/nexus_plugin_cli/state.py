@@ -1,14 +1,18 @@
 r"""What the ``nexus`` command keeps between runs, in the user's config and cache folders.
 
-* ``credentials.json``: the token of each gateway (``nexus login``), mode 0600;
+* ``tokens/``: the token of each gateway and of local mode (``nexus login``),
+  kept by the core's :mod:`nexus_core.userconfig` so other channels can read it
+  (``nexus mcp`` over stdio does), mode 0600;
 * ``sessions.json``: the current session of each target (``nexus session use``), mode 0600;
 * ``history``: the lines typed in ``nexus shell``, mode 0600;
 * the cache folder holds the command table of the installed plugins.
 
-The folders follow the platform: ``$XDG_CONFIG_HOME/nexus`` (else
-``~/.config/nexus``) and ``$XDG_CACHE_HOME/nexus`` on Linux,
-``~/Library/Application Support/nexus`` and ``~/Library/Caches/nexus`` on
-macOS, ``%APPDATA%\\nexus`` and ``%LOCALAPPDATA%\\nexus`` on Windows.
+The config folder is the core's :func:`~nexus_core.userconfig.user_config_dir`:
+``$NEXUS_CONFIG_HOME``, else ``$XDG_CONFIG_HOME/nexus``, else
+``~/.config/nexus`` on Linux, ``~/Library/Application Support/nexus`` on
+macOS, ``%APPDATA%\\nexus`` on Windows. The cache folder is
+``$XDG_CACHE_HOME/nexus`` (else ``~/.cache/nexus``), ``~/Library/Caches/nexus``
+on macOS, ``%LOCALAPPDATA%\\nexus`` on Windows.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 TYPE_CHECKING = False  # typing stays unimported on the way to a cached `nexus --help`
 if TYPE_CHECKING:
@@ -26,10 +29,7 @@ __all__ = [
     "cache_dir",
     "config_dir",
     "current_session",
-    "forget_token",
-    "load_token",
     "read_json",
-    "save_token",
     "set_current_session",
     "write_private",
 ]
@@ -44,16 +44,10 @@ def _home() -> str:
 
 
 def config_dir() -> str:
-    """The folder for credentials, sessions and shell history (not created here)."""
-    env = os.environ.get("XDG_CONFIG_HOME")
-    if env:
-        return os.path.join(env, "nexus")
-    if sys.platform == "win32":
-        base = os.environ.get("APPDATA") or os.path.join(_home(), "AppData", "Roaming")
-        return os.path.join(base, "nexus")
-    if sys.platform == "darwin":
-        return os.path.join(_home(), "Library", "Application Support", "nexus")
-    return os.path.join(_home(), ".config", "nexus")
+    """The folder for tokens, sessions and shell history (not created here)."""
+    from nexus_core.userconfig import user_config_dir  # not on the way to a cached --help
+
+    return str(user_config_dir())
 
 
 def cache_dir() -> str:
@@ -99,42 +93,8 @@ def write_private(path: str, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _credentials_path() -> str:
-    return os.path.join(config_dir(), "credentials.json")
-
-
 def _sessions_path() -> str:
     return os.path.join(config_dir(), "sessions.json")
-
-
-def load_token(target: str) -> str | None:
-    """The token saved for ``target`` (a gateway URL or a local app), if any."""
-    entry = read_json(_credentials_path()).get("targets", {}).get(target)
-    token = entry.get("token") if isinstance(entry, dict) else None
-    return token if isinstance(token, str) and token else None
-
-
-def save_token(target: str, token: str, **extra: Any) -> str:
-    """Keep ``token`` for ``target`` in ``credentials.json`` (mode 0600); return the file."""
-    path = _credentials_path()
-    data = read_json(path)
-    targets = data.setdefault("targets", {})
-    targets[target] = {"token": token, "saved_at": time.time(), **extra}
-    data["version"] = 1
-    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def forget_token(target: str) -> bool:
-    """Remove the token of ``target``; whether there was one."""
-    path = _credentials_path()
-    data = read_json(path)
-    targets = data.get("targets", {})
-    if target not in targets:
-        return False
-    del targets[target]
-    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return True
 
 
 def current_session(target: str) -> str | None:

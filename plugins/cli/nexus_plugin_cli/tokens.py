@@ -1,9 +1,16 @@
-"""CLI tokens in process: the one place that talks to the core's token issuing.
+"""CLI tokens: where they are kept, and the core's issuing and checking in process.
 
-``nexus login`` against a gateway stores a token the gateway accepts (checked
-with an authenticated request). In process there is no gateway: the token is
-issued and checked by the application's own security layer, which needs the
-``cli_token`` provider enabled (``nexus.services.security.providers``):
+Saved tokens live in the user's config folder through the core's
+:mod:`nexus_core.userconfig`: one per gateway URL and one for local mode, so
+other channels find the login without importing this plugin (``nexus mcp``
+over stdio reads the local one). :func:`saved`, :func:`save` and
+:func:`forget` take the command's :class:`~nexus_plugin_cli.backends.Target`.
+
+``nexus login`` against a gateway exchanges an API key for a CLI token
+(``POST /auth/cli-tokens``) or stores a token it was given, once the gateway
+accepts it. In process there is no gateway: the token is issued and checked
+by the application's own security layer, which needs the ``cli_token``
+provider enabled (``nexus.services.security.providers``):
 
 * :func:`issue` calls ``app.security.issue_cli_token(principal, label=...)``
   (returning ``(token, record)``); it returns None on a core without it
@@ -19,10 +26,14 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nexus_core import Nexus
     from nexus_core.security import Principal
 
-__all__ = ["can_issue", "issue", "revoke", "verify"]
+    from .backends import Target
+
+__all__ = ["can_issue", "forget", "issue", "revoke", "save", "saved", "verify"]
 
 _ISSUE = "issue_cli_token"
 _REVOKE = "revoke_cli_token"
@@ -30,6 +41,27 @@ _REVOKE = "revoke_cli_token"
 
 async def _maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def saved(target: Target) -> str | None:
+    """The token ``nexus login`` kept for ``target`` (its gateway, or local mode), if any."""
+    from nexus_core.userconfig import read_token
+
+    return read_token(target.url)
+
+
+def save(target: Target, token: str) -> Path:
+    """Keep ``token`` for ``target`` (mode 0600); return the file."""
+    from nexus_core.userconfig import write_token
+
+    return write_token(token, target.url)
+
+
+def forget(target: Target) -> bool:
+    """Delete the token kept for ``target``; whether there was one."""
+    from nexus_core.userconfig import delete_token
+
+    return delete_token(target.url)
 
 
 def can_issue(app: Nexus) -> bool:

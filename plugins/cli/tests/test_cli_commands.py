@@ -369,10 +369,11 @@ def test_login_and_logout_in_process(cli: Cli) -> None:
     done = cli("login", "--principal", "ada")
     assert done.returncode == 0, done.stderr
     assert "authenticated as ada" in done.stderr
-    credentials = cli.workdir / "config" / "nexus" / "credentials.json"
-    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
-    assert stat.S_IMODE(credentials.parent.stat().st_mode) == 0o700
-    token = next(iter(json.loads(credentials.read_text())["targets"].values()))["token"]
+    saved = cli.workdir / "config" / "nexus" / "tokens" / "local"  # nexus_core.userconfig
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
+    token = saved.read_text().strip()
+    assert token.startswith("nxc_")
     assert cli("run", "greet", "--name", "Ada").returncode == 0
     assert cli("logout").stdout.strip().startswith("logged out of")
     refused = cli("--token", token, "run", "greet", "--name", "Ada")
@@ -380,6 +381,32 @@ def test_login_and_logout_in_process(cli: Cli) -> None:
     assert "not accepted" in refused.stderr or "revoked" in refused.stderr
     bogus = cli("login", "--token", "nope")
     assert bogus.returncode == 1 and first_line(bogus.stderr).startswith("error:")
+    assert not saved.exists()
+
+
+def test_one_local_login_does_not_lock_out_other_applications(cli: Cli, tmp_path: Path) -> None:
+    (cli.workdir / "nexus.toml").write_text(
+        '[nexus.services.security]\nproviders = ["cli_token"]\n'
+    )
+    assert cli("login", "--principal", "ada").returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "app.py").write_text((cli.workdir / "app.py").read_text())
+    elsewhere = cli(
+        "run", "greet", "--name", "B", env={"NEXUS_STORAGE": f"sqlite:///{other / 'o.db'}"}
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert json.loads(elsewhere.stdout) == "Hello, B."
+    assert "warning: the token saved by `nexus login` is not accepted" in elsewhere.stderr
+    given = cli(
+        "--token", "nxc_not-this-one", "run", "greet", "--name", "B"
+    )  # a token given explicitly is never dropped
+    assert given.returncode == 1 and given.stderr.startswith("error: ")
+    assert "warning" not in given.stderr
+    with_key = cli("login", "--api-key", "nxk_x")
+    assert (
+        with_key.returncode == 2 and "--api-key is for logging in to a gateway" in with_key.stderr
+    )
 
 
 # -- remote errors without a gateway -----------------------------------------------------------

@@ -10,13 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
-from cli_support import API_INSTALLED, APP_SOURCE, Cli, base_env, free_port, serve
+from cli_support import (
+    API_INSTALLED,
+    APP_SOURCE,
+    Cli,
+    base_env,
+    free_port,
+    nexus_command,
+    serve,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,29 +148,40 @@ def test_remote_sessions_plugins_and_login(remote: Cli, gateway: str) -> None:
 
 
 API_KEY = "nxk_cli-test-key"
+USER_KEY = "nxk_cli-user-key"
 SECURE_CONFIG = f"""
 [nexus.services.security]
-providers = ["api_key"]
+providers = ["api_key", "cli_token"]
 auth_enabled = true
-roles = {{ operator = ["admin"] }}
+roles = {{ operator = ["admin"], user = ["workflow:*:execute", "runs:read"] }}
 
 [[nexus.services.security.api_key.keys]]
 principal = "ops"
 sha256 = "{hashlib.sha256(API_KEY.encode()).hexdigest()}"
 roles = ["operator"]
+
+[[nexus.services.security.api_key.keys]]
+principal = "user"
+sha256 = "{hashlib.sha256(USER_KEY.encode()).hexdigest()}"
+roles = ["user"]
 """
 
 
 @pytest.fixture(scope="module")
-def secure_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gateway with authentication on and one API key."""
+def secure_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A gateway with authentication on, two API keys and CLI tokens; and its folder."""
     if not API_INSTALLED:
         pytest.skip("remote mode needs the API plugin (nexus-plugin-api)")
     tmp = tmp_path_factory.mktemp("secure")
     (tmp / "app.py").write_text(APP_SOURCE, encoding="utf-8")
     (tmp / "nexus.toml").write_text(SECURE_CONFIG, encoding="utf-8")
     with serve(tmp / "app.py", tmp) as url:
-        yield url
+        yield url, tmp
+
+
+@pytest.fixture
+def secure_gateway(secure_site: tuple[str, Path]) -> str:
+    return secure_site[0]
 
 
 def test_remote_login_keeps_the_token_for_later_commands(
@@ -183,6 +204,140 @@ def test_remote_login_keeps_the_token_for_later_commands(
     assert json.loads(run.stdout) == "Hello, Ada."
     assert remote("logout").stdout.strip() == f"logged out of {secure_gateway}"
     assert remote("workflows").returncode == 1
+
+
+def _saved_tokens(home: Path) -> list[Path]:
+    folder = home / "config" / "nexus" / "tokens"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def test_remote_login_exchanges_an_api_key_for_a_cli_token(
+    tmp_path: Path, secure_gateway: str
+) -> None:
+    env = base_env(tmp_path)
+    env["NEXUS_URL"] = secure_gateway
+    remote = Cli(tmp_path, env)
+    no_key = remote("login")  # not a terminal: no prompt
+    assert no_key.returncode == 2 and "--api-key" in no_key.stderr
+    wrong = remote("login", "--api-key", "nxk_wrong")
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith(f"error: the gateway at {secure_gateway} refused")
+    assert _saved_tokens(tmp_path) == []
+
+    done = remote("login", "--with-api-key", input=USER_KEY + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"logged in to {secure_gateway}"
+    assert "authenticated as user (tenant default)" in done.stderr
+    assert "valid until" in done.stderr
+    (saved,) = _saved_tokens(tmp_path)
+    assert saved.name.startswith("http_127.0.0.1_")
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    token = saved.read_text().strip()
+    assert token.startswith("nxc_")  # a CLI token, not the key
+    assert json.loads(remote("run", "greet", "--name", "Ada").stdout) == "Hello, Ada."
+
+    again = remote("-o", "json", "login", "--api-key", API_KEY)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["principal"] == "ops" and report["logged_in"] is True
+    assert report["file"] == str(saved)
+    second = saved.read_text().strip()
+    assert second != token
+
+    out = json.loads(remote("-o", "json", "logout").stdout)
+    assert out == {"target": secure_gateway, "logged_out": True, "revoked": True}
+    assert _saved_tokens(tmp_path) == []
+    revoked = remote("--token", second, "workflows")
+    assert revoked.returncode == 1 and revoked.stderr.startswith("error: ")
+    assert remote("--token", token, "workflows").returncode == 0  # the first one is still valid
+    assert remote("logout").stdout.strip() == f"not logged in to {secure_gateway}"
+
+
+def test_remote_login_prompts_for_the_api_key_on_a_terminal(
+    tmp_path: Path, secure_gateway: str
+) -> None:
+    env = base_env(tmp_path)
+    command = nexus_command()
+    child = pexpect.spawn(
+        command[0],
+        [*command[1:], "--url", secure_gateway, "login"],
+        env=env,
+        cwd=str(tmp_path),
+        encoding="utf-8",
+        timeout=30,
+    )
+    try:
+        child.expect(f"API key for {secure_gateway}: ")
+        child.sendline(API_KEY)
+        child.expect(f"logged in to {secure_gateway}")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert API_KEY not in (child.before or "")  # not echoed
+    (saved,) = _saved_tokens(tmp_path)
+    assert saved.read_text().startswith("nxc_")
+
+
+def test_remote_config_show_and_check(
+    tmp_path: Path, secure_site: tuple[str, Path], app_file: Path
+) -> None:
+    url, site = secure_site
+    env = base_env(tmp_path)
+    env["NEXUS_URL"] = url
+    remote = Cli(tmp_path, env)
+    anonymous = remote("config", "show")
+    assert anonymous.returncode == 1 and "authentication required" in anonymous.stderr
+    assert remote("login", "--api-key", USER_KEY).returncode == 0
+    denied = remote("config", "show")
+    assert denied.returncode == 1 and "'admin'" in denied.stderr
+    assert remote("config", "check").returncode == 1
+    assert remote("login", "--api-key", API_KEY).returncode == 0
+
+    shown = remote("config", "show")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    auth = next(line for line in lines if line.startswith("nexus.services.security.auth_enabled"))
+    assert auth.split("#")[-1].strip() == "nexus.toml"
+    assert API_KEY not in shown.stdout
+    assert hashlib.sha256(API_KEY.encode()).hexdigest() not in shown.stdout
+    assert '"sha256":"***"' in shown.stdout
+    assert f'cli.url = "{url}"' in shown.stdout
+    assert any(line.startswith("cli.token = ") and "# nexus login" in line for line in lines)
+
+    # The same form as in process, on the same application and configuration.
+    (tmp_path / "nexus.toml").write_text(SECURE_CONFIG, encoding="utf-8")
+    local = Cli(tmp_path, {**base_env(tmp_path), "NEXUS_APP": str(app_file)})
+    local_json = json.loads(local("-o", "json", "config", "show").stdout)
+    remote_json = json.loads(remote("-o", "json", "config", "show").stdout)
+    assert set(remote_json) == set(local_json) == {"config", "sources", "cli", "cli_sources"}
+    assert set(remote_json["sources"]) == set(local_json["sources"])
+    assert remote_json["sources"]["nexus.services.security.providers"] == "nexus.toml"
+    local_lines = local("config", "show").stdout.splitlines()
+    assert [line.split(" = ")[0] for line in local_lines if line.startswith("nexus.")] == [
+        line.split(" = ")[0] for line in lines if line.startswith("nexus.")
+    ]
+
+    checked = remote("config", "check")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [
+        f"configuration OK (nexus.toml; gateway {url})",
+        f"environment development, storage sqlite:///{site / 'gateway.db'}",
+    ]
+    report = json.loads(remote("-o", "json", "config", "check").stdout)
+    assert report["ok"] is True and report["source"] == f"gateway {url}"
+
+    # The check reads the file as it is now: a typo is reported (exit 2) as in process.
+    toml = site / "nexus.toml"
+    try:
+        toml.write_text("[nexus]\nenviroment = 'production'\n" + SECURE_CONFIG, encoding="utf-8")
+        typo = remote("config", "check")
+        assert typo.returncode == 2
+        assert typo.stderr.startswith("error: nexus.toml: ")
+        assert "enviroment" in typo.stderr and "'environment'" in typo.stderr
+    finally:
+        toml.write_text(SECURE_CONFIG, encoding="utf-8")
+    assert remote("config", "check").returncode == 0
 
 
 def test_nexus_serve_through_the_hook(cli: Cli, app_file: Path) -> None:

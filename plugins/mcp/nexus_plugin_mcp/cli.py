@@ -26,7 +26,8 @@ def mcp_command(
     """Serve APP's workflows as MCP tools: over stdio (for desktop agents), or HTTP with --http.
 
     APP is a file (app.py) or module:attr; without it NEXUS_APP or nexus.toml
-    names it. On stdio the bearer token is read from NEXUS_TOKEN. With --http
+    names it. On stdio the bearer token is read from NEXUS_TOKEN, else from
+    the local `nexus login`. With --http
     the streamable HTTP endpoint listens on HOST:PORT/mcp (defaults from
     [nexus.channels.mcp], else 127.0.0.1:8000).
     """

@@ -6,6 +6,13 @@ validation, execution, audit and events are the core's, and the tool schemas
 are the workflows' msgspec schemas, as in every other channel. The same server
 serves stdio (:mod:`.stdio`) and streamable HTTP (:mod:`.http`), in both the
 2025-11-25 handshake protocol and the stateless 2026-07-28 one.
+
+Everything is done as the caller: the tool list is
+``app.visible_workflows(principal, channel="mcp")``, runs are read with
+``principal=``, and resource subscriptions subscribe to the host's events on
+the caller's behalf (``app.subscribe(principal=...)``: its tenant only, with
+``events:read``), one subscription per client, so one tenant never hears of
+another's runs.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,6 +48,7 @@ from nexus_core.errors import (
     ValidationError,
     WorkflowNotFound,
 )
+from nexus_core.events import SubscriberLagged
 from nexus_core.security import Credentials, Principal
 
 from . import __version__
@@ -51,11 +59,12 @@ if TYPE_CHECKING:
     from mcp.server.connection import Connection
     from mcp.server.context import ServerRequestContext
     from nexus_core import Nexus, Workflow
-    from nexus_core.events import Event
+    from nexus_core.events import Event, Subscription
     from nexus_core.workflows import RunResult
 
 __all__ = [
     "ERROR_META",
+    "FORBIDDEN",
     "IDEMPOTENCY_META",
     "PRINCIPAL_SCOPE_KEY",
     "RUN_ID_META",
@@ -77,6 +86,9 @@ WORKFLOW_URI = "nexus://workflows/"
 RUN_URI = "nexus://runs/"
 #: JSON-RPC error code for a missing or bad token on stdio (implementation-defined band).
 UNAUTHENTICATED = -32010
+#: JSON-RPC error code for a request the principal may not make (a subscription without
+#: ``events:read``).
+FORBIDDEN = -32011
 #: ``_meta`` keys: on results (run id, error detail, session) and on requests
 #: (a session to resume, an idempotency key).
 RUN_ID_META = "nexus/runId"
@@ -88,6 +100,11 @@ _TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled"})
 _RUN_EVENTS = ("run.*", "node.finished", "node.failed")
 _JSON = "application/json"
 _encoder = msgspec.json.Encoder()
+#: At most this many ``subscriptions/listen`` streams with resource subscriptions at once.
+_MAX_STREAMS = 1024
+
+#: Whose subscriptions a watch holds: (tenant, principal id).
+_Who = tuple[str, str]
 
 
 def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
@@ -149,6 +166,43 @@ class _ToolEntry:
         self.wrapped = output_schema(workflow)[1]
 
 
+class _RunWatch:
+    """The run resources one principal subscribed to on one 2025-11-25 connection."""
+
+    __slots__ = ("scope", "uris")
+
+    def __init__(self) -> None:
+        self.uris: set[str] = set()
+        self.scope = anyio.CancelScope()
+
+
+class _StreamBus:
+    """The bus of one listen stream: the shared bus's events plus this stream's own.
+
+    ``publish`` reaches this stream only; ``subscribe`` registers the listener
+    on both buses (the ``mcp`` :class:`SubscriptionBus` protocol).
+    """
+
+    def __init__(self, shared: InMemorySubscriptionBus) -> None:
+        self._shared = shared
+        self._own = InMemorySubscriptionBus()
+
+    async def publish(self, event: ServerEvent) -> None:
+        """Deliver ``event`` to this stream's listener."""
+        await self._own.publish(event)
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Register ``listener`` on both buses; return the idempotent unsubscribe."""
+        leave_shared = self._shared.subscribe(listener)
+        leave_own = self._own.subscribe(listener)
+
+        def unsubscribe() -> None:
+            leave_shared()
+            leave_own()
+
+        return unsubscribe
+
+
 class _NexusServer(Server[dict[str, Any]]):
     """The low-level server, advertising list-changed notifications on 2025-11-25."""
 
@@ -189,15 +243,16 @@ class NexusMCP:
         self.bus = InMemorySubscriptionBus()
         self._listen = ListenHandler(self.bus)
         self._tools: dict[str, _ToolEntry] = {}
-        # 2025-11-25 connections: resource subscriptions, and who listed the catalog
-        # (they hear list changes). Weak: a closed connection drops out by itself.
-        self._subscriptions: weakref.WeakKeyDictionary[Connection, set[str]] = (
+        # 2025-11-25 connections: each one's resource subscriptions, per principal (a
+        # watch on the host's events scoped to that principal), and who listed the
+        # catalog (they hear list changes). Weak: a closed connection drops out.
+        self._watches: weakref.WeakKeyDictionary[Connection, dict[_Who, _RunWatch]] = (
             weakref.WeakKeyDictionary()
         )
         self._catalog_readers: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # 2026-07-28 listen streams with resource subscriptions, each on its own bus.
+        self._streams: set[ListenHandler] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._runs_lock = anyio.Lock()
-        self._runs_started = False
         self.server = _NexusServer(
             app.title,
             version=__version__,
@@ -233,8 +288,9 @@ class NexusMCP:
                 yield {}
             finally:
                 self._task_group = None
-                self._runs_started = False
                 self._listen.close()
+                for handler in list(self._streams):
+                    handler.close()
                 tg.cancel_scope.cancel()
 
     async def _catalog_bridge(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -248,35 +304,122 @@ class NexusMCP:
                     "notifications/resources/list_changed",
                 )
 
-    async def _want_run_events(self) -> None:
-        """Start the run-events bridge on the first resource subscription.
+    def _run_events(self, principal: Principal, uris: set[str]) -> Subscription:
+        """The host's run events ``principal`` may see, for the run URIs in ``uris`` (live set).
 
-        Hosts nobody subscribes on pay nothing per run. The bridge is
-        subscribed when this returns, so no later event is missed.
+        Subscribed on the principal's behalf (``app.subscribe(principal=...)``):
+        its tenant's events only, and ``events:read`` is needed. With a
+        distributed event bus, events of runs on other replicas arrive too.
         """
-        async with self._runs_lock:
-            if self._runs_started or self._task_group is None:
-                return
-            await self._task_group.start(self._runs_bridge)
-            self._runs_started = True
 
-    async def _runs_bridge(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Run events -> ``notifications/resources/updated`` for ``nexus://runs/<id>``.
+        def wanted(event: Event) -> bool:
+            return event.run_id is not None and f"{RUN_URI}{event.run_id}" in uris
 
-        With a distributed event bus, events of runs on other replicas arrive too.
+        try:
+            return self.app.subscribe(_RUN_EVENTS, principal=principal, filter=wanted)
+        except PermissionDenied as exc:
+            raise MCPError(
+                FORBIDDEN, f"resource subscriptions need the events:read permission: {exc.message}"
+            ) from None
+
+    async def _run_updates(
+        self,
+        principal: Principal,
+        uris: set[str],
+        subscription: Subscription,
+        *,
+        task_status: anyio.abc.TaskStatus[AsyncIterator[str]],
+    ) -> None:
+        """Hand ``task_status`` the URIs in ``uris`` whose runs change, as they change.
+
+        ``subscription`` is :meth:`_run_events` (taken by the caller, so a
+        refusal is the caller's error and nothing later is missed); it is
+        closed when this ends, which is when the caller's scope does. A
+        subscriber that lagged behind is subscribed again, and every URI is
+        reported once, since some change may have been missed.
         """
-        async with self.app.subscribe(_RUN_EVENTS) as sub:
-            task_status.started()
-            async for event in sub:
-                if event.run_id is not None:
-                    await self._run_changed(event)
+        send, receive = anyio.create_memory_object_stream[str](256)
+        task_status.started(receive)
+        async with send:
+            while True:
+                try:
+                    async with subscription:
+                        async for event in subscription:
+                            uri = f"{RUN_URI}{event.run_id}"
+                            if uri in uris:
+                                await send.send(uri)
+                    return  # the host stopped
+                except SubscriberLagged:
+                    log.warning("MCP resource updates of %r lagged; catching up", principal.id)
+                    try:
+                        subscription = self._run_events(principal, uris)
+                    except MCPError as exc:  # no longer allowed: the updates end
+                        log.warning("MCP resource updates of %r end: %s", principal.id, exc)
+                        return
+                    for uri in list(uris):
+                        await send.send(uri)
 
-    async def _run_changed(self, event: Event) -> None:
-        uri = f"{RUN_URI}{event.run_id}"
-        await self.bus.publish(ResourceUpdated(uri=uri))
-        for connection, uris in list(self._subscriptions.items()):
-            if uri in uris:
-                await _notify(connection, "notifications/resources/updated", {"uri": uri})
+    async def _start_updates(
+        self,
+        tg: anyio.abc.TaskGroup,
+        principal: Principal,
+        uris: set[str],
+        subscription: Subscription,
+    ) -> AsyncIterator[str]:
+        """Run :meth:`_run_updates` in ``tg``; ``subscription`` is closed if that fails."""
+        try:
+            updates: AsyncIterator[str] = await tg.start(
+                self._run_updates, principal, uris, subscription
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await subscription.aclose()
+            raise
+        return updates
+
+    async def _watch(self, connection: Connection, principal: Principal) -> _RunWatch:
+        """The watch of ``principal``'s subscriptions on a 2025-11-25 connection (started once).
+
+        It forwards ``notifications/resources/updated`` until the connection
+        closes (its exit stack cancels the watch) or the server stops.
+        """
+        watches = self._watches.setdefault(connection, {})
+        who = (principal.tenant, principal.id)
+        watch = watches.get(who)
+        if watch is not None:
+            return watch
+        if self._task_group is None:
+            raise MCPError(INTERNAL_ERROR, "the server is not running")
+        watch = _RunWatch()
+        subscription = self._run_events(principal, watch.uris)
+        try:
+            await self._task_group.start(
+                self._forward_updates, connection, watch, principal, subscription
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await subscription.aclose()
+            raise
+        watches[who] = watch
+        connection.exit_stack.callback(watch.scope.cancel)
+        return watch
+
+    async def _forward_updates(
+        self,
+        connection: Connection,
+        watch: _RunWatch,
+        principal: Principal,
+        subscription: Subscription,
+        *,
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        """Send ``notifications/resources/updated`` to ``connection`` until the watch ends."""
+        with watch.scope:
+            async with anyio.create_task_group() as tg:
+                updates = await self._start_updates(tg, principal, watch.uris, subscription)
+                task_status.started()
+                async for uri in updates:
+                    await _notify(connection, "notifications/resources/updated", {"uri": uri})
 
     async def _publish(self, events: tuple[ServerEvent, ...], *methods: str) -> None:
         for event in events:
@@ -302,7 +445,8 @@ class NexusMCP:
         except AuthenticationError as exc:
             raise MCPError(
                 UNAUTHENTICATED,
-                f"authentication failed: {exc.message} (set NEXUS_TOKEN to a valid token)",
+                f"authentication failed: {exc.message} (set NEXUS_TOKEN to a valid token, "
+                "or log in with: nexus login)",
             ) from None
 
     async def _may_execute(self, principal: Principal, workflow: Workflow) -> bool:
@@ -315,7 +459,7 @@ class NexusMCP:
         return True
 
     async def _visible(self, principal: Principal) -> list[Workflow]:
-        return [wf for wf in self.app.workflows.values() if await self._may_execute(principal, wf)]
+        return await self.app.visible_workflows(principal, channel="mcp")
 
     def _entry(self, workflow: Workflow) -> _ToolEntry:
         entry = self._tools.get(workflow.name)
@@ -557,8 +701,8 @@ class NexusMCP:
         connection = _connection_of(ctx)
         if connection is None:
             raise MCPError(INTERNAL_ERROR, "this transport cannot deliver resource updates")
-        await self._want_run_events()
-        self._subscriptions.setdefault(connection, set()).add(params.uri)
+        watch = await self._watch(connection, principal)
+        watch.uris.add(params.uri)
         return types.EmptyResult()
 
     async def _unsubscribe(
@@ -567,7 +711,8 @@ class NexusMCP:
         await self.principal(ctx)
         connection = _connection_of(ctx)
         if connection is not None:
-            self._subscriptions.get(connection, set()).discard(params.uri)
+            for watch in self._watches.get(connection, {}).values():
+                watch.uris.discard(params.uri)
         return types.EmptyResult()
 
     async def _listen_handler(
@@ -575,12 +720,40 @@ class NexusMCP:
         ctx: ServerRequestContext[dict[str, Any]],
         params: types.SubscriptionsListenRequestParams,
     ) -> types.SubscriptionsListenResult:
+        """``subscriptions/listen``: list changes from the shared bus; run updates of its own.
+
+        A stream with resource subscriptions gets a bus of its own, fed by a
+        subscription to the host's events on the caller's behalf, so no stream
+        ever hears of another principal's runs.
+        """
         principal = await self.principal(ctx)
-        for uri in params.notifications.resource_subscriptions or ():
+        uris = set(params.notifications.resource_subscriptions or ())
+        for uri in uris:
             await self._check_subscribable(principal, uri)
-        if params.notifications.resource_subscriptions:
-            await self._want_run_events()
-        return await self._listen(ctx, params)
+        if not uris:
+            return await self._listen(ctx, params)
+        if len(self._streams) >= _MAX_STREAMS:
+            raise MCPError(INTERNAL_ERROR, "Subscription limit reached")
+        bus = _StreamBus(self.bus)
+        handler = ListenHandler(bus)
+
+        async def forward(updates: AsyncIterator[str]) -> None:
+            async for uri in updates:
+                await bus.publish(ResourceUpdated(uri=uri))
+
+        subscription = self._run_events(principal, uris)  # a refusal is this request's error
+        self._streams.add(handler)
+        try:
+            async with anyio.create_task_group() as tg:
+                updates = await self._start_updates(tg, principal, uris, subscription)
+                tg.start_soon(forward, updates)
+                try:
+                    result = await handler(ctx, params)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._streams.discard(handler)
+        return result
 
     # -- prompts -------------------------------------------------------------------------
 

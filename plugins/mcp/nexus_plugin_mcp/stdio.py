@@ -1,7 +1,9 @@
 """stdio, the transport desktop agents launch: ``nexus mcp APP`` or ``python -m nexus_plugin_mcp``.
 
-The token comes from the environment (``NEXUS_TOKEN``) and is checked by the
-host's auth providers on every request, as an HTTP bearer token would be.
+The token comes from the environment (``NEXUS_TOKEN``) or, when that is not
+set, from the CLI login (``nexus login`` in local mode, read through the
+core's :func:`nexus_core.userconfig.read_token`), and is checked by the host's
+auth providers on every request, as an HTTP bearer token would be.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from mcp.server.stdio import stdio_server
 from nexus_core.errors import AuthenticationError
 from nexus_core.security import Credentials
+from nexus_core.userconfig import read_token
 
 from .config import MCPConfig
 from .server import NexusMCP
@@ -20,12 +23,20 @@ from .server import NexusMCP
 if TYPE_CHECKING:
     from nexus_core import Nexus
 
-__all__ = ["TOKEN_ENV", "serve_stdio"]
+__all__ = ["TOKEN_ENV", "serve_stdio", "stdio_token"]
 
 log = logging.getLogger("nexus.mcp")
 
 #: The environment variable holding the bearer token on stdio.
 TOKEN_ENV = "NEXUS_TOKEN"
+
+
+def stdio_token() -> tuple[str | None, str]:
+    """The bearer token for stdio and where it came from: ``$NEXUS_TOKEN``, else the CLI login."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is not None:
+        return token, TOKEN_ENV
+    return read_token(), "nexus login"
 
 
 async def serve_stdio(
@@ -34,15 +45,40 @@ async def serve_stdio(
     """Serve ``app`` over this process's stdin/stdout until the client closes them.
 
     The host must be running (``async with app:``). ``token`` defaults to
-    ``$NEXUS_TOKEN``. A token the providers reject is reported on stderr at
-    start-up; every request then fails with that reason, so the agent shows it.
+    ``$NEXUS_TOKEN``, else to the token ``nexus login`` saved for local mode.
+    A token the providers reject is reported on stderr at start-up; every
+    request then fails with that reason, so the agent shows it (a rejected
+    login token is dropped instead: the requests go on without credentials).
     """
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    source = "the caller"
+    if token is None:
+        token, source = stdio_token()
     credentials = Credentials(bearer=token, client="stdio")
     try:
         await app.security.authenticate(credentials, "mcp")
     except AuthenticationError as exc:
-        log.warning("MCP over stdio: %s (set %s to a valid token)", exc.message, TOKEN_ENV)
+        if token is None:
+            log.warning(
+                "MCP over stdio: %s (set %s to a valid token, or log in with: nexus login)",
+                exc.message,
+                TOKEN_ENV,
+            )
+        elif source == "nexus login":
+            # One local login serves every application: another one's token must not
+            # lock this one out. Go on without it (with authentication on, requests fail).
+            log.warning(
+                "MCP over stdio: the token saved by `nexus login` is not accepted (%s); "
+                "going on without it",
+                exc.message,
+            )
+            credentials = Credentials(client="stdio")
+        else:
+            log.warning(
+                "MCP over stdio: %s (the token from %s; set %s to a valid token)",
+                exc.message,
+                source,
+                TOKEN_ENV,
+            )
     mcp = NexusMCP(app, config, credentials=credentials)
     async with stdio_server() as (read_stream, write_stream):
         await mcp.server.run(read_stream, write_stream, mcp.server.create_initialization_options())

@@ -30,11 +30,15 @@ Handler = Callable[[Any], Any]
 
 
 def server_params(app_path: Path, **env: str) -> StdioServerParameters:
-    """``python -m nexus_plugin_mcp APP`` with in-memory storage."""
+    """``python -m nexus_plugin_mcp APP`` with in-memory storage and no user login."""
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "nexus_plugin_mcp", str(app_path)],
-        env={"NEXUS_STORAGE": "memory://", **env},
+        env={
+            "NEXUS_STORAGE": "memory://",
+            "NEXUS_CONFIG_HOME": str(app_path.parent / "user-config"),
+            **env,
+        },
         cwd=str(app_path.parent),
     )
 

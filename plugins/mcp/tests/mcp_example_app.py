@@ -13,8 +13,9 @@ from typing import Any
 import anyio
 import msgspec
 from nexus_core import Nexus, WorkflowBuilder
-from nexus_core.errors import AuthenticationError, PermissionDenied
+from nexus_core.errors import AuthenticationError
 from nexus_core.security import Credentials, Principal, SecurityLayer
+from nexus_core.security.policy import Decision
 
 app = Nexus("mcp-test-app")
 
@@ -93,9 +94,11 @@ class TokenSecurity(SecurityLayer):
         roles = ("admin",) if token.endswith("-admin") else ("user",)
         return Principal(id=f"tester-{roles[0]}", roles=roles)
 
-    async def authorize(self, principal: Principal, action: str, **context: Any) -> None:
+    def decide(self, principal: Principal, action: str, **context: Any) -> Decision:
+        # Every check goes through here: authorize(), visible_workflows(), event filters.
         if action == "workflow:explode:execute" and "admin" not in principal.roles:
-            raise PermissionDenied("only admins may explode")
+            return Decision(False, "only admins may explode")
+        return Decision(True)
 
 
 if os.environ.get("NEXUS_TEST_TOKEN"):

@@ -4,8 +4,10 @@ Both read the configuration the way the host does: ``nexus.toml`` (or
 ``nexus.yaml``, or ``NEXUS_CONFIG``) under ``NEXUS_*`` variables, with the
 sections of every installed plugin. With an application (``--app``, or
 ``NEXUS_APP``, or ``app`` in ``nexus.toml``) its own configuration is used.
-A gateway does not expose its configuration: with ``--url`` only the
-command line's own settings are shown.
+With ``--url`` both ask the gateway (``GET /config`` and ``GET /config/check``
+of the API plugin, which need the ``admin`` permission when authentication is
+on): the gateway's effective settings, secrets masked, and a check of its
+configuration file as it is on disk now, printed as in local mode.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from cyclopts import App
 
-from .. import context, state
+from .. import context, state, tokens
 from ..context import Globals
 from ..errors import OK
 from ..output import Console, dumps
@@ -55,7 +57,7 @@ def _client(target: Any) -> dict[str, tuple[Any, str]]:
         token_source = "--token"
     elif os.environ.get("NEXUS_TOKEN"):
         token_source = "env NEXUS_TOKEN"
-    elif state.load_token(target.key):
+    elif tokens.saved(target):
         token_source = "nexus login"
     else:
         token_source = "default"
@@ -74,16 +76,23 @@ def show_config(*, g: Globals | None = None) -> int:
     async def body(out: Console) -> int:
         target = context.target()
         client = _client(target)
-        settings: dict[str, tuple[Any, str]] = {}
-        if not target.remote:
+        if target.remote:
+            from ..remote import RemoteBackend
+
+            async with RemoteBackend(target) as backend:
+                shown = await backend.config()
+            table: dict[str, Any] = shown.get("config") or {}
+            sources: dict[str, str] = shown.get("sources") or {}
+        else:
             config, _host, _where = _load()
-            flat = _flatten(config.to_dict())
+            table = config.to_dict()
             sources = config.sources()
-            settings = {key: (value, sources.get(key, "default")) for key, value in flat.items()}
+        flat = _flatten(table)
+        settings = {key: (value, sources.get(key, "default")) for key, value in flat.items()}
         if out.json:
             out.result(
                 {
-                    "config": None if target.remote else config.to_dict(),
+                    "config": table,
                     "sources": {k: s for k, (_, s) in settings.items()},
                     "cli": {k.removeprefix("cli."): v for k, (v, _) in client.items()},
                     "cli_sources": {k.removeprefix("cli."): s for k, (_, s) in client.items()},
@@ -96,8 +105,6 @@ def show_config(*, g: Globals | None = None) -> int:
         for key, (_, source) in rows.items():
             left = f"{key} = {texts[key]}"
             out.line(f"{left:{width}}  # {source}")
-        if target.remote:
-            out.note("the gateway's own configuration is not exposed over its API")
         return OK
 
     return context.execute(body)
@@ -116,12 +123,7 @@ def check_config(*, g: Globals | None = None) -> int:
 
         target = context.target()
         if target.remote:
-            from ..errors import usage_error
-
-            raise usage_error(
-                "config check reads local files; a gateway checks its own at start-up",
-                hint="run it where the gateway runs, without --url",
-            )
+            return await _check_remote(target, out)
         config, host, where = _load()
         url = config.nexus.storage
         scheme = url.partition(":")[0]
@@ -154,6 +156,46 @@ def check_config(*, g: Globals | None = None) -> int:
         return OK
 
     return context.execute(body)
+
+
+async def _check_remote(target: Any, out: Console) -> int:
+    """``GET /config/check``: the gateway's report, printed as the local check's."""
+    from ..errors import CliError, Problem
+    from ..remote import RemoteBackend
+
+    async with RemoteBackend(target) as backend:
+        report = await backend.config_check()
+    if not report.get("ok"):
+        errors = [e for e in report.get("errors") or () if isinstance(e, dict)]
+        first = errors[0] if errors else {}
+        raise CliError(
+            Problem(
+                code="config_error",
+                message=str(first.get("message") or "the gateway's configuration is invalid"),
+                errors=[_field(e) for e in errors if e.get("key")],
+                suggestion=first.get("suggestion"),
+            )
+        )
+    where = f"gateway {target.url}"
+    result = {
+        "ok": True,
+        "file": report.get("file"),
+        "source": where,
+        "environment": report.get("environment"),
+        "storage": report.get("storage"),
+    }
+    if out.json:
+        out.result(result)
+    else:
+        out.line(f"configuration OK ({result['file'] or 'no file'}; {where})")
+        out.line(f"environment {result['environment']}, storage {result['storage']}")
+    return OK
+
+
+def _field(error: dict[str, Any]) -> tuple[str, str]:
+    """(key, reason) of a gateway's config error, as the core's ``ConfigError.detail()``."""
+    key, message = str(error.get("key")), str(error.get("message") or "")
+    return key, message.split(f"{key}: ", 1)[1] if f"{key}: " in message else message
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

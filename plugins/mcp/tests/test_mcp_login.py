@@ -1,0 +1,86 @@
+"""stdio takes its token from the CLI login when NEXUS_TOKEN is not set (``nexus login``).
+
+The ``nexus`` console script (the CLI plugin) logs in locally, the MCP server
+over stdio finds the token through ``nexus_core.userconfig`` without importing
+the CLI plugin, and ``nexus logout`` takes it away again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _mcp_support import MODES, stdio_connection
+from mcp.shared.exceptions import MCPError
+
+from nexus_plugin_mcp.server import UNAUTHENTICATED
+
+pytestmark = pytest.mark.anyio
+
+SECURE = """
+[nexus.services.security]
+auth_enabled = true
+providers = ["cli_token"]
+default_roles = ["user"]
+roles = { user = ["workflow:*:execute", "runs:read", "events:read"] }
+"""
+
+
+def _nexus() -> list[str]:
+    script = Path(sys.executable).parent / "nexus"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("nexus")
+    return [found] if found else [sys.executable, "-m", "nexus_plugin_cli"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stdio_uses_the_cli_login(example_app: Path, mode: str) -> None:
+    if importlib.util.find_spec("nexus_plugin_cli") is None:
+        pytest.skip("`nexus login` comes from the CLI plugin (nexus-plugin-cli), not installed")
+    home = example_app.parent
+    (home / "nexus.toml").write_text(SECURE, encoding="utf-8")
+    shared = {
+        "NEXUS_STORAGE": f"sqlite:///{home / 'nexus.db'}",  # the token's record outlives login
+        "NEXUS_CONFIG_HOME": str(home / "user-config"),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXUS_", "XDG_"))}
+    env.update(shared, NEXUS_APP=str(example_app))
+
+    def nexus(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*_nexus(), *args], capture_output=True, text=True, cwd=home, env=env, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    async with stdio_connection(example_app, mode, **shared) as conn:  # not logged in
+        with pytest.raises(MCPError, match="authentication failed") as caught:
+            await conn.list_tools()
+        assert caught.value.code == UNAUTHENTICATED
+        assert "nexus login" in str(caught.value)
+
+    assert "authenticated as ada" in nexus("login", "--principal", "ada").stderr
+    assert (home / "user-config" / "tokens" / "local").is_file()
+    async with stdio_connection(example_app, mode, **shared) as conn:
+        names = {tool.name for tool in (await conn.list_tools()).tools}
+        assert {"greet", "sleepy"} <= names
+        ok = await conn.call_tool("greet", {"name": "Ada"})
+        assert ok.structured_content == {"result": "Hello, Ada."}
+
+    nexus("logout")
+    async with stdio_connection(example_app, mode, **shared) as conn:
+        with pytest.raises(MCPError, match="authentication failed") as caught:
+            await conn.call_tool("greet", {"name": "Ada"})
+        assert caught.value.code == UNAUTHENTICATED
+
+    # NEXUS_TOKEN, when set, is used instead of the login (and is not second-guessed).
+    nexus("login", "--principal", "ada")
+    async with stdio_connection(example_app, mode, **shared, NEXUS_TOKEN="nxc_wrong") as conn:
+        with pytest.raises(MCPError, match="authentication failed"):
+            await conn.list_tools()
