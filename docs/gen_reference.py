@@ -47,6 +47,7 @@ API_MODULES = (
     "nexus_core.storage.memory",
     "nexus_core.storage.sqlite",
     "nexus_core.testing.storage",
+    "nexus_core.testing.auth",
     "nexus_core.config",
     "nexus_core.errors",
     "nexus_core.plugins",
@@ -57,6 +58,7 @@ API_MODULES = (
     "nexus_core.health",
     "nexus_core.metrics",
     "nexus_core.loader",
+    "nexus_core.userconfig",
 )
 
 #: Plugin names in nodes.md, as the registering plugin is named by the host below.
