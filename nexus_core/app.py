@@ -41,7 +41,7 @@ from .workflows.function import workflow_from_function
 from .workflows.model import NodePolicy, Workflow, WorkflowMeta
 from .workflows.runtime import NodeResult, RunControl, RunError, RunResult, Runtime, new_run_id
 
-__all__ = ["Nexus"]
+__all__ = ["Nexus", "create_storage"]
 
 log = logging.getLogger("nexus")
 
@@ -53,6 +53,34 @@ _STORAGE_PLUGINS = {
     "postgresql": "nexus-plugin-postgres",
     "s3": "nexus-plugin-s3",
 }
+
+
+def create_storage(host: PluginHost, url: str) -> Storage:
+    """The (unopened) storage backend for ``url``, chosen by its scheme through the plugins.
+
+    An unknown scheme is a ``ConfigError`` naming the installed schemes and the
+    plugin to install; a backend that fails to build names its plugin.
+    """
+    scheme = url.partition(":")[0]
+    backends = host.storage_backends()
+    spec = backends.get(scheme)
+    if spec is None:
+        plugin = _STORAGE_PLUGINS.get(scheme)
+        hint = f"; install it with 'pip install {plugin}'" if plugin else ""
+        raise ConfigError(
+            f"no storage backend for {scheme!r} URLs (installed: "
+            f"{', '.join(sorted(backends))}){hint}",
+            key="nexus.storage",
+        )
+    try:
+        return spec.load()(url)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise PluginLoadFailed(
+            f"storage backend {spec.name!r} of plugin {spec.plugin!r} could not be created "
+            f"for {url!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -708,25 +736,24 @@ class Nexus:
     def _open_storage(self) -> Storage:
         if self._storage_override is not None and not isinstance(self._storage_override, str):
             return self._storage_override
-        url = self._storage_override or self.config.nexus.storage
-        scheme = url.partition(":")[0]
-        backends = self.host.storage_backends()
-        spec = backends.get(scheme)
-        if spec is None:
-            plugin = _STORAGE_PLUGINS.get(scheme)
-            hint = f"; install it with 'pip install {plugin}'" if plugin else ""
-            raise ConfigError(
-                f"no storage backend for {scheme!r} URLs (installed: "
-                f"{', '.join(sorted(backends))}){hint}",
-                key="nexus.storage",
-            )
-        try:
-            return spec.load()(url)  # type: ignore[no-any-return]
-        except Exception as exc:
-            raise PluginLoadFailed(
-                f"storage backend {spec.name!r} of plugin {spec.plugin!r} could not be created "
-                f"for {url!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+        return create_storage(self.host, self._storage_override or self.config.nexus.storage)
+
+    def check_startup(self) -> Storage:
+        """Check, without starting, everything start-up refuses; return the unopened storage.
+
+        The storage backend, the production rules and the security settings:
+        a problem raises ``ConfigError``. ``nexus config check`` and the
+        gateway's ``/config/check`` call this, so they refuse exactly what
+        start-up refuses.
+        """
+        storage = self._open_storage()
+        check_production(
+            msgspec.structs.replace(self.config.nexus, storage=storage.url),
+            storage_persistent=storage.persistent,
+            auth_configured=self.security.auth_configured,
+        )
+        self.security.configure()
+        return storage
 
     def _open_bus(self) -> EventBus:
         buses = self.host.event_buses()
@@ -749,13 +776,7 @@ class Nexus:
         """
         if self._running is not None:
             raise RuntimeError("this Nexus host is already running")
-        storage = self._open_storage()
-        check_production(
-            msgspec.structs.replace(self.config.nexus, storage=storage.url),
-            storage_persistent=storage.persistent,
-            auth_configured=self.security.auth_configured,
-        )
-        self.security.configure()  # a security setting that cannot work stops the start here
+        storage = self.check_startup()  # what cannot work stops the start here
         self.storage = storage  # the bus keeps its event log here
         try:
             bus = self._open_bus()

@@ -109,28 +109,15 @@ def _issue(exc: Any) -> ConfigIssue:
 
 
 def _check(app: Nexus) -> ConfigCheck:
-    from nexus_core.config import ConfigError, check_production, load_config
+    from nexus_core import Nexus
+    from nexus_core.config import ConfigError, load_config
 
     config = app.config
     try:
         if config.path is not None:
             config = load_config(config.path, env=os.environ, sections=app.host.config_sections())
         url = config.nexus.storage
-        scheme = url.partition(":")[0]
-        backends = app.host.storage_backends()
-        spec = backends.get(scheme)
-        if spec is None:
-            raise ConfigError(
-                f"nexus.storage: no storage backend for {scheme!r} URLs (installed: "
-                f"{', '.join(sorted(backends))}); install its plugin, e.g. nexus-plugin-{scheme}",
-                key="nexus.storage",
-            )
-        storage = spec.load()(url)
-        check_production(
-            config,
-            storage_persistent=bool(getattr(storage, "persistent", False)),
-            auth_configured=bool(config.nexus.services.security.providers),
-        )
+        Nexus(config=config, env=os.environ).check_startup()  # what start-up would refuse
     except ConfigError as exc:
         return ConfigCheck(ok=False, errors=[_issue(exc)])
     return ConfigCheck(

@@ -119,28 +119,14 @@ def check_config(*, g: Globals | None = None) -> int:
     context.settings(g)
 
     async def body(out: Console) -> int:
-        from nexus_core.config import ConfigError, check_production
+        from nexus_core import Nexus
 
         target = context.target()
         if target.remote:
             return await _check_remote(target, out)
-        config, host, where = _load()
+        config, _host, where = _load()
         url = config.nexus.storage
-        scheme = url.partition(":")[0]
-        backends = host.storage_backends()
-        spec = backends.get(scheme)
-        if spec is None:
-            raise ConfigError(
-                f"nexus.storage: no storage backend for {scheme!r} URLs (installed: "
-                f"{', '.join(sorted(backends))}); install its plugin, e.g. nexus-plugin-{scheme}",
-                key="nexus.storage",
-            )
-        storage = spec.load()(url)
-        check_production(
-            config,
-            storage_persistent=storage.persistent,
-            auth_configured=bool(config.nexus.services.security.providers),
-        )
+        Nexus(config=config).check_startup()  # exactly what start-up would refuse
         report = {
             "ok": True,
             "file": str(config.path) if config.path else None,
