@@ -107,6 +107,10 @@ def _frame(event: Event) -> bytes:
     return b"id: " + event.id.encode() + b"\nevent: " + kind + b"\ndata: " + data + b"\n\n"
 
 
+# How long a stream of a run found already ended waits for that run's last events.
+_ENDED_GRACE = 2.0
+
+
 async def _next(sub: AsyncIterator[Event], silence: float) -> Any:
     """The next event, ``None`` after ``silence`` seconds without one, or ``_END``."""
     with anyio.move_on_after(silence):
@@ -161,6 +165,7 @@ async def run_event_stream(
     try:
         yield _READY
         seen: set[str] = set()
+        deadline: float | None = None
         if last_event_id is None and app.storage is not None:
             after: str | None = None
             while True:
@@ -175,13 +180,20 @@ async def run_event_stream(
                 after = page[-1].id
             record = await app.get_run(run_id, principal=who)
             if record.status in ("completed", "failed", "cancelled"):
-                return  # ended, and its end is not in the log
+                # Ended while the history was read: its last events are being
+                # logged or are queued live. Wait briefly for them, not forever
+                # (a run failed at start-up recovery may end without them).
+                deadline = anyio.current_time() + _ENDED_GRACE
         while True:
-            event = await _next(sub, keepalive)
+            silence = keepalive if deadline is None else deadline - anyio.current_time()
+            if silence <= 0:
+                return
+            event = await _next(sub, silence)
             if event is _END:
                 return
             if event is None:
-                yield b": keepalive\n\n"
+                if deadline is None:
+                    yield b": keepalive\n\n"
                 continue
             if event.id in seen:
                 continue
