@@ -23,6 +23,7 @@ reports. The token (``--token``, ``NEXUS_TOKEN`` or ``nexus login``) goes in
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -125,6 +126,11 @@ class RemoteBackend(Backend):
             timeout=httpx.Timeout(30.0, connect=5.0),
             transport=self._transport,
             follow_redirects=True,
+            # Sessions are explicit (X-Nexus-Session): never join one through a
+            # cookie the gateway set on an earlier run of this process.
+            cookies=http.cookiejar.CookieJar(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            ),
         )
         return self
 
