@@ -10,25 +10,45 @@ lands there. Blocks are taken in page order:
   ``"__main__"``, the directory is on ``sys.path``);
 - in a ``console`` block each ``$ python ...`` command runs (leading ``VAR=value``
   words set environment variables) and must exit 0 and print what the lines
-  below it show, where ``...`` matches anything; other commands (``pip``, ``cd``,
-  ``nexus``) are shown, not run;
+  below it show, where ``...`` matches anything;
+- ``$ nexus ...`` and ``$ curl ...`` commands run too, in ``bash`` (so ``|``
+  and ``|| echo`` work), with standard error shown after standard output as a
+  terminal shows both; the user's config folder is the page directory's own;
+- ``$ pip install -e PATH ...`` is checked, not run: the distribution at each
+  ``PATH`` of the checkout must be installed; other commands (``cd``,
+  ``mkdir``) are shown, not run;
+- a console block right after ``<!-- serve -->`` holds one command that serves
+  the app (``nexus serve app.py --port 8000``): it is started in the
+  background on a free port, which replaces ``8000`` in every later block of
+  the page, and it runs until the page ends;
+- ``<!-- requires: module ... -->`` says the rest of the page needs those
+  modules (the channel plugins): when one is not importable, as in the
+  ``core_alone`` session, the rest of the page is not run and the test skips,
+  saying so;
 - a block right after ``<!-- skip -->`` is shown, not run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import importlib
+import importlib.util
 import inspect
 import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import tomllib
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -59,12 +79,14 @@ class Block:
     language: str
     text: str
     line: int
-    directive: str | None = None  # "file", "append" or "skip"
+    directive: str | None = None  # "file", "append", "skip" or "serve"
     target: str | None = None  # the path of a file or append directive
+    requires: tuple[str, ...] = ()  # modules the page needs from this block on
 
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
-_DIRECTIVE = re.compile(r"^<!--\s*(file|append|skip)\s*(?::\s*(\S+))?\s*-->$")
+_DIRECTIVE = re.compile(r"^<!--\s*(file|append|skip|serve)\s*(?::\s*(\S+))?\s*-->$")
+_REQUIRES = re.compile(r"^<!--\s*requires:\s*(.+?)\s*-->$")
 
 
 def parse_blocks(path: Path) -> list[Block]:
@@ -72,12 +94,16 @@ def parse_blocks(path: Path) -> list[Block]:
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     previous = ""  # the last non-blank line outside a block
+    required: list[str] = []  # from a requires comment, for the next block
     index = 0
     while index < len(lines):
         match = _FENCE.match(lines[index])
         if not match:
             if lines[index].strip():
                 previous = lines[index].strip()
+                needs = _REQUIRES.match(previous)
+                if needs:
+                    required.extend(needs.group(1).split())
             index += 1
             continue
         start = index
@@ -92,6 +118,8 @@ def parse_blocks(path: Path) -> list[Block]:
         directive = _DIRECTIVE.match(previous)
         if directive:
             block.directive, block.target = directive.group(1), directive.group(2)
+        block.requires = tuple(required)
+        required.clear()
         blocks.append(block)
         previous = ""
         index += 1
@@ -144,13 +172,72 @@ def _clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("NEXUS_")}
 
 
+def _shell_env(cwd: Path) -> dict[str, str]:
+    """The environment of ``nexus``/``curl`` commands: this Python's scripts first on PATH,
+    the user's config and cache folders inside the page directory."""
+    env = {k: v for k, v in _clean_env().items() if not k.startswith("XDG_")}
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(filter(None, [scripts, env.get("PATH")]))
+    env["XDG_CONFIG_HOME"] = str(cwd / ".config")
+    env["XDG_CACHE_HOME"] = str(cwd / ".cache")
+    env["NEXUS_CONFIG_HOME"] = str(cwd / ".config" / "nexus")
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "120"
+    return env
+
+
+def _check_output(command: Command, output: str, where: str, report: str) -> None:
+    checker = doctest.OutputChecker()
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    want = command.want.strip() + "\n" if command.want.strip() else ""
+    got = output.strip() + "\n" if output.strip() else ""
+    assert checker.check_output(want, got, flags), f"expected:\n{want}\n{report}"
+
+
+def _check_installed(words: list[str], where: str) -> None:
+    """``pip install -e PATH ...``: the distribution of each PATH must be installed."""
+    paths = [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("-e", "--editable")]
+    assert paths, f"{where}: only `pip install -e PATH` commands can be checked"
+    for folder in paths:
+        pyproject = ROOT / folder / "pyproject.toml"
+        assert pyproject.is_file(), f"{where}: no distribution at {folder}"
+        name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise AssertionError(f"{where}: {name} ({folder}) is not installed") from None
+
+
 def run_command(command: Command, cwd: Path, where: str) -> None:
-    """Run a ``python ...`` command and compare its output; anything else is skipped."""
+    """Run a ``python``, ``nexus`` or ``curl`` command and compare its output.
+
+    ``pip install -e`` is checked against the installed distributions; anything
+    else is shown, not run.
+    """
     words = shlex.split(command.text)
     env = _clean_env()
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         key, _, value = words.pop(0).partition("=")
         env[key] = value
+    if words[:2] == ["pip", "install"]:
+        _check_installed(words, where)
+        return
+    if words and words[0] in ("nexus", "curl"):
+        proc = subprocess.run(
+            ["bash", "-c", command.text],
+            cwd=cwd,
+            env=_shell_env(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        report = f"{where}: $ {command.text}\n--- output\n{proc.stdout}"
+        assert proc.returncode == 0, f"exit status {proc.returncode}\n{report}"
+        assert "Traceback" not in proc.stdout, report
+        _check_output(command, proc.stdout, where, report)
+        return
     if not words or words[0] != "python":
         return
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
@@ -165,37 +252,111 @@ def run_command(command: Command, cwd: Path, where: str) -> None:
     )
     report = f"{where}: $ {command.text}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, f"exit status {proc.returncode}\n{report}"
-    checker = doctest.OutputChecker()
-    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    want = command.want.strip() + "\n" if command.want.strip() else ""
-    got = proc.stdout.strip() + "\n" if proc.stdout.strip() else ""
-    assert checker.check_output(want, got, flags), f"expected:\n{want}\n{report}"
+    _check_output(command, proc.stdout, where, report)
 
 
-def run_page(path: Path, cwd: Path) -> None:
-    """Run every block of ``path`` in ``cwd``, as the module docstring says."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Page:
+    """What running a page keeps between blocks: servers, the port it serves on."""
+
+    cwd: Path
+    servers: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    port: int | None = None
+
+    def text(self, text: str) -> str:
+        """A block's text with the documented port (8000) replaced by the one served on."""
+        if self.port is None:
+            return text
+        return text.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}").replace(
+            "--port 8000", f"--port {self.port}"
+        )
+
+
+def serve(block: Block, page: Page, where: str) -> None:
+    """Start a ``<!-- serve -->`` block's command in the background; wait until it answers."""
+    commands = list(parse_console(block.text))
+    assert len(commands) == 1, f"{where}: a serve block holds exactly one command"
+    assert "--port 8000" in commands[0].text, f"{where}: serve on --port 8000 (it is replaced)"
+    page.port = _free_port()
+    log = page.cwd / f"serve-{page.port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            ["bash", "-c", "exec " + page.text(commands[0].text)],
+            cwd=page.cwd,
+            env=_shell_env(page.cwd),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    page.servers.callback(stop)
+    url = f"http://127.0.0.1:{page.port}/health/ready"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{where}: the server exited:\n{log.read_text()}")
+        with contextlib.suppress(OSError), opener.open(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        assert time.monotonic() < deadline, f"{where}: no answer in 60 s:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+def missing(modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` cannot be imported here."""
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
+def run_page(path: Path, cwd: Path) -> str | None:
+    """Run every block of ``path`` in ``cwd``, as the module docstring says.
+
+    Returns why the page stopped early (modules it requires are missing), else None.
+    """
     namespace: dict[str, object] = {"__name__": "__main__"}
-    for block in parse_blocks(path):
-        where = f"{_page_id(path)}:{block.line}"
-        if block.directive == "skip":
-            continue
-        if block.directive in ("file", "append"):
-            assert block.target, f"{where}: {block.directive} needs a path"
-            target = cwd / block.target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if block.directive == "append":
-                assert target.is_file(), f"{where}: nothing to append to at {block.target}"
-                with target.open("a", encoding="utf-8") as fh:
-                    fh.write("\n\n" + block.text)
-            else:
-                target.write_text(block.text, encoding="utf-8")
-            importlib.invalidate_caches()
-        elif block.language == "python":
-            code = compile(textwrap.dedent(block.text), where, "exec")
-            exec(code, namespace)
-        elif block.language == "console":
-            for command in parse_console(block.text):
-                run_command(command, cwd, where)
+    page = Page(cwd)
+    with page.servers:
+        for block in parse_blocks(path):
+            where = f"{_page_id(path)}:{block.line}"
+            absent = missing(block.requires)
+            if absent:
+                return f"{where} and what follows need {', '.join(absent)}, not installed here"
+            if block.directive == "skip":
+                continue
+            text = page.text(block.text)
+            if block.directive == "serve":
+                serve(block, page, where)
+            elif block.directive in ("file", "append"):
+                assert block.target, f"{where}: {block.directive} needs a path"
+                target = cwd / block.target
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if block.directive == "append":
+                    assert target.is_file(), f"{where}: nothing to append to at {block.target}"
+                    with target.open("a", encoding="utf-8") as fh:
+                        fh.write("\n\n" + text)
+                else:
+                    target.write_text(text, encoding="utf-8")
+                importlib.invalidate_caches()
+            elif block.language == "python":
+                code = compile(textwrap.dedent(text), where, "exec")
+                exec(code, namespace)
+            elif block.language == "console":
+                for command in parse_console(text):
+                    run_command(command, cwd, where)
+    return None
 
 
 @pytest.fixture
@@ -216,10 +377,12 @@ def page_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 @pytest.mark.parametrize("path", doc_pages(), ids=_page_id)
 def test_page_code_runs(path: Path, page_dir: Path) -> None:
-    run_page(path, page_dir)
+    stopped = run_page(path, page_dir)
     if _page_id(path) == "tutorial.md":
         # The tutorial runs on the default storage: ./nexus.db, in its own directory.
         assert (page_dir / "nexus.db").is_file()
+    if stopped:
+        pytest.skip(stopped)
 
 
 @pytest.mark.parametrize("path", doc_pages(), ids=_page_id)
