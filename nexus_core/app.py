@@ -524,6 +524,10 @@ class Nexus:
                 run=record,
                 data={"workflow": wf.name, "output": record.output, "error": record.error},
             )
+            # The run's events and audit record went behind; its caller hears
+            # the answer once they are stored (and the events delivered).
+            await services.events.flush()
+            await self.security.flush_audit()
         if result.status == "failed":
             self.metrics.record_error(record.channel or "python", "run_failed")
         self._active.pop(record.id, None)
@@ -787,6 +791,9 @@ class Nexus:
         try:
             async with _single_errors(), anyio.create_task_group() as tg:
                 await bus.start()
+                # Events and audit records are written behind from here on.
+                await tg.start(bus.run)
+                await tg.start(self.security.run)
                 sessions = SessionManager(
                     storage, ttl=self.config.nexus.services.security.session_timeout
                 )
@@ -805,6 +812,8 @@ class Nexus:
                         await self._drain(self.config.nexus.services.runs.shutdown_grace)
                         await self._announce_pending()
                         await self.host.shutdown(self)
+                        await self.security.flush_audit()
+                        await bus.flush()
                         await self.security.stop()
                         await bus.stop()
                     tg.cancel_scope.cancel()

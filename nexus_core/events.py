@@ -25,8 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, Self
 
 import anyio
+import anyio.abc
 import msgspec
 
+from ._writebehind import WriteBehind
 from .errors import NexusError
 
 __all__ = [
@@ -181,6 +183,28 @@ class EventBus(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Disconnect and end every subscription. Called once at shutdown."""
 
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The bus's background work, run by the host in its task group until shutdown.
+
+        A bus may log and deliver in the background here (so ``publish`` only
+        queues) or read a broker. The default has nothing to do: it reports
+        started and returns. The host calls :meth:`flush` before cancelling it.
+
+        .. versionadded:: 0.1
+        """
+        task_status.started()
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Wait until every event published before this call is logged and delivered.
+
+        The host awaits it before a run answers its caller and at shutdown. The
+        default has nothing queued to wait for.
+
+        .. versionadded:: 0.1
+        """
+
     @abc.abstractmethod
     async def publish(self, event: Event) -> None:
         """Log (when the bus keeps a log) and deliver ``event`` to every matching subscriber."""
@@ -271,6 +295,9 @@ class _LocalSubscription(Subscription):
         self._resync = False
         self._last_read: str | None = None
         self._skip: set[str] = set()
+        #: Sequence number of the first event published after it subscribed
+        #: (events still queued behind the log when it subscribed are not its).
+        self._since = 0
 
     @property
     def last_event_id(self) -> str | None:
@@ -453,13 +480,17 @@ class _Batch:
 
 
 class LocalEventBus(EventBus):
-    """The in-process bus: fan-out to bounded per-subscriber queues, no background task.
+    """The in-process bus: fan-out to bounded per-subscriber queues.
 
     ``log`` is anything with ``append_event``/``read_events`` (the host's
     :class:`~nexus_core.storage.base.Storage`); without one there is no replay
     and ``last_event_id`` is ignored. ``queue_size`` and ``overflow`` are the
     defaults for subscribers. Use it from the event loop (worker threads go
     through ``anyio.from_thread.run``).
+
+    On its own, ``publish`` logs and delivers before it returns (publishers
+    arriving meanwhile are logged together in the next batch). In a host,
+    :meth:`run` logs and delivers in the background, and ``publish`` only queues.
     """
 
     #: Events per ``read_events`` call while replaying.
@@ -491,6 +522,9 @@ class LocalEventBus(EventBus):
         self._flushing = False
         #: Ids of the batch appended but not yet delivered (see _go_live).
         self._inflight: list[str] = []
+        # While run() runs (in the host), publish only queues: one task logs
+        # and delivers in batches and no publisher waits for a round trip.
+        self._behind: WriteBehind[Event] = WriteBehind(self._log_and_deliver, what="events")
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
@@ -512,18 +546,39 @@ class LocalEventBus(EventBus):
         for sub in list(self._subs):
             sub.close()
 
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Log and deliver in the background until cancelled; ``publish`` then only queues.
+
+        A batch whose append fails is logged as an error and not delivered (a
+        subscriber never sees an event the log lacks).
+        """
+        if self.log is None:
+            task_status.started()
+            return
+        await self._behind.run(task_status=task_status)
+
+    async def flush(self) -> None:
+        """Wait until every event published before this call is logged and delivered."""
+        await self._behind.flush()
+
     async def publish(self, event: Event) -> None:
         """Append ``event`` to the log (if any), then hand it to every matching subscriber.
 
         Never waits for a subscriber. With a log, publishes are serialized so
         that log order is delivery order, and append plus delivery are shielded
-        from cancellation (an event logged is an event delivered).
+        from cancellation (an event logged is an event delivered). While
+        :meth:`run` runs, this only queues the event (see :meth:`flush`).
         """
         log = self.log
         if log is None:
             if self._subs:
                 for sub in self._targets(event.type):
                     sub._push(event)
+            return
+        if self._behind.running:
+            self._behind.put(event)
             return
         self._pending.append(event)
         if self._flushing:
@@ -533,28 +588,18 @@ class LocalEventBus(EventBus):
             await self._next_batch.wait()
             return
         self._flushing = True
-        append_many = getattr(log, "append_events", None)
         try:
             with anyio.CancelScope(shield=True):  # an event logged is an event delivered
                 while self._pending:
                     batch, self._pending = self._pending, []
                     waiters, self._next_batch = self._next_batch, None
-                    self._inflight = [each.id for each in batch]
                     try:
-                        if append_many is not None:
-                            await append_many(batch)
-                        else:
-                            for each in batch:
-                                await log.append_event(each)
-                        for each in batch:
-                            for sub in self._targets(each.type):
-                                sub._push(each)
+                        await self._log_and_deliver(batch)
                     except BaseException as exc:
                         if waiters is not None:
                             waiters.fail(exc)
                         raise
                     finally:
-                        self._inflight = []
                         if waiters is not None:
                             waiters.release()
         except BaseException as exc:
@@ -567,6 +612,34 @@ class LocalEventBus(EventBus):
             raise
         finally:
             self._flushing = False
+
+    async def _log_and_deliver(self, batch: list[Event]) -> None:
+        """Append ``batch`` to the log in one call, then hand each event to its subscribers."""
+        log = self.log
+        assert log is not None
+        self._inflight = [each.id for each in batch]
+        try:
+            append_many = getattr(log, "append_events", None)
+            if append_many is not None:
+                await append_many(batch)
+            else:
+                for each in batch:
+                    await log.append_event(each)
+            if self._behind.running:
+                # Written behind: a subscriber gets only what was published
+                # after it subscribed, as when publish delivered at once.
+                seq = self._behind.written_count
+                for each in batch:
+                    for sub in self._targets(each.type):
+                        if seq >= sub._since:
+                            sub._push(each)
+                    seq += 1
+            else:
+                for each in batch:
+                    for sub in self._targets(each.type):
+                        sub._push(each)
+        finally:
+            self._inflight = []
 
     def deliver(self, event: Event) -> None:
         """Hand ``event`` to local subscribers without logging it.
@@ -600,6 +673,9 @@ class LocalEventBus(EventBus):
         sub = _LocalSubscription(
             self, pats, _compile_patterns(pats), filter, size, policy, last_event_id
         )
+        if last_event_id is None:
+            # A replaying subscriber wants everything after its id, queued or not.
+            sub._since = self._behind.put_count
         self._subs[sub] = None
         self._by_type.clear()
         return sub

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -242,10 +243,25 @@ async def test_close_ends_iteration_and_stop_ends_every_subscription() -> None:
 # -- ordering ------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def bus_mode(bus: LocalEventBus, background: bool) -> AsyncIterator[None]:
+    """Use ``bus`` on its own (publish logs and delivers) or as a host does: with
+    :meth:`LocalEventBus.run` logging and delivering behind, flushed at the end."""
+    if not background:
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        await tg.start(bus.run)
+        yield
+        await bus.flush()
+        tg.cancel_scope.cancel()
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "behind"])
 @pytest.mark.parametrize("log_kind", [None, *LOG_KINDS])
 async def test_concurrent_publishers_every_subscriber_gets_every_event_once_in_order(
-    log_kind: str | None,
+    log_kind: str | None, background: bool
 ) -> None:
     log = make_log(log_kind) if log_kind else None
     bus = LocalEventBus(log, queue_size=10_000)
@@ -264,7 +280,7 @@ async def test_concurrent_publishers_every_subscriber_gets_every_event_once_in_o
 
     total = publishers * per_publisher
     with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
+        async with bus_mode(bus, background), anyio.create_task_group() as tg:
             for k, (sub, n) in enumerate(zip(subs, [total, total // 2, total], strict=True)):
                 tg.start_soon(consume, k, sub, n)
             for p in range(publishers):
@@ -451,18 +467,28 @@ async def test_queue_overflow_during_a_slow_read_makes_replay_read_on() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "behind"])
 @pytest.mark.parametrize("log_kind", LOG_KINDS)
 @pytest.mark.parametrize("overflow", ["drop_oldest", "disconnect"])
 async def test_replay_while_publishing_has_no_gap_and_no_duplicate(
-    log_kind: str, overflow: str
+    log_kind: str, overflow: str, background: bool
 ) -> None:
     """A small queue and small pages force every path: paging, overflow during replay
     (read on from the log), live lag (reconnect from the last id)."""
-    log = make_log(log_kind)
+    async with bus_mode(bus := _replay_bus(log := make_log(log_kind), overflow), background):
+        await _replay_while_publishing(bus, log)
+
+
+def _replay_bus(log: object, overflow: str) -> LocalEventBus:
     bus = LocalEventBus(log, queue_size=4, overflow=overflow)  # type: ignore[arg-type]
     bus.page_size = 3
+    return bus
+
+
+async def _replay_while_publishing(bus: LocalEventBus, log: object) -> None:
     for n in range(50):
         await bus.publish(Event(type="run.started" if n % 2 else "node.started"))
+    await bus.flush()
     start = (await log_ids(log))[10]
     end = Event(type="run.completed", data={"end": True})
     got: list[str] = []
@@ -498,6 +524,7 @@ async def test_replay_while_publishing_has_no_gap_and_no_duplicate(
             tg.start_soon(subscriber)
             tg.start_soon(publisher)
 
+    await bus.flush()
     ids = await log_ids(log)
     everything = await log.read_events(after=start, limit=10**9)  # type: ignore[attr-defined]
     want = [e.id for e in everything if e.type.startswith("run.")]
@@ -644,3 +671,53 @@ async def test_a_failing_log_fails_every_publisher_of_its_batch() -> None:
                 tg.start_soon(publish, n)
     assert len(outcomes) == 5
     assert outcomes.count("OSError") >= 1
+
+
+# -- written behind (as in a host) -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_behind_a_subscriber_gets_only_what_was_published_after_it_subscribed() -> None:
+    log = ListLog("yield")
+    bus = LocalEventBus(log)
+    async with bus_mode(bus, background=True):
+        before = Event(type="run.started")
+        await bus.publish(before)  # queued, not yet logged or delivered
+        sub = bus.subscribe()
+        replaying = bus.subscribe(last_event_id="")  # the whole log, then live
+        after = Event(type="run.completed")
+        await bus.publish(after)
+        await bus.flush()
+        assert log.ids() == [before.id, after.id]  # flush: logged and delivered
+        assert [e.id for e in await available(sub)] == [after.id]
+        assert [e.id for e in await take(replaying, 2)] == [before.id, after.id]
+
+
+@pytest.mark.anyio
+async def test_behind_a_failing_log_loses_its_batch_and_the_bus_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FlakyLog(ListLog):
+        broken = True
+
+        async def append_event(self, event: Event) -> None:
+            if self.broken:
+                raise OSError("disk full")
+            await super().append_event(event)
+
+    log = FlakyLog("instant")
+    bus = LocalEventBus(log)
+    sub = bus.subscribe()
+    async with bus_mode(bus, background=True):
+        lost = Event(type="run.started")
+        await bus.publish(lost)  # the publisher is not failed: it did not wait
+        await bus.flush()
+        assert bus._behind.failed == 1
+        assert "writing 1 queued events failed" in caplog.text
+        log.broken = False
+        kept = Event(type="run.completed")
+        await bus.publish(kept)
+        await bus.flush()
+    # Never delivered what the log lacks; delivered what it has.
+    assert log.ids() == [kept.id]
+    assert [e.id for e in await available(sub)] == [kept.id]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from test_security import make_app, secured
 
 from nexus_core import AuthenticationError, PermissionDenied, RateLimited
 from nexus_core.security import Credentials, Principal, hash_inputs
+from nexus_core.storage.base import AuditRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -107,3 +110,25 @@ async def test_query_by_principal_workflow_and_time(tmp_path: Path) -> None:
         assert len(await app.security.query_audit(since=middle)) == 2
         assert len(await app.security.query_audit(limit=1)) == 1
         assert [r.channel for r in await app.security.query_audit(principal=ann)] == ["python"]
+
+
+async def test_records_written_behind_are_stored_by_shutdown(tmp_path: Path) -> None:
+    # Refused invocations answer without waiting for their audit record; the
+    # host writes it behind and stores every one before it stops.
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    async with make_app(url, security=secured()) as app:
+        storage = app.storage
+        assert storage is not None
+        write = storage.append_audits
+
+        async def slowly(records: Sequence[AuditRecord]) -> None:
+            await anyio.sleep(0.05)  # a slow disk: records are still queued at shutdown
+            await write(records)
+
+        storage.append_audits = slowly  # type: ignore[method-assign]
+        for _ in range(20):
+            with pytest.raises(AuthenticationError):
+                await app.invoke("greet", {}, credentials=Credentials(api_key="nxk_wrong"))
+    async with make_app(url, security=secured()) as again:
+        records = await again.storage.query_audit(limit=100)
+        assert [r.outcome for r in records] == ["unauthenticated"] * 20

@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import anyio
+import anyio.abc
 import msgspec
 
+from .._writebehind import WriteBehind
 from ..config import ConfigError, SecurityConfig
 from ..errors import AuthenticationError, PermissionDenied
 from ..storage.base import AuditRecord, CredentialRecord, RunRecord, SessionRecord, Storage
@@ -70,6 +73,9 @@ class SecurityLayer:
         self._trusted: tuple[Any, ...] = ()
         self._configured = False
         self._started: list[Any] = []
+        # While the host runs, audit records are written behind: nobody on the
+        # request path waits for them; readers and the host flush first.
+        self._audit: WriteBehind[AuditRecord] = WriteBehind(self._write_audit, what="audit records")
 
     # -- configuration ---------------------------------------------------------------
 
@@ -478,25 +484,47 @@ class SecurityLayer:
         reason: str | None = None,
         input_hash: str | None = None,
     ) -> None:
-        """Append one audit record (append-only, through the storage contract)."""
+        """Append one audit record (append-only, through the storage contract).
+
+        While the host runs (:meth:`run`), the record is queued and written
+        behind; :meth:`flush_audit` waits for it, and :meth:`query_audit` does.
+        """
         storage = self.app.storage
         if storage is None:
             return
-        await storage.append_audit(
-            AuditRecord(
-                id=secrets.token_hex(12),
-                time=time.time(),
-                action=action,
-                outcome=outcome,
-                tenant=principal.tenant,
-                principal=principal.id,
-                channel=channel,
-                workflow=workflow,
-                run_id=run_id,
-                reason=reason,
-                input_hash=input_hash,
-            )
+        record = AuditRecord(
+            id=secrets.token_hex(12),
+            time=time.time(),
+            action=action,
+            outcome=outcome,
+            tenant=principal.tenant,
+            principal=principal.id,
+            channel=channel,
+            workflow=workflow,
+            run_id=run_id,
+            reason=reason,
+            input_hash=input_hash,
         )
+        if self._audit.running:
+            self._audit.put(record)
+        else:
+            await storage.append_audit(record)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write audit records in the background until cancelled (the host runs this)."""
+        await self._audit.run(task_status=task_status)
+
+    async def flush_audit(self) -> None:
+        """Wait until every audit record appended before this call is stored."""
+        await self._audit.flush()
+
+    async def _write_audit(self, records: list[AuditRecord]) -> None:
+        storage = self.app.storage
+        if storage is None:
+            raise RuntimeError("the host's storage is closed")
+        await storage.append_audits(records)
 
     async def query_audit(
         self,
@@ -518,6 +546,7 @@ class SecurityLayer:
             await self._require(viewer, "audit:read")
             tenant = viewer.tenant
         who = principal.id if isinstance(principal, Principal) else principal
+        await self._audit.flush()  # read your own writes
         return await self._storage().query_audit(
             tenant=tenant, principal=who, workflow=workflow, since=since, until=until, limit=limit
         )

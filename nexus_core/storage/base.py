@@ -270,6 +270,17 @@ class Storage(abc.ABC):
     async def append_audit(self, record: AuditRecord) -> None:
         """Append an audit record (there is no update and no delete)."""
 
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Append several audit records, in order (the host writes them behind, in bursts).
+
+        The default appends one by one; a backend should override it to write
+        them in one round trip.
+
+        .. versionadded:: 0.1
+        """
+        for record in records:
+            await self.append_audit(record)
+
     @abc.abstractmethod
     async def query_audit(
         self,

@@ -222,6 +222,10 @@ def _run(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def _audit_params(record: AuditRecord) -> tuple[Any, ...]:
+    return (record.time, record.tenant, record.principal, record.workflow, _encode(record))
+
+
 def _run_params(run: RunRecord) -> tuple[Any, ...]:
     return (
         run.id,
@@ -260,6 +264,7 @@ class SQLiteStorage(Storage):
         self._lock: anyio.Lock | None = None
         self._queue: list[_Write] = []
         self._flushing = False
+        self._batch_done: anyio.Event | None = None
         self._cache_sets = 0
 
     @property
@@ -397,9 +402,13 @@ class SQLiteStorage(Storage):
             raise self._closed()
         ops = [_Write(sql, params) for sql, params in statements]
         self._queue.extend(ops)
-        op = ops[-1]
         if self._flushing:
-            await op.done.wait()
+            # One wake-up per batch, not per write: the flusher sets it once
+            # the batch these writes went into is applied.
+            batch_done = self._batch_done
+            if batch_done is None:
+                batch_done = self._batch_done = anyio.Event()
+            await batch_done.wait()
         else:
             self._flushing = True
             try:
@@ -408,10 +417,13 @@ class SQLiteStorage(Storage):
                 with anyio.CancelScope(shield=True):
                     while self._queue:
                         batch, self._queue = self._queue, []
-                        async with self._lock:
-                            await self._apply(batch)
-                        for each in batch:
-                            each.done.set()
+                        batch_done, self._batch_done = self._batch_done, None
+                        try:
+                            async with self._lock:
+                                await self._apply(batch)
+                        finally:
+                            if batch_done is not None:
+                                batch_done.set()
             finally:
                 self._flushing = False
         for each in ops:
@@ -621,10 +633,12 @@ class SQLiteStorage(Storage):
 
     async def append_audit(self, record: AuditRecord) -> None:
         """Append an audit record."""
-        await self._write(
-            _INSERT_AUDIT,
-            (record.time, record.tenant, record.principal, record.workflow, _encode(record)),
-        )
+        await self._write(_INSERT_AUDIT, _audit_params(record))
+
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Append several audit records in order, in one trip to the writer (one transaction)."""
+        if records:
+            await self._write_many([(_INSERT_AUDIT, _audit_params(r)) for r in records])
 
     async def query_audit(
         self,
@@ -793,18 +807,23 @@ class SQLiteStorage(Storage):
 class _Write:
     """One queued write statement and, once applied, its outcome."""
 
-    __slots__ = ("done", "error", "params", "rowcount", "sql")
+    __slots__ = ("error", "params", "rowcount", "sql")
 
     def __init__(self, sql: str, params: tuple[Any, ...]) -> None:
         self.sql = sql
         self.params = params
         self.rowcount = 0
         self.error: BaseException | None = None
-        self.done = anyio.Event()
 
 
 def _apply_batch(conn: sqlite3.Connection, batch: list[_Write]) -> None:
-    """Apply queued writes in one transaction, each under its own savepoint (writer thread)."""
+    """Apply queued writes in one transaction (writer thread); each fails only its own caller.
+
+    Fast path: every statement in one transaction. Statements rarely fail (a
+    duplicate id, a constraint); when one does, the transaction is rolled back
+    and the batch applied again with a savepoint per statement, so the others
+    still land and only the failing one reports its error.
+    """
     if len(batch) == 1:  # autocommit: the statement is its own transaction
         op = batch[0]
         try:
@@ -814,14 +833,21 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[_Write]) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for op in batch:
-            conn.execute("SAVEPOINT nexus_write")
-            try:
+        try:
+            for op in batch:
                 op.rowcount = conn.execute(op.sql, op.params).rowcount
-            except Exception as exc:
-                conn.execute("ROLLBACK TO nexus_write")
-                op.error = exc
-            conn.execute("RELEASE nexus_write")
+        except Exception:
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                op.rowcount = 0
+                conn.execute("SAVEPOINT nexus_write")
+                try:
+                    op.rowcount = conn.execute(op.sql, op.params).rowcount
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO nexus_write")
+                    op.error = exc
+                conn.execute("RELEASE nexus_write")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
