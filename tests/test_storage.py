@@ -125,6 +125,35 @@ async def test_duplicate_ids_raise(db_path: Path) -> None:
             await store.close()
 
 
+async def test_a_failing_write_fails_only_its_caller_in_a_shared_batch(db_path: Path) -> None:
+    # Concurrent writes share one transaction; a duplicate among them fails
+    # alone and every other write of the batch is stored.
+    storage = SQLiteStorage(_url(db_path))
+    await storage.open()
+    try:
+        await storage.create_run(RunRecord(id="taken", workflow="w", created_at=1.0))
+        outcomes: dict[str, str] = {}
+
+        async def create(run_id: str) -> None:
+            try:
+                await storage.create_run(RunRecord(id=run_id, workflow="w", created_at=2.0))
+                outcomes[run_id] = "ok"
+            except ValueError as exc:
+                outcomes[run_id] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            for run_id in ["r1", "r2", "taken", "r3", "r4"]:
+                tg.start_soon(create, run_id)
+        assert "already exists" in outcomes.pop("taken")
+        assert outcomes == {"r1": "ok", "r2": "ok", "r3": "ok", "r4": "ok"}
+        for run_id in ["r1", "r2", "r3", "r4"]:
+            assert await storage.get_run(run_id) is not None
+        taken = await storage.get_run("taken")
+        assert taken is not None and taken.created_at == 1.0
+    finally:
+        await storage.close()
+
+
 async def test_reopen_keeps_data(db_path: Path) -> None:
     store = SQLiteStorage(_url(db_path))
     await store.open()

@@ -538,6 +538,15 @@ class StorageContract:
         assert await storage.query_audit(tenant="acme", limit=0) == []
         assert (await storage.query_audit(principal="carol"))[0] == records[4]
 
+    async def test_audit_append_many_keeps_order(self, storage: Storage) -> None:
+        """``append_audits`` appends in order, like one ``append_audit`` per record."""
+        await storage.append_audits([])
+        burst = [_audit(f"b{i}", 50.0, principal=f"p{i % 3}") for i in range(7)]
+        await storage.append_audit(_audit("first", 50.0))
+        await storage.append_audits(burst)
+        assert [r.id for r in await storage.query_audit()] == ["first"] + [r.id for r in burst]
+        assert await storage.query_audit(principal="p1") == [burst[1], burst[4]]
+
     # -- credentials -----------------------------------------------------------
 
     async def test_credential_put_and_get(self, storage: Storage) -> None:
