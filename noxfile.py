@@ -9,6 +9,7 @@ nox -s bench        # benchmarks against peers (not part of the tests)
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nox
@@ -75,6 +76,18 @@ def bench(session: nox.Session) -> None:
     for name in PLUGINS:
         session.install("-e", f"plugins/{name}")
     session.install("-r", "bench/requirements.txt")
+    env = {"NEXUS_BENCH_KAILASH_PYTHON": _kailash_nexus_python(session)}
     scripts = session.posargs or sorted(str(p) for p in ROOT.glob("bench/*.py"))
     for script in scripts:
-        session.run("python", script)
+        session.run("python", script, env=env)
+
+
+def _kailash_nexus_python(session: nox.Session) -> str:
+    """A venv of its own for Kailash Nexus: it pins mcp 1.x, we run on 2.x."""
+    venv = ROOT / ".nox" / "kailash-nexus"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+    requirements = ROOT / "bench" / "requirements-kailash-nexus.txt"
+    session.run(str(python), "-m", "pip", "install", "-q", "-r", str(requirements), external=True)
+    return str(python)

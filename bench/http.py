@@ -5,13 +5,17 @@ Three servers answer the same trivial function, ``greet(name, excited=False)``:
 * ``nexus``: ``python -m nexus_plugin_api app.py`` (uvicorn, httptools, uvloop) with the
   default embedded storage on (``sqlite:///nexus.db`` in a scratch directory): every
   request goes through ``app.invoke`` (auth, session, validation, run record,
-  checkpoint, events, audit, metrics).
+  checkpoint, events, audit, metrics). The function is ``async def``, run inline as
+  the bare handler and Kailash run theirs. ``nexus-def`` is the same server and
+  function written as a plain ``def``, which Nexus runs in a worker thread (the
+  price of that safety, shown on its own line).
 * ``litestar``: a bare Litestar handler (msgspec-validated body, call, JSON answer) on
   the same uvicorn settings and worker count.
 * ``kailash``: Kailash Nexus (``kailash-nexus`` from PyPI, run from its own venv,
-  ``--kailash-python``) serving the same function with ``@app.handler``; its own
-  ``app.start()`` server; its per-minute rate limit switched off so it is measured, not
-  throttled.
+  ``--kailash-python``, default ``$NEXUS_BENCH_KAILASH_PYTHON``, else the
+  ``.nox/kailash-nexus`` venv that ``nox -s bench`` makes) serving the same function
+  with ``@app.handler``; its own ``app.start()`` server; its per-minute rate limit
+  switched off so it is measured, not throttled.
 
 Load: ``wrk`` (Debian's package) with a Lua script that sends a different body on every
 request (Kailash answers repeated identical bodies from a cache), 16 connections,
@@ -48,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What `nox -s bench` makes (bench/requirements-kailash-nexus.txt).
+KAILASH_VENV_PYTHON = ROOT / ".nox" / "kailash-nexus" / "bin" / "python"
 
 NEXUS_APP = '''
 from nexus_core import Nexus
@@ -56,8 +62,14 @@ app = Nexus("bench")
 
 
 @app.workflow(read_only=True, idempotent=True)
-def greet(name: str, excited: bool = False) -> str:
-    """Greet someone by name."""
+async def greet(name: str, excited: bool = False) -> str:
+    """Greet someone by name (inline on the event loop, as the peers run it)."""
+    return f"Hello, {name}{'!' if excited else '.'}"
+
+
+@app.workflow(read_only=True, idempotent=True)
+def greet_in_thread(name: str, excited: bool = False) -> str:
+    """The same, as a plain ``def``: Nexus runs it in a worker thread."""
     return f"Hello, {name}{'!' if excited else '.'}"
 '''
 
@@ -310,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first")
     parser.add_argument(
         "--kailash-python",
-        default=os.environ.get("KAILASH_PYTHON", "/work/benchvenv-http/bin/python"),
+        default=os.environ.get("NEXUS_BENCH_KAILASH_PYTHON", str(KAILASH_VENV_PYTHON)),
         help="a Python with kailash-nexus installed (never the project's venv)",
     )
     parser.add_argument("--skip-kailash", action="store_true")
@@ -324,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="nexus-bench-http-"))
     (scratch / "nexus").mkdir()
     (scratch / "nexus" / "app.py").write_text(textwrap.dedent(NEXUS_APP))
+    (scratch / "nexus-def").mkdir()
+    (scratch / "nexus-def" / "app.py").write_text(textwrap.dedent(NEXUS_APP))
     (scratch / "litestar").mkdir()
     (scratch / "litestar" / "bare.py").write_text(textwrap.dedent(LITESTAR_APP))
     (scratch / "kailash").mkdir()
@@ -347,6 +361,24 @@ def main(argv: list[str] | None = None) -> int:
             wrap="inputs",
             port=0,
             cwd=scratch / "nexus",
+            env=clean_env,
+        ),
+        Target(
+            name="nexus-def",
+            command=[
+                sys.executable,
+                "-m",
+                "nexus_plugin_api",
+                "app.py",
+                "--port",
+                "{port}",
+                "--workers",
+                str(args.workers),
+            ],
+            path="/workflows/greet_in_thread/runs",
+            wrap="inputs",
+            port=0,
+            cwd=scratch / "nexus-def",
             env=clean_env,
         ),
         Target(
@@ -456,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {"nexus / litestar": nexus / summary["litestar"]["rps"]}
     if "kailash" in summary and summary["kailash"]["rps"]:
         ratios["nexus / kailash"] = nexus / summary["kailash"]["rps"]
+        ratios["nexus-def / kailash"] = summary["nexus-def"]["rps"] / summary["kailash"]["rps"]
     report["ratios"] = ratios
     if args.json:
         print(json.dumps(report, indent=2))

@@ -13,10 +13,8 @@ worker thread):
 * ``kailash``: Kailash Nexus's MCP channel (kailash-nexus 2.16 with
   kailash-mcp 0.6), a WebSocket JSON-RPC server on its ``mcp_port``. It needs
   ``mcp`` 1.x, so it runs from a separate interpreter: ``--kailash-python``
-  (default ``$NEXUS_BENCH_KAILASH_PYTHON``, else ``/work/benchvenv-mcp/bin/python``)::
-
-      python3 -m venv /work/benchvenv-mcp
-      /work/benchvenv-mcp/bin/pip install kailash-nexus==2.16.0 kailash-mcp==0.6.0
+  (default ``$NEXUS_BENCH_KAILASH_PYTHON``, else the ``.nox/kailash-nexus`` venv
+  that ``nox -s bench`` makes from ``bench/requirements-kailash-nexus.txt``).
 
 ``nexus`` and ``plain`` are called with the ``mcp`` package's clients over
 streamable HTTP in both protocol eras: ``ClientSession`` (2025-11-25, an
@@ -59,6 +57,9 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
+
+#: What `nox -s bench` makes (bench/requirements-kailash-nexus.txt).
+KAILASH_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".nox/kailash-nexus/bin/python"
 
 NEXUS_APP = '''
 from nexus_core import Nexus
@@ -495,7 +496,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default="memory://", help="Nexus storage URL")
     parser.add_argument(
         "--kailash-python",
-        default=os.environ.get("NEXUS_BENCH_KAILASH_PYTHON", "/work/benchvenv-mcp/bin/python"),
+        default=os.environ.get("NEXUS_BENCH_KAILASH_PYTHON", str(KAILASH_VENV_PYTHON)),
         help="interpreter with kailash-nexus and kailash-mcp installed",
     )
     parser.add_argument("--skip-kailash", action="store_true")

@@ -24,11 +24,9 @@ imports: neither Litestar, nor mcp, nor ``nexus_core.app``.
 
     python bench/startup.py [--repeat 15] [--kailash-python PATH] [--json]
 
-The Kailash venv defaults to ``/work/benchvenv-startup`` (``$KAILASH_PYTHON``
-overrides it)::
-
-    python3 -m venv /work/benchvenv-startup
-    /work/benchvenv-startup/bin/pip install kailash-nexus
+The Kailash interpreter is ``$NEXUS_BENCH_KAILASH_PYTHON``, else the
+``.nox/kailash-nexus`` venv that ``nox -s bench`` makes from
+``bench/requirements-kailash-nexus.txt``.
 """
 
 from __future__ import annotations
@@ -52,7 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_KAILASH = "/work/benchvenv-startup/bin/python"
+#: What `nox -s bench` makes (bench/requirements-kailash-nexus.txt).
+DEFAULT_KAILASH = str(Path(__file__).resolve().parents[1] / ".nox/kailash-nexus/bin/python")
 FORBIDDEN = ("litestar", "mcp", "nexus_core.app", "uvicorn", "prompt_toolkit", "httpx")
 
 _PROBE = """
@@ -90,7 +89,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=15, help="runs per row (default 15)")
     parser.add_argument(
         "--kailash-python",
-        default=os.environ.get("KAILASH_PYTHON", DEFAULT_KAILASH),
+        default=os.environ.get("NEXUS_BENCH_KAILASH_PYTHON", DEFAULT_KAILASH),
         help="python of a venv with kailash-nexus installed",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
