@@ -212,7 +212,7 @@ async def test_the_login_token_is_alice_everywhere_and_order_is_refused_everywhe
             *target, "-o", "json", "run", "quote", "--json", json.dumps(QUOTE), env=env, cwd=secured
         )
         assert good.code == 0 and good.json()["status"] == "completed", str(good)
-        # `nexus batch` invokes without looking the workflow up first (see the xfail below).
+        # `nexus batch` invokes without looking the workflow up first.
         (secured / "order.jsonl").write_text(json.dumps({"workflow": "order", "inputs": ORDER}))
         bad = await run_nexus(*target, "-o", "json", "batch", "order.jsonl", env=env, cwd=secured)
         assert bad.code == 1, str(bad)
@@ -248,15 +248,6 @@ def _cli_denial(done: Any) -> str:
     return str(error["message"])
 
 
-_CLI_HIDES = (
-    "plugins/cli/nexus_plugin_cli/commands/run.py _main: `nexus --url URL run WORKFLOW` first "
-    "reads GET /workflows/{name}, which the gateway filters by permission (404), so a workflow "
-    "the caller may not run is reported unknown (workflow_not_found, exit 2), not forbidden "
-    "(exit 1) as `nexus --app`, REST, the WebSocket, MCP and Python report it"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_CLI_HIDES)
 async def test_nexus_run_against_the_gateway_reports_a_refused_workflow_as_forbidden(
     served: Gateway, token: str, secured: Path, env: dict[str, str]
 ) -> None:

@@ -22,7 +22,10 @@ import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from .errors import Problem
 
 __all__ = [
     "TERMINAL",
@@ -123,6 +126,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def workflow(self, name: str) -> dict[str, Any]:
         """One workflow with its schemas; ``workflow_not_found`` (with a suggestion) if unknown."""
+
+    async def refusal(self, name: str) -> Problem | None:
+        """Why running ``name`` is refused when :meth:`workflow` does not show it, or None.
+
+        A gateway shows a caller only the workflows it may run, so a workflow
+        that exists but is forbidden looks unknown there; running it says
+        which it is. None: it is unknown (or nothing more can be said).
+        """
+        return None
 
     # -- runs --------------------------------------------------------------------
 

@@ -179,6 +179,22 @@ class RemoteBackend(Backend):
         """``GET /workflows/{name}``."""
         return _workflow(await self._json("GET", f"/workflows/{quote(name, safe='')}"))
 
+    async def refusal(self, name: str) -> Problem | None:
+        """``POST /workflows/{name}/runs`` with inputs that can never run: 403 or not.
+
+        ``GET /workflows/{name}`` answers 404 for a workflow the caller may not
+        run; the run endpoint refuses it with 403, as every channel does. The
+        body is a JSON array, never valid inputs, so the core refuses it at
+        validation if it gets that far: nothing runs. The attempt is audited
+        on the gateway as the refused invocation it is.
+        """
+        response = await self.client.post(
+            f"/workflows/{quote(name, safe='')}/runs",
+            content=b"[]",
+            headers={"Content-Type": "application/json"},
+        )
+        return problem_from_response(response) if response.status_code == 403 else None
+
     # -- runs ---------------------------------------------------------------------------
 
     async def invoke(

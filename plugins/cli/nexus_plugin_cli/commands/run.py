@@ -105,13 +105,31 @@ async def _main(out: Console, parsed: ParsedRun, rest: list[str], started: dict[
     base = context.target()
     target = _with(base, late)
     async with open_backend(target) as backend:
-        workflow = await backend.workflow(parsed.workflow)
+        workflow = await _runnable(backend, parsed.workflow)
         flags = {o.flag for o in input_options(workflow["input_schema"])}
         if target != base and any(name in flags for name in late):
             # An input of the workflow, not the target: read again against the first target.
             async with open_backend(base) as first:
                 return await execute_run(out, first, parsed, rest, started=started)
         return await execute_run(out, backend, parsed, rest, workflow=workflow, started=started)
+
+
+async def _runnable(backend: Backend, name: str) -> dict[str, Any]:
+    """The workflow ``name``; refused rather than unknown when it is only hidden.
+
+    A gateway does not show a caller the workflows it may not run, so the
+    lookup alone would call a forbidden workflow unknown (exit 2) where every
+    other channel, ``nexus --app`` included, refuses it (``forbidden``, exit 1).
+    """
+    try:
+        return await backend.workflow(name)
+    except CliError as exc:
+        if exc.problem.code != "workflow_not_found":
+            raise
+        refused = await backend.refusal(name)
+        if refused is None:
+            raise
+        raise CliError(refused) from None
 
 
 def _with(target: Target, late: Mapping[str, str]) -> Target:
@@ -142,7 +160,7 @@ async def execute_run(
     """
     assert parsed.workflow is not None
     if workflow is None:
-        workflow = await backend.workflow(parsed.workflow)
+        workflow = await _runnable(backend, parsed.workflow)
     schema = workflow["input_schema"]
     name = str(workflow["name"])
     parse_inputs(schema, rest, parsed)
