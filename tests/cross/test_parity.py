@@ -414,16 +414,6 @@ async def test_nexus_run_gives_the_same_answers(
         assert got == outcome, f"nexus {target[0]} run {arguments}: {got!r} != {outcome!r}"
 
 
-_OPTION_TYPES = (
-    "plugins/cli/nexus_plugin_cli/options.py (_read_value, _bad): the CLI checks an option's "
-    "value against the schema's type itself, so a value of the wrong type is a usage error "
-    "(code 'usage', no errors[], reason \"option --weight-grams: expected integer, got "
-    "'many'\") and never reaches the core, whose validation_error names the field "
-    "'weight_grams' with the reason every other channel gives (\"expected 'int', got 'str'\")"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_OPTION_TYPES)
 async def test_nexus_run_reports_an_option_of_the_wrong_type_as_the_core_does(
     channels: dict[str, Channels], workdir: Path, env: dict[str, str]
 ) -> None:

@@ -14,6 +14,9 @@ anything else          ``--count 3``               JSON (``3``, ``[1, 2]``, ``{.
 =====================  ==========================  ===============================
 
 A field ``first_name`` is ``--first-name`` (``--first_name`` works too).
+The schema picks how a value is read, not whether it is valid: a value no
+reading fits goes on as read (JSON if it parses, else the text) and the core
+refuses it with the ``validation_error`` every channel gives, naming the field.
 ``--json '{...}'`` (or ``--json -`` for stdin) gives inputs as one object; the
 options override its keys. :func:`format_run_args` is the inverse of
 :func:`parse_run_args`, so any valid inputs can be written as options.
@@ -393,9 +396,10 @@ def parse_inputs(
 ) -> ParsedRun:
     """Read the options after the workflow name into ``parsed.inputs`` (and run options).
 
-    Raises :class:`RunUsageError` naming the option for an unknown option, a
-    missing value or a value of the wrong type. Required inputs are checked
-    by :func:`check_required` once ``--json`` has been merged.
+    Raises :class:`RunUsageError` naming the option for an unknown option or
+    a missing value. A value of the wrong type is kept as read (JSON, else
+    the text) for the core's validation to refuse, naming the field. Required
+    inputs are checked by :func:`check_required` once ``--json`` has been merged.
     """
     parsed = parsed or ParsedRun(workflow=None)
     defs = schema.get("$defs") or {}
@@ -468,27 +472,33 @@ def _unknown(name: str, options: list[InputOption], workflow: str | None) -> Run
 
 
 def _read_value(option: InputOption, text: str, defs: Mapping[str, Any]) -> Any:
+    """The value of ``option`` given as ``text``: the reading the schema admits.
+
+    A value no reading fits is not refused here but passed on as read (JSON
+    if it parses, else the text), so the core's validation says what is wrong
+    with it, naming the field, as it does on every other channel.
+    """
+    return _reading(option, text, defs)[0]
+
+
+def _reading(option: InputOption, text: str, defs: Mapping[str, Any]) -> tuple[Any, bool]:
+    """``(value, admitted)``: the reading of ``text`` and whether the schema admits it."""
     schema = option.schema
     if option.kind == "flag":
         lowered = text.strip().lower()
         table = {"true": True, "false": False, "null": None, "1": True, "0": False}
         table.update({"yes": True, "no": False, "on": True, "off": False})
-        if lowered in table and admits(schema, table[lowered], defs):
-            return table[lowered]
-        raise _bad(option, text, defs)
+        if lowered in table:
+            return table[lowered], admits(schema, table[lowered], defs)
+        return text, False
     if option.kind == "text":
-        if not admits(schema, text, defs):
-            raise _bad(option, text, defs)
-        return text
+        return text, admits(schema, text, defs)
     if option.kind == "list":
         branch = _branches(schema, defs)[0]
         items = branch.get("items") or {}
-        try:
-            whole = json.loads(text)
-        except ValueError:
-            whole = _NOTHING
+        whole = _json(text)
         if isinstance(whole, list) and admits(branch, whole, defs):
-            return whole
+            return whole, True
         item_option = InputOption(
             field=option.field,
             flag=option.flag,
@@ -496,26 +506,27 @@ def _read_value(option: InputOption, text: str, defs: Mapping[str, Any]) -> Any:
             schema=items,
             required=False,
         )
-        return [_read_value(item_option, text, defs)]
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = _NOTHING
+        item, admitted = _reading(item_option, text, defs)
+        if not admitted and isinstance(whole, list):
+            return whole, False  # a JSON array of wrong items: the core names the item
+        return [item], admitted
+    value = _json(text)
     if value is not _NOTHING and admits(schema, value, defs):
-        return value
+        return value, True
     if admits(schema, text, defs):
-        return text
-    raise _bad(option, text, defs)
+        return text, True
+    return (text if value is _NOTHING else value), False
 
 
 _NOTHING = object()
 
 
-def _bad(option: InputOption, text: str, defs: Mapping[str, Any]) -> RunUsageError:
-    return RunUsageError(
-        f"option {option.flag}: expected {describe(option.schema, defs)}, got {text!r}",
-        option=option.flag,
-    )
+def _json(text: str) -> Any:
+    """``text`` parsed as JSON, or ``_NOTHING``."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOTHING
 
 
 def merge_json(parsed: ParsedRun, read_stdin: Callable[[], str]) -> None:
