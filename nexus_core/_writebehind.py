@@ -47,19 +47,6 @@ class WriteBehind(Generic[T]):
         #: Items whose batch failed to write.
         self.failed = 0
 
-    @property
-    def put_count(self) -> int:
-        """How many items have been put: the next item's sequence number."""
-        return self._put
-
-    @property
-    def written_count(self) -> int:
-        """How many items have been written (or given up on), in put order.
-
-        While a batch is being written, its first item's sequence number.
-        """
-        return self._written
-
     def put(self, item: T) -> None:
         """Queue ``item``; never waits."""
         self._pending.append(item)

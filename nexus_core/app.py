@@ -462,6 +462,7 @@ class Nexus:
         services = self._services()
         if record.started_at is None:
             record.started_at = time.time()
+        recorder = _Recorder(self, record, len(wf.nodes) - len(completed or ()))
         try:
             if record.status != "running" or completed is not None:
                 record.status = "running"
@@ -475,7 +476,7 @@ class Nexus:
                 wf,
                 values,
                 run_id=record.id,
-                observer=_Recorder(self, record),
+                observer=recorder,
                 control=active.control,
                 completed=completed,
                 state={Session: sess} if sess is not None else None,
@@ -485,6 +486,9 @@ class Nexus:
             # The host is stopping (or storage failed): the run stays "running"
             # with its checkpoints and is resumed, or failed, at the next start.
             # Waiters learn it is still running instead of hanging.
+            if recorder.last is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await services.storage.save_checkpoint(recorder.last[0])
             self._active.pop(record.id, None)
             active.finish(
                 RunResult(
@@ -508,7 +512,10 @@ class Nexus:
         with anyio.CancelScope(shield=True):
             if sess is not None and result.status == "completed":
                 await self.sessions_manager().save(sess)
-            await services.storage.save_run(record)
+            last = recorder.last
+            await services.storage.finish_run(record, () if last is None else (last[0],))
+            if last is not None:
+                await self.emit(last[1], run=record, data=last[2])
             await self.security.audit(
                 action="invoke",
                 outcome=result.status,
@@ -806,6 +813,8 @@ class Nexus:
                     tg.start_soon(self._expire_sessions_forever)
                     for name in channels:
                         await self._start_channel(name, tg)
+                    # Start-up's own events reach the log, not the first subscribers.
+                    await bus.flush()
                     yield self
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -964,13 +973,20 @@ async def _run_channel(channel: Any, *, task_status: anyio.abc.TaskStatus[None])
 
 
 class _Recorder:
-    """The runtime observer of host runs: checkpoint, then events, then metrics."""
+    """The runtime observer of host runs: checkpoint, then events, then metrics.
 
-    __slots__ = ("app", "record")
+    A node's checkpoint is stored before the next node starts. The run's last
+    node has no next: its checkpoint and event are kept in :attr:`last` and
+    written with the run's final record in one trip (``Storage.finish_run``).
+    """
 
-    def __init__(self, app: Nexus, record: RunRecord) -> None:
+    __slots__ = ("app", "last", "left", "record")
+
+    def __init__(self, app: Nexus, record: RunRecord, left: int) -> None:
         self.app = app
         self.record = record
+        self.left = left  # nodes of this run still to finish
+        self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
 
     async def node_started(self, run_id: str, node_id: str) -> None:
         await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
@@ -979,47 +995,44 @@ class _Recorder:
         self, run_id: str, node_id: str, result: NodeResult, output: Any
     ) -> None:
         app = self.app
+        self.left -= 1
         if result.status == "completed":
-            plain = msgspec.to_builtins(output)
-            await app._services().storage.save_checkpoint(
-                NodeCheckpoint(
-                    run_id=run_id,
-                    node_id=node_id,
-                    status="completed",
-                    output=plain,
-                    started_at=result.started_at,
-                    duration_ms=result.duration_ms,
-                    attempts=result.attempts,
-                )
+            checkpoint = NodeCheckpoint(
+                run_id=run_id,
+                node_id=node_id,
+                status="completed",
+                output=msgspec.to_builtins(output),
+                started_at=result.started_at,
+                duration_ms=result.duration_ms,
+                attempts=result.attempts,
             )
             node = app._workflows[self.record.workflow].nodes[node_id].node
             if result.duration_ms is not None:
                 app.metrics.observe_node(node.type_name, result.duration_ms / 1000)
-            await app.emit(
+            event: tuple[str, dict[str, Any]] = (
                 EventType.NODE_FINISHED,
-                run=self.record,
-                data={"node": node_id, "status": "completed", "duration_ms": result.duration_ms},
+                {"node": node_id, "status": "completed", "duration_ms": result.duration_ms},
             )
         elif result.status == "failed":
-            await app._services().storage.save_checkpoint(
-                NodeCheckpoint(
-                    run_id=run_id,
-                    node_id=node_id,
-                    status="failed",
-                    error=result.error,
-                    started_at=result.started_at,
-                    duration_ms=result.duration_ms,
-                    attempts=result.attempts,
-                )
+            checkpoint = NodeCheckpoint(
+                run_id=run_id,
+                node_id=node_id,
+                status="failed",
+                error=result.error,
+                started_at=result.started_at,
+                duration_ms=result.duration_ms,
+                attempts=result.attempts,
             )
-            await app.emit(
-                EventType.NODE_FAILED,
-                run=self.record,
-                data={"node": node_id, "error": result.error},
-            )
+            event = (EventType.NODE_FAILED, {"node": node_id, "error": result.error})
         else:
             await app.emit(
                 EventType.NODE_FINISHED,
                 run=self.record,
                 data={"node": node_id, "status": result.status},
             )
+            return
+        if self.left == 0:
+            self.last = (checkpoint, *event)  # nothing runs after it: stored with the run
+            return
+        await app._services().storage.save_checkpoint(checkpoint)
+        await app.emit(event[0], run=self.record, data=event[1])

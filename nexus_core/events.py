@@ -222,7 +222,10 @@ class EventBus(abc.ABC):
         """Subscribe to events whose type matches any of ``patterns``.
 
         The subscription is registered when this returns, so events published
-        afterwards are received. ``last_event_id`` replays the log after that
+        afterwards are received. A bus that logs behind (:meth:`run`) also
+        delivers the events published before but not yet logged: reading the
+        log after subscribing, then taking live events not already read (by
+        id), leaves no gap. ``last_event_id`` replays the log after that
         id first; ``queue_size`` and ``overflow`` override the bus defaults;
         ``filter`` further selects events (e.g. by ``run_id`` or ``tenant``).
         """
@@ -295,9 +298,6 @@ class _LocalSubscription(Subscription):
         self._resync = False
         self._last_read: str | None = None
         self._skip: set[str] = set()
-        #: Sequence number of the first event published after it subscribed
-        #: (events still queued behind the log when it subscribed are not its).
-        self._since = 0
 
     @property
     def last_event_id(self) -> str | None:
@@ -625,19 +625,9 @@ class LocalEventBus(EventBus):
             else:
                 for each in batch:
                     await log.append_event(each)
-            if self._behind.running:
-                # Written behind: a subscriber gets only what was published
-                # after it subscribed, as when publish delivered at once.
-                seq = self._behind.written_count
-                for each in batch:
-                    for sub in self._targets(each.type):
-                        if seq >= sub._since:
-                            sub._push(each)
-                    seq += 1
-            else:
-                for each in batch:
-                    for sub in self._targets(each.type):
-                        sub._push(each)
+            for each in batch:
+                for sub in self._targets(each.type):
+                    sub._push(each)
         finally:
             self._inflight = []
 
@@ -673,9 +663,6 @@ class LocalEventBus(EventBus):
         sub = _LocalSubscription(
             self, pats, _compile_patterns(pats), filter, size, policy, last_event_id
         )
-        if last_event_id is None:
-            # A replaying subscriber wants everything after its id, queued or not.
-            sub._since = self._behind.put_count
         self._subs[sub] = None
         self._by_type.clear()
         return sub

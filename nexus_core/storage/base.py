@@ -236,6 +236,19 @@ class Storage(abc.ABC):
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
         """Every recorded node of a run, by node id."""
 
+    async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
+        """Record the run's last nodes, then its final state: the host's last write of a run.
+
+        The default is :meth:`save_checkpoint` for each, then :meth:`save_run`;
+        a backend should override it to write them in one round trip (and, if it
+        can, one transaction).
+
+        .. versionadded:: 0.1
+        """
+        for checkpoint in checkpoints:
+            await self.save_checkpoint(checkpoint)
+        await self.save_run(run)
+
     # -- events ----------------------------------------------------------------
 
     @abc.abstractmethod

@@ -222,6 +222,22 @@ def _run(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def _update_run_params(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.status,
+        _encode(run.output),
+        None if run.error is None else _encode(run.error),
+        run.started_at,
+        run.finished_at,
+        run.owner,
+        run.id,
+    )
+
+
+def _checkpoint_params(checkpoint: NodeCheckpoint) -> tuple[Any, ...]:
+    return (checkpoint.run_id, checkpoint.node_id, _encode(checkpoint))
+
+
 def _audit_params(record: AuditRecord) -> tuple[Any, ...]:
     return (record.time, record.tenant, record.principal, record.workflow, _encode(record))
 
@@ -537,18 +553,13 @@ class SQLiteStorage(Storage):
 
     async def save_run(self, run: RunRecord) -> None:
         """Replace the mutable fields of a stored run; an unknown id does nothing."""
-        await self._write(
-            _UPDATE_RUN,
-            (
-                run.status,
-                _encode(run.output),
-                None if run.error is None else _encode(run.error),
-                run.started_at,
-                run.finished_at,
-                run.owner,
-                run.id,
-            ),
-        )
+        await self._write(_UPDATE_RUN, _update_run_params(run))
+
+    async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
+        """The last checkpoints and the run's final state in one trip to the writer."""
+        statements = [(_UPSERT_CHECKPOINT, _checkpoint_params(c)) for c in checkpoints]
+        statements.append((_UPDATE_RUN, _update_run_params(run)))
+        await self._write_many(statements)
 
     async def list_runs(
         self,
@@ -597,9 +608,7 @@ class SQLiteStorage(Storage):
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node (replacing an earlier record); committed on return."""
-        await self._write(
-            _UPSERT_CHECKPOINT, (checkpoint.run_id, checkpoint.node_id, _encode(checkpoint))
-        )
+        await self._write(_UPSERT_CHECKPOINT, _checkpoint_params(checkpoint))
 
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
         """Every recorded node of a run, by node id."""

@@ -455,6 +455,23 @@ class StorageContract:
         assert await storage.get_checkpoints("r1") == {"a": a, "b": retried}
         assert await storage.get_checkpoints("r2") == {"a": other}
 
+    async def test_finish_run_stores_the_last_checkpoints_and_the_run(
+        self, storage: Storage
+    ) -> None:
+        """``finish_run`` is ``save_checkpoint`` for each, then ``save_run``."""
+        run = _run("r1", status="running")
+        await storage.create_run(run)
+        first = NodeCheckpoint(run_id="r1", node_id="a", status="completed", output=1)
+        await storage.save_checkpoint(first)
+        last = NodeCheckpoint(run_id="r1", node_id="b", status="completed", output={"y": 2})
+        done = msgspec.structs.replace(run, status="completed", output={"y": 2}, finished_at=9.0)
+        await storage.finish_run(done)  # no checkpoints: just the run
+        await storage.finish_run(done, [last])
+        stored = await storage.get_run("r1")
+        assert stored is not None
+        assert (stored.status, stored.output, stored.finished_at) == ("completed", {"y": 2}, 9.0)
+        assert await storage.get_checkpoints("r1") == {"a": first, "b": last}
+
     # -- events ----------------------------------------------------------------
 
     async def test_events_replay_in_append_order(self, storage: Storage) -> None:
