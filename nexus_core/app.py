@@ -512,10 +512,9 @@ class Nexus:
         with anyio.CancelScope(shield=True):
             if sess is not None and result.status == "completed":
                 await self.sessions_manager().save(sess)
-            last = recorder.last
-            await services.storage.finish_run(record, () if last is None else (last[0],))
-            if last is not None:
-                await self.emit(last[1], run=record, data=last[2])
+            # The audit record first: queued now, it can share the run's
+            # final write; the events follow that write, so whoever hears
+            # run.completed finds the run stored.
             await self.security.audit(
                 action="invoke",
                 outcome=result.status,
@@ -526,6 +525,10 @@ class Nexus:
                 reason=result.error.message if result.error else None,
                 input_hash=record.input_hash,
             )
+            last = recorder.last
+            await services.storage.finish_run(record, () if last is None else (last[0],))
+            if last is not None:
+                await self.emit(last[1], run=record, data=last[2])
             await self.emit(
                 f"run.{result.status}",
                 run=record,

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from ..events import Event
@@ -431,6 +432,10 @@ class SQLiteStorage(Storage):
                 # Shielded: a batch handed to the thread is applied whatever
                 # happens here, and its other writers must hear the outcome.
                 with anyio.CancelScope(shield=True):
+                    # Let writers that are ready to run queue up first, so a
+                    # run's last writes (its record, its audit record) share
+                    # one trip instead of taking one each.
+                    await anyio.lowlevel.checkpoint()
                     while self._queue:
                         batch, self._queue = self._queue, []
                         batch_done, self._batch_done = self._batch_done, None
