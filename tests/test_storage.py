@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from nexus_core.storage.base import NodeCheckpoint, RunRecord, Storage
@@ -152,6 +154,60 @@ async def test_a_failing_write_fails_only_its_caller_in_a_shared_batch(db_path: 
         assert taken is not None and taken.created_at == 1.0
     finally:
         await storage.close()
+
+
+async def test_a_writer_waits_for_its_own_batch_not_for_later_ones(db_path: Path) -> None:
+    # Under a steady stream of writes a writer is answered once its own batch is
+    # applied: it never keeps applying the batches queued after it.
+    storage = SQLiteStorage(_url(db_path))
+    await storage.open()
+    applied = 0
+    apply = storage._apply
+
+    async def counting(batch: list[object]) -> None:
+        nonlocal applied
+        applied += 1
+        await apply(batch)
+
+    storage._apply = counting  # type: ignore[method-assign]
+    busy = True
+
+    in_flight = 0
+
+    async def one_write(key: str) -> None:
+        nonlocal in_flight
+        try:
+            await storage.cache_set(key, b"x")
+        finally:
+            in_flight -= 1
+
+    async def arriving_writes(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal in_flight
+        # New writers keep coming, as requests do (up to 32 at a time): some
+        # queue during every trip to the writer thread.
+        n = 0
+        while busy:
+            if in_flight < 32:
+                n += 1
+                in_flight += 1
+                tg.start_soon(one_write, f"k{n % 50}")
+            await anyio.lowlevel.checkpoint()
+
+    waited: list[int] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(arriving_writes, tg)
+            await anyio.sleep(0.01)
+            with anyio.fail_after(30):  # a writer kept flushing would never come back
+                for n in range(30):
+                    before = applied
+                    await storage.create_run(RunRecord(id=f"r{n}", workflow="w", created_at=1.0))
+                    waited.append(applied - before)
+            busy = False
+    finally:
+        await storage.close()
+    # Its own batch, after at most the one already in flight when it came.
+    assert max(waited) <= 2, waited
 
 
 async def test_reopen_keeps_data(db_path: Path) -> None:

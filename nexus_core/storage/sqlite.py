@@ -279,9 +279,8 @@ class SQLiteStorage(Storage):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock: anyio.Lock | None = None
-        self._queue: list[_Write] = []
+        self._pending: _Batch | None = None  # writes queued for the next trip
         self._flushing = False
-        self._batch_done: anyio.Event | None = None
         self._cache_sets = 0
 
     @property
@@ -418,39 +417,51 @@ class SQLiteStorage(Storage):
         if self._writer is None or self._lock is None:
             raise self._closed()
         ops = [_Write(sql, params) for sql, params in statements]
-        self._queue.extend(ops)
-        if self._flushing:
-            # One wake-up per batch, not per write: the flusher sets it once
-            # the batch these writes went into is applied.
-            batch_done = self._batch_done
-            if batch_done is None:
-                batch_done = self._batch_done = anyio.Event()
-            await batch_done.wait()
+        batch = self._pending
+        if batch is None:
+            batch = self._pending = _Batch()
+        batch.ops.extend(ops)
+        if not self._flushing:
+            await self._flush()
         else:
-            self._flushing = True
-            try:
-                # Shielded: a batch handed to the thread is applied whatever
-                # happens here, and its other writers must hear the outcome.
-                with anyio.CancelScope(shield=True):
-                    # Let writers that are ready to run queue up first, so a
-                    # run's last writes (its record, its audit record) share
-                    # one trip instead of taking one each.
-                    await anyio.lowlevel.checkpoint()
-                    while self._queue:
-                        batch, self._queue = self._queue, []
-                        batch_done, self._batch_done = self._batch_done, None
-                        try:
-                            async with self._lock:
-                                await self._apply(batch)
-                        finally:
-                            if batch_done is not None:
-                                batch_done.set()
-            finally:
-                self._flushing = False
+            await batch.wake.wait()
+            if not batch.taken and not self._flushing:
+                await self._flush()  # handed over: this writer applies its batch
+            await batch.done.wait()
         for each in ops:
             if each.error is not None:
                 raise each.error
         return [each.rowcount for each in ops]
+
+    async def _flush(self) -> None:
+        """Apply the pending batch, then hand the next one (if any) to its own writers.
+
+        The flusher applies one batch only: a writer never waits behind batches
+        queued after its own, however busy the store is. Writers who queued
+        meanwhile are woken, and the first of them to run applies theirs.
+        """
+        self._flushing = True
+        try:
+            # Shielded: a batch handed to the thread is applied whatever
+            # happens here, and its other writers must hear the outcome.
+            with anyio.CancelScope(shield=True):
+                # Let writers that are ready to run queue up first, so a run's
+                # last writes (its record, its audit record) share one trip.
+                await anyio.lowlevel.checkpoint()
+                batch, self._pending = self._pending, None
+                assert batch is not None
+                batch.taken = True
+                try:
+                    async with self._lock:
+                        await self._apply(batch.ops)
+                finally:
+                    batch.done.set()
+                    batch.wake.set()
+        finally:
+            self._flushing = False
+            following = self._pending
+            if following is not None:
+                following.wake.set()
 
     async def _apply(self, batch: list[_Write]) -> None:
         writer = self._writer
@@ -816,6 +827,18 @@ class SQLiteStorage(Storage):
         else:
             rows = await self._read(_LIST_BLOBS_RANGE, (prefix, end))
         return [row[0] for row in rows]
+
+
+class _Batch:
+    """Writes that go to the writer thread together, in one transaction."""
+
+    __slots__ = ("done", "ops", "taken", "wake")
+
+    def __init__(self) -> None:
+        self.ops: list[_Write] = []
+        self.taken = False  # a flusher has it
+        self.done = anyio.Event()  # applied: each op has its outcome
+        self.wake = anyio.Event()  # applied, or handed over to its writers to apply
 
 
 class _Write:
