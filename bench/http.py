@@ -344,43 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     (scratch / "kailash" / "kserve.py").write_text(textwrap.dedent(KAILASH_APP))
     clean_env = {"NEXUS_DISABLE_PLUGINS": "nexus-plugin-mcp"}  # HTTP only, like the others
 
+    def nexus_target(name: str, workflow: str) -> Target:
+        command = [sys.executable, "-m", "nexus_plugin_api", "app.py"]
+        return Target(
+            name=name,
+            command=[*command, "--port", "{port}", "--workers", str(args.workers)],
+            path=f"/workflows/{workflow}/runs",
+            wrap="inputs",
+            port=0,
+            cwd=scratch / name,
+            env=clean_env,
+        )
+
     targets = [
-        Target(
-            name="nexus",
-            command=[
-                sys.executable,
-                "-m",
-                "nexus_plugin_api",
-                "app.py",
-                "--port",
-                "{port}",
-                "--workers",
-                str(args.workers),
-            ],
-            path="/workflows/greet/runs",
-            wrap="inputs",
-            port=0,
-            cwd=scratch / "nexus",
-            env=clean_env,
-        ),
-        Target(
-            name="nexus-def",
-            command=[
-                sys.executable,
-                "-m",
-                "nexus_plugin_api",
-                "app.py",
-                "--port",
-                "{port}",
-                "--workers",
-                str(args.workers),
-            ],
-            path="/workflows/greet_in_thread/runs",
-            wrap="inputs",
-            port=0,
-            cwd=scratch / "nexus-def",
-            env=clean_env,
-        ),
+        nexus_target("nexus", "greet"),
+        nexus_target("nexus-def", "greet_in_thread"),
         Target(
             name="litestar",
             command=[
