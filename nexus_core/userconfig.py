@@ -35,6 +35,7 @@ __all__ = [
     "read_token",
     "token_path",
     "user_config_dir",
+    "write_private",
     "write_token",
 ]
 
@@ -121,19 +122,32 @@ def write_token(token: str, url: str | None = None) -> Path:
     if any(ch.isspace() for ch in token):
         raise ValueError("a token cannot contain whitespace")
     path = token_path(url)
+    if os.name == "posix" and path.parent.is_dir() and path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(0o700)  # the tokens folder is ours alone
+    write_private(path, token + "\n")
+    return path
+
+
+def write_private(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` readable by the user only, replacing it atomically.
+
+    Missing folders (the file's and its parent) are made with mode 0700 and the
+    file ends with mode 0600. The text goes to a temporary file in the same
+    folder, synced, then renamed over ``path``: a reader sees the old file or
+    the new one, never half of it.
+    """
+    path = Path(path)
     folder = path.parent
     for part in (folder.parent, folder):  # parents=True would use the umask's mode
         if not part.is_dir():
             part.parent.mkdir(parents=True, exist_ok=True)
             part.mkdir(mode=0o700, exist_ok=True)
-    if os.name == "posix" and folder.stat().st_mode & 0o077:
-        folder.chmod(0o700)  # the tokens folder is ours alone
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(token + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -142,7 +156,6 @@ def write_token(token: str, url: str | None = None) -> Path:
             os.unlink(tmp)
         raise
     os.chmod(path, 0o600)
-    return path
 
 
 def delete_token(url: str | None = None) -> bool:

@@ -75,22 +75,9 @@ def read_json(path: str) -> dict[str, Any]:
 
 def write_private(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically, readable by the user only (0600, folder 0700)."""
-    import tempfile
+    from nexus_core.userconfig import write_private  # not on the way to a cached --help
 
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    os.chmod(path, 0o600)
+    write_private(path, text)
 
 
 def _sessions_path() -> str:
