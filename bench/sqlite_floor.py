@@ -1,0 +1,122 @@
+"""The floor under a durable run on SQLite: its statements alone, with no server and no loop.
+
+    python bench/sqlite_floor.py [--runs N] [--batch B] [--repeat R]
+
+A one-node run stores: its record, its checkpoint and final state (one
+transaction, ``finish_run``), four events and one audit record. This executes
+exactly those statements, with the SQLite backend's own schema, pragmas and SQL,
+straight through ``sqlite3`` on one thread, ``B`` runs per transaction (the
+group commit a busy gateway gets), and prints microseconds per run. Whatever a
+served request costs on top of this is Python, HTTP and the thread hop; this
+part no server design can remove while every run is stored.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py and mcp.py: keep this folder off sys.path so they never
+# shadow the stdlib's http or the mcp package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import secrets
+import sqlite3
+import statistics
+import tempfile
+import time
+
+import anyio
+
+from nexus_core.storage import sqlite as backend
+from nexus_core.storage.base import AuditRecord, NodeCheckpoint, RunRecord
+
+
+async def make_database(path: Path) -> None:
+    """The backend's own schema, created by opening it once."""
+    storage = backend.SQLiteStorage(f"sqlite:///{path}")
+    await storage.open()
+    await storage.close()
+
+
+def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> float:
+    """Seconds per run for ``runs`` runs, ``batch`` per transaction."""
+    encode = backend._encode
+    started = time.perf_counter()
+    for _ in range(runs // batch):
+        conn.execute("BEGIN IMMEDIATE")
+        for _ in range(batch):
+            now = time.time()
+            run = RunRecord(
+                id=secrets.token_urlsafe(16),
+                workflow="greet",
+                tenant="default",
+                principal="anonymous",
+                channel="api",
+                inputs={"name": "user-12345"},
+                status="running",
+                created_at=now,
+                started_at=now,
+                input_hash="0" * 64,
+                owner="bench",
+            )
+            conn.execute(backend._INSERT_RUN, backend._run_params(run))
+            for kind in ("run.started", "node.started"):
+                conn.execute(
+                    backend._INSERT_EVENT,
+                    (secrets.token_hex(12), run.id, encode({"type": kind, "run_id": run.id})),
+                )
+            checkpoint = NodeCheckpoint(
+                run_id=run.id, node_id="greet", status="completed", output={"result": "Hello."}
+            )
+            conn.execute(backend._UPSERT_CHECKPOINT, backend._checkpoint_params(checkpoint))
+            run.status, run.output, run.finished_at = "completed", "Hello.", time.time()
+            conn.execute(backend._UPDATE_RUN, backend._update_run_params(run))
+            for kind in ("node.finished", "run.completed"):
+                conn.execute(
+                    backend._INSERT_EVENT,
+                    (secrets.token_hex(12), run.id, encode({"type": kind, "run_id": run.id})),
+                )
+            audit = AuditRecord(
+                id=secrets.token_hex(12),
+                time=now,
+                action="invoke",
+                outcome="completed",
+                tenant="default",
+                principal="anonymous",
+                channel="api",
+                workflow="greet",
+                run_id=run.id,
+            )
+            conn.execute(backend._INSERT_AUDIT, backend._audit_params(audit))
+        conn.execute("COMMIT")
+    return (time.perf_counter() - started) / (runs // batch * batch)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-sqlite-") as scratch:
+        path = Path(scratch) / "floor.db"
+        anyio.run(make_database, path)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # as the backend sets them
+        one_pass(conn, args.batch * 10, args.batch)  # warm up
+        times = [one_pass(conn, args.runs, args.batch) for _ in range(args.repeat)]
+        conn.close()
+    print(
+        f"SQLite statements of one durable one-node run (8 statements, {args.batch} runs per "
+        f"transaction): median {statistics.median(times) * 1e6:.0f} us per run "
+        f"(min {min(times) * 1e6:.0f}, max {max(times) * 1e6:.0f}; "
+        f"{args.repeat} x {args.runs} runs)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
