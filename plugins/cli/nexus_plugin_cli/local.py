@@ -141,15 +141,17 @@ class LocalBackend(Backend):
             except AuthenticationError as exc:
                 if saved is None:
                     raise
-                # One local login serves every application; another one's token (or a
-                # revoked one) must not lock this application out: go on without it.
-                log.warning(
-                    "the token saved by `nexus login` is not accepted by this application "
-                    "(%s); going on without it (log in again with: nexus login)",
-                    exc.message,
-                )
-                self._credentials = Credentials(client="cli")
-                self._principal = await app.security.authenticate(self._credentials, "cli")
+                # Never go on as someone else (anonymous) than the login says: the
+                # saved token was refused, so say so and what to do about it.
+                raise CliError(
+                    Problem(
+                        code=exc.code,
+                        message="the token saved by `nexus login` is not accepted by this "
+                        f"application: {exc.message}",
+                        hint="log in again with: nexus login (or forget the token with: "
+                        "nexus logout; or pass --token / NEXUS_TOKEN)",
+                    )
+                ) from None
         return app
 
     async def _stop_host(self) -> None:

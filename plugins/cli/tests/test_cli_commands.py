@@ -386,7 +386,9 @@ def test_login_and_logout_in_process(cli: Cli) -> None:
     assert not saved.exists()
 
 
-def test_one_local_login_does_not_lock_out_other_applications(cli: Cli, tmp_path: Path) -> None:
+def test_a_rejected_login_token_is_an_error_not_anonymous(cli: Cli, tmp_path: Path) -> None:
+    # The local login is one token for every application; one that does not accept it
+    # says so and what to do, instead of running the workflow as the anonymous caller.
     (cli.workdir / "nexus.toml").write_text(
         '[nexus.services.security]\nproviders = ["cli_token"]\n'
     )
@@ -394,12 +396,21 @@ def test_one_local_login_does_not_lock_out_other_applications(cli: Cli, tmp_path
     other = tmp_path / "other"
     other.mkdir()
     (other / "app.py").write_text((cli.workdir / "app.py").read_text())
-    elsewhere = cli(
-        "run", "greet", "--name", "B", env={"NEXUS_STORAGE": f"sqlite:///{other / 'o.db'}"}
+    elsewhere_env = {"NEXUS_STORAGE": f"sqlite:///{other / 'o.db'}"}
+    elsewhere = cli("run", "greet", "--name", "B", env=elsewhere_env)
+    assert elsewhere.returncode == 1, elsewhere.stderr
+    assert elsewhere.stdout == ""  # nothing ran
+    assert first_line(elsewhere.stderr).startswith(
+        "error: the token saved by `nexus login` is not accepted by this application"
     )
-    assert elsewhere.returncode == 0, elsewhere.stderr
-    assert json.loads(elsewhere.stdout) == "Hello, B."
-    assert "warning: the token saved by `nexus login` is not accepted" in elsewhere.stderr
+    assert "nexus login" in elsewhere.stderr and "nexus logout" in elsewhere.stderr
+    runs = cli("runs", env=elsewhere_env)
+    assert runs.returncode == 1  # the same refusal for every command, not only run
+    # What the error says to do works: after logout the application runs anonymously.
+    assert cli("logout", env=elsewhere_env).returncode == 0
+    after = cli("run", "greet", "--name", "B", env=elsewhere_env)
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == "Hello, B."
     given = cli(
         "--token", "nxc_not-this-one", "run", "greet", "--name", "B"
     )  # a token given explicitly is never dropped
