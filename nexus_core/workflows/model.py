@@ -13,11 +13,13 @@ from typing import Any
 
 import msgspec
 
-from ..errors import ValidationError
+from ..errors import FieldError, ValidationError
 from .node import Node
-from .schema import convert, decode_json, json_schema, strip_unset
+from .schema import json_schema, strip_unset, validate_inputs
 
 __all__ = ["Connection", "NodePolicy", "PlacedNode", "Workflow", "WorkflowMeta"]
+
+_decode = msgspec.json.decode
 
 
 class Connection(msgspec.Struct, frozen=True):
@@ -191,21 +193,27 @@ class Workflow:
     def validate(self, inputs: Any) -> msgspec.Struct:
         """Validate ``inputs`` (a mapping, a Struct, or JSON bytes) into the input Struct.
 
-        Raises :class:`~nexus_core.errors.ValidationError` naming the field path.
+        Strict for every caller (see :func:`~nexus_core.workflows.schema.validate_inputs`):
+        text is never read as a number or a boolean, and NaN and infinities are
+        refused. Raises :class:`~nexus_core.errors.ValidationError` naming each
+        bad field's path and the reason.
         """
-        if isinstance(inputs, self.input_type):
-            return inputs
         if isinstance(inputs, (bytes, bytearray, memoryview, str)):
-            return decode_json(
-                bytes(inputs) if not isinstance(inputs, str) else inputs, self.input_type
-            )
+            raw = bytes(inputs) if not isinstance(inputs, str) else inputs
+            try:
+                return _decode(raw, type=self.input_type)  # JSON has no NaN: strict as it is
+            except msgspec.ValidationError:
+                inputs = _decode(raw)  # well-formed but invalid: name every bad field
+            except msgspec.DecodeError as exc:
+                error = FieldError(path="", reason=f"invalid JSON: {exc}")
+                raise ValidationError([error]) from None
         if inputs is None:
             inputs = {}
-        if not isinstance(inputs, Mapping):
-            from ..errors import FieldError
-
+        elif isinstance(inputs, Mapping) and not isinstance(inputs, dict):
+            inputs = dict(inputs)
+        elif not isinstance(inputs, (dict, self.input_type)):
             raise ValidationError([FieldError(path="", reason="inputs must be an object")])
-        return convert(inputs, self.input_type)
+        return validate_inputs(inputs, self.input_type)
 
     def extract_output(self, outputs: Mapping[str, Any]) -> Any:
         """Pick the workflow's output out of the finished nodes' outputs."""

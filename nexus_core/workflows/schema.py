@@ -7,14 +7,19 @@ name the field path and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import decimal
 import enum
 import functools
 import inspect
+import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
@@ -29,6 +34,7 @@ __all__ = [
     "is_assignable",
     "json_schema",
     "strip_unset",
+    "validate_inputs",
 ]
 
 
@@ -65,12 +71,99 @@ def convert(data: Any, type_: Any, *, strict: bool = False) -> Any:
 
     Raises :class:`~nexus_core.errors.ValidationError` naming the field path
     (``"items[2].name"`` style, dotted) and the reason. ``strict=False``
-    accepts the string forms a CLI or a query string produce (``"3"`` for an int).
+    accepts the string forms a query string produces (``"3"`` for an int);
+    workflow inputs are always validated strictly (:func:`validate_inputs`).
     """
     try:
         return msgspec.convert(data, type_, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError([_field_error(exc)]) from None
+
+
+# Kept as they are by the plain-value round trip: strict conversion accepts them.
+_KEEP_TYPES = (
+    bytes,
+    bytearray,
+    memoryview,
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+)
+
+
+def validate_inputs(data: Any, struct: type[msgspec.Struct]) -> Any:
+    """Validate workflow inputs strictly into ``struct``; every channel's inputs come here.
+
+    Strict: no text is read as a number or a boolean (``"900"``, ``"9e5"``,
+    ``"Infinity"`` and ``"true"`` are refused where a number or a boolean is
+    expected), and no number may be NaN or infinite (JSON has neither, and a
+    policy cannot compare them). Structs and dataclasses inside ``data`` are
+    checked like the plain values they stand for. Raises
+    :class:`~nexus_core.errors.ValidationError` naming every bad top-level
+    field (path and reason) at once.
+    """
+    # Nested Structs are not re-checked by msgspec.convert: make them plain first
+    # (an object only an ``Any`` field can take stays as it is: convert decides).
+    with contextlib.suppress(TypeError, ValueError):
+        data = msgspec.to_builtins(data, builtin_types=_KEEP_TYPES)
+    bad = list(_non_finite(data, ""))
+    try:
+        values = msgspec.convert(data, struct, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(_every_error(data, struct, bad) or [_field_error(exc)]) from None
+    if bad:
+        raise ValidationError(bad)
+    return values
+
+
+def _non_finite(value: Any, path: str) -> Iterator[FieldError]:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield FieldError(path=path, reason=f"expected a finite number, got {value!r}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, f"{path}[{index}]")
+
+
+def _every_error(
+    data: Any, struct: type[msgspec.Struct], bad: list[FieldError]
+) -> list[FieldError]:
+    """Each top-level field checked on its own, so one answer names every bad field."""
+    if not isinstance(data, dict):
+        return []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+    flagged = {e.path.partition(".")[0].partition("[")[0] for e in bad}
+    errors: list[FieldError] = []
+    for name, field in fields.items():
+        if name not in data:
+            if field.required:
+                errors.append(FieldError(path=name, reason="missing required field"))
+            continue
+        if name in flagged:
+            errors.extend(e for e in bad if e.path.partition(".")[0].partition("[")[0] == name)
+            continue
+        try:
+            msgspec.convert(data[name], field.type, strict=True)
+        except msgspec.ValidationError as exc:
+            inner = _field_error(exc)
+            path = inner.path
+            path = (
+                f"{name}[{path[1:]}"
+                if path.startswith("[")
+                else ".".join(p for p in (name, path) if p)
+            )
+            errors.append(FieldError(path=path, reason=inner.reason))
+    if struct.__struct_config__.forbid_unknown_fields:
+        errors.extend(
+            FieldError(path=str(key), reason="unknown field") for key in data if key not in fields
+        )
+    return errors
 
 
 def decode_json(data: bytes | str, type_: Any) -> Any:
