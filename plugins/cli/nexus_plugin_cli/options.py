@@ -45,6 +45,7 @@ __all__ = [
     "merge_json",
     "options_help",
     "parse_inputs",
+    "parse_json",
     "parse_run_args",
     "split_run_args",
 ]
@@ -521,10 +522,23 @@ def _reading(option: InputOption, text: str, defs: Mapping[str, Any]) -> tuple[A
 _NOTHING = object()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (JSON numbers are finite)")
+
+
+def parse_json(text: str) -> Any:
+    """``text`` parsed as standard JSON: ``NaN`` and ``Infinity`` are refused (``ValueError``).
+
+    Python's :func:`json.loads` reads them as floats; no other channel can
+    send them (they are not JSON), so neither does the command line.
+    """
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def _json(text: str) -> Any:
-    """``text`` parsed as JSON, or ``_NOTHING``."""
+    """``text`` parsed as JSON, or ``_NOTHING`` (``Infinity`` stays text, as on the wire)."""
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError:
         return _NOTHING
 
@@ -535,7 +549,7 @@ def merge_json(parsed: ParsedRun, read_stdin: Callable[[], str]) -> None:
         return
     text = read_stdin() if parsed.json_text == "-" else parsed.json_text
     try:
-        base = json.loads(text)
+        base = parse_json(text)
     except ValueError as exc:
         where = "standard input" if parsed.json_text == "-" else "--json"
         raise RunUsageError(f"{where} is not valid JSON: {exc}", option="--json") from None

@@ -141,6 +141,32 @@ def test_values_of_the_wrong_type_are_left_to_the_core() -> None:
     assert parse(schema, "--ids", '[1, "a"]') == {"ids": [1, "a"]}
 
 
+@pytest.mark.parametrize("text", ["Infinity", "-Infinity", "NaN"])
+def test_option_text_becomes_the_typed_value_and_non_json_numbers_stay_text(text: str) -> None:
+    # The core validates strictly (text is never a number): the command line turns option
+    # text into the value the schema asks for, as JSON reads it, and nothing else. Python
+    # reads Infinity and NaN as floats, JSON does not: they stay text for the core to refuse
+    # naming the field, as it does for "Infinity" sent by any other channel.
+    schema = schema_of(("amount", float), ("count", int, 1), ("ok", bool, False))
+    assert parse(schema, "--amount", "900", "--count", "3", "--ok=true") == {
+        "amount": 900,
+        "count": 3,
+        "ok": True,
+    }
+    assert parse(schema, "--amount", "9e5") == {"amount": 900000.0}
+    assert parse(schema, "--amount", text, "--count", text) == {"amount": text, "count": text}
+
+
+def test_json_inputs_are_sent_as_they_are() -> None:
+    # --json is JSON: a number written as text stays text (the core refuses it for a number
+    # field), and Infinity / NaN, which JSON has not, are a usage error here.
+    schema = schema_of(("amount", float))
+    assert parse(schema, "--json", '{"amount": "900"}') == {"amount": "900"}
+    for bad in ('{"amount": Infinity}', '{"amount": NaN}', '{"amount": -Infinity}'):
+        with pytest.raises(RunUsageError, match="--json is not valid JSON"):
+            parse(schema, "--json", bad)
+
+
 def test_json_merges_under_options() -> None:
     schema = schema_of(("name", str), ("count", int, 1))
     assert parse(schema, "--json", '{"name": "a", "count": 2}', "--count", "5") == {
@@ -240,3 +266,12 @@ def test_generated_options_parse_back_to_the_same_inputs(
     assert parsed.inputs == inputs
     # And the core accepts exactly those inputs.
     assert msgspec.convert(parsed.inputs, struct) == msgspec.convert(inputs, struct)
+
+
+def test_batch_lines_are_standard_json() -> None:
+    from nexus_plugin_cli.commands.batch import read_lines
+
+    lines = '{"workflow": "w", "inputs": {"amount": Infinity}}\n{"workflow": "w"}\n'
+    (first, second) = list(read_lines(lines))
+    assert first[0] == 1 and isinstance(first[1], str) and first[1].startswith("invalid JSON")
+    assert second[0] == 2 and isinstance(second[1], dict)

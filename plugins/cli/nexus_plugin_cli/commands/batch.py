@@ -15,7 +15,6 @@ was invalid, else 0.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from .. import context, state
 from ..backends import Backend, open_backend
 from ..context import Globals
 from ..errors import FAILURE, OK, problem_from, usage_error
+from ..options import parse_json
 from ..output import Console, dumps
 from ..render import run_problem
 
@@ -87,7 +87,7 @@ def read_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         if not line or line.startswith("#"):
             continue
         try:
-            item = json.loads(line)
+            item = parse_json(line)
         except ValueError as exc:
             yield number, f"invalid JSON: {exc}"
             continue
