@@ -333,7 +333,10 @@ class SecurityConfig(ConfigStruct, kw_only=True):
     ``runs:read``, ``admin``...); ``default_roles`` are given to every
     authenticated principal; ``policies`` are the ABAC rules. ``trusted_proxies``
     (addresses or CIDR networks) may set the client address through
-    ``X-Forwarded-For``. See docs/how-to/secure-a-deployment.md.
+    ``X-Forwarded-For``. ``recheck_interval`` (seconds) is how often a
+    long-lived connection (WebSocket, SSE, MCP session) re-checks that its
+    credential still authenticates, so a revoked key closes it within that
+    time. See docs/how-to/secure-a-deployment.md.
     """
 
     strategy: Literal["rbac", "abac", "hybrid"] = "rbac"
@@ -351,6 +354,7 @@ class SecurityConfig(ConfigStruct, kw_only=True):
     rate_limits: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     input_limits: InputLimitsConfig = msgspec.field(default_factory=InputLimitsConfig)
     trusted_proxies: list[str] = []
+    recheck_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
 class MonitoringConfig(ConfigStruct, kw_only=True):

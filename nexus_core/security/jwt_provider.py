@@ -12,6 +12,7 @@ when configured (a token with an ``aud`` is refused when no audience is set).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -345,7 +346,15 @@ class JWTProvider:
             scopes=scopes,
             attributes={k: v for k, v in claims.items() if k not in taken},
             provider=self.name,
+            expires_at=_expiry(claims.get("exp")),
         )
+
+
+def _expiry(value: Any) -> float | None:
+    """The ``exp`` claim as seconds since the epoch (PyJWT has checked it is a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _strings(value: Any, claim: str) -> tuple[str, ...]:

@@ -280,6 +280,58 @@ class SecurityLayer:
                 )
             raise
 
+    async def until_invalid(
+        self, credentials: Credentials | None, channel: str, principal: Principal
+    ) -> str:
+        """Return once ``credentials`` no longer authenticate as ``principal``; the reason.
+
+        Channels run this beside a long-lived connection (WebSocket, SSE
+        stream, MCP session) in a task group and close the connection with the
+        returned reason. It wakes at ``principal.expires_at`` (the credential
+        expired: returns at once, whatever leeway authentication allows) and
+        every ``recheck_interval`` seconds to authenticate the credentials
+        again, so a revoked API key or CLI token ends the connection within
+        that interval. A successful recheck writes no audit record; the end
+        writes one. For an anonymous principal, or with authentication off, it
+        never returns (cancel it with the connection).
+        """
+        self.configure()
+        if principal.anonymous or not self.auth_required:
+            await anyio.sleep_forever()
+        interval = self.config.recheck_interval
+        expires = principal.expires_at
+        while True:
+            now = self.clock()
+            if expires is not None and now >= expires:
+                reason = "the credential expired"
+                break
+            await anyio.sleep(interval if expires is None else min(interval, expires - now))
+            if expires is not None and self.clock() >= expires:
+                continue
+            try:
+                current = await self.authenticate(credentials, channel)
+            except AuthenticationError as exc:
+                reason = exc.message
+                break
+            except Exception:  # storage or JWKS trouble: keep the connection, try again later
+                log.warning("re-checking the credentials of %r failed", principal.id, exc_info=True)
+                continue
+            if _identity(current) != _identity(principal):
+                reason = f"the credential no longer authenticates as {principal.id!r}"
+                break
+            if current.expires_at is not None:  # a key rotated meanwhile: revoked after a grace
+                expires = (
+                    current.expires_at if expires is None else min(expires, current.expires_at)
+                )
+        await self.audit(
+            action="authenticate",
+            outcome=AuthenticationError.code,
+            principal=principal,
+            channel=channel,
+            reason=f"connection closed: {reason}",
+        )
+        return reason
+
     # -- authorization ---------------------------------------------------------------------
 
     def decide(self, principal: Principal, action: str, **context: Any) -> Decision:
@@ -751,6 +803,10 @@ class SecurityLayer:
             if (r.revoked_at is None or r.revoked_at > now)
             and (r.expires_at is None or r.expires_at > now)
         ]
+
+
+def _identity(principal: Principal) -> tuple[Any, ...]:
+    return (principal.id, principal.tenant, principal.roles, principal.scopes, principal.provider)
 
 
 def _with_provider(principal: Principal, name: str) -> Principal:

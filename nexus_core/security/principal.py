@@ -27,7 +27,10 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     ``roles`` grant permissions (RBAC); ``scopes``, when not empty, narrow what
     the credential may do to the matching actions whatever the roles say;
     ``attributes`` feed ABAC conditions (``principal.<name>``). ``provider``
-    names the auth provider that vouched for it.
+    names the auth provider that vouched for it. ``expires_at`` (seconds since
+    the epoch) is when the credential that proved it stops being valid, when
+    the provider knows (a JWT's ``exp``, a stored token's expiry); a
+    long-lived connection ends then (see ``SecurityLayer.until_invalid``).
     """
 
     id: str
@@ -37,6 +40,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     attributes: dict[str, Any] = {}
     provider: str | None = None
     anonymous: bool = False
+    expires_at: float | None = None
 
 
 #: The caller without credentials while authentication is off (the development default).

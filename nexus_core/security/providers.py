@@ -76,7 +76,8 @@ class StoredTokenProvider:
 
 
 def principal_of(record: CredentialRecord, provider: str) -> Principal:
-    """The principal a stored credential stands for."""
+    """The principal a stored credential stands for, valid until its expiry or set revocation."""
+    ends = [t for t in (record.expires_at, record.revoked_at) if t is not None]
     return Principal(
         id=record.principal,
         tenant=record.tenant,
@@ -84,6 +85,7 @@ def principal_of(record: CredentialRecord, provider: str) -> Principal:
         scopes=tuple(record.scopes),
         attributes=dict(record.attributes),
         provider=provider,
+        expires_at=min(ends) if ends else None,
     )
 
 
