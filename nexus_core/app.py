@@ -334,35 +334,89 @@ class Nexus:
         wait: bool = True,
         principal: Principal | None = None,
     ) -> RunResult:
-        """The one request path every channel takes.
+        """The one request path every channel takes: a channel hands over what it received.
 
-        authenticate -> session -> authorize -> rate limit -> validate -> run ->
-        audit -> events -> metrics. With ``wait=False`` the run id comes back at
-        once (status ``running``) and the run goes on in the host; read it later
-        with :meth:`get_run`. The same ``idempotency_key`` returns the same run
-        and never executes twice; reusing it with other inputs is an
-        :class:`~nexus_core.errors.IdempotencyConflict`.
+        authenticate ``credentials`` -> input limits -> strict validation ->
+        authorize on the validated values (RBAC + ABAC: a policy sees exactly
+        the plain values the workflow will receive) -> rate limit -> session
+        -> run -> audit -> events -> metrics. With ``wait=False`` the run id
+        comes back at once (status ``running``) and the run goes on in the
+        host; read it later with :meth:`get_run`.
+
+        ``idempotency_key`` is the caller's own: keys are scoped to the tenant
+        and the principal. The same principal with the same key gets the same
+        run, which never executes twice; reusing the key with other inputs is
+        an :class:`~nexus_core.errors.IdempotencyConflict`. Another principal's
+        equal key is simply a different key: its own new run.
 
         Raises the :class:`~nexus_core.errors.NexusError` subclass a channel
-        renders: ``AuthenticationError``, ``PermissionDenied``, ``RateLimited``,
-        ``ValidationError``, ``WorkflowNotFound``, ``SessionNotFound``...
-        A workflow that fails is not an exception: the result says ``failed``.
+        renders: ``AuthenticationError``, ``InputLimitExceeded``,
+        ``ValidationError``, ``PermissionDenied``, ``RateLimited``,
+        ``WorkflowNotFound``, ``SessionNotFound``... A workflow that fails is
+        not an exception: the result says ``failed``.
+
+        ``principal`` is deprecated and goes away: trusted in-process code that
+        already knows who it acts for calls :meth:`invoke_as`.
         """
+        return await self._invoke(
+            workflow, inputs, credentials, principal, channel, session, idempotency_key, wait
+        )
+
+    async def invoke_as(
+        self,
+        principal: Principal,
+        workflow: str,
+        inputs: Any = None,
+        *,
+        channel: str = "python",
+        client: str | None = None,
+        session: str | None = None,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+    ) -> RunResult:
+        """Run ``workflow`` as ``principal``, skipping only authentication: trusted code only.
+
+        For in-process code that already knows who it acts for (a scheduler, an
+        embedded application with its own login, a test). Everything else is
+        :meth:`invoke`'s path: input limits, strict validation, authorization
+        on the validated values, rate limits (``client`` is the caller's
+        address for per-client limits), the session, audit, events and
+        metrics. Channels never call this: they hand the credentials they
+        received to :meth:`invoke`, and the host authenticates them.
+        """
+        credentials = Credentials(client=client) if client is not None else None
+        return await self._invoke(
+            workflow, inputs, credentials, principal, channel, session, idempotency_key, wait
+        )
+
+    async def _invoke(
+        self,
+        workflow: str,
+        inputs: Any,
+        credentials: Credentials | None,
+        principal: Principal | None,
+        channel: str,
+        session: str | None,
+        idempotency_key: str | None,
+        wait: bool,
+    ) -> RunResult:
         services = self._services()
         started = time.perf_counter()
         who = principal or ANONYMOUS
+        security = self.security
         try:
             if principal is None:
-                who = await self.security.authenticate(credentials, channel)
+                who = await security.authenticate(credentials, channel)
             wf = self.get_workflow(workflow)
-            await self.security.authorize(
-                who, f"workflow:{wf.name}:execute", workflow=wf, channel=channel, inputs=inputs
-            )
-            sess = await self._session_for(session, channel, who, wf)
-            await self.security.rate_limit(who, channel, wf.name, credentials)
-            self.security.check_input_limits(inputs)
+            security.check_input_limits(inputs)
             values = wf.validate(inputs)
+            # What the workflow receives, as plain values: decided on, stored and hashed.
             plain = msgspec.to_builtins(values)
+            await security.authorize(
+                who, f"workflow:{wf.name}:execute", workflow=wf, channel=channel, inputs=plain
+            )
+            await security.rate_limit(who, channel, wf.name, credentials)
+            sess = await self._session_for(session, channel, who, wf)
             digest = hash_inputs(plain)
             record = RunRecord(
                 id=new_run_id(),
@@ -378,6 +432,7 @@ class Nexus:
                 input_hash=digest,
                 owner=self.instance_id,
             )
+            # The key is scoped to (tenant, principal): only the caller's own run comes back.
             record, created = await services.storage.create_run(record)
             if not created and (record.workflow != wf.name or record.input_hash != digest):
                 raise IdempotencyConflict(
@@ -386,7 +441,7 @@ class Nexus:
         except NexusError as exc:
             # Every refused invocation is audited too: N invocations, N records.
             self._count_failure(exc, who, channel, workflow, started)
-            await self.security.audit(
+            await security.audit(
                 action="invoke",
                 outcome=exc.code,
                 principal=who,
