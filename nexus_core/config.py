@@ -265,8 +265,9 @@ class PolicyCondition(ConfigStruct, kw_only=True):
     ``principal.<name>`` (an attribute of the principal, dotted for nesting),
     ``channel``, ``tenant``, ``action``, ``workflow``, ``workflow.tags``,
     ``input.<field>`` (dotted), ``time.hour|minute|weekday`` (weekday 0 =
-    Monday, in ``security.timezone``). A missing attribute makes the condition
-    false (``exists`` tests presence).
+    Monday, in ``security.timezone``). A condition on a missing attribute (or
+    a value it cannot compare) fails closed; see :attr:`PolicyRule.if_missing`
+    (``exists`` tests presence).
     """
 
     attribute: str
@@ -277,12 +278,20 @@ class PolicyCondition(ConfigStruct, kw_only=True):
 
 
 class PolicyRule(ConfigStruct, kw_only=True):
-    """An ABAC rule: ``effect`` applies to ``actions`` (fnmatch patterns) if its conditions hold."""
+    """An ABAC rule: ``effect`` applies to ``actions`` (fnmatch patterns) if its conditions hold.
+
+    ``if_missing`` is what a condition on an attribute the principal or the
+    inputs lack (or on a value it cannot compare, such as ``"900"`` against
+    ``gt 500``) decides: ``"deny"`` (the default, fail closed) makes a deny
+    rule apply and an allow rule not; ``"allow"`` makes a deny rule not apply
+    and an allow rule count the condition as met.
+    """
 
     effect: Literal["allow", "deny"]
     actions: list[str] = msgspec.field(default_factory=lambda: ["*"])
     conditions: list[PolicyCondition] = []
     description: str = ""
+    if_missing: Literal["deny", "allow"] = "deny"
 
 
 class RateLimitRule(ConfigStruct, kw_only=True):

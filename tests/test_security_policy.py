@@ -49,6 +49,7 @@ CONDITIONS: list[dict[str, Any]] = [
     {"attribute": "input.amount", "op": "le", "value": 100},
     {"attribute": "input.region", "op": "in", "value": ["eu", "us"]},
     {"attribute": "input.name", "op": "eq", "value": "root"},
+    {"attribute": "input.amount", "op": "ge", "value": "100"},  # never comparable: fails closed
     {"attribute": "time.hour", "op": "lt", "value": 12},
     {"attribute": "time.weekday", "op": "in", "value": [5, 6]},
 ]
@@ -66,35 +67,42 @@ INPUTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
 # -- the reference model: the documented rules, written as plainly as possible ---------------------
 
 
-def _attribute(name: str, request: dict[str, Any]) -> tuple[bool, Any]:
+MISSING = object()  # the principal or the inputs lack it, or it cannot be compared
+UNKNOWN = object()  # the request does not supply it at all (no inputs when listing)
+
+
+def _attribute(name: str, request: dict[str, Any]) -> Any:
     p: Principal = request["principal"]
     if name == "principal.id":
-        return True, p.id
+        return p.id
     if name == "principal.roles":
-        return True, list(p.roles)
+        return list(p.roles)
     if name.startswith("principal."):
-        key = name.split(".", 1)[1]
-        return (key in p.attributes), p.attributes.get(key)
+        return p.attributes.get(name.split(".", 1)[1], MISSING)
     if name == "channel":
-        return True, request["channel"]
+        return request["channel"]
     if name == "tenant":
-        return True, p.tenant
+        return p.tenant
     if name == "workflow":
-        return True, request["workflow"]
+        return request["workflow"]
     if name.startswith("input."):
-        key = name.split(".", 1)[1]
-        return (key in request["inputs"]), request["inputs"].get(key)
+        if request["inputs"] is None:
+            return UNKNOWN
+        return request["inputs"].get(name.split(".", 1)[1], MISSING)
     now: dt.datetime = request["now"]
-    return True, {"time.hour": now.hour, "time.weekday": now.weekday()}[name]
+    return {"time.hour": now.hour, "time.weekday": now.weekday()}[name]
 
 
-def _holds(condition: dict[str, Any], request: dict[str, Any]) -> bool:
-    present, value = _attribute(condition["attribute"], request)
+def _holds(condition: dict[str, Any], request: dict[str, Any]) -> Any:
+    """True, False, MISSING or UNKNOWN."""
+    value = _attribute(condition["attribute"], request)
     op, want = condition["op"], condition["value"]
+    if value is UNKNOWN:
+        return UNKNOWN
     if op == "exists":
-        return present == want
-    if not present:
-        return False
+        return (value is not MISSING) == want
+    if value is MISSING:
+        return MISSING
     if op == "eq":
         return value == want
     if op == "ne":
@@ -106,8 +114,22 @@ def _holds(condition: dict[str, Any], request: dict[str, Any]) -> bool:
         return want in value
     if op == "matches":
         return fnmatch.fnmatchcase(value, want)
+    if isinstance(value, str) != isinstance(want, str):
+        return MISSING  # "900" is not ordered against 500, nor 900 against "500"
     comparisons = {"lt": value < want, "le": value <= want, "gt": value > want, "ge": value >= want}
     return comparisons[op]
+
+
+def _applies(rule: dict[str, Any], request: dict[str, Any]) -> bool:
+    """Every condition holds; a missing one counts as holding iff effect == if_missing."""
+    for condition in rule["conditions"]:
+        outcome = _holds(condition, request)
+        if outcome is True:
+            continue
+        if outcome is MISSING and rule["effect"] == rule.get("if_missing", "deny"):
+            continue
+        return False
+    return True
 
 
 def reference(config: dict[str, Any], request: dict[str, Any]) -> bool:
@@ -124,8 +146,7 @@ def reference(config: dict[str, Any], request: dict[str, Any]) -> bool:
     matching = [
         rule
         for rule in config.get("policies", [])
-        if any(fnmatch.fnmatchcase(action, a) for a in rule["actions"])
-        and all(_holds(c, request) for c in rule["conditions"])
+        if any(fnmatch.fnmatchcase(action, a) for a in rule["actions"]) and _applies(rule, request)
     ]
     allow = any(r["effect"] == "allow" for r in matching)
     deny = any(r["effect"] == "deny" for r in matching)
@@ -144,7 +165,8 @@ rules = st.fixed_dictionaries(
         "effect": st.sampled_from(["allow", "deny"]),
         "actions": st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2),
         "conditions": st.lists(st.sampled_from(CONDITIONS), max_size=3),
-    }
+    },
+    optional={"if_missing": st.sampled_from(["deny", "allow"])},
 )
 role_tables = st.dictionaries(
     st.sampled_from(ROLE_NAMES), st.lists(st.sampled_from(PERMISSIONS), max_size=3), max_size=4
@@ -211,10 +233,10 @@ async def test_decisions_agree_with_the_reference_model(
             expected = reference(config, request)
             event(f"{config['strategy']}: {'allowed' if expected else 'denied'}")
             try:
-                result = await app.invoke(
+                result = await app.invoke_as(
+                    request["principal"],
                     request["workflow"],
                     request["inputs"],
-                    principal=request["principal"],
                     channel=request["channel"],
                 )
             except PermissionDenied:
@@ -238,7 +260,7 @@ async def test_visible_workflows_are_those_it_may_execute(
         app.security.clock = request["now"].timestamp
         who, channel = request["principal"], request["channel"]
         visible = [wf.name for wf in await app.visible_workflows(who, channel=channel)]
-        no_inputs = {**request, "inputs": {}}
+        no_inputs = {**request, "inputs": None}  # listing: conditions on inputs are unknown
         expected = sorted(
             name for name in app.workflows if reference(config, {**no_inputs, "workflow": name})
         )
@@ -292,15 +314,15 @@ async def test_hybrid_deny_overrides_roles_and_input_conditions() -> None:
         op = Principal(id="op", roles=("operator",), attributes={"clearance": "low"})
         boss = Principal(id="boss", roles=("operator",), attributes={"clearance": "high"})
         guest = Principal(id="guest")
-        assert (await app.invoke("report", {"amount": 10}, principal=op)).status == "completed"
+        assert (await app.invoke_as(op, "report", {"amount": 10})).status == "completed"
         with pytest.raises(PermissionDenied, match="a policy denies 'op'"):
-            await app.invoke("report", {"amount": 5000}, principal=op)
+            await app.invoke_as(op, "report", {"amount": 5000})
         with pytest.raises(PermissionDenied):  # raw JSON bytes are read for conditions too
-            await app.invoke("report", b'{"amount": 5000}', principal=op)
-        assert (await app.invoke("report", {"amount": 5000}, principal=boss)).status == "completed"
-        assert (await app.invoke("greet", {}, principal=guest, channel="cli")).status == "completed"
+            await app.invoke_as(op, "report", b'{"amount": 5000}')
+        assert (await app.invoke_as(boss, "report", {"amount": 5000})).status == "completed"
+        assert (await app.invoke_as(guest, "greet", {}, channel="cli")).status == "completed"
         with pytest.raises(PermissionDenied):
-            await app.invoke("greet", {}, principal=guest, channel="api")
+            await app.invoke_as(guest, "greet", {}, channel="api")
 
 
 async def test_time_conditions_use_the_configured_time_zone() -> None:
@@ -326,13 +348,13 @@ async def test_time_conditions_use_the_configured_time_zone() -> None:
         who = Principal(id="worker")
         tokyo = dt.timezone(dt.timedelta(hours=9))
         app.security.clock = dt.datetime(2025, 3, 4, 10, 0, tzinfo=tokyo).timestamp  # Tuesday
-        assert (await app.invoke("greet", {}, principal=who)).status == "completed"
+        assert (await app.invoke_as(who, "greet", {})).status == "completed"
         app.security.clock = dt.datetime(2025, 3, 4, 20, 0, tzinfo=tokyo).timestamp
         with pytest.raises(PermissionDenied):
-            await app.invoke("greet", {}, principal=who)
+            await app.invoke_as(who, "greet", {})
         app.security.clock = dt.datetime(2025, 3, 8, 10, 0, tzinfo=tokyo).timestamp  # Saturday
         with pytest.raises(PermissionDenied):
-            await app.invoke("greet", {}, principal=who)
+            await app.invoke_as(who, "greet", {})
 
 
 async def test_decide_explains_without_running_anything() -> None:
@@ -349,3 +371,72 @@ async def test_decide_explains_without_running_anything() -> None:
             Principal(id="x", roles=("admin",), tenant="a"), "runs:read", tenant="b"
         )
         assert not other.allowed and "another tenant" in other.reason
+
+
+# -- missing attributes fail closed ------------------------------------------------------------
+
+BIG_REPORTS = {
+    "description": "big reports need a lead",
+    "effect": "deny",
+    "actions": ["workflow:report:execute"],
+    "conditions": [
+        {"attribute": "input.amount", "op": "gt", "value": 500},
+        {"attribute": "principal.level", "op": "ne", "value": "lead"},
+    ],
+}
+
+
+async def test_a_deny_rule_on_an_attribute_the_principal_lacks_fails_closed() -> None:
+    app = make_app(security=secured(strategy="hybrid", policies=[BIG_REPORTS]))
+    async with app:
+        nobody = Principal(id="nolevel", roles=("operator",))  # no 'level' attribute at all
+        agent = Principal(id="agent", roles=("operator",), attributes={"level": "agent"})
+        lead = Principal(id="lead", roles=("operator",), attributes={"level": "lead"})
+        for who in (nobody, agent):
+            with pytest.raises(PermissionDenied, match="a policy denies"):
+                await app.invoke_as(who, "report", {"amount": 900})
+            assert (await app.invoke_as(who, "report", {"amount": 20})).status == "completed"
+        assert (await app.invoke_as(lead, "report", {"amount": 900})).status == "completed"
+        # Listing cannot know the inputs: the workflow stays visible to all three.
+        for who in (nobody, agent, lead):
+            assert "report" in [wf.name for wf in await app.visible_workflows(who)]
+        # Asked directly with raw text, the rule cannot compare "900" with 500: it denies.
+        decision = app.security.decide(lead, "workflow:report:execute", inputs={"amount": "9e5"})
+        assert decision.allowed  # a lead: the second condition does not hold
+        decision = app.security.decide(agent, "workflow:report:execute", inputs={"amount": "9e5"})
+        assert not decision.allowed
+        nan = app.security.decide(agent, "workflow:report:execute", inputs={"amount": float("nan")})
+        assert not nan.allowed
+
+
+async def test_if_missing_allow_lets_a_rule_say_otherwise() -> None:
+    lenient = {**BIG_REPORTS, "if_missing": "allow"}
+    welcome = {
+        "effect": "allow",
+        "actions": ["workflow:greet:execute"],
+        "conditions": [{"attribute": "principal.status", "op": "ne", "value": "suspended"}],
+    }
+    app = make_app(security=secured(strategy="hybrid", policies=[lenient, welcome]))
+    async with app:
+        nobody = Principal(id="nolevel", roles=("operator",))
+        assert (await app.invoke_as(nobody, "report", {"amount": 900})).status == "completed"
+        # An allow rule fails closed by default: 'status' missing grants nothing...
+        guest = Principal(id="guest")
+        with pytest.raises(PermissionDenied):
+            await app.invoke_as(guest, "greet", {})
+    app = make_app(
+        security=secured(strategy="hybrid", policies=[{**welcome, "if_missing": "allow"}])
+    )
+    async with app:
+        # ...unless it says a missing status counts as not suspended.
+        assert (await app.invoke_as(guest, "greet", {})).status == "completed"
+        suspended = Principal(id="s", attributes={"status": "suspended"})
+        with pytest.raises(PermissionDenied):
+            await app.invoke_as(suspended, "greet", {})
+
+
+def test_if_missing_is_checked_in_the_configuration() -> None:
+    from nexus_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="if_missing"):
+        make_app(security=secured(strategy="hybrid", policies=[{**BIG_REPORTS, "if_missing": "x"}]))

@@ -16,14 +16,21 @@ Decisions, once enforcement is on (authentication on):
    ``deny`` rule matches.
 
 A rule matches when one of its action patterns matches and every condition
-holds; a condition on an attribute that is missing (or of an incomparable
-type) does not hold.
+holds. A condition on an attribute the principal or the inputs lack, or whose
+value cannot be compared (``"900"`` with ``gt 500``, NaN, a boolean ordered),
+fails closed: a ``deny`` rule counts it as holding and an ``allow`` rule as
+not holding. A rule with ``if_missing = "allow"`` says otherwise: its ``deny``
+does not apply and its ``allow`` counts the condition as holding. What the
+request does not supply at all (no inputs yet, when listing the workflows a
+caller may run; no channel) is unknown, and a condition on it does not hold
+for either effect. ``exists`` tests presence and is never missing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import math
 import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,10 +41,29 @@ import msgspec
 from ..config import ConfigError, PolicyCondition, PolicyRule
 from .principal import Principal
 
-__all__ = ["AccessPolicy", "Decision", "RequestContext", "condition_holds", "resolve_attribute"]
+__all__ = [
+    "AccessPolicy",
+    "Decision",
+    "RequestContext",
+    "condition_holds",
+    "resolve_attribute",
+    "rule_applies",
+]
 
 _KEY = "nexus.services.security"
 _MISSING: Any = msgspec.UNSET
+
+
+class _Unknown:
+    """Not supplied by the request at all (no inputs, no channel): neither present nor missing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+_UNKNOWN: Any = _Unknown()
 _PRINCIPAL_FIELDS = frozenset({"id", "tenant", "roles", "scopes", "provider", "anonymous"})
 _WORKFLOW_FIELDS = frozenset({"name", "title", "tags", "read_only", "destructive", "idempotent"})
 _TIME_FIELDS = frozenset({"hour", "minute", "weekday", "date"})
@@ -75,6 +101,11 @@ class RequestContext:
         self._inputs = inputs
         self._parsed: Any = None
 
+    @property
+    def supplied_inputs(self) -> Any:
+        """The inputs as given (``msgspec.UNSET`` when the request has none yet)."""
+        return self._inputs
+
     def inputs(self) -> Any:
         """The inputs as builtins (``_MISSING`` when absent or undecodable)."""
         if self._parsed is None:
@@ -109,7 +140,13 @@ def _follow(value: Any, path: Sequence[str]) -> Any:
 
 
 def resolve_attribute(name: str, ctx: RequestContext) -> Any:
-    """The value of attribute ``name`` in ``ctx`` (``msgspec.UNSET`` when missing)."""
+    """The value of attribute ``name`` in ``ctx`` (``msgspec.UNSET`` when missing or unknown)."""
+    value = _resolve(name, ctx)
+    return _MISSING if value is _UNKNOWN else value
+
+
+def _resolve(name: str, ctx: RequestContext) -> Any:
+    """The value, ``_MISSING`` (the source lacks it) or ``_UNKNOWN`` (no source given)."""
     root, _, rest = name.partition(".")
     principal = ctx.principal
     if root == "principal":
@@ -119,19 +156,21 @@ def resolve_attribute(name: str, ctx: RequestContext) -> Any:
         return _follow(principal.attributes, rest.split("."))
     if root in _PLAIN_ROOTS and not rest:
         if root == "channel":
-            return ctx.channel if ctx.channel is not None else _MISSING
+            return ctx.channel if ctx.channel is not None else _UNKNOWN
         return principal.tenant if root == "tenant" else ctx.action
     if root == "workflow":
         wf = ctx.workflow
         if wf is None:
-            return _MISSING
+            return _UNKNOWN
         if isinstance(wf, str):
-            return wf if rest in ("", "name") else _MISSING
+            return wf if rest in ("", "name") else _UNKNOWN
         if rest in ("", "name"):
             return wf.name
         value = getattr(wf.meta, rest, _MISSING)
         return list(value) if isinstance(value, tuple) else value
     if root == "input":
+        if ctx.supplied_inputs is _MISSING or ctx.supplied_inputs is None:
+            return _UNKNOWN
         return _follow(ctx.inputs(), rest.split("."))
     if root == "time":
         now = ctx.now
@@ -144,13 +183,23 @@ def resolve_attribute(name: str, ctx: RequestContext) -> Any:
 
 
 def condition_holds(condition: PolicyCondition, ctx: RequestContext) -> bool:
-    """Whether one condition holds in ``ctx``."""
-    value = resolve_attribute(condition.attribute, ctx)
+    """Whether one condition holds in ``ctx``: a missing, unknown or incomparable value does not.
+
+    Rules apply fail-closed semantics on top of this (see the module docstring).
+    """
+    return _evaluate(condition, ctx) is True
+
+
+def _evaluate(condition: PolicyCondition, ctx: RequestContext) -> Any:
+    """True, False, ``_MISSING`` (missing or incomparable) or ``_UNKNOWN``."""
+    value = _resolve(condition.attribute, ctx)
     op, want = condition.op, condition.value
+    if value is _UNKNOWN:
+        return _UNKNOWN
     if op == "exists":
         return (value is not _MISSING) == (True if want is None else bool(want))
-    if value is _MISSING:
-        return False
+    if value is _MISSING or _is_nan(value):
+        return _MISSING
     try:
         if op == "eq":
             return bool(value == want)
@@ -161,12 +210,19 @@ def condition_holds(condition: PolicyCondition, ctx: RequestContext) -> bool:
             hit = any(item in want for item in value) if many else value in want
             return hit if op == "in" else not hit
         if op == "contains":
+            if not isinstance(value, (str, list, dict)):
+                return _MISSING
             return bool(want in value)
         if op == "matches":
-            items = value if isinstance(value, list) else [value]
-            return any(isinstance(i, str) and fnmatch.fnmatchcase(i, want) for i in items)
-        if isinstance(value, bool) or isinstance(want, bool):
-            return False  # no ordering of booleans
+            if isinstance(value, list):
+                return any(isinstance(i, str) and fnmatch.fnmatchcase(i, want) for i in value)
+            if not isinstance(value, str):
+                return _MISSING
+            return fnmatch.fnmatchcase(value, want)
+        if isinstance(value, bool) or isinstance(want, bool) or _is_nan(want):
+            return _MISSING  # no ordering of booleans or NaN
+        if isinstance(value, str) != isinstance(want, str):
+            return _MISSING  # "900" is not ordered against 500
         if op == "lt":
             return bool(value < want)
         if op == "le":
@@ -176,8 +232,29 @@ def condition_holds(condition: PolicyCondition, ctx: RequestContext) -> bool:
         if op == "ge":
             return bool(value >= want)
     except TypeError:
-        return False
+        return _MISSING
     return False  # pragma: no cover - ops are a closed Literal
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def rule_applies(rule: PolicyRule, ctx: RequestContext) -> bool:
+    """Whether every condition of ``rule`` holds, failing closed on missing attributes.
+
+    A condition on a missing or incomparable attribute counts as holding when
+    ``rule.effect == rule.if_missing`` (a ``deny`` rule, by default) and as not
+    holding otherwise; on an unknown one (not supplied) it never holds.
+    """
+    for condition in rule.conditions:
+        outcome = _evaluate(condition, ctx)
+        if outcome is True:
+            continue
+        if outcome is _MISSING and rule.effect == rule.if_missing:
+            continue
+        return False
+    return True
 
 
 def _matches(action: str, patterns: Iterable[str]) -> bool:
@@ -295,7 +372,7 @@ class AccessPolicy:
                     continue
                 if rule.effect == "allow" and allow:
                     continue
-                if all(condition_holds(c, ctx) for c in rule.conditions):
+                if rule_applies(rule, ctx):
                     if rule.effect == "deny":
                         deny = True
                         break
