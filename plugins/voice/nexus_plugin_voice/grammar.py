@@ -65,7 +65,6 @@ COUNTRY_NAMES: dict[str, list[str]] = {
 UNITS = frozenset(
     {"grams", "kilograms", "kg", "cents", "days", "hours", "minutes", "seconds", "meters", "items"}
 )
-_FILLERS = ("to", "of", "for", "in", "with", "at", "by", "and")
 
 # -- the tree ------------------------------------------------------------------------
 
@@ -372,8 +371,10 @@ class _Builder:
         unit = name[-1] if name and name[-1] in UNITS else None
         if unit is not None and kind in ("integer", "number"):
             forms.append(Seq([Opt(Words(name[:-1])), captured, Words([unit])]))
-        if bare or "enum" in schema or field in self.config.values:
-            forms.append(captured)
+        if "enum" in schema:
+            forms.append(Seq([Opt(Alt([Words([w]) for w in ("to", "in", "for")])), captured]))
+        elif bare or field in self.config.values:
+            forms.append(Seq([Opt(Words(["for"])), captured]))
         return forms
 
     def item(
@@ -433,10 +434,15 @@ class _Builder:
         )
         if not slots:
             return Capture("workflow", head, _const(name))
-        filler = Opt(Alt([Words([w]) for w in _FILLERS]))
         rule = f"wf_{len(self.rules)}"
         self.rules[rule] = Alt(slots)
-        return Seq([Capture("workflow", head, _const(name)), Star(Seq([filler, Ref(rule)]))])
+        return Seq(
+            [
+                Capture("workflow", head, _const(name)),
+                Opt(Words(["with"])),
+                Star(Seq([Opt(Words(["and"])), Ref(rule)])),
+            ]
+        )
 
 
 def _join_free(words: list[str]) -> str:
