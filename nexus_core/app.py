@@ -650,13 +650,21 @@ class Nexus:
         )
 
     async def list_runs(
-        self, *, principal: Principal | None = None, **filters: Any
+        self,
+        *,
+        principal: Principal | None = None,
+        credentials: Credentials | None = None,
+        channel: str = "python",
+        **filters: Any,
     ) -> list[RunRecord]:
         """Runs newest first; filters as :meth:`Storage.list_runs` (workflow, status, ...).
 
         With ``principal``: runs of its tenant, all of them if it may
-        ``runs:read``, else only its own.
+        ``runs:read``, else only its own. Listing is limited per client
+        address (``rate_limits.run_listing``: the address of ``credentials``,
+        else of the credentials last authenticated in this task).
         """
+        await self.security.limit("run_listing", credentials, channel, principal)
         tenant = principal.tenant if principal is not None else filters.pop("tenant", None)
         if principal is not None:
             filters.pop("tenant", None)
@@ -703,10 +711,20 @@ class Nexus:
         return self._services().sessions
 
     async def create_session(
-        self, *, channel: str = "python", principal: Principal | None = None
+        self,
+        *,
+        channel: str = "python",
+        principal: Principal | None = None,
+        credentials: Credentials | None = None,
     ) -> Session:
-        """Start a session usable from every channel; emits ``session.created``."""
+        """Start a session usable from every channel; emits ``session.created``.
+
+        Limited per client address (``rate_limits.session_creation``: the
+        address of ``credentials``, else of the credentials last authenticated
+        in this task; in-process calls without one are not limited).
+        """
         who = principal or ANONYMOUS
+        await self.security.limit("session_creation", credentials, channel, principal)
         sess = await self.sessions_manager().create(
             channel=channel, tenant=who.tenant, principal=None if who.anonymous else who.id
         )

@@ -97,6 +97,9 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     run_id: str | None = None
     reason: str | None = None
     input_hash: str | None = None
+    #: How many refusals this record stands for: refused authentications from one
+    #: client address are written once per window with their count (1 otherwise).
+    count: int = 1
 
 
 class CredentialRecord(msgspec.Struct, kw_only=True):
@@ -121,6 +124,9 @@ class CredentialRecord(msgspec.Struct, kw_only=True):
     expires_at: float | None = None
     revoked_at: float | None = None
     label: str | None = None
+    #: The id of the credential this one was issued from (a CLI token from an API
+    #: key...): revoking or expiring that one refuses this one too.
+    parent: str | None = None
 
 
 class Storage(abc.ABC):

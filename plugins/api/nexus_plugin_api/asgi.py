@@ -51,7 +51,6 @@ from nexus_core.channels import describe
 from nexus_core.errors import (
     AuthenticationError,
     FieldError,
-    PermissionDenied,
     RateLimited,
     SessionNotFound,
     ValidationError,
@@ -459,16 +458,13 @@ def _routes(api: ApiState) -> list[Any]:
 
     @post("/auth/cli-tokens", name="issue_cli_token", status_code=201)
     async def issue_cli_token(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = await authenticate(read_request(request.scope, cookie))
-        if who.anonymous:
+        # The core authenticates, checks tokens:issue, limits, derives and audits; the
+        # caller is authenticated here first only so that a 401 comes before a body error.
+        info = read_request(request.scope, cookie)
+        if (await authenticate(info)).anonymous:
             raise AuthenticationError(
                 "a CLI token is issued to whoever the credentials prove: send an API key "
                 "(X-API-Key) or a bearer token"
-            )
-        if who.provider == "cli_token":
-            raise PermissionDenied(
-                "a CLI token cannot be exchanged for another; log in with an API key "
-                "or a bearer token of your identity provider"
             )
         body: CliTokenRequest = convert(decode_object(await request.body()), CliTokenRequest)
         if "cli_token" not in app.security.providers:
@@ -476,11 +472,8 @@ def _routes(api: ApiState) -> list[Any]:
                 "this gateway does not issue CLI tokens: enable the cli_token auth provider "
                 "(nexus.services.security.providers)"
             )
-        token, record = await app.security.issue_cli_token(
-            who, label=body.label or "issued over the API"
-        )
-        await app.security.audit(
-            action="cli_token:issue", outcome="ok", principal=who, channel="api"
+        token, record = await app.security.exchange_cli_token(
+            info.credentials(), "api", label=body.label or "issued over the API"
         )
         issued = CliToken(
             token=token,

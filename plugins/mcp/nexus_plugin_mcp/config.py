@@ -33,8 +33,8 @@ class MCPConfig(ConfigStruct, kw_only=True):
         notifications then).
     ``resource_url``
         the canonical URL of the MCP endpoint, announced in the protected
-        resource metadata and in ``WWW-Authenticate``; derived from each
-        request when unset.
+        resource metadata and in ``WWW-Authenticate``; when unset, the
+        address the server listens on (never a request's ``Host`` header).
     ``authorization_servers`` / ``scopes``
         published in the OAuth protected resource metadata (RFC 9728).
     ``allowed_hosts`` / ``allowed_origins``

@@ -7,11 +7,22 @@ manager serves both protocols on one endpoint: 2025-11-25 clients (handshake,
 ``Mcp-Session-Id``, or no sessions with ``stateless = true``) and 2026-07-28
 clients (every POST self-contained, so any replica can answer it).
 
-Every request is authenticated first, with the bearer token, through the
-host's auth providers. A missing or bad token is answered ``401`` with
-``WWW-Authenticate: Bearer resource_metadata="..."`` pointing at the OAuth
-protected resource metadata (RFC 9728), which :func:`make_metadata_asgi`
-serves.
+Every request's :class:`~nexus_core.security.Credentials` (bearer token,
+``X-API-Key``, peer address, ``X-Forwarded-For``) are handed to the core,
+which authenticates them (a tool call hands them to ``app.invoke``). A missing
+or bad token is answered ``401`` with ``WWW-Authenticate: Bearer
+resource_metadata="..."`` pointing at the OAuth protected resource metadata
+(RFC 9728), which :func:`make_metadata_asgi` serves. Its URL comes from
+``resource_url`` in the configuration, else from the address the server is
+listening on: never from the request's ``Host`` header.
+
+A 2025-11-25 session (``Mcp-Session-Id``) belongs to the principal that
+opened it: a request with another principal's session id is answered ``404``
+as if the session did not exist, so nobody reads another's notifications or
+progress. Beside each session the core re-checks its credentials
+(``app.security.until_invalid``); once they expire or are revoked the session
+is told why (``notifications/message``) and closed, and later requests with
+its id are answered ``404`` with that reason.
 
 :func:`serve_http` runs a standalone server (uvicorn) with the endpoint and the
 metadata, for ``python -m nexus_plugin_mcp APP --http`` and the ``mcp`` channel
@@ -24,18 +35,26 @@ import contextlib
 import json
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from mcp.server.streamable_http import (
+    GET_STREAM_KEY,
+    MCP_SESSION_ID_HEADER,
+    EventMessage,
+    StreamableHTTPServerTransport,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import INVALID_REQUEST, JSONRPCNotification
 from nexus_core.errors import AuthenticationError
-from nexus_core.security import ANONYMOUS, Credentials
+from nexus_core.security import Credentials, Principal
 
 from .config import MCPConfig, mcp_config
-from .server import PRINCIPAL_SCOPE_KEY, NexusMCP
+from .server import CREDENTIALS_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, NexusMCP
 
 if TYPE_CHECKING:
     from nexus_core import Nexus
@@ -59,6 +78,11 @@ Send = Callable[[dict[str, Any]], Any]
 
 #: RFC 9728 well-known path; the resource's own path is appended to it.
 METADATA_PATH = "/.well-known/oauth-protected-resource"
+#: How many closed sessions' reasons are remembered (for their later requests).
+_CLOSED_KEPT = 4096
+_SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+#: Who a session belongs to: (tenant, principal id, anonymous).
+_Owner = tuple[str, str, bool]
 
 
 def make_asgi(app: Nexus) -> MCPHttpApp:
@@ -79,11 +103,75 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def _base_url(scope: Scope) -> str:
-    host = _header(scope, b"host")
-    if host is None:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}"
+    """The origin of the address this server listens on: ``scope["server"]``, never ``Host``.
+
+    ``Host`` is whatever the client wrote; the server address is the
+    socket's own. Set ``resource_url`` to announce a public name instead.
+    """
+    name, port = scope.get("server") or ("localhost", None)
+    name = f"[{name}]" if ":" in str(name) else str(name)
+    scheme = scope.get("scheme", "http")
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{name}" if port in (None, default) else f"{scheme}://{name}:{port}"
+
+
+def _owner(principal: Principal) -> _Owner:
+    return (principal.tenant, principal.id, principal.anonymous)
+
+
+class _Session:
+    """A 2025-11-25 HTTP session: whose it is, and the re-check of its credentials."""
+
+    __slots__ = ("credentials", "owner", "principal", "recheck")
+
+    def __init__(self, principal: Principal, credentials: Credentials) -> None:
+        self.owner = _owner(principal)
+        self.principal = principal
+        self.credentials = credentials
+        self.recheck = anyio.CancelScope()
+
+
+class _SessionManager(StreamableHTTPSessionManager):
+    """The ``mcp`` session manager, telling the endpoint when a session ends.
+
+    However a session ends (client ``DELETE``, idle timeout, crash, closed
+    here), the manager discards it; ``on_discard`` hears of it then.
+    """
+
+    def __init__(self, *args: Any, on_discard: Callable[[str], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_discard = on_discard
+
+    async def _discard_session(
+        self, session_id: str, transport: StreamableHTTPServerTransport
+    ) -> None:
+        self._on_discard(session_id)
+        await super()._discard_session(session_id, transport)
+
+    async def close_session(self, session_id: str, message: str) -> None:
+        """Tell the session's client ``message`` (``notifications/message``), then end it.
+
+        The notice goes out on the session's open ``GET`` stream, which is
+        then ended gracefully (its writer drains it first); the session is
+        terminated after, which ends any other stream it has open.
+        """
+        transport = self._server_instances.get(session_id)
+        if transport is None:
+            return
+        streams = getattr(transport, "_request_streams", {})
+        standalone = streams.get(GET_STREAM_KEY)
+        if standalone is not None:
+            notice = JSONRPCNotification(
+                jsonrpc="2.0",
+                method="notifications/message",
+                params={"level": "error", "logger": "nexus.mcp", "data": message},
+            )
+            with anyio.move_on_after(2), contextlib.suppress(Exception):
+                await standalone[0].send(EventMessage(notice, None))
+                standalone[0].close()  # the stream's writer sends what it holds, then ends
+                while streams.get(GET_STREAM_KEY) is standalone:  # noqa: ASYNC110 - no event
+                    await anyio.sleep(0.01)
+        await self._discard_session(session_id, transport)
 
 
 def metadata_url(resource: str) -> str:
@@ -113,19 +201,25 @@ async def _send_json(
 
 
 class MCPHttpApp:
-    """The streamable HTTP endpoint: authenticate, then hand over to the session manager.
+    """The streamable HTTP endpoint: the core authenticates, then the session manager answers.
 
     Enter :meth:`lifespan` (the API server does, at start-up) before serving;
     the Nexus host must be running. Without a configured ``resource_url`` the
-    endpoint's URL is the request's origin and ``config.path`` (``/mcp``, where
-    both the API mount and the standalone server put it).
+    endpoint's URL is the origin of the address the server listens on and
+    ``config.path`` (``/mcp``, where both the API mount and the standalone
+    server put it).
     """
 
     def __init__(self, app: Nexus, config: MCPConfig | None = None) -> None:
         self.app = app
         self.config = config if config is not None else mcp_config(app)
         self.mcp = NexusMCP(app, self.config)
-        self._manager: StreamableHTTPSessionManager | None = None
+        self._manager: _SessionManager | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        #: Open 2025-11-25 sessions by id.
+        self._sessions: dict[str, _Session] = {}
+        #: Sessions closed because their credentials stopped authenticating: owner, reason.
+        self._closed: OrderedDict[str, tuple[_Owner, str]] = OrderedDict()
 
     def _security_settings(self) -> TransportSecuritySettings | None:
         config = self.config
@@ -140,26 +234,28 @@ class MCPHttpApp:
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the session manager (and the server's event bridges) while the block runs."""
-        manager = StreamableHTTPSessionManager(
+        manager = _SessionManager(
             app=self.mcp.server,
             json_response=self.config.json_response,
             stateless=self.config.stateless,
             security_settings=self._security_settings(),
             session_idle_timeout=self.config.session_idle_timeout,
+            on_discard=self._forget,
         )
-        async with manager.run():
-            self._manager = manager
+        async with manager.run(), anyio.create_task_group() as tg:
+            self._manager, self._task_group = manager, tg
             try:
                 yield
             finally:
-                self._manager = None
+                self._manager = self._task_group = None
+                tg.cancel_scope.cancel()
 
     def resource_url(self, scope: Scope) -> str:
-        """The canonical URL of this endpoint: configured, or the request's origin + ``path``."""
+        """The canonical URL of this endpoint: configured, or the server's address + ``path``."""
         return self.config.resource_url or _base_url(scope) + self.config.path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Authenticate the request, then let the session manager answer it."""
+        """Hand the request's credentials to the core, then let the session manager answer."""
         if scope["type"] == "lifespan":
             await _lifespan_protocol(self.lifespan, receive, send)
             return
@@ -182,13 +278,122 @@ class MCPHttpApp:
             forwarded_for=_header(scope, b"x-forwarded-for"),
         )
         try:
-            principal = await self.app.security.authenticate(credentials, "mcp")
+            principal = await self.app.security.authenticate(credentials, "mcp", audit=True)
         except AuthenticationError as exc:
-            await self._unauthorized(scope, send, exc, presented=token is not None)
+            await self._unauthorized(scope, send, exc, presented=credentials.presented)
+            return
+        session_id = _header(scope, _SESSION_HEADER)
+        if session_id is not None and not await self._admit(session_id, principal, credentials):
+            await self._session_refused(scope, send, session_id, principal)
             return
         scope = dict(scope)
         scope[PRINCIPAL_SCOPE_KEY] = principal
+        scope[CREDENTIALS_SCOPE_KEY] = credentials
+        if session_id is None and not self.config.stateless:
+            send = self._binding(send, principal, credentials)
         await manager.handle_request(scope, receive, send)
+
+    # -- sessions, bound to their principal ------------------------------------------------
+
+    async def _admit(self, session_id: str, principal: Principal, credentials: Credentials) -> bool:
+        """Whether ``principal`` may use session ``session_id``; newer credentials are kept."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            # Unknown here: the session manager answers (404 for an unknown id).
+            return session_id not in self._closed
+        if session.owner != _owner(principal):
+            return False
+        if credentials != session.credentials:
+            # A refreshed token (or another credential) of the same principal: from now
+            # on the session lives as long as these do.
+            session.credentials, session.principal = credentials, principal
+            session.recheck.cancel()
+            self._recheck(session_id, session)
+        return True
+
+    def _binding(self, send: Send, principal: Principal, credentials: Credentials) -> Send:
+        """``send``, binding the session a response opens to ``principal``."""
+
+        async def bind(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message.get("status", 500) < 400:
+                for key, value in message.get("headers", ()):
+                    if key.lower() == _SESSION_HEADER:
+                        self._open(value.decode("latin-1"), principal, credentials)
+                        break
+            await send(message)
+
+        return bind
+
+    def _open(self, session_id: str, principal: Principal, credentials: Credentials) -> None:
+        if session_id in self._sessions:
+            return
+        session = _Session(principal, credentials)
+        self._sessions[session_id] = session
+        self._recheck(session_id, session)
+
+    def _recheck(self, session_id: str, session: _Session) -> None:
+        """Watch the session's credentials; close it with the reason when they end."""
+        tg = self._task_group
+        if tg is None:
+            return
+        scope = session.recheck = anyio.CancelScope()
+
+        async def recheck() -> None:
+            with scope:
+                reason = await self.mcp.until_invalid(session.credentials, session.principal)
+                with anyio.CancelScope(shield=True):
+                    await self._close(session_id, session, reason)
+
+        tg.start_soon(recheck)
+
+    async def _close(self, session_id: str, session: _Session, reason: str) -> None:
+        log.info("closing MCP session of %r: %s", session.principal.id, reason)
+        # First refuse the session's requests (with the reason), then end what is open.
+        self._sessions.pop(session_id, None)
+        self._closed[session_id] = (session.owner, reason)
+        while len(self._closed) > _CLOSED_KEPT:
+            self._closed.popitem(last=False)
+        manager = self._manager
+        if manager is not None:
+            await manager.close_session(session_id, f"the MCP session was closed: {reason}")
+
+    def _forget(self, session_id: str) -> None:
+        """The session ended (however): stop re-checking it."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.recheck.cancel()
+
+    async def _session_refused(
+        self, scope: Scope, send: Send, session_id: str, principal: Principal
+    ) -> None:
+        """``404``: the session is not one of this principal's (or was closed, with why)."""
+        closed = self._closed.get(session_id)
+        if closed is not None and closed[0] == _owner(principal):
+            message = (
+                f"Session not found: the MCP session was closed: {closed[1]}; "
+                "initialize a new session"
+            )
+        else:
+            # Another principal's session: answered as an unknown one, so the refusal
+            # tells nothing about it. Audited, since someone presented an id not theirs.
+            message = (
+                "Session not found: no MCP session with this Mcp-Session-Id is open for "
+                "the caller; initialize a new session"
+            )
+            with contextlib.suppress(Exception):
+                await self.app.security.audit(
+                    action="mcp.session",
+                    outcome="not_found",
+                    principal=principal,
+                    channel="mcp",
+                    reason="a request carried the Mcp-Session-Id of another principal",
+                )
+        body = {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": INVALID_REQUEST, "message": message},
+        }
+        await _send_json(send, 404, body)
 
     async def _unauthorized(
         self, scope: Scope, send: Send, exc: AuthenticationError, *, presented: bool
@@ -197,24 +402,16 @@ class MCPHttpApp:
         # RFC 6750 section 3: no error code when the request carried no token.
         params = [f'resource_metadata="{metadata}"']
         if presented:
-            description = exc.message.replace('"', "'")
+            description = exc.message.replace('"', "'").replace("\\", "/")
             params[:0] = ['error="invalid_token"', f'error_description="{description}"']
         if self.config.scopes:
             params.append(f'scope="{" ".join(self.config.scopes)}"')
         challenge = "Bearer " + ", ".join(params)
-        with contextlib.suppress(Exception):  # auditing must not turn a 401 into a 500
-            await self.app.security.audit(
-                action="mcp.authenticate",
-                outcome=exc.code,
-                principal=ANONYMOUS,
-                channel="mcp",
-                reason=exc.message,
-            )
         await _send_json(
             send,
             401,
             {"error": "invalid_token" if presented else "unauthorized", "message": exc.message},
-            [(b"www-authenticate", challenge.encode())],
+            [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
         )
 
 
@@ -226,7 +423,7 @@ class ProtectedResourceMetadata:
         self.config = config if config is not None else mcp_config(app)
 
     def document(self, scope: Scope) -> dict[str, Any]:
-        """The metadata for a request to ``scope`` (its host names the resource)."""
+        """The metadata: ``resource_url``, else the server's own address (never ``Host``)."""
         config = self.config
         resource = config.resource_url or _base_url(scope) + config.path
         body: dict[str, Any] = {

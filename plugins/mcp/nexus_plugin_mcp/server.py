@@ -7,12 +7,16 @@ are the workflows' msgspec schemas, as in every other channel. The same server
 serves stdio (:mod:`.stdio`) and streamable HTTP (:mod:`.http`), in both the
 2025-11-25 handshake protocol and the stateless 2026-07-28 one.
 
-Everything is done as the caller: the tool list is
-``app.visible_workflows(principal, channel="mcp")``, runs are read with
-``principal=``, and resource subscriptions subscribe to the host's events on
-the caller's behalf (``app.subscribe(principal=...)``: its tenant only, with
-``events:read``), one subscription per client, so one tenant never hears of
-another's runs.
+A tool call hands the core the caller's :class:`~nexus_core.security.Credentials`
+(``app.invoke(..., credentials=..., channel="mcp")``): the core authenticates,
+validates, authorizes and rate-limits it as on every channel. Everything else
+is done as the principal the core authenticated from the same credentials:
+the tool list is ``app.visible_workflows(principal, channel="mcp")``, runs are
+read with ``principal=``, and resource subscriptions subscribe to the host's
+events on the caller's behalf (``app.subscribe(principal=...)``: its tenant
+only, with ``events:read``), one subscription per client, so one tenant never
+hears of another's runs. A subscription ends, with the reason, once its
+credentials stop authenticating (``app.security.until_invalid``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
     from nexus_core.workflows import RunResult
 
 __all__ = [
+    "CREDENTIALS_SCOPE_KEY",
     "ERROR_META",
     "FORBIDDEN",
     "IDEMPOTENCY_META",
@@ -81,6 +86,8 @@ log = logging.getLogger("nexus.mcp")
 
 #: Where the HTTP layer leaves the authenticated principal in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "nexus.principal"
+#: Where the HTTP layer leaves the request's credentials in the ASGI scope.
+CREDENTIALS_SCOPE_KEY = "nexus.credentials"
 #: Resource URI prefixes.
 WORKFLOW_URI = "nexus://workflows/"
 RUN_URI = "nexus://runs/"
@@ -105,6 +112,7 @@ _MAX_STREAMS = 1024
 
 #: Whose subscriptions a watch holds: (tenant, principal id).
 _Who = tuple[str, str]
+_T = TypeVar("_T")
 
 
 def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
@@ -377,11 +385,16 @@ class NexusMCP:
             raise
         return updates
 
-    async def _watch(self, connection: Connection, principal: Principal) -> _RunWatch:
+    async def _watch(
+        self, connection: Connection, principal: Principal, credentials: Credentials | None
+    ) -> _RunWatch:
         """The watch of ``principal``'s subscriptions on a 2025-11-25 connection (started once).
 
         It forwards ``notifications/resources/updated`` until the connection
-        closes (its exit stack cancels the watch) or the server stops.
+        closes (its exit stack cancels the watch), the server stops, or
+        ``credentials`` stop authenticating as ``principal`` (the client is
+        told why in a ``notifications/message``; a new subscription is then
+        refused with the reason).
         """
         watches = self._watches.setdefault(connection, {})
         who = (principal.tenant, principal.id)
@@ -394,7 +407,7 @@ class NexusMCP:
         subscription = self._run_events(principal, watch.uris)
         try:
             await self._task_group.start(
-                self._forward_updates, connection, watch, principal, subscription
+                self._forward_updates, connection, watch, principal, credentials, subscription
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -409,6 +422,7 @@ class NexusMCP:
         connection: Connection,
         watch: _RunWatch,
         principal: Principal,
+        credentials: Credentials | None,
         subscription: Subscription,
         *,
         task_status: anyio.abc.TaskStatus[None],
@@ -418,6 +432,24 @@ class NexusMCP:
             async with anyio.create_task_group() as tg:
                 updates = await self._start_updates(tg, principal, watch.uris, subscription)
                 task_status.started()
+
+                async def recheck() -> None:
+                    reason = await self.until_invalid(credentials, principal)
+                    watches = self._watches.get(connection, {})
+                    if watches.get((principal.tenant, principal.id)) is watch:
+                        del watches[(principal.tenant, principal.id)]
+                    await _notify(
+                        connection,
+                        "notifications/message",
+                        {
+                            "level": "error",
+                            "logger": "nexus.mcp",
+                            "data": f"resource subscriptions ended: {reason}",
+                        },
+                    )
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(recheck)
                 async for uri in updates:
                     await _notify(connection, "notifications/resources/updated", {"uri": uri})
 
@@ -430,10 +462,21 @@ class NexusMCP:
 
     # -- who is calling ------------------------------------------------------------
 
-    async def principal(self, ctx: Any) -> Principal:
-        """The caller: set by the HTTP layer, else authenticated from ``credentials``.
+    def credentials_of(self, ctx: Any) -> Credentials | None:
+        """What the caller of this request presented: the HTTP request's, else ``credentials``."""
+        request = ctx.request
+        if request is not None:
+            found = request.scope.get(CREDENTIALS_SCOPE_KEY)
+            if isinstance(found, Credentials):
+                return found
+        return self.credentials
 
-        Raises ``MCPError`` (code :data:`UNAUTHENTICATED`) for a missing or bad token.
+    async def principal(self, ctx: Any) -> Principal:
+        """The caller: authenticated by the core from this request's credentials.
+
+        On HTTP the endpoint (:mod:`.http`) has had the core authenticate the
+        request already and left the principal in the scope. Raises
+        ``MCPError`` (code :data:`UNAUTHENTICATED`) for a missing or bad token.
         """
         request = ctx.request
         if request is not None:
@@ -441,13 +484,21 @@ class NexusMCP:
             if isinstance(found, Principal):
                 return found
         try:
-            return await self.app.security.authenticate(self.credentials, "mcp")
+            return await self.app.security.authenticate(self.credentials_of(ctx), "mcp")
         except AuthenticationError as exc:
-            raise MCPError(
-                UNAUTHENTICATED,
-                f"authentication failed: {exc.message} (set NEXUS_TOKEN to a valid token, "
-                "or log in with: nexus login)",
-            ) from None
+            raise _unauthenticated(ctx, exc) from None
+
+    async def until_invalid(self, credentials: Credentials | None, principal: Principal) -> str:
+        """Return once ``credentials`` stop authenticating as ``principal``: the reason.
+
+        The core's ``app.security.until_invalid`` on channel ``mcp``; should the
+        re-check itself fail, the connection is not trusted further (fails closed).
+        """
+        try:
+            return await self.app.security.until_invalid(credentials, "mcp", principal)
+        except Exception:
+            log.exception("re-checking the MCP credentials of %r failed", principal.id)
+            return "the credentials could not be re-checked"
 
     async def _may_execute(self, principal: Principal, workflow: Workflow) -> bool:
         try:
@@ -493,23 +544,22 @@ class NexusMCP:
     ) -> dict[str, Any]:
         app = self.app
         name = params.name
-        principal = await self.principal(ctx)
-        request = ctx.request
-        client = _client_of(request.scope) if request is not None else "stdio"
         meta = ctx.meta or {}
         session = meta.get(SESSION_META)
         key = meta.get(IDEMPOTENCY_META)
         try:
+            # The one request path: the core authenticates these credentials itself.
             started = await app.invoke(
                 name,
                 params.arguments or {},
-                principal=principal,
-                credentials=Credentials(client=client),
+                credentials=self.credentials_of(ctx),
                 channel="mcp",
                 session=session if isinstance(session, str) else None,
                 idempotency_key=key if isinstance(key, str) else None,
                 wait=False,
             )
+        except AuthenticationError as exc:
+            raise _unauthenticated(ctx, exc) from None
         except WorkflowNotFound as exc:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.message}") from None
         except ValidationError as exc:
@@ -701,7 +751,7 @@ class NexusMCP:
         connection = _connection_of(ctx)
         if connection is None:
             raise MCPError(INTERNAL_ERROR, "this transport cannot deliver resource updates")
-        watch = await self._watch(connection, principal)
+        watch = await self._watch(connection, principal, self.credentials_of(ctx))
         watch.uris.add(params.uri)
         return types.EmptyResult()
 
@@ -730,6 +780,49 @@ class NexusMCP:
         uris = set(params.notifications.resource_subscriptions or ())
         for uri in uris:
             await self._check_subscribable(principal, uri)
+        return await self._while_valid(
+            ctx, principal, lambda: self._serve_listen(ctx, params, principal, uris)
+        )
+
+    async def _while_valid(
+        self, ctx: Any, principal: Principal, serve: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """``await serve()``, ended early once the caller's credentials stop authenticating.
+
+        Then (they expired, were revoked) it raises an ``MCPError`` with the
+        reason, which ends a listen stream with that error.
+        """
+        credentials = self.credentials_of(ctx)
+        done: list[_T] = []
+        failed: list[Exception] = []
+        ended: list[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def recheck() -> None:
+                ended.append(await self.until_invalid(credentials, principal))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(recheck)
+            try:
+                done.append(await serve())
+            except Exception as exc:  # raised below, outside the task group (not in a group)
+                failed.append(exc)
+            finally:
+                tg.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+        if ended:
+            raise MCPError(UNAUTHENTICATED, f"the subscription ended: {ended[0]}")
+        return done[0]
+
+    async def _serve_listen(
+        self,
+        ctx: ServerRequestContext[dict[str, Any]],
+        params: types.SubscriptionsListenRequestParams,
+        principal: Principal,
+        uris: set[str],
+    ) -> types.SubscriptionsListenResult:
+        """One listen stream: the shared bus, plus run updates of its own when it asks."""
         if not uris:
             return await self._listen(ctx, params)
         if len(self._streams) >= _MAX_STREAMS:
@@ -804,6 +897,18 @@ class NexusMCP:
         )
 
 
+def _unauthenticated(ctx: Any, exc: AuthenticationError) -> MCPError:
+    """The JSON-RPC error of a request whose credentials the core refused."""
+    if ctx.request is not None:  # HTTP: the request's own bearer token
+        hint = "send a valid bearer token"
+    else:
+        hint = (
+            "set NEXUS_TOKEN to a valid token, or log in (again) with: nexus login; "
+            "nexus logout forgets a saved token"
+        )
+    return MCPError(UNAUTHENTICATED, f"authentication failed: {exc.message} ({hint})")
+
+
 def _tool_error(message: str, exc: NexusError) -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": message}],
@@ -818,11 +923,6 @@ def _connection_of(ctx: Any) -> Connection | None:
     # connection (standalone outbound, exit stack) is the one stable handle of
     # a 2025-11-25 connection. mcp 2.3 keeps it on a private attribute.
     return getattr(ctx.session, "_connection", None)
-
-
-def _client_of(scope: Mapping[str, Any]) -> str | None:
-    client = scope.get("client")
-    return str(client[0]) if client else None
 
 
 async def _notify(connection: Connection, method: str, params: dict[str, Any] | None) -> None:

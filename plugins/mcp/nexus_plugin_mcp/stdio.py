@@ -46,9 +46,10 @@ async def serve_stdio(
 
     The host must be running (``async with app:``). ``token`` defaults to
     ``$NEXUS_TOKEN``, else to the token ``nexus login`` saved for local mode.
-    A token the providers reject is reported on stderr at start-up; every
-    request then fails with that reason, so the agent shows it (a rejected
-    login token is dropped instead: the requests go on without credentials).
+    The token is handed to the core with every request, which authenticates
+    it each time. One the core refuses is reported on stderr at start-up and
+    every request then fails with that reason, so the agent shows it: a
+    rejected login token is never dropped for the anonymous caller.
     """
     source = "the caller"
     if token is None:
@@ -64,14 +65,13 @@ async def serve_stdio(
                 TOKEN_ENV,
             )
         elif source == "nexus login":
-            # One local login serves every application: another one's token must not
-            # lock this one out. Go on without it (with authentication on, requests fail).
             log.warning(
-                "MCP over stdio: the token saved by `nexus login` is not accepted (%s); "
-                "going on without it",
+                "MCP over stdio: the token saved by `nexus login` is not accepted by this "
+                "application (%s); every request will fail: log in again with: nexus login "
+                "(or forget the token with: nexus logout, or set %s)",
                 exc.message,
+                TOKEN_ENV,
             )
-            credentials = Credentials(client="stdio")
         else:
             log.warning(
                 "MCP over stdio: %s (the token from %s; set %s to a valid token)",

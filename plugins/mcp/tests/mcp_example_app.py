@@ -84,7 +84,9 @@ def review(code: str, language: str = "python", lines: int = 0) -> list[dict[str
 class TokenSecurity(SecurityLayer):
     """A stand-in auth provider: one shared token, ``-admin`` suffix for admins."""
 
-    async def authenticate(self, credentials: Credentials | None, channel: str) -> Principal:
+    async def authenticate(
+        self, credentials: Credentials | None, channel: str, *, audit: bool = False
+    ) -> Principal:
         token = credentials.bearer if credentials is not None else None
         if not token:
             raise AuthenticationError("a bearer token is required")

@@ -84,3 +84,46 @@ async def test_stdio_uses_the_cli_login(example_app: Path, mode: str) -> None:
     async with stdio_connection(example_app, mode, **shared, NEXUS_TOKEN="nxc_wrong") as conn:
         with pytest.raises(MCPError, match="authentication failed"):
             await conn.list_tools()
+
+
+def _login_then_another_app(example_app: Path, tmp_path: Path) -> tuple[Path, str]:
+    """``nexus login`` for the example app; another app (its own database); the config home."""
+    home = example_app.parent
+    (home / "nexus.toml").write_text(SECURE, encoding="utf-8")
+    config_home = str(home / "user-config")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXUS_", "XDG_"))}
+    env.update(
+        NEXUS_APP=str(example_app),
+        NEXUS_STORAGE=f"sqlite:///{home / 'nexus.db'}",
+        NEXUS_CONFIG_HOME=config_home,
+    )
+    done = subprocess.run(
+        [*_nexus(), "login", "--principal", "ada"],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    elsewhere = other / "mcp_app.py"
+    elsewhere.write_bytes(example_app.read_bytes())
+    return elsewhere, config_home
+
+
+async def test_a_login_token_another_application_refuses_is_not_dropped(
+    example_app: Path, tmp_path: Path
+) -> None:
+    # One local login serves every application; one that does not know the token (here:
+    # another database, authentication off) refuses it on every request, with what to do,
+    # instead of serving the agent as the anonymous caller.
+    if importlib.util.find_spec("nexus_plugin_cli") is None:
+        pytest.skip("`nexus login` comes from the CLI plugin (nexus-plugin-cli), not installed")
+    elsewhere, config_home = _login_then_another_app(example_app, tmp_path)
+    async with stdio_connection(elsewhere, "modern", NEXUS_CONFIG_HOME=config_home) as conn:
+        with pytest.raises(MCPError, match="authentication failed") as caught:
+            await conn.call_tool("greet", {"name": "Ada"})
+        assert caught.value.code == UNAUTHENTICATED
+        assert "nexus login" in str(caught.value) and "nexus logout" in str(caught.value)
