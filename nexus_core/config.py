@@ -315,10 +315,31 @@ class RateLimitConfig(RateLimitScope, kw_only=True):
     Every bucket is per channel. The rule for a request is the workflow's
     (``workflows.<name>``, a bucket of its own), else the channel's
     (``channels.<name>``), else the top-level one; nothing configured, no limit.
+
+    Four more buckets are per client address (through ``trusted_proxies``),
+    across channels, and on by default with room for any normal use:
+    ``failed_authentications`` (once empty, the client is refused, right
+    credentials or not, until a token is back), ``session_creation``,
+    ``token_issuance`` (CLI tokens) and ``run_listing``; set one to ``null``
+    (YAML/JSON) or a huge ``requests`` to lift it. Refusals from one client
+    are audited once per ``audit_window`` seconds with their count.
     """
 
     channels: dict[str, RateLimitScope] = {}
     workflows: dict[str, RateLimitScope] = {}
+    failed_authentications: RateLimitRule | None = msgspec.field(
+        default_factory=lambda: RateLimitRule(requests=120, per=60.0, burst=300)
+    )
+    session_creation: RateLimitRule | None = msgspec.field(
+        default_factory=lambda: RateLimitRule(requests=600, per=60.0, burst=1200)
+    )
+    token_issuance: RateLimitRule | None = msgspec.field(
+        default_factory=lambda: RateLimitRule(requests=30, per=60.0, burst=60)
+    )
+    run_listing: RateLimitRule | None = msgspec.field(
+        default_factory=lambda: RateLimitRule(requests=1200, per=60.0, burst=2400)
+    )
+    audit_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class InputLimitsConfig(ConfigStruct, kw_only=True):

@@ -9,6 +9,7 @@ CLI tokens, JWT, anonymous, or a plugin's) come through the
 
 from __future__ import annotations
 
+from .credentials import ISSUE_PERMISSION, CredentialIssuer
 from .layer import PUBLIC_EVENT_TYPES, IssuedToken, SecurityLayer
 from .policy import AccessPolicy, Decision
 from .principal import (
@@ -24,9 +25,11 @@ from .principal import (
 
 __all__ = [
     "ANONYMOUS",
+    "ISSUE_PERMISSION",
     "PUBLIC_EVENT_TYPES",
     "AccessPolicy",
     "AuthProvider",
+    "CredentialIssuer",
     "Credentials",
     "Decision",
     "IssuedToken",

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -16,18 +16,20 @@ import msgspec
 
 from .._writebehind import WriteBehind
 from ..config import ConfigError, SecurityConfig
-from ..errors import AuthenticationError, PermissionDenied
+from ..errors import AuthenticationError, NexusError, PermissionDenied, RateLimited
 from ..storage.base import AuditRecord, CredentialRecord, RunRecord, SessionRecord, Storage
+from .abuse import AuthBlocks, RefusalTally, refused, take
+from .credentials import CredentialIssuer, IssuedToken
 from .limits import InputLimits, RateLimiter, client_address, parse_networks
 from .policy import AccessPolicy, Decision
-from .principal import ANONYMOUS, AuthProvider, Credentials, Principal, hash_token, new_token
+from .principal import ANONYMOUS, AuthProvider, Credentials, Principal
 
 if TYPE_CHECKING:
     from ..app import Nexus
     from ..events import Event
     from ..workflows.model import Workflow
 
-__all__ = ["PUBLIC_EVENT_TYPES", "IssuedToken", "SecurityLayer"]
+__all__ = ["MAX_CREDENTIAL_LENGTH", "PUBLIC_EVENT_TYPES", "IssuedToken", "SecurityLayer"]
 
 log = logging.getLogger("nexus.security")
 
@@ -40,13 +42,21 @@ PUBLIC_EVENT_TYPES = frozenset({"workflow.registered"})
 _seen: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar(
     "nexus_security_seen", default=None
 )
-
-
-class IssuedToken(NamedTuple):
-    """A newly issued API key or CLI token: the secret (shown once) and its stored record."""
-
-    token: str
-    record: CredentialRecord
+# The reason of the refusal last counted in aggregate in this context: the
+# caller's own audit of it (invoke's, a channel's) is then not written.
+_tallied: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "nexus_security_tallied", default=None
+)
+#: The longest token or key accepted (characters); a longer one is refused unread.
+MAX_CREDENTIAL_LENGTH = 16_384
+#: The per-address limits and the action their refusals are audited as.
+_LIMIT_ACTIONS = {
+    "failed_authentications": "authenticate",
+    "session_creation": "sessions:create",
+    "token_issuance": "tokens:issue",
+    "run_listing": "runs:list",
+}
+_REFUSALS = frozenset({AuthenticationError.code, RateLimited.code})
 
 
 class SecurityLayer:
@@ -73,6 +83,10 @@ class SecurityLayer:
         self._trusted: tuple[Any, ...] = ()
         self._configured = False
         self._started: list[Any] = []
+        #: Issuing, rotating, revoking and listing stored credentials.
+        self.issuer = CredentialIssuer(self)
+        self._blocks = AuthBlocks()
+        self._tally = RefusalTally(60.0, clock=lambda: self.clock())
         # While the host runs, audit records are written behind: nobody on the
         # request path waits for them; readers and the host flush first.
         self._audit: WriteBehind[AuditRecord] = WriteBehind(self._write_audit, what="audit records")
@@ -130,6 +144,7 @@ class SecurityLayer:
         rates = RateLimiter(config.rate_limits)
         self._warn_unused(config, providers)
         self.policy, self._limits, self._rates, self._trusted = policy, limits, rates, trusted
+        self._tally.window = config.rate_limits.audit_window
         self.providers = providers
         self._configured = True
         log.info(
@@ -214,7 +229,12 @@ class SecurityLayer:
                 self._started.append(provider)
 
     async def stop(self) -> None:
-        """Stop the started providers (errors are logged)."""
+        """Write the refusals counted so far; stop the started providers (errors are logged)."""
+        try:
+            await self._write_refusals(everything=True)
+            await self._audit.flush()
+        except Exception:
+            log.exception("counted refusals could not be audited")
         while self._started:
             provider = self._started.pop()
             try:
@@ -240,45 +260,159 @@ class SecurityLayer:
         """Turn credentials into a principal, trying the enabled providers in order.
 
         Presented credentials that no provider accepts are an
-        :class:`AuthenticationError` whether or not authentication is on.
-        Without credentials: a provider that admits such callers
-        (``anonymous``) decides, else the anonymous principal while
-        authentication is off, else :class:`AuthenticationError`. With
-        ``audit=True`` a failure is recorded (``invoke`` records its own, so
-        channels pass it only on their other routes).
+        :class:`AuthenticationError` whether or not authentication is on, and
+        so is anything malformed (a provider that fails on it refuses it with
+        a reason; it never crashes the host). Without credentials: a provider
+        that admits such callers (``anonymous``) decides, else the anonymous
+        principal while authentication is off, else
+        :class:`AuthenticationError`. With ``audit=True`` a failure is
+        recorded (``invoke`` records its own, so channels pass it only on
+        their other routes).
+
+        Failures from a client address cost a token of its
+        ``rate_limits.failed_authentications`` bucket; once it is empty the
+        client is refused with :class:`RateLimited` until a token is back,
+        whatever it sends. Refusals from one address after the first of an
+        ``audit_window`` are counted and audited together (see
+        :mod:`nexus_core.security.abuse`).
         """
         self.configure()
         creds = credentials or Credentials()
         _seen.set((creds.client, creds.forwarded_for))
+        _tallied.set(None)
+        address = client_address(creds.client, creds.forwarded_for, self._trusted)
+        error: NexusError
         try:
-            for name, provider in self.providers.items():
-                principal = await provider.authenticate(creds, channel)
-                if principal is not None:
-                    if not principal.id:
-                        raise AuthenticationError(f"auth provider {name!r} returned no identity")
-                    if principal.provider is None:
-                        principal = _with_provider(principal, name)
-                    return principal
-            if creds.presented:
-                enabled = ", ".join(self.providers) or "none is enabled"
-                raise AuthenticationError(
-                    f"the credentials presented are not accepted by any auth provider ({enabled})"
-                )
-            if not self.auth_required:
-                return ANONYMOUS
-            raise AuthenticationError(
-                "authentication required: send an API key (X-API-Key) or a bearer token"
-            )
+            if address is not None:
+                wait = self._blocks.wait(address)
+                rule = self.config.rate_limits.failed_authentications
+                if wait > 0 and rule is not None:
+                    raise refused("failed_authentications", address, rule, wait)
+            return await self._identify(creds, channel)
         except AuthenticationError as exc:
-            if audit:
-                await self.audit(
-                    action="authenticate",
-                    outcome=exc.code,
-                    principal=ANONYMOUS,
-                    channel=channel,
-                    reason=exc.message,
+            error = exc if address is None else await self._count_failure(exc, address)
+        except RateLimited as exc:
+            error = exc
+        await self._refusal(error, address, channel, audit=audit)
+        raise error
+
+    async def _identify(self, creds: Credentials, channel: str) -> Principal:
+        for what, value in (("bearer token", creds.bearer), ("API key", creds.api_key)):
+            if value is not None and len(value) > MAX_CREDENTIAL_LENGTH:
+                raise AuthenticationError(
+                    f"the {what} is {len(value)} characters long, over the limit of "
+                    f"{MAX_CREDENTIAL_LENGTH}"
                 )
-            raise
+        for name, provider in self.providers.items():
+            try:
+                principal = await provider.authenticate(creds, channel)
+            except AuthenticationError:
+                raise
+            except Exception as exc:  # a provider must not fail on bad input: refuse, stay up
+                log.warning(
+                    "auth provider %r failed on the credentials presented (%s: %.200s); refused",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                )
+                raise AuthenticationError(
+                    f"the credentials could not be verified ({name}: {type(exc).__name__})"
+                ) from None
+            if principal is not None:
+                if not principal.id:
+                    raise AuthenticationError(f"auth provider {name!r} returned no identity")
+                if principal.provider is None:
+                    principal = _with_provider(principal, name)
+                return principal
+        if creds.presented:
+            enabled = ", ".join(self.providers) or "none is enabled"
+            raise AuthenticationError(
+                f"the credentials presented are not accepted by any auth provider ({enabled})"
+            )
+        if not self.auth_required:
+            return ANONYMOUS
+        raise AuthenticationError(
+            "authentication required: send an API key (X-API-Key) or a bearer token"
+        )
+
+    async def _count_failure(self, error: AuthenticationError, address: str) -> NexusError:
+        """Take a token of ``address``'s failed-authentication bucket; block it when empty."""
+        rule = self.config.rate_limits.failed_authentications
+        storage = self.app.storage
+        if rule is None or storage is None:
+            return error
+        try:
+            wait = await take(storage, "failed_authentications", rule, address)
+        except Exception:
+            log.warning("cannot count a failed authentication of %s", address, exc_info=True)
+            return error
+        if wait <= 0:
+            return error
+        self._blocks.block(address, wait)
+        return refused("failed_authentications", address, rule, wait)
+
+    async def _refusal(
+        self,
+        error: NexusError,
+        address: str | None,
+        channel: str,
+        *,
+        audit: bool,
+        action: str = "authenticate",
+        principal: Principal = ANONYMOUS,
+    ) -> None:
+        """Audit a refusal: the first of its window per address at once, later ones counted."""
+        first = address is None or self._tally.count(address, channel, error.code, error.message)
+        if first and audit:
+            await self.audit(
+                action=action,
+                outcome=error.code,
+                principal=principal,
+                channel=channel,
+                reason=error.message,
+            )
+        if not first or audit:
+            _tallied.set(error.message)  # counted or written: whoever audits it next does not
+
+    async def limit(
+        self,
+        name: str,
+        credentials: Credentials | None = None,
+        channel: str = "python",
+        principal: Principal | None = None,
+    ) -> None:
+        """Take a token of the caller's per-address bucket ``name``; :class:`RateLimited` if empty.
+
+        ``name`` is ``session_creation``, ``token_issuance`` or ``run_listing``
+        (``rate_limits.<name>``). The address is that of ``credentials``
+        (through trusted proxies), else of the credentials last authenticated
+        in this task; without one (in-process calls) nothing is limited. A
+        refusal is audited, in aggregate per address and window.
+        """
+        self.configure()
+        rule = getattr(self.config.rate_limits, name)
+        storage = self.app.storage
+        if rule is None or storage is None:
+            return
+        if credentials is not None:
+            address = self.client_address(credentials)
+        else:
+            seen = _seen.get()
+            address = None if seen is None else client_address(seen[0], seen[1], self._trusted)
+        if address is None:
+            return
+        wait = await take(storage, name, rule, address)
+        if wait > 0:
+            error = refused(name, address, rule, wait)
+            await self._refusal(
+                error,
+                address,
+                channel,
+                audit=True,
+                action=_LIMIT_ACTIONS[name],
+                principal=principal or ANONYMOUS,
+            )
+            raise error
 
     async def until_invalid(
         self, credentials: Credentials | None, channel: str, principal: Principal
@@ -360,15 +494,46 @@ class SecurityLayer:
         """Whether ``principal`` may do ``action`` (see :meth:`decide`)."""
         return self.decide(principal, action, **context).allowed
 
+    async def enforce(
+        self,
+        principal: Principal,
+        action: str,
+        *,
+        audit: bool = True,
+        raise_denied: bool = True,
+        audit_channel: str | None = None,
+        **context: Any,
+    ) -> Decision:
+        """Decide, audit a refusal, raise: the one way every check of the layer ends.
+
+        ``context`` is what :meth:`decide` takes. A denial is audited (unless
+        ``audit=False``: ``invoke`` records its own) on ``audit_channel`` (else
+        the context's ``channel``, else ``python``), naming the workflow and
+        run when the context has them, then raised as :class:`PermissionDenied`
+        (unless ``raise_denied=False``: the decision is returned).
+        """
+        decision = self.decide(principal, action, **context)
+        if decision.allowed:
+            return decision
+        if audit:
+            await self.audit(**_denial(principal, action, decision, audit_channel, context))
+        if raise_denied:
+            raise PermissionDenied(decision.reason)
+        return decision
+
+    async def require(
+        self, principal: Principal, action: str, *, channel: str | None = None, **context: Any
+    ) -> None:
+        """Raise ``PermissionDenied`` unless ``principal`` may do ``action`` (audited when not)."""
+        await self.enforce(principal, action, channel=channel, **context)
+
     async def authorize(self, principal: Principal, action: str, **context: Any) -> None:
         """Raise ``PermissionDenied`` unless ``principal`` may do ``action``.
 
         Does not audit: ``invoke`` records the denial; other callers use
-        :meth:`audit` (the host's run and session lookups do).
+        :meth:`require`, which does.
         """
-        decision = self.decide(principal, action, **context)
-        if not decision.allowed:
-            raise PermissionDenied(decision.reason)
+        await self.enforce(principal, action, audit=False, **context)
 
     def visible_workflows(
         self, principal: Principal, *, channel: str | None = None
@@ -403,17 +568,9 @@ class SecurityLayer:
             return False
         if self._owns(principal, record.principal, record.tenant):
             return True
-        decision = self.decide(principal, action, run=record, workflow=record.workflow)
-        if not decision.allowed:
-            await self.audit(
-                action=action,
-                outcome=PermissionDenied.code,
-                principal=principal,
-                channel="python",
-                workflow=record.workflow,
-                run_id=record.id,
-                reason=decision.reason,
-            )
+        decision = await self.enforce(
+            principal, action, raise_denied=False, run=record, workflow=record.workflow
+        )
         return decision.allowed
 
     def runs_scope(self, principal: Principal) -> str | None:
@@ -434,15 +591,9 @@ class SecurityLayer:
             return False
         if record.principal is None or self._owns(principal, record.principal, record.tenant):
             return True
-        decision = self.decide(principal, "sessions:admin", session=record)
-        if not decision.allowed:
-            await self.audit(
-                action="sessions:admin",
-                outcome=PermissionDenied.code,
-                principal=principal,
-                channel="python",
-                reason=decision.reason,
-            )
+        decision = await self.enforce(
+            principal, "sessions:admin", raise_denied=False, session=record
+        )
         return decision.allowed
 
     def event_filter(
@@ -454,18 +605,11 @@ class SecurityLayer:
         (the denial is audited in the background).
         """
         decision = self.decide(principal, "events:read", tenant=principal.tenant)
-        if not decision.allowed:
+        if not decision.allowed:  # the sync twin of enforce(): audited in the background
             running = self.app._running
             if running is not None:
-                running.task_group.start_soon(
-                    lambda: self.audit(
-                        action="events:read",
-                        outcome=PermissionDenied.code,
-                        principal=principal,
-                        channel="python",
-                        reason=decision.reason,
-                    )
-                )
+                record = _denial(principal, "events:read", decision, None, {})
+                running.task_group.start_soon(lambda: self.audit(**record))
             raise PermissionDenied(decision.reason)
         tenant = principal.tenant
 
@@ -544,6 +688,9 @@ class SecurityLayer:
         storage = self.app.storage
         if storage is None:
             return
+        if outcome in _REFUSALS and reason is not None and _tallied.get() == reason:
+            _tallied.set(None)  # already counted in aggregate (or written) by the layer
+            return
         record = AuditRecord(
             id=secrets.token_hex(12),
             time=time.time(),
@@ -565,8 +712,30 @@ class SecurityLayer:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Write audit records in the background until cancelled (the host runs this)."""
-        await self._audit.run(task_status=task_status)
+        """Write audit records in the background until cancelled (the host runs this).
+
+        Counted refusals are written when their window ends (checked a few
+        times per window), when the audit log is queried and when the host stops.
+        """
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._audit.run)
+            tg.start_soon(self._sweep_refusals)
+            task_status.started()
+
+    async def _sweep_refusals(self) -> None:
+        while True:
+            await anyio.sleep(max(0.05, self._tally.window / 4))
+            await self._write_refusals(everything=False)
+
+    async def _write_refusals(self, *, everything: bool) -> None:
+        records = self._tally.drain(everything=everything)
+        if not records:
+            return
+        if self._audit.running:
+            for record in records:
+                self._audit.put(record)
+        elif self.app.storage is not None:
+            await self.app.storage.append_audits(records)
 
     async def flush_audit(self) -> None:
         """Wait until every audit record appended before this call is stored."""
@@ -595,27 +764,14 @@ class SecurityLayer:
         sees its own tenant only.
         """
         if viewer is not None:
-            await self._require(viewer, "audit:read")
+            await self.require(viewer, "audit:read", tenant=viewer.tenant)
             tenant = viewer.tenant
         who = principal.id if isinstance(principal, Principal) else principal
+        await self._write_refusals(everything=True)  # counts so far, in their own records
         await self._audit.flush()  # read your own writes
         return await self._storage().query_audit(
             tenant=tenant, principal=who, workflow=workflow, since=since, until=until, limit=limit
         )
-
-    async def _require(self, principal: Principal, action: str) -> None:
-        decision = self.decide(principal, action, tenant=principal.tenant)
-        if not decision.allowed:
-            await self.audit(
-                action=action,
-                outcome=PermissionDenied.code,
-                principal=principal,
-                channel="python",
-                reason=decision.reason,
-            )
-            raise PermissionDenied(decision.reason)
-
-    # -- credentials ---------------------------------------------------------------------
 
     def _storage(self) -> Storage:
         storage = self.app.storage
@@ -623,61 +779,7 @@ class SecurityLayer:
             raise RuntimeError("the Nexus host is not running: use 'async with app:'")
         return storage
 
-    def _enabled(self, name: str) -> Any:
-        self.configure()
-        provider = self.providers.get(name)
-        if provider is None:
-            raise ConfigError(
-                f"the {name!r} auth provider is not enabled, so a {name} issued now could never "
-                f"be used; add {name!r} to {_KEY}.providers",
-                key=f"{_KEY}.providers",
-            )
-        return provider
-
-    async def _issue(
-        self,
-        kind: str,
-        prefix: str,
-        principal: str | Principal,
-        *,
-        roles: Any,
-        scopes: Any,
-        tenant: str | None,
-        attributes: dict[str, Any] | None,
-        label: str | None,
-        ttl: float | None,
-    ) -> IssuedToken:
-        if isinstance(principal, Principal):
-            if principal.anonymous:
-                raise ValueError("credentials cannot be issued to the anonymous principal")
-            pid = principal.id
-            tenant = principal.tenant if tenant is None else tenant
-            roles = principal.roles if roles is None else roles
-            scopes = principal.scopes if scopes is None else scopes
-            attributes = dict(principal.attributes) if attributes is None else attributes
-        else:
-            pid = principal
-        if not pid:
-            raise ValueError("a credential needs a principal id")
-        if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds")
-        now = self.clock()
-        token = new_token(prefix)
-        record = CredentialRecord(
-            id=f"{kind}_{secrets.token_urlsafe(12)}",
-            kind=kind,
-            token_hash=hash_token(token),
-            principal=pid,
-            tenant=tenant or "default",
-            roles=list(roles or ()),
-            scopes=list(scopes or ()),
-            attributes=dict(attributes or {}),
-            created_at=now,
-            expires_at=None if ttl is None else now + ttl,
-            label=label,
-        )
-        await self._storage().put_credential(record)
-        return IssuedToken(token, record)
+    # -- credentials (issued by :class:`~nexus_core.security.credentials.CredentialIssuer`) ---
 
     async def issue_api_key(
         self,
@@ -693,15 +795,12 @@ class SecurityLayer:
         """Issue an API key; returns ``(key, record)``. The key is shown only here.
 
         ``principal`` is an id or a :class:`Principal` (whose tenant, roles,
-        scopes and attributes are the defaults). ``ttl`` in seconds defaults to
-        ``api_key.default_ttl``. A principal may hold several keys (rotation).
+        scopes and attributes are the defaults; a key issued to a Principal
+        expires no later than the credential that proved it). ``ttl`` in
+        seconds defaults to ``api_key.default_ttl``. A principal may hold
+        several keys (rotation).
         """
-        provider = self._enabled("api_key")
-        if ttl is None:
-            ttl = provider.config.default_ttl
-        return await self._issue(
-            "api_key",
-            provider.prefix,
+        return await self.issuer.issue_api_key(
             principal,
             roles=roles,
             scopes=scopes,
@@ -720,67 +819,59 @@ class SecurityLayer:
         label: str | None = None,
         ttl: float | None = None,
     ) -> IssuedToken:
-        """Issue a CLI token to a logged-in principal (``nexus login``): ``(token, record)``.
+        """Issue a CLI token in process, as trusted code (local ``nexus login``): ``(token, rec)``.
 
         Pass the :class:`Principal` the login proved, so the token carries its
-        tenant, roles, scopes and attributes. ``ttl`` defaults to ``cli_token.ttl``.
+        tenant, roles, scopes and attributes (and expires no later than it).
+        ``ttl`` defaults to ``cli_token.ttl``. Channels exchanging a caller's
+        credential use :meth:`exchange_cli_token`, which checks ``tokens:issue``.
         """
-        provider = self._enabled("cli_token")
-        return await self._issue(
-            "cli_token",
-            provider.prefix,
-            principal,
-            roles=roles,
-            scopes=None,
-            tenant=tenant,
-            attributes=None,
-            label=label,
-            ttl=provider.config.ttl if ttl is None else ttl,
+        return await self.issuer.issue_cli_token(
+            principal, roles=roles, tenant=tenant, label=label, ttl=ttl
         )
+
+    async def exchange_cli_token(
+        self,
+        credentials: Credentials | None,
+        channel: str,
+        *,
+        label: str | None = None,
+        ttl: float | None = None,
+    ) -> IssuedToken:
+        """A CLI token derived from the credential a caller presents (``POST /auth/cli-tokens``).
+
+        Limited per client address (``rate_limits.token_issuance``), then the
+        credentials are authenticated (a failure is audited), the principal
+        needs ``tokens:issue`` (a denial is audited), and the token is issued
+        with the principal's identity. It expires no later than the
+        credential (a JWT's ``exp``, an API key's expiry or planned revocation,
+        another CLI token's expiry) and records it as its parent, so revoking
+        the parent refuses the token at once. ``ttl`` may only shorten
+        ``cli_token.ttl``. The issuance is audited (``cli_token:issue``).
+        """
+        return await self.issuer.exchange_cli_token(credentials, channel, label=label, ttl=ttl)
 
     async def rotate_api_key(self, credential_id: str, *, grace: float = 0.0) -> IssuedToken:
-        """Issue a new key like an existing one and revoke the old one after ``grace`` seconds."""
-        old = await self._storage().get_credential_by_id(credential_id)
-        if old is None or old.kind != "api_key":
-            raise KeyError(f"no API key {credential_id!r}")
-        now = self.clock()
-        ttl = None if old.expires_at is None else max(1.0, old.expires_at - old.created_at)
-        token, record = await self._issue(
-            "api_key",
-            self._enabled("api_key").prefix,
-            old.principal,
-            roles=old.roles,
-            scopes=old.scopes,
-            tenant=old.tenant,
-            attributes=old.attributes,
-            label=old.label,
-            ttl=ttl,
-        )
-        await self._storage().revoke_credential(credential_id, at=now + max(0.0, grace))
-        return IssuedToken(token, record)
+        """Issue a new key like an existing one and revoke the old one after ``grace`` seconds.
+
+        CLI tokens derived from the old key stop working with it.
+        """
+        return await self.issuer.rotate_api_key(credential_id, grace=grace)
 
     async def revoke(self, credential_id: str, *, tenant: str | None = None) -> bool:
-        """Revoke an API key or CLI token now; False if unknown (or of another ``tenant``)."""
-        storage = self._storage()
-        if tenant is not None:
-            record = await storage.get_credential_by_id(credential_id)
-            if record is None or record.tenant != tenant:
-                return False
-        return await storage.revoke_credential(credential_id, at=self.clock())
+        """Revoke an API key or CLI token now, and every CLI token derived from it.
+
+        False if unknown (or of another ``tenant``).
+        """
+        return await self.issuer.revoke(credential_id, tenant=tenant)
 
     async def revoke_token(self, token: str, *, kind: str | None = None) -> bool:
         """Revoke the API key or CLI token ``token`` itself (``nexus logout`` has only that)."""
-        storage = self._storage()
-        digest = hash_token(token)
-        for candidate in (kind,) if kind is not None else ("api_key", "cli_token"):
-            record = await storage.get_credential(candidate, digest)
-            if record is not None:
-                return await storage.revoke_credential(record.id, at=self.clock())
-        return False
+        return await self.issuer.revoke_token(token, kind=kind)
 
     async def revoke_cli_token(self, token: str) -> bool:
         """Revoke a CLI token by its value (what ``nexus logout`` calls)."""
-        return await self.revoke_token(token, kind="cli_token")
+        return await self.issuer.revoke_token(token, kind="cli_token")
 
     async def list_credentials(
         self,
@@ -791,18 +882,30 @@ class SecurityLayer:
         include_inactive: bool = False,
     ) -> list[CredentialRecord]:
         """Issued credentials (never their tokens), oldest first; active ones unless asked."""
-        records = await self._storage().list_credentials(
-            principal=principal, kind=kind, tenant=tenant
+        return await self.issuer.list_credentials(
+            principal=principal, kind=kind, tenant=tenant, include_inactive=include_inactive
         )
-        if include_inactive:
-            return records
-        now = self.clock()
-        return [
-            r
-            for r in records
-            if (r.revoked_at is None or r.revoked_at > now)
-            and (r.expires_at is None or r.expires_at > now)
-        ]
+
+
+def _denial(
+    principal: Principal,
+    action: str,
+    decision: Decision,
+    channel: str | None,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """The audit record's fields for a denied decision."""
+    workflow = context.get("workflow")
+    run = context.get("run")
+    return {
+        "action": action,
+        "outcome": PermissionDenied.code,
+        "principal": principal,
+        "channel": channel or context.get("channel") or "python",
+        "workflow": getattr(workflow, "name", workflow),
+        "run_id": getattr(run, "id", None),
+        "reason": decision.reason,
+    }
 
 
 def _identity(principal: Principal) -> tuple[Any, ...]:

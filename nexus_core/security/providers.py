@@ -72,6 +72,8 @@ class StoredTokenProvider:
             raise AuthenticationError(f"this {self.what} has been revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthenticationError(f"this {self.what} has expired")
+        if record.parent is not None:  # derived: valid while what it was issued from is
+            await self.app.security.issuer.check_lineage(record, self.what)
         return principal_of(record, self.name)
 
 

@@ -61,6 +61,7 @@ SHOPPER = [
     "workflow:add_to_cart:execute",
     "workflow:view_cart:execute",
     "events:read",
+    "tokens:issue",  # nexus login exchanges her key for a CLI token
 ]
 CONFIG = f"""
 [nexus]

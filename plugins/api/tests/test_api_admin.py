@@ -58,7 +58,7 @@ def secure(*, cli_tokens: bool = True, **extra: Any) -> Nexus:
         "providers": ["api_key", "cli_token"] if cli_tokens else ["api_key"],
         "roles": {
             "operator": ["admin"],
-            "user": ["workflow:*:execute", "events:read", "runs:read"],
+            "user": ["workflow:*:execute", "events:read", "runs:read", "tokens:issue"],
         },
         "api_key": {
             "keys": [
@@ -130,10 +130,16 @@ async def test_an_api_key_is_exchanged_for_a_cli_token_and_revoked() -> None:
         assert ran.status_code == 200 and ran.json()["output"] == "Hello, Ada."
         # ... and no more than the key could (no admin).
         _problem(await http.get("/config", headers=bearer), 403, "forbidden")
-        # It cannot be renewed into another one.
-        _problem(await http.post("/auth/cli-tokens", headers=bearer), 403, "forbidden")
+        # Exchanged for another, the new one derives from it: no longer-lived, revoked with it.
+        child = await http.post("/auth/cli-tokens", json={"label": "child"}, headers=bearer)
+        assert child.status_code == 201, child.text
+        assert child.json()["expires_at"] <= body["expires_at"]
+        child_bearer = {"Authorization": f"Bearer {child.json()['token']}"}
         records = await app.security.list_credentials(principal="user", kind="cli_token")
-        assert [(r.id, r.label) for r in records] == [(body["id"], "laptop")]
+        assert [(r.id, r.label) for r in records] == [
+            (body["id"], "laptop"),
+            (child.json()["id"], "child"),
+        ]
 
         # Bad bodies, once authenticated.
         bad = await http.post("/auth/cli-tokens", json={"label": 3}, headers={"X-API-Key": USER})
@@ -149,6 +155,10 @@ async def test_an_api_key_is_exchanged_for_a_cli_token_and_revoked() -> None:
         gone = await http.delete("/auth/cli-tokens/current", headers=bearer)
         assert gone.status_code == 200 and gone.json() == {"revoked": True, "principal": "user"}
         _problem(await http.get("/workflows", headers=bearer), 401, "unauthenticated")
+        orphan = _problem(
+            await http.get("/workflows", headers=child_bearer), 401, "unauthenticated"
+        )
+        assert "revoked" in orphan["detail"]
         _problem(
             await http.delete("/auth/cli-tokens/current", headers=bearer), 401, "unauthenticated"
         )

@@ -153,7 +153,7 @@ SECURE_CONFIG = f"""
 [nexus.services.security]
 providers = ["api_key", "cli_token"]
 auth_enabled = true
-roles = {{ operator = ["admin"], user = ["workflow:*:execute", "runs:read"] }}
+roles = {{ operator = ["admin"], user = ["workflow:*:execute", "runs:read", "tokens:issue"] }}
 
 [[nexus.services.security.api_key.keys]]
 principal = "ops"
