@@ -8,6 +8,7 @@ an already-bound socket (several workers share one).
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
 import math
 import socket
@@ -18,6 +19,7 @@ import anyio.abc
 from nexus_core.channels import ChannelCapabilities
 from nexus_core.config import ConfigError
 
+from ._limits import Limits, limited_protocol
 from ._state import ApiState
 from .config import ApiConfig, check_config
 
@@ -111,8 +113,12 @@ class ApiChannel:
         self.port = sockets[0].getsockname()[1]
         try:
             asgi_app = create_app(self.app, config, state=self.state)
+            protocol = limited_protocol(Limits.from_config(config))
             uv_config = uvicorn.Config(
                 asgi_app,
+                http=protocol if protocol is not None else "auto",
+                h11_max_incomplete_event_size=config.max_header_bytes,
+                limit_concurrency=config.max_connections,
                 lifespan="on",
                 log_config=None,
                 access_log=config.access_log,
@@ -141,6 +147,7 @@ class ApiChannel:
         log.info(
             "Nexus API of %r serving on %s (docs: %s/docs)", self.app.title, self.url, self.url
         )
+        self._warn_if_open(sockets[0])
         uvicorn_log = logging.getLogger("uvicorn.error")
         uvicorn_log.addFilter(DENIALS)
         task_status.started()
@@ -148,6 +155,24 @@ class ApiChannel:
             await self._serve(server, sockets if owned else None)
         finally:
             uvicorn_log.removeFilter(DENIALS)
+
+    def _warn_if_open(self, sock: socket.socket) -> None:
+        """Development mode (auth off) on an address others can reach: say what that means."""
+        if self.app.security.auth_required:
+            return
+        address = sock.getsockname()[0]
+        try:
+            loopback = ipaddress.ip_address(address.split("%")[0]).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            log.warning(
+                "authentication is off and the API listens on %s, which is not a loopback "
+                "address: anyone on the network can run every workflow. Turn authentication on "
+                "(nexus.services.security.auth_enabled = true, or environment = staging or "
+                "production) or listen on 127.0.0.1",
+                address,
+            )
 
     async def _serve(self, server: Any, sockets: list[socket.socket] | None) -> None:
         try:
