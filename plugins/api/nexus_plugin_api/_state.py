@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,22 +18,14 @@ if TYPE_CHECKING:
 __all__ = ["ApiState"]
 
 
-def _accepts(function: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class ApiState:
     """Per-application state: the host, the settings and the long-lived connections.
 
     At shutdown :meth:`close_streams` ends every SSE stream and WebSocket, so
     the server's graceful drain waits only for requests that will finish.
 
-    The methods here are the API's only calls into the security layer besides
-    ``invoke``; they use its newer keywords (``audit=``, ``principal=``) when the
-    installed core has them.
+    The methods here call the host's own checks directly: the API
+    authenticates, filters and scopes nothing by itself.
     """
 
     def __init__(self, app: Nexus, config: ApiConfig) -> None:
@@ -43,23 +34,16 @@ class ApiState:
         self.closing = False
         self.subscriptions: set[Subscription] = set()
         self.sockets: set[anyio.CancelScope] = set()
-        self.openapi_cache: tuple[Any, bytes] | None = None
-        self._audit_auth = _accepts(app.security.authenticate, "audit")
-        self._scoped_subscribe = _accepts(app.subscribe, "principal")
+        #: ``/openapi.json`` encoded, per set of workflows a caller may run.
+        self.openapi_cache: dict[tuple[Any, ...], bytes] = {}
 
     async def authenticate(self, info: RequestInfo, *, audit: bool = True) -> Principal:
         """The caller's principal (a failure is audited on routes other than runs)."""
-        credentials = info.credentials()
-        if self._audit_auth:
-            return await self.app.security.authenticate(credentials, "api", audit=audit)
-        return await self.app.security.authenticate(credentials, "api")
+        return await self.app.security.authenticate(info.credentials(), "api", audit=audit)
 
     async def visible_workflows(self, who: Principal) -> list[Workflow]:
-        """The workflows ``who`` may run (all of them on a core without that filter)."""
-        narrow = getattr(self.app, "visible_workflows", None)
-        if narrow is not None:
-            return list(await narrow(who, channel="api"))
-        return list(self.app.workflows.values())
+        """The workflows ``who`` may run on this channel (the host decides)."""
+        return list(await self.app.visible_workflows(who, channel="api"))
 
     def subscribe(
         self,
@@ -73,18 +57,11 @@ class ApiState:
 
         Raises ``PermissionDenied`` when ``who`` may not read events.
         """
-        if self._scoped_subscribe:
-            return self.app.subscribe(
-                patterns, principal=who, last_event_id=last_event_id, filter=keep
-            )
-        tenant = who.tenant
+        return self.app.subscribe(patterns, principal=who, last_event_id=last_event_id, filter=keep)
 
-        def visible(event: Event) -> bool:
-            return (event.tenant is None or event.tenant == tenant) and (
-                keep is None or keep(event)
-            )
-
-        return self.app.subscribe(patterns, last_event_id=last_event_id, filter=visible)
+    async def until_invalid(self, info: RequestInfo, who: Principal) -> str:
+        """Return once the credentials of a stream no longer authenticate as ``who``; the reason."""
+        return await self.app.security.until_invalid(info.credentials(), "api", who)
 
     async def close_streams(self) -> None:
         """Stop taking new streams; end the open SSE streams and WebSockets."""

@@ -32,6 +32,7 @@ Plus whatever other plugins mount through ``nexus_api_mounts``.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -43,7 +44,6 @@ import anyio
 import msgspec
 from litestar import Litestar, Request, Response, WebSocket, asgi, delete, get, post, websocket
 from litestar.config.cors import CORSConfig
-from litestar.enums import ScopeType
 from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
@@ -51,7 +51,7 @@ from nexus_core.channels import describe
 from nexus_core.errors import (
     AuthenticationError,
     FieldError,
-    RateLimited,
+    PermissionDenied,
     SessionNotFound,
     ValidationError,
     WorkflowNotFound,
@@ -445,12 +445,16 @@ def _routes(api: ApiState) -> list[Any]:
         return _json(report, 200 if report.ok else 503)
 
     @get("/metrics", name="metrics")
-    async def metrics() -> Response[bytes]:
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        await _metrics_allowed(api, read_request(request.scope, cookie))
         body, content_type = app.metrics.render()
-        return Response(body, media_type=content_type)
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     @get("/plugins", name="plugins")
-    async def plugins() -> Response[bytes]:
+    async def plugins(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        if app.security.auth_required and who.anonymous:
+            raise AuthenticationError("the plugin list needs an authenticated caller")
         channels = [msgspec.convert(describe(c), ChannelInfo) for c in app.channels.values()]
         return _json(PluginList(items=app.plugins, errors=app.plugin_errors, channels=channels))
 
@@ -538,16 +542,23 @@ def _routes(api: ApiState) -> list[Any]:
     if config.docs:
 
         @get("/openapi.json", name="openapi")
-        async def openapi() -> Response[bytes]:
-            key = tuple(app.workflows)
-            cached = api.openapi_cache
-            if cached is None or cached[0] != key:
-                document = build_openapi(app, root_path=config.root_path)
-                cached = api.openapi_cache = (key, _encode(document))
-            return Response(cached[1], media_type=JSON)
+        async def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
+            # Built for the caller: only the workflows it may run (all of them with auth off).
+            who = await authenticate(read_request(request.scope, cookie))
+            visible = await api.visible_workflows(who)
+            key = tuple((wf.name, id(wf)) for wf in visible)
+            cached = api.openapi_cache.get(key)
+            if cached is None:
+                document = build_openapi(app, root_path=config.root_path, workflows=visible)
+                cached = _encode(document)
+                if len(api.openapi_cache) >= 64:  # one document per distinct set of workflows
+                    api.openapi_cache.clear()
+                api.openapi_cache[key] = cached
+            return Response(cached, media_type=JSON, headers={"Cache-Control": "private"})
 
         @get("/docs", name="docs")
-        async def docs() -> Response[str]:
+        async def docs(request: Request[Any, Any, Any]) -> Response[str]:
+            await authenticate(read_request(request.scope, cookie))
             url = json.dumps(f"{config.root_path}/openapi.json").replace("<", "\\u003c")
             html = _DOCS_HTML.format(title=escape(app.title), openapi=url)
             return Response(html, media_type="text/html")
@@ -556,47 +567,31 @@ def _routes(api: ApiState) -> list[Any]:
     return handlers
 
 
-class _RateLimit:
-    """Requests per minute per client address on every route but the probes and metrics."""
-
-    def __init__(self, inner: Any, api: ApiState, per_minute: int) -> None:
-        self.inner = inner
-        self.api = api
-        self.capacity = float(per_minute)
-        self.refill = per_minute / 60.0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        storage = self.api.app.storage
-        if (
-            scope["type"] == ScopeType.HTTP
-            and storage is not None
-            and not scope["path"].startswith(("/health/", "/metrics"))
-        ):
-            client = scope.get("client")
-            key = f"api:rate:{client[0] if client else 'unknown'}"
-            wait = await storage.take_tokens(
-                key, capacity=self.capacity, refill_per_second=self.refill
+async def _metrics_allowed(api: ApiState, info: RequestInfo) -> None:
+    """``/metrics`` needs ``metrics_token`` when set, else (auth on) ``metrics:read``."""
+    app = api.app
+    token = api.config.metrics_token
+    if token:
+        presented = info.credentials().bearer or ""
+        if not hmac.compare_digest(presented.encode(), token.encode()):
+            raise AuthenticationError(
+                "the metrics need the metrics token: Authorization: Bearer <metrics_token>"
             )
-            if wait > 0:
-                problem, headers = problem_from_exception(
-                    RateLimited(f"over {int(self.capacity)} requests per minute", wait),
-                    scope["path"],
-                )
-                body = problem_body(problem)
-                start: Any = {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", PROBLEM_JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                        *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-                    ],
-                }
-                end: Any = {"type": "http.response.body", "body": body}
-                await send(start)
-                await send(end)
-                return
-        await self.inner(scope, receive, send)
+        return
+    if not app.security.auth_required:
+        return
+    who = await api.authenticate(info)
+    try:
+        await app.security.authorize(who, "metrics:read", channel="api")
+    except PermissionDenied as exc:
+        await app.security.audit(
+            action="metrics:read",
+            outcome=PermissionDenied.code,
+            principal=who,
+            channel="api",
+            reason=exc.message,
+        )
+        raise
 
 
 def create_app(
@@ -650,13 +645,8 @@ def create_app(
             ],
             allow_credentials=not wildcard,
         )
-    middleware: list[Any] = []
-    if config.rate_limit:
-        per_minute = config.rate_limit
-        middleware.append(lambda app: _RateLimit(app, api, per_minute))
     litestar = Litestar(
         route_handlers=handlers,
-        middleware=middleware,
         lifespan=[lifespan],
         exception_handlers={Exception: _exception_handler},
         cors_config=cors,

@@ -35,6 +35,8 @@ from .models import (
 from .problems import PROBLEM_JSON, Problem
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from nexus_core import Nexus, Workflow
 
 __all__ = ["build_openapi", "lift_defs"]
@@ -502,15 +504,20 @@ _DESCRIPTION = """Every workflow registered on this host, over HTTP.
 """
 
 
-def build_openapi(app: Nexus, *, root_path: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document for ``app``'s workflows and the fixed routes."""
+def build_openapi(
+    app: Nexus, *, root_path: str = "", workflows: Iterable[Workflow] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``workflows`` (default: all of ``app``'s) and the fixed routes.
+
+    The API passes the workflows the caller may run, so the document shows
+    nobody a workflow or a schema it could not use.
+    """
     components = _static_components()
     seen: dict[str, Any] = {}
     paths = _static_paths()
-    for name in sorted(app.workflows):
-        paths[f"/workflows/{name}/runs"] = {
-            "post": _run_operation(app.workflows[name], components, seen)
-        }
+    chosen = {wf.name: wf for wf in (app.workflows.values() if workflows is None else workflows)}
+    for name in sorted(chosen):
+        paths[f"/workflows/{name}/runs"] = {"post": _run_operation(chosen[name], components, seen)}
     security: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     if not app.config.nexus.auth_required:
         security.insert(0, {})

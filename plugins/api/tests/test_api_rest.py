@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -241,7 +242,9 @@ class _Security:
         self.real = real
         self.seen: list[Credentials | None] = []
 
-    async def authenticate(self, credentials: Credentials | None, channel: str) -> Principal:
+    async def authenticate(
+        self, credentials: Credentials | None, channel: str, *, audit: bool = False
+    ) -> Principal:
         self.seen.append(credentials)
         key = credentials.api_key or credentials.bearer if credentials else None
         if key in ("good", "ro", "slow"):
@@ -295,12 +298,26 @@ async def test_credentials_reach_the_security_layer_and_errors_map_to_http() -> 
     assert all(c.client == "127.0.0.1" for c in security.seen if c is not None)
 
 
-async def test_http_rate_limit_from_config() -> None:
-    app = build(api={"rate_limit": 3})
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
-        codes = [(await http.get("/workflows")).status_code for _ in range(5)]
-        assert codes[:3] == [200, 200, 200]
-        assert codes[3] == 429
-        limited = await http.get("/workflows")
-        assert int(limited.headers["retry-after"]) >= 1
-        assert (await http.get("/health/live")).status_code == 200
+async def test_the_old_http_rate_limit_is_ignored_with_a_warning_and_the_host_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The API has no rate limiter of its own: nexus.channels.api.rate_limit still
+    # loads (old configurations) but says what replaced it; the host's per-client
+    # limit applies to the API like to every channel.
+    limits = {"per_client": {"requests": 2, "per": 60}}
+    app = build(api={"rate_limit": 1}, services={"security": {"rate_limits": limits}})
+    with caplog.at_level(logging.WARNING, logger="nexus.api"):
+        async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+            listed = [(await http.get("/workflows")).status_code for _ in range(3)]
+            assert listed == [200, 200, 200]  # no HTTP-layer limit any more
+            codes = [
+                (await http.post("/workflows/greet/runs", json={"name": "x"})).status_code
+                for _ in range(3)
+            ]
+            assert codes == [200, 200, 429]
+            limited = await http.post("/workflows/greet/runs", json={"name": "x"})
+            assert int(limited.headers["retry-after"]) >= 1
+            assert limited.json()["code"] == "rate_limited"
+            assert (await http.get("/health/live")).status_code == 200
+    warned = [r.getMessage() for r in caplog.records if "rate_limit" in r.getMessage()]
+    assert warned and "nexus.services.security.rate_limits" in warned[0]
