@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 import aiosqlite
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
 from ..events import Event
@@ -145,6 +147,25 @@ _DELETE_BLOB = "DELETE FROM blobs WHERE key = ?"
 _LIST_BLOBS = "SELECT key FROM blobs ORDER BY key"
 _LIST_BLOBS_FROM = "SELECT key FROM blobs WHERE key >= ? ORDER BY key"
 _LIST_BLOBS_RANGE = "SELECT key FROM blobs WHERE key >= ? AND key < ? ORDER BY key"
+
+
+def _make_private(path: str) -> None:
+    """Create the database file with mode 0600 before SQLite opens it, whatever the umask.
+
+    SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files it creates the
+    database file's mode, so they are 0600 too. A database (or one of those
+    files) left readable by others by an older version is narrowed to 0600.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if hasattr(os, "fchmod") and os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):  # absent, or not ours to change
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
 
 
 def _credential(row: Sequence[Any]) -> CredentialRecord:
@@ -298,6 +319,7 @@ class SQLiteStorage(Storage):
             )
         if self.persistent:
             await anyio.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(_make_private, self.path)
         self._lock = anyio.Lock(fast_acquire=True)
         writer = await self._connect()
         try:
