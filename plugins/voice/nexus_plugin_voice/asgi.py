@@ -226,11 +226,17 @@ class VoiceApp:
         config = service.config
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > config.max_bytes:
+            # Read and drop the body first (the API server caps it with
+            # max_body_bytes), so the client reads the answer, not a reset.
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
             await _error(
                 send,
                 413,
                 "too_large",
-                f"the audio is {int(declared)} bytes; the limit is {config.max_bytes} "
+                f"the audio is {int(declared)} bytes, larger than the limit of {config.max_bytes} "
                 "(channels.voice.max_bytes)",
             )
             return

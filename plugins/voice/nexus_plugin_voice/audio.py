@@ -2,8 +2,8 @@
 
 A WAV already at 16 kHz, mono, 16 bits is read directly; anything else sox
 reads (other WAVs, FLAC, Ogg, AIFF, AU, raw with ``Content-Type:
-audio/L16``...) is converted by a ``sox`` subprocess, which stops after the
-configured maximum length so a huge file costs no more than a long one.
+audio/L16``...) is converted by a ``sox`` subprocess (bounded: the body is capped by
+``max_bytes`` before); then the length is checked against ``max_seconds``.
 Problems are :class:`AudioError` with the HTTP status to answer.
 """
 
@@ -171,8 +171,8 @@ async def _sox(data: bytes, kind: str, max_seconds: float) -> bytes:
         raise AudioError(503, "no-sox", "sox is not installed, so only 16 kHz mono WAV is read")
     command = [program, "-q", "-t", kind, "-", "-t", "raw", "-r", str(SAMPLE_RATE)]
     command += ["-c", "1", "-b", "16", "-e", "signed-integer", "-"]
-    # Stop a little past the limit: enough to know it is too long, no more work.
-    command += ["trim", "0", f"{max_seconds + 0.5:.3f}"]
+    # No "trim": sox would close its input early and break the pipe; the body
+    # is already capped by max_bytes, so converting all of it is bounded work.
     result = await anyio.run_process(command, input=data, check=False)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()

@@ -86,7 +86,7 @@ class VoiceConfig(ConfigStruct, kw_only=True):
     tts: str = "espeak-ng"
     voice: str = "en-us"
     speed: int = 175
-    confidence_threshold: float = 0.5
+    confidence_threshold: float = 0.45
     max_bytes: int = 10_000_000
     max_seconds: float = 60.0
     vocabulary: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_VOCABULARY))

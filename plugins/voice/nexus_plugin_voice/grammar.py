@@ -300,6 +300,9 @@ class _Builder:
     def number(self, schema: Mapping[str, Any]) -> _Node:
         kind = schema.get("type")
         rule = "decimal" if kind == "number" else "whole"
+        top = schema.get("maximum")
+        if kind == "integer" and isinstance(top, int) and schema.get("minimum", 0) >= 1:
+            rule = "below100" if top <= 99 else "below1000" if top <= 999 else rule
         return Capture("", Ref(rule), lambda words: words_to_number(words))
 
     def free_text(self) -> _Node | None:
@@ -420,12 +423,20 @@ class _Builder:
             (key for key in required if _resolve(props.get(key, {}), defs).get("type") == "string"),
             None,
         )
+        # Inputs in the order of the schema (the function's signature): a
+        # recognizer restricted to one order hears far better than one free
+        # to take any order; each input may be left out (the core then names it).
         slots: list[_Node] = []
         pair = self.item(None, schema, defs)
+        paired: set[str] = set()
         if pair is not None:
-            slots.append(pair)
+            paired = {k for k, p in props.items() if _resolve(p, defs).get("type") == "string"}
         for field, prop in props.items():
-            slots.extend(self.slot(field, prop, defs, bare=field == first_text))
+            forms = self.slot(field, prop, defs, bare=field == first_text)
+            if pair is not None and field in paired:
+                forms = [pair, *forms]
+            if forms:
+                slots.append(Opt(Alt(forms) if len(forms) > 1 else forms[0]))
         head = Seq(
             [
                 Opt(Alt([Words(["please"]), Words(["run"]), Words(["please", "run"])])),
@@ -435,14 +446,8 @@ class _Builder:
         if not slots:
             return Capture("workflow", head, _const(name))
         rule = f"wf_{len(self.rules)}"
-        self.rules[rule] = Alt(slots)
-        return Seq(
-            [
-                Capture("workflow", head, _const(name)),
-                Opt(Words(["with"])),
-                Star(Seq([Opt(Words(["and"])), Ref(rule)])),
-            ]
-        )
+        self.rules[rule] = Seq(slots)
+        return Seq([Capture("workflow", head, _const(name)), Opt(Words(["with"])), Ref(rule)])
 
 
 def _join_free(words: list[str]) -> str:

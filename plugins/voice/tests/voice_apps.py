@@ -16,7 +16,10 @@ def build(voice: dict[str, Any] | None = None, *plugins: object, **nexus: Any) -
         autoload=False,
         plugins=["nexus_plugin_api.plugin", "nexus_plugin_voice.plugin", *plugins],
         config={
-            "channels": {"api": {"port": 0}, "voice": {**VOICE_SECTION, **(voice or {})}},
+            "channels": {
+                "api": {"port": 0, "max_body_bytes": 64_000_000},
+                "voice": {**VOICE_SECTION, **(voice or {})},
+            },
             **nexus,
         },
         env={},
