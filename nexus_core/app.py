@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
+from .serving import DEFAULT_SIGNALS, serve_host, start_channel
 from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
 from .storage.base import NodeCheckpoint, RunRecord, Storage
@@ -915,28 +916,21 @@ class Nexus:
             while self._active:
                 await next(iter(self._active.values())).result()
 
-    async def serve(self, channels: Iterable[str] | None = None) -> None:
-        """Run the host with every installed channel (or the named ones) until cancelled."""
-        names = list(self.host.channels()) if channels is None else list(channels)
-        async with self.running(names):
-            await anyio.sleep_forever()
+    async def serve(
+        self,
+        channels: Iterable[str] | None = None,
+        *,
+        signals: Iterable[int] | None = DEFAULT_SIGNALS,
+    ) -> None:
+        """Run the host with every enabled channel (or the named ones) until stopped.
+
+        The first ``SIGINT``/``SIGTERM`` stops every channel gracefully and
+        returns (no traceback); see :mod:`nexus_core.serving`.
+        """
+        await serve_host(self, channels, signals=signals)
 
     async def _start_channel(self, name: str, tg: anyio.abc.TaskGroup) -> None:
-        specs = self.host.channels()
-        spec = specs.get(name)
-        if spec is None:
-            installed = ", ".join(sorted(specs)) or "none"
-            raise ConfigError(
-                f"no channel {name!r} is installed (installed: {installed})",
-                key=f"nexus.channels.{name}",
-            )
-        try:
-            section = self.config.section(f"channels.{name}")
-        except ConfigError:
-            section = None
-        channel = spec.load()(self, section)
-        await tg.start(_run_channel, channel)
-        self.channels[name] = channel
+        await start_channel(self, name, tg)  # failures name the channel's plugin
 
     async def _recover_runs(self) -> None:
         services = self._services()
@@ -1042,10 +1036,6 @@ class _Services:
         self.events = events
         self.sessions = sessions
         self.task_group = task_group
-
-
-async def _run_channel(channel: Any, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-    await channel.run(task_status=task_status)
 
 
 class _Recorder:

@@ -22,6 +22,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PluginConflictError",
+    "PluginFailed",
     "PluginLoadFailed",
     "RateLimited",
     "RunNotFound",
@@ -64,7 +65,31 @@ class NexusError(Exception):
         return ErrorDetail(code=self.code, message=self.message)
 
 
-class PluginLoadFailed(NexusError):
+class PluginFailed(NexusError):
+    """A plugin failed: to register, to build what it registered, to start.
+
+    The message names the plugin, its distribution and version, and says how
+    to disable it; ``plugin``, ``distribution`` and ``version`` carry the same.
+    The original exception is the ``__cause__``.
+    """
+
+    code = "plugin_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.distribution = distribution
+        self.version = version
+
+
+class PluginLoadFailed(PluginFailed):
     """A plugin could not be loaded and ``NEXUS_STRICT_PLUGINS`` is set (or it is built in)."""
 
     code = "plugin_load_failed"

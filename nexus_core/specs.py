@@ -22,8 +22,44 @@ __all__ = [
     "NodeTypeSpec",
     "Spec",
     "StorageBackendSpec",
+    "disable_hint",
     "import_string",
+    "plugin_label",
 ]
+
+#: The name under which the core's own defaults are registered.
+BUILTIN_PLUGIN = "nexus-core:builtin"
+
+#: What each spec type registers, as error messages name it.
+_KINDS = {
+    "ChannelSpec": "channel",
+    "AuthProviderSpec": "auth provider",
+    "StorageBackendSpec": "storage backend",
+    "NodeTypeSpec": "node type",
+    "EventBusSpec": "event bus",
+    "ConfigSectionSpec": "config section",
+    "HttpMountSpec": "HTTP mount",
+    "CommandSpec": "command",
+}
+
+
+def plugin_label(plugin: str, distribution: str = "", version: str | None = None) -> str:
+    """``plugin 'x' (distribution 1.2)``: how every plugin failure names its culprit."""
+    if not distribution:
+        return f"plugin {plugin!r}"
+    return f"plugin {plugin!r} ({distribution}{f' {version}' if version else ''})"
+
+
+def disable_hint(plugin: str, distribution: str = "", *, entry_point: bool = True) -> str:
+    """How to get rid of a failing plugin, as one sentence."""
+    if plugin == BUILTIN_PLUGIN:
+        return "It is built into nexus-core: please report it."
+    if not entry_point or not distribution:
+        return "Remove it from the plugins passed to Nexus(...)."
+    return (
+        f"Set NEXUS_DISABLE_PLUGINS={plugin} to skip it, "
+        f"or uninstall it with 'pip uninstall {distribution}'."
+    )
 
 
 def import_string(target: str | Any) -> Any:
@@ -49,17 +85,59 @@ class Spec(msgspec.Struct, kw_only=True, frozen=True):
     """Common shape of every registration: a unique name and a lazy factory.
 
     ``factory`` is a ``"module:attr"`` string (preferred) or the object itself.
-    ``plugin`` is filled in by the host with the distribution that registered it.
+    ``plugin``, ``distribution`` and ``version`` are filled in by the host:
+    the plugin that registered the spec (its entry-point name) and the
+    distribution it comes from, so every failure can name them.
     """
 
     name: str
     factory: Any
     description: str = ""
     plugin: str = ""
+    distribution: str = ""
+    version: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What this spec registers, in words (``"channel"``, ``"storage backend"``)."""
+        return _KINDS.get(type(self).__name__, type(self).__name__)
+
+    def describe(self) -> str:
+        """``channel 'tcp' of plugin 'x' (x 1.0)``: for error messages."""
+        if not self.plugin:
+            return f"{self.kind} {self.name!r}"
+        return f"{self.kind} {self.name!r} of " + plugin_label(
+            self.plugin, self.distribution, self.version
+        )
+
+    def failed(self, what: str, exc: BaseException) -> Exception:
+        """A :class:`~nexus_core.errors.PluginFailed` naming this spec's plugin and ``exc``.
+
+        ``what`` says what went wrong (``"cannot be imported"``); the message
+        ends with how to disable the plugin. Raise it ``from exc``.
+        """
+        from .errors import PluginFailed
+
+        hint = disable_hint(self.plugin, self.distribution) if self.plugin else ""
+        message = f"{self.describe()} {what}: {type(exc).__name__}: {exc}"
+        return PluginFailed(
+            f"{message}. {hint}".rstrip(),
+            plugin=self.plugin or None,
+            distribution=self.distribution or None,
+            version=self.version,
+        )
 
     def load(self) -> Any:
-        """Import and return the factory."""
-        return import_string(self.factory)
+        """Import and return the factory.
+
+        A factory that cannot be imported raises
+        :class:`~nexus_core.errors.PluginFailed` naming the plugin, its
+        distribution and version, and how to disable it.
+        """
+        try:
+            return import_string(self.factory)
+        except Exception as exc:
+            raise self.failed(f"cannot be loaded ({self.factory!r})", exc) from exc
 
 
 class ChannelSpec(Spec, kw_only=True, frozen=True):

@@ -25,7 +25,7 @@ from nexus_core import (
     hookspec,
     hookspecs,
 )
-from nexus_core.errors import PluginConflictError, PluginLoadFailed
+from nexus_core.errors import PluginConflictError, PluginFailed, PluginLoadFailed
 from nexus_core.plugins import PluginHost
 
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("nexus_"))
@@ -163,8 +163,9 @@ def test_a_hook_must_return_its_spec_type() -> None:
         def nexus_node_types(self):
             return [ChannelSpec(name="x", factory="x:y")]
 
-    with pytest.raises(TypeError, match="NodeTypeSpec"):
+    with pytest.raises(PluginFailed, match="must return NodeTypeSpec") as err:
         PluginHost([Wrong()], autoload=False).node_types()
+    assert "Wrong" in str(err.value) and "Remove it from the plugins" in str(err.value)
 
 
 def test_a_plugin_can_add_hooks_of_its_own() -> None:
@@ -455,7 +456,8 @@ async def test_a_failing_startup_names_its_plugin() -> None:
             raise RuntimeError("not today")
 
     app = Nexus(plugins=[Grumpy()], autoload=False, storage="memory://", env={})
-    with pytest.raises(RuntimeError, match="not today") as err:
+    with pytest.raises(PluginFailed, match="not today") as err:
         async with app:
             pass
-    assert any("Grumpy" in note for note in err.value.__notes__)
+    assert "Grumpy" in str(err.value) and "failed in nexus_startup" in str(err.value)
+    assert isinstance(err.value.__cause__, RuntimeError)

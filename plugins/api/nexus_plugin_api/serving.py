@@ -1,7 +1,9 @@
 """``serve()``: run an application's HTTP server in one or several worker processes.
 
-Each worker runs the whole host (storage, events, sessions) and the ``api``
-channel on one shared listening socket. ``SIGTERM`` or ``Ctrl-C`` stops a worker
+Each worker runs the whole host (storage, events, sessions) and every enabled
+channel (see :mod:`nexus_core.serving`): the ``api`` channel on one shared
+listening socket, and, in the first worker only, the channels that listen on
+ports of their own (MCP with ``channels.mcp.port``, third-party channels). ``SIGTERM`` or ``Ctrl-C`` stops a worker
 gracefully: it stops accepting connections, ends open event streams and
 WebSockets, lets requests in flight (and the runs they wait for) finish for up
 to ``graceful_timeout`` seconds, then stops the host; runs started with
@@ -29,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from nexus_core import Nexus
 from nexus_core.config import ConfigError
+from nexus_core.errors import PluginFailed
 from nexus_core.loader import load_app
 
-from .channel import ApiChannel, bind_socket, inherited_sockets
+from .channel import bind_socket, inherited_sockets
 from .config import ApiConfig, check_config
 
 if TYPE_CHECKING:
@@ -75,29 +78,17 @@ def _configure_logging(app: Nexus | None) -> None:
     logging.basicConfig(level=level.upper(), format="%(levelname)-8s %(name)s: %(message)s")
 
 
-async def _watch_signals(channel: ApiChannel, signums: tuple[int, ...]) -> None:
-    with anyio.open_signal_receiver(*(signal.Signals(s) for s in signums)) as signals:
-        count = 0
-        async for signum in signals:
-            count += 1
-            if count == 1:
-                log.info("received %s: stopping gracefully", signal.Signals(signum).name)
-                channel.stop()
-            else:
-                log.warning("received %s again: stopping now", signal.Signals(signum).name)
-                channel.stop(force=True)
-
-
-async def _serve_host(app: Nexus, sockets: list[socket.socket], signums: tuple[int, ...]) -> None:
+async def _serve_host(
+    app: Nexus,
+    sockets: list[socket.socket],
+    signums: tuple[int, ...],
+    channels: list[str] | None = None,
+) -> None:
     token = inherited_sockets.set(sockets)
     try:
-        async with app.running(channels=["api"]):
-            channel: ApiChannel = app.channels["api"]
-            async with anyio.create_task_group() as tg:
-                if signums and threading.current_thread() is threading.main_thread():
-                    tg.start_soon(_watch_signals, channel, signums)
-                await channel.wait_stopped()
-                tg.cancel_scope.cancel()
+        # Every enabled channel (API, MCP on its own port, third-party ones),
+        # one signal handling and graceful stop for all: the core's serve.
+        await app.serve(channels, signals=signums)
     finally:
         inherited_sockets.reset(token)
 
@@ -106,18 +97,28 @@ def run_worker(
     app: Nexus,
     sockets: list[socket.socket],
     signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    channels: list[str] | None = None,
 ) -> None:
-    """Run the host with the ``api`` channel on ``sockets`` until a signal stops it."""
-    anyio.run(_serve_host, app, sockets, signums, backend="asyncio", backend_options=_uvloop())
+    """Run the host with ``channels`` (default: every enabled one) until a signal stops it.
+
+    The ``api`` channel listens on ``sockets``.
+    """
+    anyio.run(
+        _serve_host, app, sockets, signums, channels, backend="asyncio", backend_options=_uvloop()
+    )
 
 
-def _child_main(reference: str, sockets: list[socket.socket]) -> None:
-    """A supervised worker: load the app, serve; SIGINT is the supervisor's to handle."""
+def _child_main(reference: str, sockets: list[socket.socket], every_channel: bool = True) -> None:
+    """A supervised worker: load the app, serve; SIGINT is the supervisor's to handle.
+
+    Only the first worker runs the channels other than ``api`` (they listen
+    on ports of their own, which the workers cannot share).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         app = load_app(reference)
         _configure_logging(app)
-        run_worker(app, sockets, (signal.SIGTERM,))
+        run_worker(app, sockets, (signal.SIGTERM,), None if every_channel else ["api"])
     except Exception as exc:
         _configure_logging(None)
         log.error("worker %d failed: %s: %s", os.getpid(), type(exc).__name__, exc)
@@ -136,14 +137,14 @@ def _supervise(reference: str, sockets: list[socket.socket], workers: int, grace
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def start() -> tuple[Any, float]:
+    def start(index: int) -> tuple[Any, float]:
         process = context.Process(
-            target=_child_main, args=(reference, sockets), name="nexus-api-worker"
+            target=_child_main, args=(reference, sockets, index == 0), name="nexus-api-worker"
         )
         process.start()
         return process, time.monotonic()
 
-    processes = [start() for _ in range(workers)]
+    processes = [start(index) for index in range(workers)]
     log.info(
         "supervisor %d started %d workers: %s",
         os.getpid(),
@@ -166,7 +167,7 @@ def _supervise(reference: str, sockets: list[socket.socket], workers: int, grace
                     stop.set()
                     break
                 log.warning("worker %d died (exit %s); restarting", process.pid, process.exitcode)
-                processes[index] = start()
+                processes[index] = start(index)
     finally:
         for process, _ in processes:
             if process.is_alive() and process.pid is not None:
@@ -224,7 +225,11 @@ def serve(
     sock = bind_socket(host, port, config.backlog)
     try:
         if workers == 1 and not reload:
-            run_worker(loaded, [sock])
+            try:
+                run_worker(loaded, [sock])
+            except PluginFailed as exc:  # the plugin is named: no traceback, exit 1
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
             return 0
         reference = reference or app_reference(loaded)
         if reference is None:

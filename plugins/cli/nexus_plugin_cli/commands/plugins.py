@@ -38,8 +38,9 @@ def plugins_command(*, json: bool = False, g: Globals | None = None) -> int:
             for p in report["plugins"]
         ]
         out.table(rows, ["plugin", "version", "hooks"])
-        for error in report["errors"]:
-            out.warn(_error_line(error))
+        if context.target().remote:  # in process, the host has warned once already
+            for error in report["errors"]:
+                out.warn(_error_line(error))
         return OK
 
     return context.execute(body)
