@@ -11,6 +11,8 @@ when configured (a token with an ``aud`` is refused when no audience is set).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
 import os
@@ -276,23 +278,28 @@ class JWTProvider:
     # -- authentication ------------------------------------------------------------------
 
     async def authenticate(self, credentials: Credentials, channel: str) -> Principal | None:
-        """The principal of a valid JWT; None for a bearer token that is no JWT."""
+        """The principal of a valid JWT; None for a bearer token that is no JWT.
+
+        A token whose first segment is a JSON object is a JWT: from then on
+        anything wrong with it (a header this provider does not accept, a
+        signature, a claim of the wrong type) is an :class:`AuthenticationError`
+        with the reason, never another exception.
+        """
         token = credentials.bearer
         if not token or token.count(".") != 2:
             return None
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        header = _header(token)
+        if header is None:
             return None  # not a JWT: another provider's token
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in _ALGORITHMS:
-            raise AuthenticationError(f"token algorithm {str(alg)[:20]!r} is not accepted")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise AuthenticationError("invalid token header: 'kid' must be a string")
+        alg, kid = _check_header(header)
         keys = await self.keys_for(kid, alg)
-        claims = self._verify(token, keys)
-        return self._principal(claims)
+        try:
+            claims = self._verify(token, keys)
+            return self._principal(claims)
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # PyJWT on input it did not expect: refuse, never crash
+            raise AuthenticationError(f"invalid token: {type(exc).__name__}") from exc
 
     def _verify(self, token: str, keys: list[VerificationKey]) -> dict[str, Any]:
         config = self.config
@@ -348,6 +355,53 @@ class JWTProvider:
             provider=self.name,
             expires_at=_expiry(claims.get("exp")),
         )
+
+
+#: Header parameters refused outright: keys named by the token itself (we only ever
+#: use configured keys), and extensions this provider does not implement.
+_REFUSED_HEADERS = {
+    "crit": "critical extensions ('crit') are not supported",
+    "jku": "a key URL in the token ('jku') is not accepted: keys are configured",
+    "x5u": "a certificate URL in the token ('x5u') is not accepted: keys are configured",
+    "x5c": "a certificate chain in the token ('x5c') is not accepted",
+    "jwk": "a key embedded in the token ('jwk') is not accepted",
+    "b64": "unencoded payloads ('b64') are not supported",
+}
+_MAX_KID = 256
+_MAX_HEADER_CHARS = 4096
+
+
+def _header(token: str) -> dict[str, Any] | None:
+    """The token's JOSE header, or None when the first segment is not a JSON object."""
+    segment = token.partition(".")[0]
+    if len(segment) > _MAX_HEADER_CHARS:
+        raise AuthenticationError(f"invalid token header: over {_MAX_HEADER_CHARS} characters")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):  # bad base64 or JSON: not a JWT
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
+    """The header's ``alg`` and ``kid``; :class:`AuthenticationError` for anything refused."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in _ALGORITHMS:
+        shown = alg[:20] if isinstance(alg, str) else type(alg).__name__
+        raise AuthenticationError(f"token algorithm {shown!r} is not accepted")
+    for name, reason in _REFUSED_HEADERS.items():
+        if name in header:
+            raise AuthenticationError(f"invalid token header: {reason}")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise AuthenticationError("invalid token header: 'kid' must be a string")
+    if kid is not None and len(kid) > _MAX_KID:
+        raise AuthenticationError(f"invalid token header: 'kid' is over {_MAX_KID} characters")
+    typ = header.get("typ")
+    if typ is not None and not isinstance(typ, str):
+        raise AuthenticationError("invalid token header: 'typ' must be a string")
+    return alg, kid
 
 
 def _expiry(value: Any) -> float | None:
