@@ -640,21 +640,15 @@ class SecurityLayer:
     ) -> None:
         """Raise ``RateLimited`` with the wait when a bucket is empty.
 
-        ``client`` is the caller's credentials (best) or its peer address; a
-        peer address equal to that of the credentials last authenticated in
-        this task is resolved through trusted proxies like the credentials.
+        ``client`` is the caller's credentials (their address is resolved
+        through trusted proxies) or an address already resolved. Every
+        channel hands ``invoke`` its credentials, forwarded-for included.
         """
         self.configure()
         assert self._rates is not None
         if not self._rates.active:
             return
-        if isinstance(client, Credentials):
-            address = self.client_address(client)
-        else:
-            address = client
-            seen = _seen.get()
-            if client is not None and seen is not None and seen[0] == client:
-                address = client_address(client, seen[1], self._trusted)
+        address = self.client_address(client) if isinstance(client, Credentials) else client
         storage = self.app.storage
         if storage is None:
             raise RuntimeError("the Nexus host is not running: use 'async with app:'")

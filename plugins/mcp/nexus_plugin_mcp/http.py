@@ -530,6 +530,9 @@ async def serve_http(
             lifespan="on",
             log_level="warning",
             access_log=False,
+            # The peer address is the socket's: X-Forwarded-For is the core's to believe,
+            # from nexus.services.security.trusted_proxies only (not uvicorn's own list).
+            proxy_headers=False,
             # Open SSE streams end only when the lifespan stops the session
             # manager, which uvicorn does after the connections: don't wait long.
             timeout_graceful_shutdown=1,

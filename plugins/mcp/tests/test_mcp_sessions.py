@@ -20,6 +20,7 @@ import anyio
 import httpx
 import httpx2
 import mcp_types as types
+import msgspec
 import pytest
 from _mcp_support import http_connection, running_http
 from mcp import ClientSession
@@ -246,3 +247,49 @@ async def test_resource_metadata_never_comes_from_the_host_header() -> None:
         base = url.removesuffix("/mcp")
         metadata = await http.get(base + "/.well-known/oauth-protected-resource", headers=evil)
         assert metadata.json()["resource"] == configured
+
+
+def _limited_per_client(app: Nexus, trusted: list[str]) -> None:
+    """Two calls per client address, and ``trusted`` proxies whose X-Forwarded-For counts."""
+    security = app.config.nexus.services.security
+    app.config.nexus.services.security = msgspec.structs.replace(
+        security,
+        trusted_proxies=trusted,
+        rate_limits=msgspec.convert(
+            {"per_client": {"requests": 2, "per": 3600}}, type(security.rate_limits)
+        ),
+    )
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-proxy", "untrusted-peer"])
+async def test_the_rate_limit_is_per_client_as_the_core_resolves_it(trusted: bool) -> None:
+    # The endpoint hands the core the peer and X-Forwarded-For: behind a trusted proxy each
+    # client has its own bucket; from any other peer the header is ignored, so it cannot
+    # be used to get a fresh bucket per request (nor does the server believe it on its own).
+    app = secured_app()
+    _limited_per_client(app, ["127.0.0.1"] if trusted else [])
+    call = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "greet", "arguments": {"name": "Ada"}},
+    }
+
+    async def greet(http: httpx.AsyncClient, url: str, client: str) -> str:
+        headers = {**ACCEPT, "X-API-Key": ALICE, "X-Forwarded-For": client}
+        answer = await http.post(url, json=call, headers=headers)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["result"]
+        if not result["isError"]:
+            return "ok"
+        assert result["content"][0]["text"].startswith("rate limited"), result
+        return "limited"
+
+    async with (
+        running_http(app, stateless=True, json_response=True) as url,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        first = [await greet(http, url, "203.0.113.7") for _ in range(3)]
+        assert first == ["ok", "ok", "limited"]
+        second = [await greet(http, url, "198.51.100.9") for _ in range(2)]
+        assert second == (["ok", "ok"] if trusted else ["limited", "limited"])
