@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 if TYPE_CHECKING:
     from nexus_core import Nexus, Workflow
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from ._http import RequestInfo
     from .config import ApiConfig
 
-__all__ = ["ApiState"]
+__all__ = ["ApiState", "StreamWatch"]
 
 
 class ApiState:
@@ -34,6 +35,8 @@ class ApiState:
         self.closing = False
         self.subscriptions: set[Subscription] = set()
         self.sockets: set[anyio.CancelScope] = set()
+        #: The application's background tasks (set while it runs): stream watchers.
+        self.tasks: anyio.abc.TaskGroup | None = None
         #: ``/openapi.json`` encoded, per set of workflows a caller may run.
         self.openapi_cache: dict[tuple[Any, ...], bytes] = {}
 
@@ -63,6 +66,25 @@ class ApiState:
         """Return once the credentials of a stream no longer authenticate as ``who``; the reason."""
         return await self.app.security.until_invalid(info.credentials(), "api", who)
 
+    def watch(self, info: RequestInfo, who: Principal, sub: Subscription) -> StreamWatch:
+        """Start watching a stream's credentials; when they end, ``sub`` is closed.
+
+        The returned :class:`StreamWatch` holds the reason once they have
+        ended; :meth:`StreamWatch.stop` ends the watch with the stream.
+        """
+        watch = StreamWatch()
+        tasks = self.tasks
+        if tasks is None:  # not served (no lifespan): refuse the stream, never leave it unwatched
+            raise RuntimeError("the API application is not running (its lifespan did not start)")
+
+        async def run() -> None:
+            with watch.scope:
+                watch.reason = await self.until_invalid(info, who)
+                await sub.aclose()
+
+        tasks.start_soon(run)
+        return watch
+
     async def close_streams(self) -> None:
         """Stop taking new streams; end the open SSE streams and WebSockets."""
         self.closing = True
@@ -71,3 +93,17 @@ class ApiState:
         self.subscriptions.clear()
         for scope in list(self.sockets):
             scope.cancel()
+
+
+class StreamWatch:
+    """A stream's credential watch: ``reason`` is set once they no longer authenticate."""
+
+    __slots__ = ("reason", "scope")
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.scope = anyio.CancelScope()
+
+    def stop(self) -> None:
+        """End the watch (the stream ended first)."""
+        self.scope.cancel()

@@ -417,7 +417,7 @@ def _routes(api: ApiState) -> list[Any]:
         patterns = [p.strip() for p in raw.split(",") if p.strip()] or ["*"]
         last = info.headers.get("last-event-id") or request.query_params.get("last_event_id")
         await api.subscribe(patterns, who).aclose()  # 403 now rather than a broken stream
-        body = event_stream(api, who, patterns, last or None)
+        body = event_stream(api, who, patterns, last or None, info)
         return Stream(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @get("/runs/{run_id:str}/events", name="run_events")
@@ -426,7 +426,7 @@ def _routes(api: ApiState) -> list[Any]:
         who = await authenticate(info)
         await app.get_run(run_id, principal=who)  # 404 before the stream starts
         last = info.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        body = run_event_stream(api, who, run_id, last or None)
+        body = run_event_stream(api, who, run_id, last or None, info)
         return Stream(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @websocket("/ws", name="ws")
@@ -619,7 +619,14 @@ def create_app(
                 enter: Callable[[], Any] | None = getattr(mount.app, "lifespan", None)
                 if callable(enter):
                     await stack.enter_async_context(enter())
-            yield
+            # Watchers beside the SSE streams (their credentials still valid?).
+            async with anyio.create_task_group() as tasks:
+                api.tasks = tasks
+                try:
+                    yield
+                finally:
+                    api.tasks = None
+                    tasks.cancel_scope.cancel()
 
     cors = None
     if config.cors_origins:

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENIALS",
+    "WS_CREDENTIALS_ENDED",
     "CancelMessage",
     "ClientMessage",
     "DeniedHandshakeFilter",
@@ -94,6 +95,8 @@ _decode = msgspec.json.Decoder().decode
 _END = object()
 #: The first frame of every stream, sent once subscribed: the reconnection delay (ms).
 _READY = b"retry: 3000\n\n"
+#: The close code of a WebSocket whose credentials no longer authenticate (policy violation).
+WS_CREDENTIALS_ENDED = 1008
 
 
 # -- Server-Sent Events ---------------------------------------------------------------
@@ -123,36 +126,62 @@ async def _next(sub: AsyncIterator[Event], silence: float) -> Any:
     return None
 
 
+def _ended(reason: str) -> bytes:
+    """The last frame of a stream whose credentials no longer authenticate."""
+    detail = ErrorDetail(code=AuthenticationError.code, message=reason)
+    problem = problem_from_detail(detail, 401)
+    return b"event: error\ndata: " + _encode(problem) + b"\n\n"
+
+
 async def event_stream(
-    state: ApiState, who: Principal, patterns: list[str], last_event_id: str | None
+    state: ApiState,
+    who: Principal,
+    patterns: list[str],
+    last_event_id: str | None,
+    info: RequestInfo | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of ``GET /events``: the events ``who`` may see, matching ``patterns``."""
+    """The SSE body of ``GET /events``: the events ``who`` may see, matching ``patterns``.
+
+    With ``info`` (the request's credentials) the stream ends with an
+    ``event: error`` frame (a 401 problem with the reason) once they no longer
+    authenticate as ``who`` (revoked, expired).
+    """
     keepalive = state.config.sse_keepalive
     if state.closing:
         return
     sub = state.subscribe(patterns, who, last_event_id=last_event_id)
     state.subscriptions.add(sub)
+    watch = state.watch(info, who, sub) if info is not None else None
     try:
         yield _READY  # subscribed: a client may rely on receiving what happens from now on
         while True:
             event = await _next(sub, keepalive)
             if event is _END:
-                return
+                break
             yield b": keepalive\n\n" if event is None else _frame(event)
+        if watch is not None and watch.reason is not None:
+            yield _ended(watch.reason)
     finally:
+        if watch is not None:
+            watch.stop()
         state.subscriptions.discard(sub)
         with anyio.CancelScope(shield=True):
             await sub.aclose()
 
 
 async def run_event_stream(
-    state: ApiState, who: Principal, run_id: str, last_event_id: str | None
+    state: ApiState,
+    who: Principal,
+    run_id: str,
+    last_event_id: str | None,
+    info: RequestInfo | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of ``GET /runs/{id}/events``: the run's events from its start; ends with it.
 
     Without ``Last-Event-ID`` the run's history is read from the event log
     after subscribing, and live events already read are skipped, so nothing
-    falls in between.
+    falls in between. With ``info``, ends like :func:`event_stream` when the
+    credentials no longer authenticate.
     """
     app = state.app
     keepalive = state.config.sse_keepalive
@@ -162,6 +191,7 @@ async def run_event_stream(
         ("*",), who, last_event_id=last_event_id, keep=lambda event: event.run_id == run_id
     )
     state.subscriptions.add(sub)
+    watch = state.watch(info, who, sub) if info is not None else None
     try:
         yield _READY
         seen: set[str] = set()
@@ -190,7 +220,7 @@ async def run_event_stream(
                 return
             event = await _next(sub, silence)
             if event is _END:
-                return
+                break
             if event is None:
                 if deadline is None:
                     yield b": keepalive\n\n"
@@ -200,7 +230,11 @@ async def run_event_stream(
             yield _frame(event)
             if event.type in _TERMINAL:
                 return
+        if watch is not None and watch.reason is not None:
+            yield _ended(watch.reason)
     finally:
+        if watch is not None:
+            watch.stop()
         state.subscriptions.discard(sub)
         with anyio.CancelScope(shield=True):
             await sub.aclose()
@@ -407,7 +441,6 @@ class _Connection:
             result = await self.state.app.invoke(
                 message.workflow,
                 message.inputs,
-                principal=self.who,
                 credentials=info.credentials(),
                 channel="api",
                 session=message.session or info.header_session,
@@ -505,9 +538,16 @@ async def serve_websocket(state: ApiState, socket: WebSocket[Any, Any, Any]) -> 
     outer = anyio.CancelScope()
     state.sockets.add(outer)
     close_code = 1000
+    ended: list[str] = []
+
+    async def watch(tg: anyio.abc.TaskGroup) -> None:
+        ended.append(await state.until_invalid(info, who))
+        tg.cancel_scope.cancel()
+
     try:
         with outer:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, tg)
                 while True:
                     message: Any = await socket.receive()
                     kind = message["type"]
@@ -524,9 +564,23 @@ async def serve_websocket(state: ApiState, socket: WebSocket[Any, Any, Any]) -> 
             close_code = 1001  # going away: the server is shutting down
     finally:
         state.sockets.discard(outer)
+    reason = ""
+    if ended and close_code:
+        # The credentials no longer authenticate: say why, then close (policy violation).
+        await connection.fail(AuthenticationError(ended[0]), None)
+        close_code = WS_CREDENTIALS_ENDED
+        reason = _close_reason(ended[0])
     if close_code:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             try:
-                await socket.close(code=close_code)
+                await socket.close(code=close_code, reason=reason or None)
             except Exception:  # the client may be gone already
                 log.debug("closing a WebSocket failed", exc_info=True)
+
+
+def _close_reason(reason: str) -> str:
+    """``reason`` cut to the 123 bytes a close frame may carry."""
+    data = reason.encode()
+    if len(data) <= 123:
+        return reason
+    return data[:120].decode(errors="ignore") + "..."
