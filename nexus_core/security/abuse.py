@@ -107,30 +107,45 @@ class AuthBlocks:
 class _Tally:
     started: float
     channel: str
+    action: str
+    principal: str
+    tenant: str
     count: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     last_reason: str = ""
 
 
 class RefusalTally:
-    """Refusals per client address per window: the first is recorded, the rest counted."""
+    """Refusals per client address and action per window: the first recorded, the rest counted."""
 
     def __init__(self, window: float, clock: Callable[[], float] = time.time) -> None:
         self.window = window
         self.clock = clock
-        self._tallies: dict[str, _Tally] = {}
+        self._tallies: dict[tuple[str, ...], _Tally] = {}
         #: Records of finished windows, waiting for :meth:`drain`.
         self._ready: list[AuditRecord] = []
 
-    def count(self, client: str, channel: str, outcome: str, reason: str) -> bool:
+    def count(
+        self,
+        client: str,
+        channel: str,
+        outcome: str,
+        reason: str,
+        action: str = "authenticate",
+        principal: str = "anonymous",
+        tenant: str = "default",
+    ) -> bool:
         """Note a refusal; True if it is the first of its window (record it individually)."""
         now = self.clock()
-        tally = self._tallies.get(client)
+        key = (client, action, principal, tenant)
+        tally = self._tallies.get(key)
         if tally is not None and now - tally.started >= self.window:
-            self._close(client, tally)
+            self._close(key, tally)
             tally = None
         if tally is None:
-            self._tallies[client] = _Tally(started=now, channel=channel)
+            self._tallies[key] = _Tally(
+                started=now, channel=channel, action=action, principal=principal, tenant=tenant
+            )
             if len(self._tallies) > _MAX_CLIENTS:
                 oldest = next(iter(self._tallies))
                 self._close(oldest, self._tallies[oldest])
@@ -140,9 +155,9 @@ class RefusalTally:
         tally.last_reason = reason
         return False
 
-    def _close(self, client: str, tally: _Tally) -> None:
-        del self._tallies[client]
-        self._summarize(client, tally)
+    def _close(self, key: tuple[str, ...], tally: _Tally) -> None:
+        del self._tallies[key]
+        self._summarize(key[0], tally)
 
     def _summarize(self, client: str, tally: _Tally) -> None:
         if tally.count == 0:
@@ -153,9 +168,10 @@ class RefusalTally:
             AuditRecord(
                 id=secrets.token_hex(12),
                 time=time.time(),
-                action="authenticate",
+                action=tally.action,
                 outcome=top,
-                principal="anonymous",
+                principal=tally.principal,
+                tenant=tally.tenant,
                 channel=tally.channel,
                 reason=(
                     f"{tally.count} more refusals from {client} since "
@@ -171,10 +187,10 @@ class RefusalTally:
     def drain(self, *, everything: bool = False) -> list[AuditRecord]:
         """The records of windows that ended (``everything``: every count so far, windows kept)."""
         now = self.clock()
-        for client, tally in list(self._tallies.items()):
+        for key, tally in list(self._tallies.items()):
             if now - tally.started >= self.window:
-                self._close(client, tally)
+                self._close(key, tally)
             elif everything:
-                self._summarize(client, tally)
+                self._summarize(key[0], tally)
         ready, self._ready = self._ready, []
         return ready

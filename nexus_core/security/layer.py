@@ -362,7 +362,9 @@ class SecurityLayer:
         principal: Principal = ANONYMOUS,
     ) -> None:
         """Audit a refusal: the first of its window per address at once, later ones counted."""
-        first = address is None or self._tally.count(address, channel, error.code, error.message)
+        first = address is None or self._tally.count(
+            address, channel, error.code, error.message, action, principal.id, principal.tenant
+        )
         if first and audit:
             await self.audit(
                 action=action,
