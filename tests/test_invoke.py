@@ -15,9 +15,16 @@ from typing import Any
 import anyio
 import pytest
 
-from nexus_core import Nexus, ValidationError, WorkflowNotFound
+from nexus_core import (
+    AuthenticationError,
+    Nexus,
+    PermissionDenied,
+    ValidationError,
+    WorkflowNotFound,
+)
 from nexus_core.config import ConfigError
 from nexus_core.errors import IdempotencyConflict, SessionNotFound
+from nexus_core.security import Credentials, Principal
 from nexus_core.sessions import Session
 
 pytestmark = pytest.mark.anyio
@@ -452,3 +459,150 @@ async def test_async_runs_leave_nothing_behind() -> None:
         await anyio.sleep(0.2)
         assert app._active == {}
         assert {(await app.get_run(i)).status for i in ids} == {"completed"}
+
+
+# -- validate, then decide; idempotency keys are the caller's own ---------------------------------
+
+BIG_REFUNDS = {
+    "description": "big refunds need a lead",
+    "effect": "deny",
+    "actions": ["workflow:refund:execute"],
+    "conditions": [
+        {"attribute": "input.amount", "op": "gt", "value": 500},
+        {"attribute": "principal.level", "op": "ne", "value": "lead"},
+    ],
+}
+
+
+def secured_app(storage_url: str, refunds: list[float]) -> Nexus:
+    """Auth on; 'clerk' may run everything, a policy keeps big refunds for leads."""
+    security = {
+        "auth_enabled": True,
+        "providers": ["api_key"],
+        "strategy": "hybrid",
+        "roles": {"clerk": ["workflow:*:execute"]},
+        "policies": [BIG_REFUNDS],
+    }
+    app = make_app(storage_url, services={"security": security})
+
+    @app.workflow
+    def refund(amount: float = 1000.0, note: str = "") -> float:
+        """Refund an amount (the default is a big one)."""
+        refunds.append(amount)
+        return amount
+
+    return app
+
+
+async def key_of(app: Nexus, who: str, **attributes: Any) -> Credentials:
+    token, _ = await app.security.issue_api_key(who, roles=["clerk"], attributes=attributes)
+    return Credentials(api_key=token)
+
+
+@pytest.mark.parametrize("text", ["900", "9e5", "Infinity", "NaN", "-0", " 20", "true"])
+async def test_text_is_never_read_as_a_number(storage_url: str, text: str) -> None:
+    refunds: list[float] = []
+    app = secured_app(storage_url, refunds)
+    async with app:
+        sam = await key_of(app, "sam", level="agent")
+        for inputs in ({"amount": text}, json.dumps({"amount": text}).encode()):
+            with pytest.raises(ValidationError) as err:
+                await app.invoke("refund", inputs, credentials=sam)
+            assert [(e.path, e.reason) for e in err.value.errors] == [
+                ("amount", "expected 'float', got 'str'")
+            ]
+        assert refunds == [] and await app.list_runs() == []
+        records = await app.security.query_audit(limit=10)
+        assert [r.outcome for r in records] == ["validation_error"] * 2
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+async def test_non_finite_numbers_are_refused(storage_url: str, number: float) -> None:
+    refunds: list[float] = []
+    app = secured_app(storage_url, refunds)
+    async with app:
+        sam = await key_of(app, "sam", level="agent")
+        with pytest.raises(ValidationError) as err:
+            await app.invoke("refund", {"amount": number, "note": 3}, credentials=sam)
+        # Every bad field at once, each by name.
+        assert [e.path for e in err.value.errors] == ["amount", "note"]
+        assert "finite" in err.value.errors[0].reason
+        assert refunds == []
+
+
+async def test_the_policy_decides_on_what_the_workflow_receives(storage_url: str) -> None:
+    refunds: list[float] = []
+    app = secured_app(storage_url, refunds)
+    async with app:
+        sam = await key_of(app, "sam", level="agent")
+        lea = await key_of(app, "lea", level="lead")
+        nobody = await key_of(app, "max")  # no level at all: the rule fails closed
+        for who in (sam, nobody):
+            with pytest.raises(PermissionDenied):
+                await app.invoke("refund", {"amount": 900}, credentials=who)
+            # Omitted, the amount is the default 1000: that is what the rule sees.
+            with pytest.raises(PermissionDenied):
+                await app.invoke("refund", {}, credentials=who)
+            with pytest.raises(PermissionDenied):
+                await app.invoke("refund", b'{"amount": 900}', credentials=who)
+        assert refunds == []
+        assert (await app.invoke("refund", {"amount": 20}, credentials=sam)).output == 20
+        assert (await app.invoke("refund", {}, credentials=lea)).output == 1000
+        assert refunds == [20, 1000]
+
+
+async def test_authentication_comes_before_validation(storage_url: str) -> None:
+    app = secured_app(storage_url, [])
+    async with app:
+        with pytest.raises(AuthenticationError):  # not a ValidationError: nothing about inputs
+            await app.invoke("refund", {"amount": "900", "x": 1})
+        with pytest.raises(AuthenticationError):
+            await app.invoke("refund", {}, credentials=Credentials(api_key="nx_wrong"))
+
+
+async def test_invoke_as_skips_authentication_only(storage_url: str) -> None:
+    refunds: list[float] = []
+    app = secured_app(storage_url, refunds)
+    async with app:
+        sam = Principal(id="sam", roles=("clerk",), attributes={"level": "agent"})
+        assert (await app.invoke_as(sam, "refund", {"amount": 20})).output == 20
+        with pytest.raises(PermissionDenied):
+            await app.invoke_as(sam, "refund", {"amount": 900})
+        with pytest.raises(ValidationError):
+            await app.invoke_as(sam, "refund", {"amount": "9e5"})
+        assert refunds == [20]
+        [run] = await app.list_runs()
+        assert (run.principal, run.channel) == ("sam", "python")
+        outcomes = [r.outcome for r in await app.security.query_audit(limit=10)]
+        assert sorted(outcomes) == ["completed", "forbidden", "validation_error"]
+
+
+async def test_idempotency_keys_are_scoped_to_the_principal(storage_url: str) -> None:
+    refunds: list[float] = []
+    app = secured_app(storage_url, refunds)
+    async with app:
+        ann = await key_of(app, "ann", level="agent")
+        bob = await key_of(app, "bob", level="agent")
+        mine = await app.invoke("refund", {"amount": 7}, credentials=ann, idempotency_key="k1")
+        # Bob's equal key, same inputs: his own new run, never ann's id or output.
+        theirs = await app.invoke("refund", {"amount": 7}, credentials=bob, idempotency_key="k1")
+        assert theirs.run_id != mine.run_id and theirs.status == "completed"
+        # Other inputs under the same key: no conflict that would tell him the key exists.
+        other = await app.invoke("refund", {"amount": 8}, credentials=bob, idempotency_key="k2")
+        assert other.output == 8
+        ann_k2 = await app.invoke("refund", {"amount": 9}, credentials=ann, idempotency_key="k2")
+        assert ann_k2.run_id != other.run_id and ann_k2.output == 9
+        assert refunds == [7, 7, 8, 9]
+        # Each principal's key still deduplicates its own runs, and conflicts for its own.
+        again = await app.invoke("refund", {"amount": 7}, credentials=ann, idempotency_key="k1")
+        assert (again.run_id, again.output) == (mine.run_id, 7)
+        with pytest.raises(IdempotencyConflict):
+            await app.invoke("refund", {"amount": 1}, credentials=bob, idempotency_key="k1")
+        assert refunds == [7, 7, 8, 9]
+        runs = {r.id: r.principal for r in await app.list_runs()}
+        assert runs == {
+            mine.run_id: "ann",
+            theirs.run_id: "bob",
+            other.run_id: "bob",
+            ann_k2.run_id: "ann",
+        }

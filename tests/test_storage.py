@@ -290,6 +290,60 @@ async def test_migrates_an_older_database_keeping_data(db_path: Path) -> None:
         await old.open()
 
 
+class _KeysPerTenant(SQLiteStorage):
+    """The schema before idempotency keys were scoped to the principal (steps 1-2)."""
+
+    migrations = SQLiteStorage.migrations[:2]
+
+
+async def test_migration_3_scopes_idempotency_keys_to_the_principal(db_path: Path) -> None:
+    old = _KeysPerTenant(_url(db_path))
+    await old.open()  # the schema of steps 1-2 only
+    await old.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO runs (id, workflow, status, tenant, principal, inputs, output,"
+            " created_at, idempotency_key) VALUES"
+            " ('r1', 'w', 'completed', 'acme', 'ann', '{}', '{\"n\": 1}', 1.0, 'k')"
+        )
+        with pytest.raises(sqlite3.IntegrityError):  # before: one key per tenant
+            conn.execute(
+                "INSERT INTO runs (id, workflow, status, tenant, principal, inputs, output,"
+                " created_at, idempotency_key) VALUES"
+                " ('r2', 'w', 'pending', 'acme', 'bob', '{}', 'null', 2.0, 'k')"
+            )
+    ann = RunRecord(
+        id="r3", workflow="w", tenant="acme", principal="ann", created_at=3.0, idempotency_key="k"
+    )
+
+    new = SQLiteStorage(_url(db_path))
+    await new.open()
+    try:
+        kept = await new.get_run("r1")
+        assert kept is not None and (kept.status, kept.output) == ("completed", {"n": 1})
+        again, created = await new.create_run(ann)
+        assert (again.id, created) == ("r1", False)  # ann's key still finds ann's run
+        bobs, created = await new.create_run(
+            RunRecord(
+                id="r2",
+                workflow="w",
+                tenant="acme",
+                principal="bob",
+                created_at=4.0,
+                idempotency_key="k",
+            )
+        )
+        assert (bobs.id, created) == ("r2", True)  # bob's equal key is his own
+    finally:
+        await new.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLiteStorage.migrations)
+        indexes = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert {"runs_order", "runs_tenant", "runs_unfinished", "runs_idempotency"} <= indexes
+
+
 async def test_newer_database_is_refused(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         conn.execute("PRAGMA user_version = 99")

@@ -107,4 +107,42 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX credentials_principal ON credentials (principal, created_at, id)",
         "CREATE INDEX credentials_order ON credentials (created_at, id)",
     ),
+    # 3: idempotency keys are scoped to (tenant, principal, key), not (tenant, key):
+    # another principal's equal key is a different key. SQLite cannot drop a
+    # table constraint, so the table is rebuilt (keys were unique per tenant,
+    # so they are unique per tenant and principal too).
+    (
+        """CREATE TABLE runs_v3 (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            principal TEXT,
+            session_id TEXT,
+            channel TEXT,
+            inputs BLOB NOT NULL,
+            output BLOB NOT NULL,
+            error BLOB,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            idempotency_key TEXT,
+            input_hash TEXT,
+            owner TEXT
+        )""",
+        "INSERT INTO runs_v3 SELECT id, workflow, status, tenant, principal, session_id, channel,"
+        " inputs, output, error, created_at, started_at, finished_at, idempotency_key,"
+        " input_hash, owner FROM runs",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v3 RENAME TO runs",
+        "CREATE INDEX runs_order ON runs (created_at, id)",
+        "CREATE INDEX runs_tenant ON runs (tenant, created_at, id)",
+        "CREATE INDEX runs_workflow ON runs (workflow, created_at, id)",
+        "CREATE INDEX runs_session ON runs (session_id, created_at, id)",
+        "CREATE INDEX runs_unfinished ON runs (created_at, id)"
+        " WHERE status IN ('pending', 'running')",
+        # A run without a principal keys as principal '' (the expression is the upsert target).
+        "CREATE UNIQUE INDEX runs_idempotency ON runs"
+        " (tenant, ifnull(principal, ''), idempotency_key) WHERE idempotency_key IS NOT NULL",
+    ),
 )

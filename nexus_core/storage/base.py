@@ -195,8 +195,11 @@ class Storage(abc.ABC):
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
         """Store a new run; returns (record, created).
 
-        When ``run.idempotency_key`` is set and a run with the same key and
-        tenant exists, nothing is written and ``(existing, False)`` is returned.
+        When ``run.idempotency_key`` is set and a run with the same key,
+        tenant and principal exists, nothing is written and ``(existing,
+        False)`` is returned. A key is its principal's own: the same key of
+        another principal (or tenant) is a different key. A run without a
+        principal keys as principal ``""``.
         This must be atomic: two concurrent calls with one key create one run.
         """
 

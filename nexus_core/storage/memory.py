@@ -43,6 +43,12 @@ def _copy(record: _T) -> _T:
     return _decoders[type(record)].decode(_encoder.encode(record))  # type: ignore[no-any-return]
 
 
+def _key_of(run: RunRecord) -> tuple[str, str, str]:
+    """What an idempotency key is unique within: its tenant and principal."""
+    assert run.idempotency_key is not None
+    return (run.tenant, run.principal or "", run.idempotency_key)
+
+
 def _run_order(run: RunRecord) -> tuple[float, str]:
     """The total order of runs: by creation time, then id."""
     return (run.created_at, run.id)
@@ -59,7 +65,8 @@ class MemoryStorage(Storage):
         super().__init__(url)
         self._sessions: dict[str, SessionRecord] = {}
         self._runs: dict[str, RunRecord] = {}
-        self._idempotency: dict[tuple[str, str], str] = {}
+        # (tenant, principal, key) -> run id: a key is its principal's own.
+        self._idempotency: dict[tuple[str, str, str], str] = {}
         self._checkpoints: dict[str, dict[str, NodeCheckpoint]] = {}
         self._events: list[Event] = []
         self._event_index: dict[str, int] = {}
@@ -129,14 +136,14 @@ class MemoryStorage(Storage):
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
         """Store a new run, or return the run already holding its idempotency key."""
         if run.idempotency_key is not None:
-            existing = self._idempotency.get((run.tenant, run.idempotency_key))
+            existing = self._idempotency.get(_key_of(run))
             if existing is not None:
                 return _copy(self._runs[existing]), False
         if run.id in self._runs:
             raise ValueError(f"run {run.id!r} already exists")
         self._runs[run.id] = _copy(run)
         if run.idempotency_key is not None:
-            self._idempotency[(run.tenant, run.idempotency_key)] = run.id
+            self._idempotency[_key_of(run)] = run.id
         return _copy(run), True
 
     async def get_run(self, run_id: str, *, tenant: str | None = None) -> RunRecord | None:

@@ -19,8 +19,8 @@ How it is built:
   :mod:`nexus_core.storage._migrations`. A database newer than this code raises
   :class:`SchemaVersionError` at :meth:`SQLiteStorage.open`.
 * Values are stored as JSON (msgspec), records in columns so filters use
-  indexes. Idempotent ``create_run`` relies on ``UNIQUE (tenant,
-  idempotency_key)``, so it is atomic across processes too.
+  indexes. Idempotent ``create_run`` relies on a unique index on ``(tenant,
+  principal, idempotency_key)``, so it is atomic across processes too.
 """
 
 from __future__ import annotations
@@ -87,10 +87,14 @@ _RUN_COLS = (
 )
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (tenant, idempotency_key) DO NOTHING"
+    " ON CONFLICT (tenant, ifnull(principal, ''), idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 _SELECT_RUN = f"SELECT {_RUN_COLS} FROM runs WHERE id = ?"
-_SELECT_RUN_BY_KEY = f"SELECT {_RUN_COLS} FROM runs WHERE tenant = ? AND idempotency_key = ?"
+_SELECT_RUN_BY_KEY = (
+    f"SELECT {_RUN_COLS} FROM runs"
+    " WHERE tenant = ? AND ifnull(principal, '') = ? AND idempotency_key = ?"
+)
 _UPDATE_RUN = (
     "UPDATE runs SET status = ?, output = ?, error = ?, started_at = ?, finished_at = ?,"
     " owner = ? WHERE id = ?"
@@ -574,7 +578,8 @@ class SQLiteStorage(Storage):
         if changed:
             # Return what a later get_run returns (values through JSON).
             return _decode_run(_encode(run)), True
-        rows = await self._read(_SELECT_RUN_BY_KEY, (run.tenant, run.idempotency_key))
+        key = (run.tenant, run.principal or "", run.idempotency_key)
+        rows = await self._read(_SELECT_RUN_BY_KEY, key)
         if not rows:  # pragma: no cover - the conflicting row is committed and never deleted
             raise RuntimeError(f"idempotency conflict on {run.idempotency_key!r} but no run")
         return _run(rows[0]), False

@@ -383,27 +383,54 @@ class StorageContract:
         assert [r.id for r in await storage.list_runs(before="o1")] == ["a1"]
 
     async def test_idempotent_create(self, storage: Storage) -> None:
-        """One key and tenant: one run; the second create returns it, not created."""
+        """One key, tenant and principal: one run; the second create returns it, not created."""
         first, created = await storage.create_run(
-            _run("r1", tenant="acme", idempotency_key="key-1", input_hash="h")
+            _run("r1", tenant="acme", principal="ann", idempotency_key="key-1", input_hash="h")
         )
         assert created is True
         again, created = await storage.create_run(
-            _run("r2", tenant="acme", idempotency_key="key-1", input_hash="h2", created_at=2e3)
+            _run(
+                "r2",
+                tenant="acme",
+                principal="ann",
+                idempotency_key="key-1",
+                input_hash="h2",
+                created_at=2e3,
+            )
         )
         assert created is False
         assert again == first
         assert await storage.get_run("r2") is None
-        # The key is scoped to the tenant.
+        # The key is scoped to the tenant...
         other, created = await storage.create_run(
-            _run("r3", tenant="other", idempotency_key="key-1")
+            _run("r3", tenant="other", principal="ann", idempotency_key="key-1")
         )
         assert created is True
         assert other.id == "r3"
+        # ...and to the principal: another principal's equal key is a different key.
+        bobs, created = await storage.create_run(
+            _run("r6", tenant="acme", principal="bob", idempotency_key="key-1", input_hash="h")
+        )
+        assert (bobs.id, created) == ("r6", True)
+        # Without a principal, the key is unique among the runs without one.
+        nobody, created = await storage.create_run(
+            _run("r7", tenant="acme", idempotency_key="key-1", input_hash="h")
+        )
+        assert (nobody.id, created) == ("r7", True)
+        again, created = await storage.create_run(
+            _run("r8", tenant="acme", idempotency_key="key-1", input_hash="h")
+        )
+        assert (again.id, created) == ("r7", False)
         # Without a key nothing is deduplicated.
         assert (await storage.create_run(_run("r4", tenant="acme")))[1] is True
         assert (await storage.create_run(_run("r5", tenant="acme")))[1] is True
-        assert {r.id for r in await storage.list_runs(tenant="acme")} == {"r1", "r4", "r5"}
+        assert {r.id for r in await storage.list_runs(tenant="acme")} == {
+            "r1",
+            "r4",
+            "r5",
+            "r6",
+            "r7",
+        }
 
     async def test_idempotent_create_concurrent(self, storage: Storage) -> None:
         """20 concurrent creates with one key make exactly one run."""
@@ -834,7 +861,7 @@ def storage_state_machine(
             self.storage = store
             self.sessions: dict[str, SessionRecord] = {}
             self.model_runs: dict[str, RunRecord] = {}
-            self.keys: dict[tuple[str, str], str] = {}
+            self.keys: dict[tuple[str, str | None, str], str] = {}
             self.checkpoints: dict[tuple[str, str], NodeCheckpoint] = {}
             self.event_log: list[Event] = []
             self.cache: dict[str, bytes] = {}
@@ -969,14 +996,15 @@ def storage_state_machine(
                 inputs=inputs,
             )
             got, created = self.call(self.store.create_run, run)
-            existing = self.keys.get((tenant, key)) if key is not None else None
+            scope = (tenant, run.principal, key)
+            existing = self.keys.get(scope) if key is not None else None
             if existing is not None:
                 assert (got, created) == (self.model_runs[existing], False)
                 return existing
             assert (got, created) == (run, True)
             self.model_runs[run.id] = run
             if key is not None:
-                self.keys[(tenant, key)] = run.id
+                self.keys[scope] = run.id
             return run.id
 
         @rule(rid=runs, tenant=_MAYBE_TENANT)
