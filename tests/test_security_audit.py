@@ -94,10 +94,10 @@ async def test_query_by_principal_workflow_and_time(tmp_path: Path) -> None:
     async with app:
         ann = Principal(id="ann", roles=("operator",))
         bob = Principal(id="bob", roles=("operator",))
-        await app.invoke("greet", {}, principal=ann)
+        await app.invoke_as(ann, "greet", {})
         middle = time.time()
-        await app.invoke("add", {}, principal=bob)
-        await app.invoke("greet", {}, principal=bob)
+        await app.invoke_as(bob, "add", {})
+        await app.invoke_as(bob, "greet", {})
         assert [r.workflow for r in await app.security.query_audit(principal=bob)] == [
             "add",
             "greet",

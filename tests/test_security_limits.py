@@ -37,15 +37,15 @@ async def test_per_principal_limit_gives_the_wait(storage_url: str) -> None:
     )
     async with app:
         for _ in range(3):
-            await app.invoke("greet", {}, principal=ALICE, channel="api")
+            await app.invoke_as(ALICE, "greet", {}, channel="api")
         with pytest.raises(RateLimited) as info:
-            await app.invoke("greet", {}, principal=ALICE, channel="api")
+            await app.invoke_as(ALICE, "greet", {}, channel="api")
         assert 19 < info.value.retry_after <= 20  # one token every 20 s
         assert info.value.detail().retry_after == info.value.retry_after
         assert "principal 'alice' on api" in info.value.message
         # buckets are per principal and per channel
-        await app.invoke("greet", {}, principal=BOB, channel="api")
-        await app.invoke("greet", {}, principal=ALICE, channel="cli")
+        await app.invoke_as(BOB, "greet", {}, channel="api")
+        await app.invoke_as(ALICE, "greet", {}, channel="cli")
         outcomes = [r.outcome for r in await app.security.query_audit(principal="alice")]
         assert outcomes == ["completed"] * 3 + ["rate_limited", "completed"]
 
@@ -70,15 +70,15 @@ async def test_burst_and_refill(storage_url: str) -> None:
         security=secured(rate_limits={"per_principal": {"requests": 600, "per": 60, "burst": 2}}),
     )
     async with app:
-        await app.invoke("greet", {}, principal=ALICE)
-        await app.invoke("greet", {}, principal=ALICE)
+        await app.invoke_as(ALICE, "greet", {})
+        await app.invoke_as(ALICE, "greet", {})
         with pytest.raises(RateLimited) as info:
-            await app.invoke("greet", {}, principal=ALICE)
+            await app.invoke_as(ALICE, "greet", {})
         assert 0 < info.value.retry_after <= 0.1  # ten tokens a second
         import anyio
 
         await anyio.sleep(info.value.retry_after + 0.02)
-        await app.invoke("greet", {}, principal=ALICE)
+        await app.invoke_as(ALICE, "greet", {})
 
 
 async def test_per_workflow_and_per_channel_rules() -> None:
@@ -92,17 +92,17 @@ async def test_per_workflow_and_per_channel_rules() -> None:
         )
     )
     async with app:
-        await app.invoke("report", {}, principal=ALICE, channel="api")
+        await app.invoke_as(ALICE, "report", {}, channel="api")
         with pytest.raises(RateLimited) as info:
-            await app.invoke("report", {}, principal=ALICE, channel="api")
+            await app.invoke_as(ALICE, "report", {}, channel="api")
         assert info.value.retry_after > 3000
         # the workflow's own bucket does not drain the general one
         for _ in range(10):
-            await app.invoke("greet", {}, principal=ALICE, channel="api")
-        await app.invoke("greet", {}, principal=ALICE, channel="mcp")
-        await app.invoke("add", {}, principal=ALICE, channel="mcp")
+            await app.invoke_as(ALICE, "greet", {}, channel="api")
+        await app.invoke_as(ALICE, "greet", {}, channel="mcp")
+        await app.invoke_as(ALICE, "add", {}, channel="mcp")
         with pytest.raises(RateLimited, match="on mcp"):
-            await app.invoke("greet", {}, principal=ALICE, channel="mcp")
+            await app.invoke_as(ALICE, "greet", {}, channel="mcp")
 
 
 async def test_forwarded_for_counts_only_from_trusted_proxies() -> None:

@@ -75,9 +75,9 @@ async def test_no_principal_sees_another_tenants_data(
         sessions: list[tuple[str, Principal]] = []
         for who, workflow in actions:
             if workflow == "nap":
-                result = await app.invoke("nap", {"seconds": 30}, principal=who, wait=False)
+                result = await app.invoke_as(who, "nap", {"seconds": 30}, wait=False)
             else:
-                result = await app.invoke(workflow, {}, principal=who)
+                result = await app.invoke_as(who, workflow, {})
             runs.append((result.run_id, who))
             if result.session_id:
                 sessions.append((result.session_id, who))
@@ -102,7 +102,7 @@ async def test_no_principal_sees_another_tenants_data(
                 with pytest.raises(SessionNotFound):
                     await app.get_session(session_id, principal=observer)
                 with pytest.raises(SessionNotFound):  # nor resume it to run a workflow
-                    await app.invoke("visit", {}, principal=observer, session=session_id)
+                    await app.invoke_as(observer, "visit", {}, session=session_id)
             # guessing ids finds nothing
             with pytest.raises(RunNotFound):
                 await app.get_run("0" * 32, principal=observer)
@@ -128,8 +128,8 @@ async def test_within_a_tenant_members_see_their_own_runs_only(tmp_path: Path) -
         ann = principal("ann", "acme", "member")
         bob = principal("bob", "acme", "member")
         boss = principal("boss", "acme", "operator")
-        mine = await app.invoke("greet", {}, principal=ann)
-        theirs = await app.invoke("nap", {"seconds": 30}, principal=bob, wait=False)
+        mine = await app.invoke_as(ann, "greet", {})
+        theirs = await app.invoke_as(bob, "nap", {"seconds": 30}, wait=False)
         await anyio.sleep(0.05)  # let it start
         assert [r.id for r in await app.list_runs(principal=ann)] == [mine.run_id]
         with pytest.raises(RunNotFound):  # same tenant, not hers, no runs:read
@@ -149,7 +149,7 @@ async def test_reading_without_cancelling() -> None:
     async with app:
         owner = Principal(id="owner", roles=("viewer",))
         viewer = Principal(id="viewer", roles=("viewer",))
-        run = await app.invoke("nap", {"seconds": 30}, principal=owner, wait=False)
+        run = await app.invoke_as(owner, "nap", {"seconds": 30}, wait=False)
         await anyio.sleep(0.05)  # let it start
         assert (await app.get_run(run.run_id, principal=viewer)).run_id == run.run_id
         with pytest.raises(PermissionDenied, match="may not cancel"):
@@ -193,7 +193,7 @@ async def test_audit_queries_on_behalf_of_a_viewer_are_tenant_scoped() -> None:
     app = make_app(security=secured(roles=roles))
     async with app:
         for tenant in ("acme", "globex"):
-            await app.invoke("greet", {}, principal=principal("ann", tenant, "member"))
+            await app.invoke_as(principal("ann", tenant, "member"), "greet", {})
         auditor = principal("eve", "acme", "auditor")
         records = await app.security.query_audit(viewer=auditor)
         assert [r.tenant for r in records] == ["acme"]
@@ -206,6 +206,6 @@ async def test_audit_queries_on_behalf_of_a_viewer_are_tenant_scoped() -> None:
 async def test_nexus_without_principal_is_the_trusted_in_process_view() -> None:
     app = make_app(security=secured(roles=ROLES))
     async with app:
-        run = await app.invoke("greet", {}, principal=principal("ann", "globex", "member"))
+        run = await app.invoke_as(principal("ann", "globex", "member"), "greet", {})
         assert (await app.get_run(run.run_id)).run_id == run.run_id
         assert len(await app.list_runs()) == 1
