@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -606,3 +607,119 @@ async def test_idempotency_keys_are_scoped_to_the_principal(storage_url: str) ->
             other.run_id: "bob",
             ann_k2.run_id: "ann",
         }
+
+
+# -- no channel runs as a principal of its own choosing ------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _literal_keys(function: ast.AST, name: str) -> set[str] | None:
+    """The keys of the dict literal ``name`` is bound to in ``function`` (None: not provable)."""
+    keys: set[str] | None = None
+    for node in ast.walk(function):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id == name:
+                value = getattr(node, "value", None)
+                if keys is not None or not isinstance(value, ast.Dict):
+                    return None  # bound twice, or to something not a literal
+                if not all(
+                    isinstance(k, ast.Constant) and isinstance(k.value, str) for k in value.keys
+                ):
+                    return None
+                keys = {k.value for k in value.keys}  # type: ignore[union-attr]
+            elif (
+                isinstance(target, ast.Subscript)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == name
+            ):
+                key = target.slice
+                if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                    return None
+                if keys is not None:
+                    keys.add(key.value)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name
+            and node.func.attr in ("update", "setdefault", "__setitem__")
+        ):
+            return None
+    return keys
+
+
+def _calls_as_a_principal(path: Path) -> list[str]:
+    """Each call in ``path`` that runs a workflow as a principal instead of its credentials."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[str] = []
+    functions = [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+
+    def enclosing(call: ast.Call) -> ast.AST:
+        inner = [f for f in functions if f.lineno <= call.lineno <= (f.end_lineno or f.lineno)]
+        return max(inner, key=lambda f: f.lineno) if inner else tree
+
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        where = f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{node.lineno}"
+        if name in ("invoke_as", "_invoke"):
+            found.append(f"{where}: calls {name}")
+            continue
+        if name != "invoke":
+            continue
+        for keyword in node.keywords:
+            if keyword.arg == "principal":
+                found.append(f"{where}: invoke(principal=...)")
+            elif keyword.arg is None:  # **options: its keys must be known and not 'principal'
+                value = keyword.value
+                keys = (
+                    _literal_keys(enclosing(node), value.id)
+                    if isinstance(value, ast.Name)
+                    else None
+                )
+                if keys is None:
+                    found.append(f"{where}: invoke(**...) whose keys cannot be checked")
+                elif "principal" in keys:
+                    found.append(f"{where}: invoke(**{{'principal': ...}})")
+    return found
+
+
+def test_no_channel_plugin_invokes_as_a_principal() -> None:
+    """Every channel hands its credentials to invoke; none names the principal (issue #12)."""
+    sources = sorted(REPO.glob("plugins/*/nexus_plugin_*/**/*.py"))
+    packages = {p.relative_to(REPO).parts[1] for p in sources}
+    assert {"api", "cli", "mcp"} <= packages, packages  # the check sees the channel sources
+    offenders = [line for path in sources for line in _calls_as_a_principal(path)]
+    assert offenders == [], "\n".join(offenders)
+
+
+def test_the_static_check_would_see_a_channel_that_does(tmp_path: Path) -> None:
+    bad = tmp_path / "channel.py"
+    cases = {
+        "await app.invoke('w', {}, principal=who)": "invoke(principal=...)",
+        "await app.invoke_as(who, 'w', {})": "calls invoke_as",
+        "options = {'channel': 'x', 'principal': who}\n    await app.invoke('w', **options)": (
+            "invoke(**{'principal': ...})"
+        ),
+        "await app.invoke('w', **make())": "cannot be checked",
+        "options = {}\n    options[key] = who\n    await app.invoke('w', **options)": (
+            "cannot be checked"
+        ),
+    }
+    for body, finding in cases.items():
+        bad.write_text(f"async def handler(app, who, key):\n    {body}\n", encoding="utf-8")
+        [found] = _calls_as_a_principal(bad)
+        assert finding in found, (body, found)
+    fine = "options = {'channel': 'x'}\n    await app.invoke('w', credentials=c, **options)"
+    bad.write_text(f"async def handler(app, c):\n    {fine}\n", encoding="utf-8")
+    assert _calls_as_a_principal(bad) == []
