@@ -1,6 +1,7 @@
 """Nexus core: register a workflow once, serve it on every installed channel.
 
-The public API. Everything else is internal unless documented.
+The public API. Everything else is internal unless documented; a plugin
+author finds every name they implement or call in :mod:`nexus_core.plugin`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -9,19 +10,23 @@ from .hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
     from .app import Nexus
+    from .channels import Channel, ChannelCapabilities
+    from .config import ConfigStruct
     from .errors import (
         AuthenticationError,
         FieldError,
         NexusError,
         NotFound,
         PermissionDenied,
+        PluginFailed,
         RateLimited,
         ValidationError,
         WorkflowDefinitionError,
         WorkflowNotFound,
     )
+    from .events import EventBus
     from .plugins import PluginInfo, PluginLoadError
-    from .security import Credentials, Principal
+    from .security import AuthProvider, Credentials, Principal
     from .sessions import Session
     from .specs import (
         AuthProviderSpec,
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
         NodeTypeSpec,
         StorageBackendSpec,
     )
+    from .storage.base import CredentialRecord, Storage
     from .workflows import (
         Node,
         NodeContext,
@@ -48,12 +54,18 @@ if TYPE_CHECKING:
 # What each public name is imported from. Imported on first use (PEP 562), so
 # `import nexus_core` (and a plugin's `from nexus_core import hookimpl`) stays cheap.
 _EXPORTS = {
+    "AuthProvider": ".security",
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
+    "Channel": ".channels",
+    "ChannelCapabilities": ".channels",
     "ChannelSpec": ".specs",
     "CommandSpec": ".specs",
     "ConfigSectionSpec": ".specs",
+    "ConfigStruct": ".config",
+    "CredentialRecord": ".storage.base",
     "Credentials": ".security",
+    "EventBus": ".events",
     "EventBusSpec": ".specs",
     "FieldError": ".errors",
     "HttpMountSpec": ".specs",
@@ -65,6 +77,7 @@ _EXPORTS = {
     "NodeTypeSpec": ".specs",
     "NotFound": ".errors",
     "PermissionDenied": ".errors",
+    "PluginFailed": ".errors",
     "PluginInfo": ".plugins",
     "PluginLoadError": ".plugins",
     "Principal": ".security",
@@ -73,6 +86,7 @@ _EXPORTS = {
     "RunResult": ".workflows",
     "Runtime": ".workflows",
     "Session": ".sessions",
+    "Storage": ".storage.base",
     "StorageBackendSpec": ".specs",
     "ValidationError": ".errors",
     "Workflow": ".workflows",
@@ -85,12 +99,18 @@ _EXPORTS = {
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthProvider",
     "AuthProviderSpec",
     "AuthenticationError",
+    "Channel",
+    "ChannelCapabilities",
     "ChannelSpec",
     "CommandSpec",
     "ConfigSectionSpec",
+    "ConfigStruct",
+    "CredentialRecord",
     "Credentials",
+    "EventBus",
     "EventBusSpec",
     "FieldError",
     "HttpMountSpec",
@@ -102,6 +122,7 @@ __all__ = [
     "NodeTypeSpec",
     "NotFound",
     "PermissionDenied",
+    "PluginFailed",
     "PluginInfo",
     "PluginLoadError",
     "Principal",
@@ -110,6 +131,7 @@ __all__ = [
     "RunResult",
     "Runtime",
     "Session",
+    "Storage",
     "StorageBackendSpec",
     "ValidationError",
     "Workflow",

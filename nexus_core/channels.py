@@ -9,8 +9,6 @@ import msgspec
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from .events import Event
-
 __all__ = ["Channel", "ChannelCapabilities"]
 
 
@@ -25,12 +23,38 @@ class ChannelCapabilities(msgspec.Struct, frozen=True, kw_only=True):
 
 @runtime_checkable
 class Channel(Protocol):
-    """A way in to the host (HTTP, CLI, MCP, voice...).
+    """A way in to the host (HTTP, CLI, MCP, voice, a TCP line protocol...).
 
-    The host calls :meth:`run` inside its task group at start-up; ``run`` calls
-    ``task_status.started()`` once it accepts requests and then runs until
-    cancelled. Every request goes through ``app.invoke`` so the channel never
-    re-implements security, validation or execution.
+    A ``nexus_channels`` factory is called as ``factory(app, config)``:
+    ``app`` is the :class:`~nexus_core.Nexus` host, ``config`` the validated
+    Struct of the channel's section ``[nexus.channels.NAME]`` (registered
+    with ``nexus_config_sections``), or ``None`` when no plugin registered one.
+
+    The host calls :meth:`run` inside its task group when it starts (``nexus
+    serve``, ``app.serve()``, ``app.running(channels=[...])``); ``run`` calls
+    ``task_status.started()`` once it accepts requests and then serves until
+    cancelled. Cancellation is how every channel is stopped; a channel that
+    can stop gracefully may also have:
+
+    ``stop(*, force: bool = False)``
+        stop accepting, finish what is in flight (``force``: at once);
+    ``wait_stopped()``
+        an async method returning once :meth:`run` has finished after ``stop``;
+        ``nexus serve`` awaits it before cancelling, and when it returns on its
+        own the whole server stops;
+    ``url``
+        where it listens, shown in the list of started channels.
+
+    Every request goes through ``app.invoke`` (with the caller's
+    :class:`~nexus_core.security.Credentials` and ``channel=self.name``), so
+    the channel never re-implements security, validation or execution. A
+    channel that delivers events to its clients subscribes to them itself:
+    ``app.subscribe(patterns, principal=...)`` gives the events the principal
+    may read, as they happen, whichever channel caused them.
+
+    .. versionchanged:: 0.1
+       ``emit_event`` is no longer part of the contract: the host never
+       called it. Channels subscribe with ``app.subscribe`` instead.
     """
 
     name: str
@@ -42,10 +66,6 @@ class Channel(Protocol):
 
     async def ready(self) -> bool:
         """Whether the channel can take requests now (readiness probe)."""
-        ...
-
-    async def emit_event(self, event: Event) -> None:
-        """Deliver an event to this channel's subscribers (may do nothing)."""
         ...
 
 

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-__all__ = ["dist", "environ", "install", "pyproject"]
+__all__ = ["dist", "environ", "install", "install_path", "pyproject"]
 
 
 def pyproject(name: str, version: str, package: str, entry_point: str | None = None) -> str:
@@ -88,3 +88,17 @@ def environ(*sites: Path, **env: str) -> dict[str, str]:
     out["NEXUS_CLI_NO_CACHE"] = "1"
     out.update(env)
     return out
+
+
+def install_path(base: Path, *sources: Path) -> Path:
+    """Pip-install the distributions at ``sources`` into ``base/site``; return the site."""
+    site = base / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
+        + [str(s) for s in sources],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return site

@@ -20,96 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plugin_dists import dist, environ, install
+from plugin_dists import environ, install_path
 
 pytestmark = pytest.mark.slow
 
-LINES = dist(
-    "nexus-lines",
-    "0.4.0",
-    "nexus_lines",
-    '''
-    """A TCP channel: one request per line (WORKFLOW JSON), one JSON answer per line."""
-
-    import json
-
-    import anyio
-    import msgspec
-    from anyio.abc import SocketAttribute
-    from anyio.streams.buffered import BufferedByteReceiveStream
-    from nexus_core import ChannelSpec, ConfigSectionSpec, Credentials, NexusError, hookimpl
-    from nexus_core.channels import ChannelCapabilities
-    from nexus_core.config import ConfigStruct
-
-
-    class LinesConfig(ConfigStruct, kw_only=True):
-        host: str = "127.0.0.1"
-        port: int = 7070
-        enabled: bool = True
-
-
-    class LinesChannel:
-        name = "lines"
-        capabilities = ChannelCapabilities(invoke=True, sessions=False)
-
-        def __init__(self, app, config):
-            self.app = app
-            self.config = config or LinesConfig()
-            self.url = None
-
-        async def run(self, *, task_status):
-            listener = await anyio.create_tcp_listener(
-                local_host=self.config.host, local_port=self.config.port
-            )
-            self.url = f"tcp://{self.config.host}:{listener.extra(SocketAttribute.local_port)}"
-            async with listener:
-                task_status.started()
-                await listener.serve(self.handle)
-
-        async def ready(self):
-            return self.url is not None
-
-        async def emit_event(self, event):
-            pass
-
-        async def handle(self, stream):
-            client = stream.extra(SocketAttribute.remote_address)[0]
-            async with stream:
-                lines = BufferedByteReceiveStream(stream)
-                while True:
-                    try:
-                        line = await lines.receive_until(b"\\n", 65536)
-                    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
-                        return
-                    answer = await self.answer(line.decode(), client)
-                    await stream.send(json.dumps(answer).encode() + b"\\n")
-
-        async def answer(self, line, client):
-            workflow, _, body = line.partition(" ")
-            try:
-                result = await self.app.invoke(
-                    workflow,
-                    json.loads(body or "{}"),
-                    credentials=Credentials(client=client),
-                    channel="lines",
-                )
-            except json.JSONDecodeError as exc:
-                return {"error": {"code": "invalid_json", "message": str(exc)}}
-            except NexusError as exc:
-                return {"error": msgspec.to_builtins(exc.detail())}
-            return {"status": result.status, "output": result.output}
-
-
-    @hookimpl
-    def nexus_channels():
-        return [ChannelSpec(name="lines", factory="nexus_lines:LinesChannel")]
-
-
-    @hookimpl
-    def nexus_config_sections():
-        return [ConfigSectionSpec(name="channels.lines", factory="nexus_lines:LinesConfig")]
-    ''',
-)
+#: A third-party channel distribution (pyproject, entry point, package), from source.
+LINES = Path(__file__).parent / "plugin_examples" / "lines"
 
 APP = """
 from nexus_core import Nexus
@@ -136,7 +52,7 @@ _STARTED = re.compile(r"serving channels: (.*)$")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install(tmp_path_factory.mktemp("channel-plugin"), {"lines": LINES})
+    return install_path(tmp_path_factory.mktemp("channel-plugin"), LINES)
 
 
 class Served:

@@ -54,12 +54,18 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     or a JWT), ``api_key`` an ``X-API-Key`` header; ``client`` is the address
     of the peer that connected and ``forwarded_for`` its ``X-Forwarded-For``
     header, believed only when the peer is a configured trusted proxy.
+
+    ``extras`` carries any other header or claim a provider needs, by name
+    (HTTP headers lower-cased, as ``{"x-shared-secret": "..."}``); each channel
+    documents what it puts there. Extras do not count as :attr:`presented`: a
+    provider that reads one and finds it wrong raises ``AuthenticationError``.
     """
 
     bearer: str | None = None
     api_key: str | None = None
     client: str | None = None
     forwarded_for: str | None = None
+    extras: dict[str, str] = {}
 
     @property
     def presented(self) -> bool:
