@@ -60,6 +60,9 @@ class VoiceConfig(ConfigStruct, kw_only=True):
         the espeak-ng voice and words per minute of replies.
     ``confidence_threshold``
         below this (0..1) the caller is asked to repeat and nothing runs.
+    ``dither``
+        amplitude of the quiet noise added before recognition (0: none), so
+        digital silence does not throw the recognizer off.
     ``max_bytes`` / ``max_seconds``
         the largest request body and the longest audio accepted (4xx beyond).
     ``vocabulary``
@@ -86,7 +89,8 @@ class VoiceConfig(ConfigStruct, kw_only=True):
     tts: str = "espeak-ng"
     voice: str = "en-us"
     speed: int = 175
-    confidence_threshold: float = 0.45
+    confidence_threshold: float = 0.35
+    dither: int = 8
     max_bytes: int = 10_000_000
     max_seconds: float = 60.0
     vocabulary: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_VOCABULARY))

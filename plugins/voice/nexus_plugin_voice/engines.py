@@ -8,11 +8,14 @@ threads or subprocesses, so the event loop never waits on them.
 
 from __future__ import annotations
 
+import array
 import importlib
 import os
+import random
 import shutil
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -20,6 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 import msgspec
+
+try:  # C speed for dithering; gone in Python 3.13 (the pure-Python path then runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop as _audioop
+except ImportError:  # pragma: no cover - Python 3.13+
+    _audioop = None
 
 if TYPE_CHECKING:
     from .config import VoiceConfig
@@ -142,15 +152,56 @@ def streaming(engine: SpeechToText, grammar: Grammar) -> StreamingTranscription:
 
 # -- pocketsphinx ------------------------------------------------------------------------
 
-#: Per-frame log score (base 1.0001) at which confidence is 1, and at which it is 0.
-_SURE, _LOST = -20.0, -70.0
+#: Confidence: how much worse (log base 1.0001, per 10 ms frame) the grammar's best
+#: path scores than a free phone loop over the same audio. Speech the grammar
+#: covers scores close to the phone loop; out-of-grammar speech forced onto the
+#: nearest phrase scores far below it. At _SURE confidence is 1, at _LOST 0.
+_SURE, _LOST = -5.0, -40.0
+#: Below this share of the phone loop's speech frames covered by words, confidence falls.
+_COVERED = 0.9
+_NOT_SPEECH = frozenset({"(NULL)", "SIL", "<sil>", "<s>", "</s>"})
+
+
+def _noise(length: int, amplitude: int) -> bytes:
+    """``length`` bytes of quiet, fixed pseudo-random 16-bit noise (cached, grown as needed)."""
+    key = amplitude
+    have = _NOISE.get(key, b"")
+    if len(have) < length:
+        rnd = random.Random(amplitude)
+        samples = array.array(
+            "h", (rnd.randint(-amplitude, amplitude) for _ in range(length // 2 + 1))
+        )
+        have = _NOISE[key] = samples.tobytes()
+    return have[:length]
+
+
+_NOISE: dict[int, bytes] = {}
+
+
+def dither(pcm: bytes, amplitude: int) -> bytes:
+    """``pcm`` with quiet noise added (``amplitude`` in 16-bit steps).
+
+    Digital silence (runs of exact zeros, as synthesized speech and some
+    recorders produce) throws the recognizer's features off; real microphones
+    never give it, and this makes any audio look like theirs.
+    """
+    if amplitude <= 0 or not pcm:
+        return pcm
+    pcm = pcm[: len(pcm) - len(pcm) % 2]
+    noise = _noise(len(pcm), amplitude)
+    if _audioop is not None:
+        return bytes(_audioop.add(pcm, noise, 2))
+    a, b = array.array("h", pcm), array.array("h", noise)
+    return array.array(
+        "h", (max(-32768, min(32767, x + y)) for x, y in zip(a, b, strict=True))
+    ).tobytes()
 
 
 class _Decoder:
-    """One pocketsphinx decoder and the grammars (searches) it has compiled."""
+    """One pocketsphinx decoder: the grammars it has compiled, and a phone loop."""
 
     def __init__(self, config: VoiceConfig) -> None:
-        from pocketsphinx import Decoder
+        from pocketsphinx import Decoder, get_model_path
 
         self.decoder = Decoder(lm=None, logfn=os.devnull, bestpath=False)
         for word, phones in config.pronunciations.items():
@@ -161,8 +212,11 @@ class _Decoder:
                     n += 1
                 name = f"{name}({n})"
             self.decoder.add_word(name, phones, True)
+        self.decoder.add_allphone_file(
+            "_phones", os.path.join(get_model_path(), "en-us-phone.lm.bin")
+        )
+        self.logmath = self.decoder.get_logmath()
         self.searches: OrderedDict[str, None] = OrderedDict()
-        self.lock = threading.Lock()
 
     def use(self, grammar: Grammar) -> None:
         key = f"g{abs(hash(grammar.jsgf())):x}"
@@ -176,46 +230,92 @@ class _Decoder:
             self.searches.move_to_end(key)
         self.decoder.activate_search(key)
 
-    def result(self, seconds: float, started: float) -> Transcript:
+    def _speech_frames(self) -> int:
+        """Frames the last search spent in words (not silence, noise or null transitions)."""
+        frames = 0
+        for segment in self.decoder.seg() or ():
+            word = segment.word
+            if word in _NOT_SPEECH or word.startswith(("+", "[", "<")):
+                continue
+            frames += segment.end_frame - segment.start_frame + 1
+        return frames
+
+    def _score(self) -> float | None:
         hyp = self.decoder.hyp()
+        if hyp is None or hyp.score <= 0:
+            return None
+        return float(self.logmath.log(hyp.score))
+
+    def result(self, pcm: bytes, started: float) -> Transcript:
+        """The finished grammar search's transcript, its confidence from a phone-loop pass."""
+        hyp = self.decoder.hyp()
+        seconds = len(pcm) / (2 * SAMPLE_RATE)
+        text = hyp.hypstr.strip() if hyp is not None else ""
+        grammar_score = self._score()
+        grammar_speech = self._speech_frames()
         frames = max(self.decoder.n_frames(), 1)
-        if hyp is None or not hyp.hypstr.strip() or hyp.score <= 0:
+        if not text or grammar_score is None:
             return Transcript(
                 text="", confidence=0.0, seconds=seconds, elapsed=time.perf_counter() - started
             )
-        per_frame = self.decoder.get_logmath().log(hyp.score) / frames
-        confidence = min(1.0, max(0.0, (per_frame - _LOST) / (_SURE - _LOST)))
+        self.decoder.activate_search("_phones")
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, False, True)
+        self.decoder.end_utt()
+        free_score = self._score()
+        free_speech = self._speech_frames()
+        if free_score is None:
+            confidence = 0.0
+        else:
+            per_frame = (grammar_score - free_score) / frames
+            confidence = min(1.0, max(0.0, (per_frame - _LOST) / (_SURE - _LOST)))
+            # A short phrase whose words cover little of what the phone loop
+            # hears as speech ("view cart" for "tell me a joke about cats"):
+            # the rest was passed off as silence.
+            coverage = grammar_speech / max(free_speech, 1)
+            if coverage < _COVERED:
+                confidence *= (coverage / _COVERED) ** 2
         return Transcript(
-            text=hyp.hypstr.strip(),
+            text=text,
             confidence=round(confidence, 3),
             seconds=seconds,
             elapsed=time.perf_counter() - started,
         )
 
+    def recognize(self, pcm: bytes, grammar: Grammar) -> Transcript:
+        started = time.perf_counter()
+        self.use(grammar)
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, False, True)
+        self.decoder.end_utt()
+        return self.result(pcm, started)
+
 
 class _PocketsphinxStream:
+    """Chunks decoded as they come (partial hypotheses); the confidence pass at the end."""
+
     def __init__(self, engine: PocketsphinxEngine, grammar: Grammar) -> None:
         self.engine = engine
         self.grammar = grammar
         self.decoder: _Decoder | None = None
-        self.bytes = 0
-        self.started = 0.0
+        self.chunks: list[bytes] = []
         self.elapsed = 0.0
 
     def _feed(self, pcm: bytes) -> str | None:
+        started = time.perf_counter()
         if self.decoder is None:
             self.decoder = self.engine._take()
-            self.decoder.lock.acquire()
             self.decoder.use(self.grammar)
             self.decoder.decoder.start_utt()
-        started = time.perf_counter()
+        pcm = dither(pcm[: len(pcm) - len(pcm) % 2], self.engine.config.dither)
+        self.chunks.append(pcm)
         self.decoder.decoder.process_raw(pcm, False, False)
-        self.bytes += len(pcm)
         hyp = self.decoder.decoder.hyp()
         self.elapsed += time.perf_counter() - started
         return hyp.hypstr if hyp is not None else None
 
     async def feed(self, pcm: bytes) -> str | None:
+        """Decode a chunk in a worker thread; the partial transcript."""
         return await anyio.to_thread.run_sync(self._feed, pcm)
 
     def _finish(self) -> Transcript:
@@ -224,15 +324,16 @@ class _PocketsphinxStream:
         started = time.perf_counter()
         try:
             self.decoder.decoder.end_utt()
-            result = self.decoder.result(self.bytes / (2 * SAMPLE_RATE), started)
+            result = self.decoder.result(b"".join(self.chunks), started)
         finally:
-            self.decoder.lock.release()
             self.engine._give(self.decoder)
             self.decoder = None
+            self.chunks = []
         result.elapsed += self.elapsed
         return result
 
     async def finish(self) -> Transcript:
+        """End the utterance: the final transcript."""
         return await anyio.to_thread.run_sync(self._finish)
 
 
@@ -240,7 +341,10 @@ class PocketsphinxEngine:
     """CMU pocketsphinx with its bundled en-us model, restricted to the JSGF grammar.
 
     Decoders are pooled (making one takes ~0.1 s); each keeps the grammars it
-    compiled, so a caller's grammar is compiled once per decoder.
+    compiled, so a caller's grammar is compiled once per decoder. The
+    confidence compares the grammar's best path with a free phone loop over
+    the same audio, so speech outside the grammar, which the grammar search
+    forces onto its nearest phrase, comes out unsure.
     """
 
     name = "pocketsphinx"
@@ -271,15 +375,9 @@ class PocketsphinxEngine:
                 self._idle.append(decoder)
 
     def _transcribe(self, pcm: bytes, grammar: Grammar) -> Transcript:
-        started = time.perf_counter()
         decoder = self._take()
         try:
-            with decoder.lock:
-                decoder.use(grammar)
-                decoder.decoder.start_utt()
-                decoder.decoder.process_raw(pcm, False, True)
-                decoder.decoder.end_utt()
-                return decoder.result(len(pcm) / (2 * SAMPLE_RATE), started)
+            return decoder.recognize(dither(pcm, self.config.dither), grammar)
         finally:
             self._give(decoder)
 

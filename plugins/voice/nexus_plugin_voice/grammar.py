@@ -238,7 +238,9 @@ def _number_rules() -> dict[str, _Node]:
     decimal = Seq(
         [Ref("whole"), Words(["point"]), Star(Alt([Words([w]) for w in ONES]), plus=True)]
     )
+    many = Alt([Seq([tens, Opt(Ref("digit"))]), teen, Alt([Words([w]) for w in ONES[2:]])])
     return {
+        "many100": many,
         "digit": digit,
         "below100": below100,
         "below1000": below1000,
@@ -297,12 +299,14 @@ class _Builder:
                 phrases[" ".join(spoken_words(str(value)))] = value
         return self.phrases(phrases)
 
-    def number(self, schema: Mapping[str, Any]) -> _Node:
+    def number(self, schema: Mapping[str, Any], *, plural: bool = False) -> _Node:
         kind = schema.get("type")
         rule = "decimal" if kind == "number" else "whole"
         top = schema.get("maximum")
         if kind == "integer" and isinstance(top, int) and schema.get("minimum", 0) >= 1:
             rule = "below100" if top <= 99 else "below1000" if top <= 999 else rule
+        if plural and rule == "below100":
+            rule = "many100"  # two to ninety-nine: "one" goes with a singular
         return Capture("", Ref(rule), lambda words: words_to_number(words))
 
     def free_text(self) -> _Node | None:
@@ -361,7 +365,14 @@ class _Builder:
                 return [Seq([lead, listed]) if lead is not None else listed]
             if items.get("type") == "object":
                 item = self.item(field, items, defs)
-                return [Seq([item, Star(Seq([Opt(Words(["and"])), item]))])] if item else []
+                if item is None:
+                    return []
+                # Up to three items, joined by "and" (a longer order is typed, not said).
+                most = min(int(schema.get("maxItems", 3)), 3)
+                listed: _Node = item
+                for _ in range(most - 1):
+                    listed = Seq([item, Opt(Seq([Words(["and"]), listed]))])
+                return [listed]
             return []
         if kind == "object":
             return []
@@ -403,14 +414,28 @@ class _Builder:
             return None
         if count is None and field is None:
             return None
-        parts: list[_Node] = []
-        if count is not None:
-            amount = Alt(
-                [self.number(count[1]), Capture("", Alt([Words(["a"]), Words(["an"])]), _const(1))]
-            )
-            parts.append(Opt(_recapture(count[0], amount)))
-        parts.append(_recapture(label[0], value))
-        return Group(f"{field}[]", Seq(parts)) if field is not None else Seq(parts)
+        if count is None:
+            return Group(f"{field}[]", _recapture(label[0], value))
+        # A count agrees with its phrase: "a mug", "one mug", "two mugs".
+        phrases = self._label_phrases(label[0], label[1])
+        singular = {p: v for p, v in phrases.items() if not _is_plural(p, phrases)}
+        plural = {p: v for p, v in phrases.items() if not _is_singular(p, phrases)}
+        one = Capture("", Alt([Words(["a"]), Words(["an"]), Words(["one"])]), _const(1))
+        forms: list[_Node] = []
+        if singular:
+            forms.append(Seq([_recapture(count[0], one), _recapture(label[0], _phrases(singular))]))
+        if plural:
+            many = self.number(count[1], plural=True)
+            forms.append(Seq([_recapture(count[0], many), _recapture(label[0], _phrases(plural))]))
+        if field is not None:
+            return Group(f"{field}[]", Alt(forms))
+        return Alt([*forms, _recapture(label[0], value)])
+
+    def _label_phrases(self, field: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+        configured = self.config.values.get(field)
+        if configured:
+            return self.phrases(configured)
+        return self.enum_phrases(field, schema.get("enum", []))
 
     def workflow(self, name: str, schema: Mapping[str, Any], aliases: Sequence[str]) -> _Node:
         names = {" ".join(spoken_words(name))}
@@ -448,6 +473,14 @@ class _Builder:
         rule = f"wf_{len(self.rules)}"
         self.rules[rule] = Seq(slots)
         return Seq([Capture("workflow", head, _const(name)), Opt(Words(["with"])), Ref(rule)])
+
+
+def _is_plural(phrase: str, phrases: Mapping[str, Any]) -> bool:
+    return phrase.endswith("s") and phrase[:-1] in phrases
+
+
+def _is_singular(phrase: str, phrases: Mapping[str, Any]) -> bool:
+    return phrase + "s" in phrases
 
 
 def _join_free(words: list[str]) -> str:

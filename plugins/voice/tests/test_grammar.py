@@ -43,7 +43,7 @@ def test_every_spoken_number_is_in_the_grammar(search_grammar, n):
         ("say hello to grace excited", "greet", {"name": "Grace", "excited": True}),
         ("greet alan not excited", "greet", {"name": "Alan", "excited": False}),
         (
-            "quote two mugs and a pan",
+            "quote two mugs and a cast iron pan",
             "quote",
             {"items": [{"quantity": 2, "sku": "MUG-001"}, {"quantity": 1, "sku": "PAN-010"}]},
         ),
@@ -57,7 +57,7 @@ def test_every_spoken_number_is_in_the_grammar(search_grammar, n):
             "search",
             {"query": "lamp", "tags": ["office", "gift"], "limit": 3},
         ),
-        ("add to cart three pans", "add_to_cart", {"quantity": 3, "sku": "PAN-010"}),
+        ("add to cart three cast iron pans", "add_to_cart", {"quantity": 3, "sku": "PAN-010"}),
         ("what is in my cart", "view_cart", {}),
     ],
 )

@@ -17,20 +17,25 @@ EXAMPLES = ROOT / "examples"
 #: How the shop's and hello's inputs are said (what a deployment writes in nexus.toml).
 VOICE_SECTION: dict[str, Any] = {
     "vocabulary": ["Ada", "Grace", "Alan", "Linus", "lamp", "mug", "pen", "tent", "notebook"],
+    "max_free_words": 2,
+    # The SKUs by the names the catalog gives them, singular and plural. Names
+    # that sound alike ("pen", "pan") are confused by any recognizer: say more.
     "values": {
         "sku": {
             "mug": "MUG-001",
             "mugs": "MUG-001",
-            "pan": "PAN-010",
-            "pans": "PAN-010",
-            "pen": "PEN-100",
-            "pens": "PEN-100",
+            "cast iron pan": "PAN-010",
+            "cast iron pans": "PAN-010",
+            "fountain pen": "PEN-100",
+            "fountain pens": "PEN-100",
             "tent": "TNT-500",
             "tents": "TNT-500",
-            "lamp": "LMP-220",
-            "lamps": "LMP-220",
+            "desk lamp": "LMP-220",
+            "desk lamps": "LMP-220",
         },
     },
+    # How espeak-ng (and many speakers) say it, besides the dictionary's "L AY N AH S".
+    "pronunciations": {"ada": "AE D AH", "linus": "L IH N AH S"},
     "workflows": {
         "shipping": {"aliases": ["ship"]},
         "greet": {"aliases": ["say hello to"], "reply": "{output}"},
