@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +86,92 @@ def sox(data: bytes, *output: str, effects: tuple[str, ...] = ()) -> bytes:
     return subprocess.run(
         ["sox", "-", *output, "-", *effects], input=data, check=True, capture_output=True
     ).stdout
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML (strings, numbers, booleans, lists and tables of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_config(workdir: Path, storage: str, voice: dict[str, Any] | None = None) -> Path:
+    """A ``nexus.toml`` in ``workdir``: the storage URL and the voice section."""
+    section = {**VOICE_SECTION, **(voice or {})}
+    lines = ["[nexus]", f"storage = {toml_value(storage)}", "", "[nexus.channels.voice]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in section.items()]
+    path = workdir / "nexus.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nexus_command() -> list[str]:
+    """The installed ``nexus`` console script (next to this Python)."""
+    script = Path(sys.executable).parent / "nexus"
+    return [str(script)] if script.exists() else [shutil.which("nexus") or "nexus"]
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """This environment without Nexus settings, with its own user folders."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXUS_", "XDG_"))}
+    env.update(
+        NEXUS_CONFIG_HOME=str(home / "config" / "nexus"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        PYTHONUNBUFFERED="1",
+        NO_COLOR="1",
+        COLUMNS="200",
+    )
+    return env
+
+
+@contextlib.contextmanager
+def nexus_serve(app: Path, workdir: Path, env: dict[str, str]) -> Iterator[str]:
+    """``nexus serve APP`` on a free port in ``workdir``; yield its URL; stop it after."""
+    import httpx
+
+    port = free_port()
+    log = workdir / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*nexus_command(), "serve", str(app), "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"nexus serve exited:\n{log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nexus serve did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
