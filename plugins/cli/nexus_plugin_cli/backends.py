@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .errors import Problem
 
 __all__ = [
+    "HIDDEN",
     "TERMINAL",
     "Backend",
     "EventCallback",
@@ -40,6 +41,8 @@ __all__ = [
     "session_view",
 ]
 
+#: The :meth:`Backend.refusal` code of a workflow that exists but is not shown to the caller.
+HIDDEN = "hidden"
 #: Run statuses after which nothing changes.
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -132,7 +135,9 @@ class Backend(abc.ABC):
 
         A gateway shows a caller only the workflows it may run, so a workflow
         that exists but is forbidden looks unknown there; running it says
-        which it is. None: it is unknown (or nothing more can be said).
+        which it is. None: it is unknown (or nothing more can be said); a
+        problem with code :data:`HIDDEN`: it exists, and only running it with
+        the caller's inputs can say whether they may.
         """
         return None
 

@@ -47,6 +47,7 @@ __all__ = [
     "parse_inputs",
     "parse_json",
     "parse_run_args",
+    "parse_unknown_inputs",
     "split_run_args",
 ]
 
@@ -454,6 +455,41 @@ def parse_inputs(
             inputs[option.field] = [*(current if isinstance(current, list) else ()), *value]
         else:
             inputs[option.field] = value
+    return parsed
+
+
+def parse_unknown_inputs(tokens: Sequence[str], parsed: ParsedRun | None = None) -> ParsedRun:
+    """Read options of a workflow whose schema is not known (a gateway does not show it).
+
+    ``--field-name VALUE`` (or ``--field-name=VALUE``) is the input
+    ``field_name``, its value read as JSON when it parses, else as text;
+    ``--flag`` alone (last, or before another option) is ``true``. Run options
+    (``--json``, ``--session``...) are read as always.
+    """
+    parsed = parsed or ParsedRun(workflow=None)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        name, eq, inline = token.partition("=")
+        if name in RUN_OPTIONS or name in RUN_FLAGS:
+            index = _run_option(parsed, tokens, index, parsed.workflow)
+            continue
+        if not name.startswith("--") or name == "--":
+            raise RunUsageError(
+                f"unexpected argument {token!r}: workflow inputs are options (--NAME VALUE)",
+                option=token,
+            )
+        field = name[2:].replace("-", "_")
+        if eq:
+            text: str | None = inline
+        elif index + 1 < len(tokens) and not tokens[index + 1].startswith("--"):
+            text = tokens[index + 1]
+            index += 1
+        else:
+            text = None
+        index += 1
+        value = True if text is None else _json(text)
+        parsed.inputs[field] = text if value is _NOTHING else value
     return parsed
 
 

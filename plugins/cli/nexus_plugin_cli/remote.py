@@ -34,6 +34,7 @@ import httpx
 
 from . import __version__, tokens
 from .backends import (
+    HIDDEN,
     TERMINAL,
     Backend,
     EventCallback,
@@ -180,20 +181,31 @@ class RemoteBackend(Backend):
         return _workflow(await self._json("GET", f"/workflows/{quote(name, safe='')}"))
 
     async def refusal(self, name: str) -> Problem | None:
-        """``POST /workflows/{name}/runs`` with inputs that can never run: 403 or not.
+        """Why ``GET /workflows/{name}`` did not show ``name``: refused, hidden, or unknown.
 
         ``GET /workflows/{name}`` answers 404 for a workflow the caller may not
-        run; the run endpoint refuses it with 403, as every channel does. The
-        body is a JSON array, never valid inputs, so the core refuses it at
-        validation if it gets that far: nothing runs. The attempt is audited
-        on the gateway as the refused invocation it is.
+        run. The run endpoint tells them apart: it is asked with inputs that
+        can never run (a JSON array, refused by validation), so nothing runs;
+        the attempt is audited on the gateway as the refused invocation it is.
+        A 403 is the refusal every channel gives; a 404 means unknown (None);
+        any other answer (the core validates before it authorizes) means the
+        workflow exists but is not shown: :data:`HIDDEN`, and ``nexus run``
+        then sends the inputs as given for the gateway to decide.
         """
         response = await self.client.post(
             f"/workflows/{quote(name, safe='')}/runs",
             content=b"[]",
             headers={"Content-Type": "application/json"},
         )
-        return problem_from_response(response) if response.status_code == 403 else None
+        if response.status_code == 403:
+            return problem_from_response(response)
+        if response.status_code in (404, 405) or response.status_code >= 500:
+            return None
+        return Problem(
+            code=HIDDEN,
+            message=f"the gateway does not show workflow {name!r} to this caller",
+            status=response.status_code,
+        )
 
     # -- runs ---------------------------------------------------------------------------
 

@@ -275,3 +275,26 @@ def test_batch_lines_are_standard_json() -> None:
     (first, second) = list(read_lines(lines))
     assert first[0] == 1 and isinstance(first[1], str) and first[1].startswith("invalid JSON")
     assert second[0] == 2 and isinstance(second[1], dict)
+
+
+def test_inputs_of_a_workflow_the_gateway_does_not_show() -> None:
+    # No schema to read them by: JSON when it parses, else text; a lone flag is true. The
+    # gateway then decides on exactly these inputs, as it would for any other channel.
+    from nexus_plugin_cli.options import ParsedRun, parse_unknown_inputs
+
+    parsed = parse_unknown_inputs(
+        ["--items", '[{"sku": "A"}]', "--country=DE", "--express", "--amount", "900",
+         "--note", "Infinity", "--session", "s1", "--dry-run"],
+        ParsedRun(workflow="order"),
+    )  # fmt: skip
+    assert parsed.inputs == {
+        "items": [{"sku": "A"}],
+        "country": "DE",
+        "express": True,
+        "amount": 900,
+        "note": "Infinity",
+        "dry_run": True,
+    }
+    assert parsed.options == {"session": "s1"}
+    with pytest.raises(RunUsageError, match="unexpected argument 'x'"):
+        parse_unknown_inputs(["x"], ParsedRun(workflow="order"))

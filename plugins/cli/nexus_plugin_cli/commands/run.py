@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from cyclopts import Parameter
 
 from .. import context, state
-from ..backends import Backend, Target, open_backend
+from ..backends import HIDDEN, Backend, Target, open_backend
 from ..errors import OK, CliError, problem_from
 from ..options import (
     ParsedRun,
@@ -24,6 +24,7 @@ from ..options import (
     merge_json,
     options_help,
     parse_inputs,
+    parse_unknown_inputs,
     split_run_args,
 )
 from ..output import Console
@@ -129,6 +130,10 @@ async def _runnable(backend: Backend, name: str) -> dict[str, Any]:
         refused = await backend.refusal(name)
         if refused is None:
             raise
+        if refused.code == HIDDEN:
+            # It exists, but its schema is not shown to this caller: the inputs go as
+            # given, and the gateway decides (refused, invalid, or allowed for them).
+            return {"name": name, "description": "", "input_schema": {}, HIDDEN: True}
         raise CliError(refused) from None
 
 
@@ -163,7 +168,11 @@ async def execute_run(
         workflow = await _runnable(backend, parsed.workflow)
     schema = workflow["input_schema"]
     name = str(workflow["name"])
-    parse_inputs(schema, rest, parsed)
+    hidden = bool(workflow.get(HIDDEN))
+    if hidden:
+        parse_unknown_inputs(rest, parsed)
+    else:
+        parse_inputs(schema, rest, parsed)
     for key in ("output",):
         if parsed.options.get(key):
             out.output = str(parsed.options[key])
