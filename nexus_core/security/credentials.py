@@ -326,14 +326,17 @@ class CredentialIssuer:
         """Revoke ``record`` at ``at`` and mark its derived tokens so too (lookups check anyway)."""
         storage = self._storage()
         revoked = await storage.revoke_credential(record.id, at=at)
+        children: dict[str, list[str]] = {}
+        for other in await storage.list_credentials(principal=record.principal):
+            if other.parent is not None:
+                children.setdefault(other.parent, []).append(other.id)
         pending, seen = [record.id], {record.id}
         while pending:
-            parent = pending.pop()
-            for child in await storage.list_credentials(principal=record.principal):
-                if child.parent == parent and child.id not in seen:
-                    seen.add(child.id)
-                    pending.append(child.id)
-                    await storage.revoke_credential(child.id, at=at)
+            for child in children.get(pending.pop(), ()):
+                if child not in seen:
+                    seen.add(child)
+                    pending.append(child)
+                    await storage.revoke_credential(child, at=at)
         return revoked
 
     async def list_credentials(

@@ -25,7 +25,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from nexus_core.errors import PermissionDenied
 
 from .models import ConfigCheck, ConfigIssue, ConfigView
 
@@ -75,17 +74,7 @@ async def require_admin(app: Nexus, principal: Principal) -> None:
 
     With authentication off every caller may.
     """
-    try:
-        await app.security.authorize(principal, "admin", channel="api")
-    except PermissionDenied as exc:
-        await app.security.audit(
-            action="admin",
-            outcome=PermissionDenied.code,
-            principal=principal,
-            channel="api",
-            reason=exc.message,
-        )
-        raise
+    await app.security.require(principal, "admin", channel="api")
 
 
 def view(app: Nexus) -> ConfigView:
