@@ -549,7 +549,8 @@ def _routes(api: ApiState) -> list[Any]:
             key = tuple((wf.name, id(wf)) for wf in visible)
             cached = api.openapi_cache.get(key)
             if cached is None:
-                document = build_openapi(app, root_path=config.root_path, workflows=visible)
+                base = (config.public_url or "").rstrip("/") + config.root_path
+                document = build_openapi(app, root_path=base, workflows=visible)
                 cached = _encode(document)
                 if len(api.openapi_cache) >= 64:  # one document per distinct set of workflows
                     api.openapi_cache.clear()

@@ -47,7 +47,8 @@ class ApiConfig(ConfigStruct, kw_only=True):
     Bearer <metrics_token>``; when unset and authentication is on, it needs a
     principal allowed ``metrics:read``. ``public_url`` is the externally
     visible base URL (``https://api.example.com``), used wherever the server
-    names itself; never taken from the ``Host`` header.
+    names itself (the OpenAPI ``servers`` entry); nothing is ever taken from
+    the ``Host`` header.
 
     ``rate_limit`` is deprecated and ignored: the host rate-limits every
     channel (``nexus.services.security.rate_limits``, per principal and per

@@ -164,7 +164,7 @@ async def test_metrics_need_a_permission_or_the_metrics_token() -> None:
 
 
 async def test_the_host_header_is_never_reflected_in_a_challenge() -> None:
-    app = secured()
+    app = secured(public_url="https://api.example.com")
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
         evil = {"Host": "evil.example"}
         for path in ("/workflows", "/openapi.json", "/metrics"):
@@ -172,6 +172,9 @@ async def test_the_host_header_is_never_reflected_in_a_challenge() -> None:
             assert answer.status_code == 401
             assert "evil" not in answer.headers.get("www-authenticate", "")
             assert "evil" not in answer.text
+        document = await http.get("/openapi.json", headers={**evil, "X-API-Key": PLAIN})
+        assert document.json()["servers"] == [{"url": "https://api.example.com"}]
+        assert "evil" not in document.text
 
 
 @pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
