@@ -600,7 +600,14 @@ class Nexus:
         active.finish(result)
 
     async def _existing(self, record: RunRecord, wait: bool) -> RunResult:
-        """The result of a run started earlier with the same idempotency key."""
+        """The result of the caller's run started earlier with the same idempotency key.
+
+        Marked ``replayed``: this call did not start the run, so a channel
+        whose caller goes away must not cancel it on this call's behalf.
+        """
+        return msgspec.structs.replace(await self._wait_for(record, wait), replayed=True)
+
+    async def _wait_for(self, record: RunRecord, wait: bool) -> RunResult:
         if wait:
             active = self._active.get(record.id)
             if active is not None:
@@ -703,7 +710,7 @@ class Nexus:
         record = await self._services().storage.get_run(run_id)
         if record is None:
             raise RunNotFound(f"no run {run_id!r}")
-        return await self._existing(record, True)
+        return await self._wait_for(record, True)
 
     # -- sessions and events -----------------------------------------------------
 

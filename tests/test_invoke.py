@@ -24,7 +24,7 @@ from nexus_core import (
     WorkflowNotFound,
 )
 from nexus_core.config import ConfigError
-from nexus_core.errors import IdempotencyConflict, SessionNotFound
+from nexus_core.errors import IdempotencyConflict, RunNotFound, SessionNotFound
 from nexus_core.security import Credentials, Principal
 from nexus_core.sessions import Session
 
@@ -192,10 +192,12 @@ async def test_idempotency_key_returns_the_same_run(storage_url: str) -> None:
         assert calls == [5]
         assert len({r.run_id for r in results}) == 1
         assert {r.output for r in results} == {5}
+        # One call started the run; the others only found it (and must not cancel it).
+        assert sorted(r.replayed for r in results) == [False] + [True] * 4
         with pytest.raises(IdempotencyConflict):
             await app.invoke("charge", {"amount": 6}, idempotency_key="order-1")
         again = await app.invoke("charge", {"amount": 5}, idempotency_key="order-1")
-        assert again.run_id == results[0].run_id
+        assert again.run_id == results[0].run_id and again.replayed
         assert calls == [5]
 
 
@@ -723,3 +725,33 @@ def test_the_static_check_would_see_a_channel_that_does(tmp_path: Path) -> None:
     fine = "options = {'channel': 'x'}\n    await app.invoke('w', credentials=c, **options)"
     bad.write_text(f"async def handler(app, c):\n    {fine}\n", encoding="utf-8")
     assert _calls_as_a_principal(bad) == []
+
+
+async def test_a_replayed_call_is_marked_so_its_channel_does_not_cancel_the_run(
+    storage_url: str,
+) -> None:
+    app = secured_app(storage_url, [])
+    async with app:
+        ann = await key_of(app, "ann")
+        bob = await key_of(app, "bob")
+        first = await app.invoke(
+            "nap", {"seconds": 30}, credentials=ann, idempotency_key="k", wait=False
+        )
+        duplicate = await app.invoke(
+            "nap", {"seconds": 30}, credentials=ann, idempotency_key="k", wait=False
+        )
+        assert (first.replayed, duplicate.replayed) == (False, True)
+        assert duplicate.run_id == first.run_id and duplicate.status == "running"
+        # Bob's equal key is his own run: nothing of ann's to cancel or replay.
+        bobs = await app.invoke(
+            "nap", {"seconds": 30}, credentials=bob, idempotency_key="k", wait=False
+        )
+        assert bobs.run_id != first.run_id and not bobs.replayed
+        ann_who = await app.security.authenticate(ann, "python")
+        bob_who = await app.security.authenticate(bob, "python")
+        with pytest.raises(RunNotFound):  # without runs:read, another's run does not exist
+            await app.cancel(first.run_id, principal=bob_who)
+        assert await app.cancel(first.run_id, principal=ann_who)
+        assert await app.cancel(bobs.run_id, principal=bob_who)
+        done = await app.wait(first.run_id)
+        assert done.status == "cancelled" and not done.replayed

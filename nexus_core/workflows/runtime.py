@@ -79,7 +79,12 @@ class RunError(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RunResult(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The outcome of a run: status, the workflow's output, and per-node detail."""
+    """The outcome of a run: status, the workflow's output, and per-node detail.
+
+    ``replayed`` is true when an earlier call with the same idempotency key
+    (of the same principal) started the run and this call only found it: a
+    channel whose waiting caller goes away cancels a run only if it is false.
+    """
 
     run_id: str
     workflow: str
@@ -90,6 +95,7 @@ class RunResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: float | None = None
     finished_at: float | None = None
     session_id: str | None = None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
