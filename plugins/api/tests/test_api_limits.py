@@ -163,6 +163,14 @@ async def test_headers_not_complete_in_time_are_408(limited: str) -> None:
     await _healthy(limited)
 
 
+async def test_a_connection_that_never_sends_is_closed_quietly(limited: str) -> None:
+    started = time.monotonic()
+    answer = await raw(limited)  # connect, send nothing, read until the server closes
+    assert answer.status == 0 and answer.body == b""
+    assert LIMITS["header_timeout"] <= time.monotonic() - started + 0.1 < 15
+    await _healthy(limited)
+
+
 async def test_a_body_not_sent_in_time_is_408(limited: str) -> None:
     head = (
         b"POST /workflows/greet/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
