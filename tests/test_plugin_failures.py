@@ -18,6 +18,8 @@ from nexus_core import Nexus, hookimpl
 from nexus_core.errors import PluginFailed
 from nexus_core.plugins import PluginHost
 
+pytestmark = pytest.mark.slow  # builds and installs eight distributions
+
 BOOM = dist(
     "nexus-plugin-boom",
     "0.3.0",
@@ -74,6 +76,20 @@ def nexus_startup(app):
 TWIN_A = dist("nexus-twin-a", "1.0", "nexus_twin_a", TWIN_CODE, entry_point="nexus-plugin-twin")
 TWIN_B = dist("nexus-twin-b", "2.0", "nexus_twin_b", TWIN_CODE, entry_point="nexus-plugin-twin")
 
+HELLO_CODE = """
+from nexus_core import CommandSpec, hookimpl
+
+@hookimpl(optionalhook=True)
+def nexus_cli_commands():
+    return [CommandSpec(name="hello", factory="{package}:hello")]
+
+def hello() -> int:
+    print("hello from {package}")
+    return 0
+"""
+HELLO_A = dist("nexus-hello-a", "1.1", "nexus_hello_a", HELLO_CODE.format(package="nexus_hello_a"))
+HELLO_B = dist("nexus-hello-b", "2.2", "nexus_hello_b", HELLO_CODE.format(package="nexus_hello_b"))
+
 APP = """
 from nexus_core import Nexus
 
@@ -119,6 +135,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "shattered": BROKEN_IMPORT,
         "twin-a": TWIN_A,
         "twin-b": TWIN_B,
+        "hello-a": HELLO_A,
+        "hello-b": HELLO_B,
     }
     site = install(base, dists)
     return dict.fromkeys(dists, site)
@@ -255,6 +273,22 @@ def test_nexus_plugins_warns_about_a_broken_plugin_once(
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("a_module_that_does_not_exist") == 1, proc.stderr
     _named(proc.stderr, "nexus-plugin-shattered", "0.0.7")
+
+
+def test_two_plugins_with_one_command_name_are_a_conflict_naming_both(
+    tmp_path: Path, sites: dict[str, Path]
+) -> None:
+    pytest.importorskip("nexus_plugin_cli", reason="the nexus command is nexus-plugin-cli's")
+    both = "nexus-hello-a,nexus-hello-b,nexus-plugin-cli"
+    proc = _nexus(tmp_path, "--help", sites=(sites["hello-a"],), NEXUS_PLUGINS=both)
+    assert proc.returncode == 0, proc.stderr
+    assert "command 'hello' is registered by both" in proc.stderr
+    assert "(nexus-hello-a 1.1)" in proc.stderr and "(nexus-hello-b 2.2)" in proc.stderr
+    one = _nexus(
+        tmp_path, "hello", sites=(sites["hello-a"],), NEXUS_PLUGINS="nexus-hello-b,nexus-plugin-cli"
+    )
+    assert one.returncode == 0, one.stderr
+    assert "hello from nexus_hello_b" in one.stdout
 
 
 # -- lifecycle ------------------------------------------------------------------

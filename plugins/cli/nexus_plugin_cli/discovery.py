@@ -236,12 +236,19 @@ def plugin_commands(reserved: Iterable[str] = ()) -> tuple[list[PluginCommand], 
 
 
 def collect_commands(reserved: Iterable[str] = ()) -> tuple[list[PluginCommand], list[str]]:
-    """Build a plugin host and call ``nexus_cli_commands`` on every plugin (no cache)."""
+    """Build a plugin host and collect ``nexus_cli_commands`` through it (no cache).
+
+    The core's :func:`~nexus_core.plugin.collect_specs` calls the hook (hook
+    wrappers run) with its one conflict policy: two plugins contributing one
+    command name is an error naming both, reported here as a warning (and no
+    plugin commands) rather than a crash of ``nexus``.
+    """
     reserved = frozenset(reserved)
     warnings: list[str] = []
     try:
         import logging
 
+        from nexus_core.plugin import CommandSpec, PluginConflictError, collect_specs
         from nexus_core.plugins import PluginHost
 
         from . import hookspecs
@@ -251,50 +258,34 @@ def collect_commands(reserved: Iterable[str] = ()) -> tuple[list[PluginCommand],
         plugin_log.setLevel(logging.ERROR)  # failures are reported below, once
         try:
             host = PluginHost()
+            if not hasattr(host.pm.hook, HOOK):  # this plugin itself is blocked
+                host.pm.add_hookspecs(hookspecs)
+            try:
+                specs = collect_specs(host, HOOK, CommandSpec)
+            except PluginConflictError as exc:
+                return [], [str(exc)]
         finally:
             plugin_log.setLevel(level)
-        if not hasattr(host.pm.hook, HOOK):  # this plugin itself is blocked
-            host.pm.add_hookspecs(hookspecs)
-        caller = host.hook(HOOK)
         warnings += [str(error) for error in host.errors]
     except Exception as exc:
         return [], [f"plugin commands unavailable: {type(exc).__name__}: {exc}"]
-    found: dict[str, PluginCommand] = {}
-    for impl in reversed(caller.get_hookimpls()):
-        plugin = host.pm.get_name(impl.plugin) or repr(impl.plugin)
-        try:
-            specs = list(impl.function() or ())
-        except Exception as exc:
-            warnings.append(f"plugin {plugin!r}: {HOOK} failed: {type(exc).__name__}: {exc}")
-            continue
-        for spec in specs:
-            name = getattr(spec, "name", None)
-            factory = getattr(spec, "factory", None)
-            if not isinstance(name, str) or not name:
-                warnings.append(f"plugin {plugin!r}: {HOOK} returned {spec!r}, not a CommandSpec")
-                continue
-            if not isinstance(factory, str) or ":" not in factory:
-                warnings.append(
-                    f"plugin {plugin!r}: command {name!r} skipped: its factory must be a "
-                    f"'module:function' string, got {factory!r}"
-                )
-                continue
-            if name in reserved:
-                warnings.append(
-                    f"plugin {plugin!r}: command {name!r} skipped: a built-in command has that name"
-                )
-                continue
-            if name in found:
-                warnings.append(
-                    f"command {name!r} is contributed by both {found[name].plugin!r} and "
-                    f"{plugin!r}; keeping {found[name].plugin!r} (disable one with "
-                    "NEXUS_DISABLE_PLUGINS)"
-                )
-                continue
-            found[name] = PluginCommand(
-                name=name,
-                factory=factory,
-                description=str(getattr(spec, "description", "") or ""),
-                plugin=plugin,
+    found: list[PluginCommand] = []
+    for name, spec in specs.items():
+        if not isinstance(spec.factory, str) or ":" not in spec.factory:
+            warnings.append(
+                f"plugin {spec.plugin!r}: command {name!r} skipped: its factory must be a "
+                f"'module:function' string, got {spec.factory!r}"
             )
-    return sorted(found.values(), key=lambda c: c.name), warnings
+            continue
+        if name in reserved:
+            warnings.append(
+                f"plugin {spec.plugin!r}: command {name!r} skipped: "
+                "a built-in command has that name"
+            )
+            continue
+        found.append(
+            PluginCommand(
+                name=name, factory=spec.factory, description=spec.description, plugin=spec.plugin
+            )
+        )
+    return sorted(found, key=lambda c: c.name), warnings
