@@ -580,9 +580,11 @@ class NexusMCP:
                 result = await self._wait_with_progress(ctx, run_id, app.get_workflow(name))
         except anyio.get_cancelled_exc_class():
             # notifications/cancelled (2025-11-25) or a closed response stream
-            # (2026-07-28) cancelled this request: cancel the run too.
-            with anyio.CancelScope(shield=True):
-                await app.cancel(run_id)
+            # (2026-07-28) cancelled this request: cancel the run too, unless
+            # an earlier call with the same idempotency key started it.
+            if not started.replayed:
+                with anyio.CancelScope(shield=True):
+                    await app.cancel(run_id)
             raise
         return self._tool_result(self._entry(app.get_workflow(name)), result)
 
