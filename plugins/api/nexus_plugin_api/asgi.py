@@ -51,7 +51,6 @@ from nexus_core.channels import describe
 from nexus_core.errors import (
     AuthenticationError,
     FieldError,
-    PermissionDenied,
     SessionNotFound,
     ValidationError,
     WorkflowNotFound,
@@ -582,17 +581,7 @@ async def _metrics_allowed(api: ApiState, info: RequestInfo) -> None:
     if not app.security.auth_required:
         return
     who = await api.authenticate(info)
-    try:
-        await app.security.authorize(who, "metrics:read", channel="api")
-    except PermissionDenied as exc:
-        await app.security.audit(
-            action="metrics:read",
-            outcome=PermissionDenied.code,
-            principal=who,
-            channel="api",
-            reason=exc.message,
-        )
-        raise
+    await app.security.require(who, "metrics:read", channel="api")  # a denial is audited
 
 
 def create_app(
