@@ -56,7 +56,7 @@ from nexus_core.errors import (
     WorkflowNotFound,
 )
 from nexus_core.health import HealthReport, liveness
-from nexus_core.specs import HttpMountSpec
+from nexus_core.plugin import HttpMountSpec, collect_specs
 from nexus_core.workflows.schema import convert
 
 from . import admin
@@ -143,39 +143,30 @@ class Mount(msgspec.Struct, kw_only=True):
 
 
 def collect_mounts(app: Nexus) -> list[Mount]:
-    """Call ``nexus_api_mounts`` on every plugin; build each mount's ASGI app.
+    """Collect ``nexus_api_mounts`` through the core's ``collect_specs``; build each mount's app.
 
-    Raises ``ValueError`` naming the plugins for two mounts on one path, a
-    mount on one of the API's own routes, or a hook that returns something
-    other than :class:`~nexus_core.specs.HttpMountSpec`.
+    Two mounts on one path are a :class:`~nexus_core.errors.PluginConflictError`
+    naming both plugins (the core's one conflict policy); a mount on one of
+    the API's own routes is a ``ValueError`` naming the plugin; a hook that
+    returns something other than :class:`~nexus_core.specs.HttpMountSpec` is
+    reported as any failing plugin hook is (see ``collect_specs``).
     """
-    host = app.host
-    if not host.has_impls("nexus_api_mounts"):
+    if not app.host.has_impls("nexus_api_mounts"):
         return []
-    caller = host.hook("nexus_api_mounts")
-    found: dict[str, Mount] = {}
-    for impl in reversed(caller.get_hookimpls()):
-        plugin = host.pm.get_name(impl.plugin) or repr(impl.plugin)
-        kwargs = {name: app for name in impl.argnames if name == "app"}
-        for spec in impl.function(**kwargs) or ():
-            if not isinstance(spec, HttpMountSpec):
-                raise ValueError(
-                    f"plugin {plugin!r}: nexus_api_mounts must return HttpMountSpec objects, "
-                    f"got {type(spec).__name__}"
-                )
-            path = "/" + spec.path.strip("/")
-            if path == "/" or path.split("/")[1] in RESERVED_PREFIXES:
-                raise ValueError(
-                    f"plugin {plugin!r}: cannot mount {spec.name!r} on {spec.path!r}, "
-                    "which is one of the API's own routes"
-                )
-            if path in found:
-                raise ValueError(
-                    f"mount path {path!r} is claimed by both {found[path].plugin!r} "
-                    f"and {plugin!r}; disable one with NEXUS_DISABLE_PLUGINS"
-                )
-            found[path] = Mount(path=path, app=spec.load()(app), plugin=plugin)
-    return list(found.values())
+    specs = collect_specs(app, "nexus_api_mounts", HttpMountSpec, key=_mount_path, app=app)
+    mounts = []
+    for path, spec in specs.items():
+        if path == "/" or path.split("/")[1] in RESERVED_PREFIXES:
+            raise ValueError(
+                f"plugin {spec.plugin!r}: cannot mount {spec.name!r} on {spec.path!r}, "
+                "which is one of the API's own routes"
+            )
+        mounts.append(Mount(path=path, app=spec.load()(app), plugin=spec.plugin))
+    return mounts
+
+
+def _mount_path(spec: HttpMountSpec) -> tuple[str]:
+    return ("/" + spec.path.strip("/"),)
 
 
 def _mount_handler(mount: Mount) -> Any:

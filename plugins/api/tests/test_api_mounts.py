@@ -12,6 +12,7 @@ import pytest
 from api_apps import register
 from api_support import serving
 from nexus_core import HttpMountSpec, Nexus, hookimpl
+from nexus_core.errors import PluginConflictError, PluginFailed
 
 from nexus_plugin_api.asgi import collect_mounts
 
@@ -130,7 +131,7 @@ class OtherClash(Clash):
 
 
 def test_conflicting_mounts_name_the_plugins() -> None:
-    with pytest.raises(ValueError, match="claimed by both .*OtherClash.* and .*Clash"):
+    with pytest.raises(PluginConflictError, match="by both .*OtherClash.* and .*Clash"):
         collect_mounts(_app(Clash("/x"), OtherClash("/x/")))
     with pytest.raises(ValueError, match="API's own routes"):
         collect_mounts(_app(Clash("/workflows")))
@@ -144,7 +145,7 @@ def test_a_hook_returning_something_else_is_an_error() -> None:
         def nexus_api_mounts(self) -> list[Any]:
             return [{"path": "/x"}]
 
-    with pytest.raises(ValueError, match="must return HttpMountSpec"):
+    with pytest.raises(PluginFailed, match="must return HttpMountSpec"):
         collect_mounts(_app(Wrong()))
 
 
