@@ -211,17 +211,106 @@ def test_schema_round_trip(annotation: Any, values: st.SearchStrategy[Any]) -> N
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(), max_size=4))
 def test_bad_input_always_names_a_field(data: dict[str, Any]) -> None:
     wf = workflow_from_function(lambda name, count=1: None, name="f")
+    errors = []
     try:
         typed = wf.validate(data)
     except ValidationError as exc:
+        errors = exc.errors
+    if errors:
         # Every bad field at once: the missing one and each unknown key, by name.
         expected = {key for key in data if key not in ("name", "count")}
         if "name" not in data:
             expected.add("name")
-        assert sorted(e.path for e in exc.errors) == sorted(expected)
-        assert all(e.reason for e in exc.errors)
+        assert sorted(e.path for e in errors) == sorted(expected)
+        assert all(e.reason for e in errors)
     else:
         assert isinstance(typed.name, str) if "name" in data else False
+
+
+# -- strict validation --------------------------------------------------------------
+
+
+def _ship_workflow() -> Any:
+    def ship(
+        address: Address,
+        where: Point,
+        qty: int = 1,
+        price: float = 1.0,
+        gift: bool = False,
+        tags: list[float] = [],  # noqa: B006 - a schema default, never mutated
+    ) -> None:
+        return None
+
+    return workflow_from_function(ship)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("qty", "3", "expected 'int', got 'str'"),
+        ("price", "900", "expected 'float', got 'str'"),
+        ("price", "9e5", "expected 'float', got 'str'"),
+        ("price", "Infinity", "expected 'float', got 'str'"),
+        ("price", True, "expected 'float', got 'bool'"),
+        ("qty", 3.0, "expected 'int', got 'float'"),
+        ("gift", "true", "expected 'bool', got 'str'"),
+        ("gift", 1, "expected 'bool', got 'int'"),
+        ("price", float("inf"), "expected a finite number, got inf"),
+        ("price", float("nan"), "expected a finite number, got nan"),
+    ],
+)
+def test_validation_is_strict(field: str, value: Any, reason: str) -> None:
+    wf = _ship_workflow()
+    good = {"address": {"street": "x", "zip": "12345"}, "where": {"x": 1}}
+    with pytest.raises(ValidationError) as err:
+        wf.validate({**good, field: value})
+    assert [(e.path, e.reason) for e in err.value.errors] == [(field, reason)]
+    typed = wf.validate({**good, "price": 3})  # an int where a float is expected is fine
+    assert typed.price == 3.0 and isinstance(typed.price, float)
+
+
+def test_every_bad_field_is_named_at_once_nested_too() -> None:
+    wf = _ship_workflow()
+    with pytest.raises(ValidationError) as err:
+        wf.validate(
+            {
+                "address": {"street": "x", "zip": "1"},
+                "where": {"x": "1"},
+                "qty": "2",
+                "tags": [1.0, float("nan"), "3"],
+                "color": "red",
+            }
+        )
+    assert [(e.path, e.reason.split(" matching ")[0]) for e in err.value.errors] == [
+        ("address.zip", "expected 'str'"),
+        ("where.x", "expected 'float', got 'str'"),
+        ("qty", "expected 'int', got 'str'"),
+        ("tags[1]", "expected a finite number, got nan"),
+        ("color", "unknown field"),
+    ]
+    # The same from JSON bytes, where "3" in tags is the first error msgspec meets.
+    raw = b'{"address": {"street": "x", "zip": "12345"}, "where": {"x": 1}, "qty": "2", "gift": 0}'
+    with pytest.raises(ValidationError) as err:
+        wf.validate(raw)
+    assert [e.path for e in err.value.errors] == ["qty", "gift"]
+    with pytest.raises(ValidationError) as err:
+        wf.validate(b'{"qty": 1')
+    assert err.value.errors[0].path == "" and "invalid JSON" in err.value.errors[0].reason
+
+
+def test_structs_given_in_process_are_checked_like_plain_values() -> None:
+    wf = _ship_workflow()
+    # msgspec does not check a Struct's fields when it is built: validation must.
+    sneaky = Address(street="x", zip="1")
+    with pytest.raises(ValidationError) as err:
+        wf.validate({"address": sneaky, "where": Point(x=1)})
+    assert [e.path for e in err.value.errors] == ["address.zip"]
+    whole = wf.input_type(address=Address(street="x", zip="12345"), where=Point(x="9e5"))
+    with pytest.raises(ValidationError) as err:
+        wf.validate(whole)
+    assert [e.path for e in err.value.errors] == ["where.x"]
+    ok = wf.validate({"address": Address(street="x", zip="12345"), "where": Point(x=2)})
+    assert ok.address == Address(street="x", zip="12345") and ok.where == Point(x=2.0)
 
 
 # -- the builder's checks ----------------------------------------------------------
