@@ -409,7 +409,8 @@ def gen_hooks() -> str:
         "Every hook of the core contract, from `nexus_core/hookspecs.py`. Implement them "
         "with `from nexus_core import hookimpl`; see "
         "[How to write a plugin](../how-to/write-a-plugin.md). Plugins add hooks of their own "
-        "(the API and CLI plugins do); those are documented with each plugin.",
+        "(the API and CLI plugins do); those of this repository's plugins are listed under "
+        "[Hooks plugins define](#hooks-plugins-define).",
         "",
         _doc(hookspecs),
         "",
@@ -440,7 +441,73 @@ def gen_hooks() -> str:
         if flags:
             out += [f"*{', '.join(flags)}*", ""]
         out += [_doc(function), ""]
+    out += _plugin_hooks()
     return "\n".join(out).rstrip() + "\n"
+
+
+def _plugin_hook_files() -> list[Path]:
+    """The hook modules of this repository's plugins, read as source (never imported).
+
+    So the page is the same whichever plugins are installed.
+    """
+    return sorted(ROOT.glob("plugins/*/nexus_plugin_*/hookspecs.py"))
+
+
+def _spec_flags(node: ast.FunctionDef) -> list[str] | None:
+    """The hookspec flags of ``node``, or None when it is not decorated ``@hookspec``."""
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Name) and target.id == "hookspec":
+            keywords = decorator.keywords if isinstance(decorator, ast.Call) else []
+            return [
+                k.arg
+                for k in keywords
+                if k.arg in ("historic", "firstresult")
+                and isinstance(k.value, ast.Constant)
+                and k.value.value is True
+            ]
+    return None
+
+
+def _plugin_hooks() -> list[str]:
+    """``## Hooks plugins define``: each plugin's hooks, from its hookspecs.py source."""
+    out = [
+        "## Hooks plugins define",
+        "",
+        "Added by a plugin through `nexus_add_hookspecs`, so they exist only where that "
+        "plugin is installed: implement them with `@hookimpl(optionalhook=True)` and your "
+        "plugin still loads without it. Collect their specs like any core hook's with "
+        "`nexus_core.plugin.collect_specs`.",
+        "",
+    ]
+    for path in _plugin_hook_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        package = path.parent.name
+        distribution = package.replace("nexus_plugin_", "nexus-plugin-")
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("nexus_"):
+                continue
+            flags = _spec_flags(node)
+            if flags is None:
+                continue
+            marker = f"@hookspec({', '.join(f'{f}=True' for f in flags)})" if flags else "@hookspec"
+            returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+            signature = f"def {node.name}({ast.unparse(node.args)}){returns}: ..."
+            doc = ast.get_docstring(node) or ""
+            out += [
+                f"### {node.name}",
+                "",
+                "```python",
+                marker,
+                signature,
+                "```",
+                "",
+                f"*Defined by {distribution} (`{package}.hookspecs`).*",
+                "",
+                rst_to_md(doc),
+                "",
+            ]
+    return out
 
 
 # -- api.md ---------------------------------------------------------------------

@@ -63,6 +63,10 @@ def nexus_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
 
 
 # -- registration hooks (sync, return specs) ----------------------------------
+#
+# A registration hook of an installed plugin that raises (or returns anything
+# but its spec type) is reported with the plugin's name, distribution and
+# version and skipped; two specs of one name are an error naming both plugins.
 
 
 @hookspec
@@ -70,10 +74,22 @@ def nexus_channels() -> list[ChannelSpec]:
     """Return the channels this plugin contributes.
 
     Called once when the host collects its registry. Each ``ChannelSpec``
-    names a factory ``(app, config) -> Channel``; the host starts every
-    enabled channel inside its task group at startup and stops it at shutdown.
+    names a factory ``factory(app, config) -> Channel``: ``app`` is the host,
+    ``config`` the validated Struct of ``[nexus.channels.NAME]`` (a section the
+    plugin registers with ``nexus_config_sections``) or ``None``. ``nexus
+    serve`` and ``app.serve()`` start every enabled channel (one whose section
+    has no ``enabled = false``) inside the host's task group, list them, and
+    stop them all on the first ``SIGINT``/``SIGTERM``: ``stop()`` when the
+    channel has one, else cancellation. See :class:`~nexus_core.channels.Channel`
+    for what the object must offer; a channel that delivers events subscribes
+    with ``app.subscribe``. A factory that cannot be imported, raises, or a
+    channel that fails before it is ready stops the start with a
+    :class:`~nexus_core.errors.PluginFailed` naming the plugin, its
+    distribution and version.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.1
+       ``Channel.emit_event`` left the contract (the host never called it).
     """
 
 
@@ -83,7 +99,8 @@ def nexus_auth_providers() -> list[AuthProviderSpec]:
 
     Called once when the host collects its registry. A provider factory
     ``(app, config) -> AuthProvider`` turns channel credentials (a bearer
-    token, an API key) into a principal.
+    token, an API key, or any header or claim in ``Credentials.extras``) into
+    a principal.
 
     .. versionadded:: 0.1
     """
@@ -148,7 +165,9 @@ def nexus_startup(app: Nexus) -> Awaitable[None] | None:
     """Run when the host starts, after storage is open and before channels start.
 
     May return an awaitable, which the host awaits. An exception here stops the
-    start-up and is reported with the plugin's name.
+    start-up with a :class:`~nexus_core.errors.PluginFailed` naming the plugin,
+    its distribution and version, and how to disable it (the CLI prints it and
+    exits 1).
 
     .. versionadded:: 0.1
     """
@@ -158,7 +177,9 @@ def nexus_startup(app: Nexus) -> Awaitable[None] | None:
 def nexus_shutdown(app: Nexus) -> Awaitable[None] | None:
     """Run when the host stops, after channels have stopped and before storage closes.
 
-    May return an awaitable, which the host awaits. Every implementation runs
+    May return an awaitable, which the host awaits. Called only for plugins
+    whose start-up ran: those whose ``nexus_startup`` returned, and, once the
+    whole start-up finished, those without one. Every such implementation runs
     even if an earlier one fails; failures are logged.
 
     .. versionadded:: 0.1

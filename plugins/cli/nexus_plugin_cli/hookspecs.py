@@ -37,8 +37,10 @@ def nexus_cli_commands() -> list[CommandSpec]:
     heavy modules. The function is a cyclopts command: its signature is its
     command line, and it returns the exit code (an ``int``).
 
-    A name already taken by a built-in command (``run``, ``workflows``...) or
-    by another plugin is skipped with a warning naming both plugins.
+    A name already taken by a built-in command (``run``, ``workflows``...) is
+    skipped with a warning. Two plugins contributing one name is a conflict
+    (the core's ``collect_specs`` policy): a warning names both plugins and
+    their distributions, and no plugin command is added until one is disabled.
 
     .. versionadded:: 0.1
     """
