@@ -8,11 +8,14 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_security import make_app, secured
 
 from nexus_core import AuthenticationError, Nexus, RateLimited
 from nexus_core.config import ConfigError
 from nexus_core.security import Credentials, Principal
+from nexus_core.security.abuse import RefusalTally
 
 pytestmark = pytest.mark.anyio
 
@@ -206,3 +209,42 @@ async def test_limits_can_be_lifted_and_must_make_sense() -> None:
         limited(audit_window=0)
     with pytest.raises(ConfigError, match="requests"):
         limited(token_issuance={"requests": 0})
+
+
+# -- the tally, on its own: counts add up, records stay few ---------------------------------
+
+refusal_events = st.lists(
+    st.tuples(
+        st.sampled_from(["198.51.100.1", "198.51.100.2", "2001:db8::1"]),
+        st.sampled_from(["authenticate", "sessions:create"]),
+        st.sampled_from(["unauthenticated", "rate_limited"]),
+        st.floats(min_value=0, max_value=3.0),  # seconds since the previous refusal
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=refusal_events, window=st.floats(min_value=0.5, max_value=10.0))
+def test_the_tally_counts_every_refusal_once_in_a_few_records(
+    events: list[tuple[str, str, str, float]], window: float
+) -> None:
+    now = [1_000_000.0]
+    tally = RefusalTally(window, clock=lambda: now[0])
+    written = 0  # the first of each window: recorded by whoever refused it
+    records = []
+    for client, action, outcome, gap in events:
+        now[0] += gap
+        if tally.count(client, "api", outcome, f"no ({client})", action):
+            written += 1
+        records.extend(tally.drain())
+    records.extend(tally.drain(everything=True))
+    assert written + sum(r.count for r in records) == len(events)
+    assert all(r.count >= 1 for r in records)
+    # at most one summary per (client, action) per window that saw a refusal, plus the final drain
+    span = now[0] - 1_000_000.0
+    keys = {(c, a) for c, a, _, _ in events}
+    assert len(records) <= len(keys) * (span / window + 2)
+    for record in records:
+        assert record.reason is not None and "more refusals from" in record.reason
+        assert record.action in {"authenticate", "sessions:create"}

@@ -17,13 +17,13 @@ pytestmark = pytest.mark.anyio
 
 
 def jwt_app(**extra: Any) -> Nexus:
-    return make_app(
-        security=secured(
-            providers=["api_key", "cli_token", "jwt"],
-            jwt={"keys": [{"algorithm": "HS256", "secret": HS_SECRET}], "leeway": 0},
-            **extra,
-        )
+    table = secured(
+        providers=["api_key", "cli_token", "jwt"],
+        jwt={"keys": [{"algorithm": "HS256", "secret": HS_SECRET}], "leeway": 0},
+        **extra,
     )
+    table["roles"]["issuer"] = ["tokens:issue"]
+    return make_app(security=table)
 
 
 def token(**claims: Any) -> str:
@@ -165,3 +165,18 @@ async def test_recheck_interval_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="recheck_interval"):
         make_app(security=secured(recheck_interval=0))
+
+
+async def test_a_connection_on_a_derived_cli_token_ends_when_its_api_key_is_revoked() -> None:
+    app = jwt_app(recheck_interval=0.2)
+    async with app:
+        key, record = await app.security.issue_api_key("bob", roles=["operator", "issuer"])
+        token, _ = await app.security.exchange_cli_token(Credentials(api_key=key), "api")
+        creds = Credentials(bearer=token)
+        who = await app.security.authenticate(creds, "ws")
+        assert app.storage is not None
+        # revoked behind the layer's back (another instance): the token's lineage says so
+        await app.storage.revoke_credential(record.id, at=time.time())
+        with anyio.fail_after(20):
+            reason = await app.security.until_invalid(creds, "ws", who)
+        assert reason == "this CLI token was issued from a credential that has been revoked"
