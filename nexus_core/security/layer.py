@@ -37,8 +37,9 @@ _KEY = "nexus.services.security"
 _MISSING_INPUTS: Any = msgspec.UNSET
 #: Events of no tenant that any principal may see.
 PUBLIC_EVENT_TYPES = frozenset({"workflow.registered"})
-# The peer and X-Forwarded-For of the credentials last authenticated in this context,
-# so rate_limit(client=<peer>) can use the address resolved through trusted proxies.
+# The peer and X-Forwarded-For of the credentials last authenticated in this context:
+# rate_limit(client=<peer>) resolves that peer through trusted proxies with it, and
+# limit() falls back on it when a caller (create_session, list_runs) passes no credentials.
 _seen: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar(
     "nexus_security_seen", default=None
 )
