@@ -198,6 +198,8 @@ class Workflow:
         refused. Raises :class:`~nexus_core.errors.ValidationError` naming each
         bad field's path and the reason.
         """
+        if type(inputs) is dict:  # the common case, first
+            return validate_inputs(inputs, self.input_type)
         if isinstance(inputs, (bytes, bytearray, memoryview, str)):
             raw = bytes(inputs) if not isinstance(inputs, str) else inputs
             try:
