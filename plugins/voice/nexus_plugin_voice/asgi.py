@@ -261,8 +261,33 @@ class VoiceApp:
         if request.wants_json:
             await _send(send, 200, _encode(reply), "application/json", _reply_headers(reply))
             return
-        audio = await service.speak(reply.reply)
-        await _send(send, 200, audio, "audio/wav", _reply_headers(reply))
+        stream = getattr(service.tts, "stream", None)
+        if stream is None:
+            audio = await service.speak(reply.reply)
+            await _send(send, 200, audio, "audio/wav", _reply_headers(reply))
+            return
+        # Stream the reply as the engine speaks it: the first bytes leave at once.
+        async with contextlib.aclosing(stream(reply.reply)) as chunks:
+            first = await chunks.__anext__()
+            headers = [
+                (k.encode("latin-1"), v.encode("latin-1", "replace"))
+                for k, v in _reply_headers(reply)
+            ]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"audio/wav"),
+                        (b"cache-control", b"no-store"),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _grammar(self, scope: Scope, send: Send) -> None:
         request = _Request(scope, self.cookie)
