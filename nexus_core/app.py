@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
+from .security.policy import ANY_INPUTS
 from .serving import DEFAULT_SIGNALS, serve_host, start_channel
 from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
@@ -340,7 +341,10 @@ class Nexus:
         authenticate ``credentials`` -> input limits -> strict validation ->
         authorize on the validated values (RBAC + ABAC: a policy sees exactly
         the plain values the workflow will receive) -> rate limit -> session
-        -> run -> audit -> events -> metrics. With ``wait=False`` the run id
+        -> run -> audit -> events -> metrics. A caller whom no inputs at all
+        could let through is refused before its inputs are read, so a
+        validation error never describes a workflow to a caller who may not
+        run it. With ``wait=False`` the run id
         comes back at once (status ``running``) and the run goes on in the
         host; read it later with :meth:`get_run`.
 
@@ -409,13 +413,14 @@ class Nexus:
             if principal is None:
                 who = await security.authenticate(credentials, channel)
             wf = self.get_workflow(workflow)
+            action = f"workflow:{wf.name}:execute"
+            # A caller no inputs could let through learns nothing about them.
+            await security.authorize(who, action, workflow=wf, channel=channel, inputs=ANY_INPUTS)
             security.check_input_limits(inputs)
             values = wf.validate(inputs)
             # What the workflow receives, as plain values: decided on, stored and hashed.
             plain = msgspec.to_builtins(values)
-            await security.authorize(
-                who, f"workflow:{wf.name}:execute", workflow=wf, channel=channel, inputs=plain
-            )
+            await security.authorize(who, action, workflow=wf, channel=channel, inputs=plain)
             await security.rate_limit(who, channel, wf.name, credentials)
             sess = await self._session_for(session, channel, who, wf)
             digest = hash_inputs(plain)

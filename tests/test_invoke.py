@@ -563,6 +563,23 @@ async def test_authentication_comes_before_validation(storage_url: str) -> None:
             await app.invoke("refund", {}, credentials=Credentials(api_key="nx_wrong"))
 
 
+async def test_a_caller_no_inputs_could_let_through_learns_nothing_about_them(
+    storage_url: str,
+) -> None:
+    app = secured_app(storage_url, [])
+    async with app:
+        token, _ = await app.security.issue_api_key("nobody", roles=[])
+        nobody = Credentials(api_key=token)
+        for bad in ({"amount": "900", "extra": 1}, {"amount": 5}, b"{not json"):
+            with pytest.raises(PermissionDenied) as err:  # never a ValidationError
+                await app.invoke("refund", bad, credentials=nobody)
+            assert "amount" not in err.value.message and not getattr(err.value, "errors", None)
+        # A caller some inputs could let through hears what is wrong with these.
+        sam = await key_of(app, "sam", level="agent")
+        with pytest.raises(ValidationError):
+            await app.invoke("refund", {"amount": "900"}, credentials=sam)
+
+
 async def test_invoke_as_skips_authentication_only(storage_url: str) -> None:
     refunds: list[float] = []
     app = secured_app(storage_url, refunds)

@@ -23,7 +23,9 @@ not holding. A rule with ``if_missing = "allow"`` says otherwise: its ``deny``
 does not apply and its ``allow`` counts the condition as holding. What the
 request does not supply at all (no inputs yet, when listing the workflows a
 caller may run; no channel) is unknown, and a condition on it does not hold
-for either effect. ``exists`` tests presence and is never missing.
+for either effect. ``exists`` tests presence and is never missing. With
+``inputs=ANY_INPUTS`` the question is whether *some* inputs could be allowed:
+conditions on inputs count as met in allow rules and unmet in deny rules.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..config import ConfigError, PolicyCondition, PolicyRule
 from .principal import Principal
 
 __all__ = [
+    "ANY_INPUTS",
     "AccessPolicy",
     "Decision",
     "RequestContext",
@@ -64,6 +67,23 @@ class _Unknown:
 
 
 _UNKNOWN: Any = _Unknown()
+
+
+class _AnyInputs:
+    """Inputs not read yet, for asking whether a request with *some* inputs could be allowed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ANY_INPUTS"
+
+
+#: Pass as ``inputs`` to ask whether some inputs could be allowed: a condition
+#: on ``input.*`` then counts as met in an ``allow`` rule and as unmet in a
+#: ``deny`` rule. A denial then holds for every possible input, so the host
+#: refuses such a caller before it validates (and names) anything.
+ANY_INPUTS: Any = _AnyInputs()
+_ANY: Any = ANY_INPUTS
 _PRINCIPAL_FIELDS = frozenset({"id", "tenant", "roles", "scopes", "provider", "anonymous"})
 _WORKFLOW_FIELDS = frozenset({"name", "title", "tags", "read_only", "destructive", "idempotent"})
 _TIME_FIELDS = frozenset({"hour", "minute", "weekday", "date"})
@@ -169,8 +189,11 @@ def _resolve(name: str, ctx: RequestContext) -> Any:
         value = getattr(wf.meta, rest, _MISSING)
         return list(value) if isinstance(value, tuple) else value
     if root == "input":
-        if ctx.supplied_inputs is _MISSING or ctx.supplied_inputs is None:
+        supplied = ctx.supplied_inputs
+        if supplied is _MISSING or supplied is None:
             return _UNKNOWN
+        if supplied is _ANY:
+            return _ANY
         return _follow(ctx.inputs(), rest.split("."))
     if root == "time":
         now = ctx.now
@@ -191,11 +214,11 @@ def condition_holds(condition: PolicyCondition, ctx: RequestContext) -> bool:
 
 
 def _evaluate(condition: PolicyCondition, ctx: RequestContext) -> Any:
-    """True, False, ``_MISSING`` (missing or incomparable) or ``_UNKNOWN``."""
+    """True, False, ``_MISSING`` (missing or incomparable), ``_UNKNOWN`` or ``_ANY``."""
     value = _resolve(condition.attribute, ctx)
     op, want = condition.op, condition.value
-    if value is _UNKNOWN:
-        return _UNKNOWN
+    if value is _UNKNOWN or value is _ANY:
+        return value
     if op == "exists":
         return (value is not _MISSING) == (True if want is None else bool(want))
     if value is _MISSING or _is_nan(value):
@@ -253,6 +276,8 @@ def rule_applies(rule: PolicyRule, ctx: RequestContext) -> bool:
             continue
         if outcome is _MISSING and rule.effect == rule.if_missing:
             continue
+        if outcome is _ANY and rule.effect == "allow":
+            continue  # some inputs could meet it
         return False
     return True
 

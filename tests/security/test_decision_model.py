@@ -7,6 +7,8 @@ inputs (including text that looks like a number or a boolean, ``"Infinity"``,
 ``app.invoke`` must agree with a small reference model that first validates
 strictly and then evaluates the rules on the validated values:
 
+* a caller whom no inputs could let through is refused (``PermissionDenied``)
+  before its inputs are read;
 * inputs the model refuses raise ``ValidationError`` and never run;
 * otherwise the run happens iff the model allows it, and the workflow receives
   exactly the values the model validated (and decided on).
@@ -84,13 +86,14 @@ def validate(inputs: dict[str, Any]) -> dict[str, Any] | None:
 # -- the reference policy model ------------------------------------------------------------------
 
 MISSING = object()
+ANY = object()  # inputs not read yet: could some inputs meet it?
 
 
-def attribute(name: str, principal: Principal, values: dict[str, Any]) -> Any:
+def attribute(name: str, principal: Principal, values: dict[str, Any] | None) -> Any:
     root, _, rest = name.partition(".")
     if root == "principal":
         return principal.attributes.get(rest, MISSING)
-    return values.get(rest, MISSING)
+    return ANY if values is None else values.get(rest, MISSING)
 
 
 def comparable(a: Any, b: Any) -> bool:
@@ -102,10 +105,12 @@ def comparable(a: Any, b: Any) -> bool:
     )
 
 
-def outcome(condition: dict[str, Any], principal: Principal, values: dict[str, Any]) -> Any:
-    """True, False or MISSING (lacking, or not comparable)."""
+def outcome(condition: dict[str, Any], principal: Principal, values: dict[str, Any] | None) -> Any:
+    """True, False, MISSING (lacking, or not comparable) or ANY (inputs not read yet)."""
     value = attribute(condition["attribute"], principal, values)
     op, want = condition["op"], condition["value"]
+    if value is ANY:
+        return ANY
     if op == "exists":
         return (value is not MISSING) == want
     if value is MISSING:
@@ -121,10 +126,13 @@ def outcome(condition: dict[str, Any], principal: Principal, values: dict[str, A
     return {"lt": value < want, "le": value <= want, "gt": value > want, "ge": value >= want}[op]
 
 
-def applies(rule: dict[str, Any], principal: Principal, values: dict[str, Any]) -> bool:
+def applies(rule: dict[str, Any], principal: Principal, values: dict[str, Any] | None) -> bool:
     for condition in rule["conditions"]:
         result = outcome(condition, principal, values)
-        if result is MISSING:
+        if result is ANY:  # the most permissive reading: met in allow rules, unmet in deny rules
+            if rule["effect"] != "allow":
+                return False
+        elif result is MISSING:
             if rule["effect"] != rule.get("if_missing", "deny"):
                 return False
         elif not result:
@@ -132,7 +140,8 @@ def applies(rule: dict[str, Any], principal: Principal, values: dict[str, Any]) 
     return True
 
 
-def decide(config: dict[str, Any], principal: Principal, values: dict[str, Any]) -> bool:
+def decide(config: dict[str, Any], principal: Principal, values: dict[str, Any] | None) -> bool:
+    """Allowed on ``values``; with None, whether *some* inputs could be allowed."""
     rbac = config["strategy"] == "hybrid" and "payer" in principal.roles
     matching = [rule for rule in config["policies"] if applies(rule, principal, values)]
     allow = any(rule["effect"] == "allow" for rule in matching)
@@ -256,6 +265,14 @@ async def test_the_decision_on_what_the_workflow_receives_is_the_models(
         for principal, raw in batch:
             values = validate(raw)
             before = len(received)
+            if not decide(config, principal, None):
+                # No inputs could let this caller through: refused before validation,
+                # so it learns nothing about the inputs, valid or not.
+                event("refused: no inputs could pass")
+                with pytest.raises(PermissionDenied):
+                    await app.invoke_as(principal, "pay", raw, channel="api")
+                assert len(received) == before, "a denied run ran"
+                continue
             if values is None:
                 event("refused: invalid")
                 with pytest.raises(ValidationError) as err:
