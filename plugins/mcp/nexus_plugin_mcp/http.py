@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -49,8 +50,10 @@ from mcp.server.streamable_http import (
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import INVALID_REQUEST, JSONRPCNotification
-from nexus_core.errors import AuthenticationError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from nexus_core.errors import AuthenticationError, RateLimited
 from nexus_core.security import Credentials, Principal
 
 from .config import MCPConfig, mcp_config
@@ -81,6 +84,7 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 #: How many closed sessions' reasons are remembered (for their later requests).
 _CLOSED_KEPT = 4096
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+_VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("latin-1")
 #: Who a session belongs to: (tenant, principal id, anonymous).
 _Owner = tuple[str, str, bool]
 
@@ -200,6 +204,13 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _too_many(send: Send, exc: RateLimited) -> None:
+    """``429`` with ``Retry-After`` (whole seconds, at least 1) and the reason."""
+    wait = max(1, math.ceil(exc.retry_after))
+    body = {"error": "rate_limited", "message": exc.message, "retry_after": exc.retry_after}
+    await _send_json(send, 429, body, [(b"retry-after", str(wait).encode())])
+
+
 class MCPHttpApp:
     """The streamable HTTP endpoint: the core authenticates, then the session manager answers.
 
@@ -282,7 +293,17 @@ class MCPHttpApp:
         except AuthenticationError as exc:
             await self._unauthorized(scope, send, exc, presented=credentials.presented)
             return
+        except RateLimited as exc:  # too many failed authentications from this client
+            await _too_many(send, exc)
+            return
         session_id = _header(scope, _SESSION_HEADER)
+        if session_id is None and self._opens_session(scope):
+            # Each session holds a task and a re-check: opening them is limited per client.
+            try:
+                await self.app.security.limit("session_creation", credentials, "mcp", principal)
+            except RateLimited as exc:
+                await _too_many(send, exc)
+                return
         if session_id is not None and not await self._admit(session_id, principal, credentials):
             await self._session_refused(scope, send, session_id, principal)
             return
@@ -294,6 +315,13 @@ class MCPHttpApp:
         await manager.handle_request(scope, receive, send)
 
     # -- sessions, bound to their principal ------------------------------------------------
+
+    def _opens_session(self, scope: Scope) -> bool:
+        """Whether the request may open a 2025-11-25 session (a POST without one, handshake era)."""
+        if self.config.stateless or scope.get("method") != "POST":
+            return False
+        version = _header(scope, _VERSION_HEADER)
+        return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
 
     async def _admit(self, session_id: str, principal: Principal, credentials: Credentials) -> bool:
         """Whether ``principal`` may use session ``session_id``; newer credentials are kept."""
@@ -402,7 +430,9 @@ class MCPHttpApp:
         # RFC 6750 section 3: no error code when the request carried no token.
         params = [f'resource_metadata="{metadata}"']
         if presented:
-            description = exc.message.replace('"', "'").replace("\\", "/")
+            # A quoted-string of printable ASCII: nothing from the token can break the header.
+            cleaned = "".join(c if " " <= c <= "~" else "?" for c in exc.message[:300])
+            description = cleaned.replace('"', "'").replace("\\", "/")
             params[:0] = ['error="invalid_token"', f'error_description="{description}"']
         if self.config.scopes:
             params.append(f'scope="{" ".join(self.config.scopes)}"')
@@ -411,7 +441,7 @@ class MCPHttpApp:
             send,
             401,
             {"error": "invalid_token" if presented else "unauthorized", "message": exc.message},
-            [(b"www-authenticate", challenge.encode("latin-1", "replace"))],
+            [(b"www-authenticate", challenge.encode("ascii", "replace"))],
         )
 
 

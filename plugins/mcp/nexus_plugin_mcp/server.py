@@ -72,6 +72,7 @@ __all__ = [
     "FORBIDDEN",
     "IDEMPOTENCY_META",
     "PRINCIPAL_SCOPE_KEY",
+    "RATE_LIMITED",
     "RUN_ID_META",
     "RUN_URI",
     "SESSION_META",
@@ -96,6 +97,8 @@ UNAUTHENTICATED = -32010
 #: JSON-RPC error code for a request the principal may not make (a subscription without
 #: ``events:read``).
 FORBIDDEN = -32011
+#: JSON-RPC error code for a client refused for a while (too many failed authentications).
+RATE_LIMITED = -32012
 #: ``_meta`` keys: on results (run id, error detail, session) and on requests
 #: (a session to resume, an idempotency key).
 RUN_ID_META = "nexus/runId"
@@ -487,6 +490,10 @@ class NexusMCP:
             return await self.app.security.authenticate(self.credentials_of(ctx), "mcp")
         except AuthenticationError as exc:
             raise _unauthenticated(ctx, exc) from None
+        except RateLimited as exc:  # too many failed authentications from this client
+            raise MCPError(
+                RATE_LIMITED, f"rate limited: retry in {exc.retry_after:g}s ({exc.message})"
+            ) from None
 
     async def until_invalid(self, credentials: Credentials | None, principal: Principal) -> str:
         """Return once ``credentials`` stop authenticating as ``principal``: the reason.

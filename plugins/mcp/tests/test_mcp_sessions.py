@@ -27,6 +27,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from nexus_core import Nexus
+from nexus_core.config import RateLimitRule
 
 pytestmark = pytest.mark.anyio
 
@@ -293,3 +294,45 @@ async def test_the_rate_limit_is_per_client_as_the_core_resolves_it(trusted: boo
         assert first == ["ok", "ok", "limited"]
         second = [await greet(http, url, "198.51.100.9") for _ in range(2)]
         assert second == (["ok", "ok"] if trusted else ["limited", "limited"])
+
+
+def _per_address(app: Nexus, **rules: dict[str, float]) -> None:
+    security = app.config.nexus.services.security
+    limits = msgspec.structs.replace(
+        security.rate_limits,
+        **{name: msgspec.convert(rule, RateLimitRule) for name, rule in rules.items()},
+    )
+    app.config.nexus.services.security = msgspec.structs.replace(security, rate_limits=limits)
+
+
+async def test_opening_sessions_and_failing_to_authenticate_are_limited_per_client() -> None:
+    # Each session holds a task and a re-check of its credentials: a client opens only so
+    # many (the core's session_creation bucket); a client that keeps failing to authenticate
+    # is refused for a while, right key or not. Both are a 429 with Retry-After, never a 500.
+    app = secured_app()
+    _per_address(
+        app,
+        session_creation={"requests": 2, "per": 3600, "burst": 2},
+        failed_authentications={"requests": 2, "per": 3600, "burst": 2},
+    )
+    async with running_http(app) as url, httpx.AsyncClient(timeout=30) as http:
+        opened = [
+            await http.post(url, json=INIT, headers={**ACCEPT, "X-API-Key": ALICE})
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in opened] == [200, 200, 429], [a.text for a in opened]
+        assert int(opened[2].headers["retry-after"]) >= 1
+        assert "too many" in opened[2].json()["message"]
+        # Requests in an open session are not session openings.
+        session = opened[0].headers["mcp-session-id"]
+        listed = await http.post(url, json=LIST_TOOLS, headers=_as(ALICE, session))
+        assert listed.status_code == 200, listed.text
+
+        wrong = [
+            await http.post(url, json=LIST_TOOLS, headers=_as("nxk_wrong", session))
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in wrong] == [401, 401, 429], [a.text for a in wrong]
+        locked = await http.post(url, json=LIST_TOOLS, headers=_as(ALICE, session))
+        assert locked.status_code == 429, locked.text
+        assert int(locked.headers["retry-after"]) >= 1
