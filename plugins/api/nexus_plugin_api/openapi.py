@@ -392,8 +392,10 @@ def _static_paths() -> dict[str, Any]:
                 "summary": "Exchange an API key (or a bearer token) for a CLI token.",
                 "description": "Issues a CLI token to the principal the credentials prove, with "
                 "its tenant, roles and scopes (what `nexus login --url URL --api-key KEY` "
-                "does). The token is shown only in this answer. Needs the `cli_token` auth "
-                "provider enabled; a CLI token cannot be exchanged for another.",
+                "does). The token is derived from the credential: it expires no later than "
+                "it and is revoked with it. The token is shown only in this answer. Needs "
+                "the `cli_token` auth provider enabled and the permission `tokens:issue`; "
+                "limited per client address.",
                 "tags": ["auth"],
                 "security": _CREDENTIALS,
                 "requestBody": {
@@ -402,7 +404,7 @@ def _static_paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "201": _json(_ref("CliToken"), "The new CLI token."),
-                    **_problems(400, 401, 403, 413, 422),
+                    **_problems(400, 401, 403, 413, 422, 429),
                 },
             }
         },
