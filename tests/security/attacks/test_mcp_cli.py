@@ -158,17 +158,26 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 async def test_amount_as_text_is_refused_naming_amount_over_mcp(
     secured: Any, transport: str
 ) -> None:
-    agent = secured.issue(f"agent-{transport}", roles=["support"], attributes={"level": "agent"})
+    agent = secured.issue(f"agent-{transport}", roles=["operator"], attributes={"level": "agent"})
     async with TRANSPORTS[transport](secured, agent.token) as client:
         for amount in TYPE_BYPASS:
+            # The how-to refuses every refund on MCP: no amount can pass, so the
+            # refusal comes before the inputs are read and describes none of them.
             refused = await client.call_tool("refund", {"order": "A1", "amount": amount})
             assert refused.is_error, (amount, refused)
             error = refused.meta["nexus/error"]
+            assert error["code"] == "forbidden", (amount, error)
+            assert not error.get("errors") and "nexus/runId" not in refused.meta
+            # A number field a tool may run with: the text is refused, naming the field.
+            refused = await client.call_tool("nap", {"seconds": amount})
+            assert refused.is_error, (amount, refused)
+            error = refused.meta["nexus/error"]
             assert error["code"] == "validation_error", (amount, error)
-            assert [e["path"] for e in error["errors"]] == ["amount"], (amount, error)
-            assert "amount" in refused.content[0].text
+            assert [e["path"] for e in error["errors"]] == ["seconds"], (amount, error)
+            assert "seconds" in refused.content[0].text
             assert "nexus/runId" not in refused.meta  # never started
-    assert await anyio.to_thread.run_sync(_runs_of, secured, agent.principal, "refund") == []
+    for workflow in ("refund", "nap"):
+        assert await anyio.to_thread.run_sync(_runs_of, secured, agent.principal, workflow) == []
     secured.assert_healthy()
 
 
