@@ -10,7 +10,7 @@ import jwt
 import pytest
 from test_security import HS_SECRET, make_app, secured
 
-from nexus_core import Nexus
+from nexus_core import AuthenticationError, Nexus, RateLimited
 from nexus_core.security import ANONYMOUS, Credentials, Principal
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +180,28 @@ async def test_a_connection_on_a_derived_cli_token_ends_when_its_api_key_is_revo
         with anyio.fail_after(20):
             reason = await app.security.until_invalid(creds, "ws", who)
         assert reason == "this CLI token was issued from a credential that has been revoked"
+
+
+async def test_a_blocked_address_cannot_keep_its_revoked_connection_alive() -> None:
+    """Flooding bad tokens to get one's own address blocked does not stop the re-check."""
+    app = make_app(
+        security=secured(
+            recheck_interval=0.2,
+            rate_limits={"failed_authentications": {"requests": 1, "per": 3600}},
+        )
+    )
+    async with app:
+        key, record = await app.security.issue_api_key("eve", roles=["operator"])
+        creds = Credentials(api_key=key, client="192.0.2.66")
+        who = await app.security.authenticate(creds, "ws")
+        for _ in range(3):
+            with pytest.raises((AuthenticationError, RateLimited)):
+                await app.security.authenticate(
+                    Credentials(api_key="nxk_x", client="192.0.2.66"), "ws"
+                )
+        with pytest.raises(RateLimited):  # the address is blocked now, the right key included
+            await app.security.authenticate(creds, "ws")
+        await app.security.revoke(record.id)
+        with anyio.fail_after(20):
+            reason = await app.security.until_invalid(creds, "ws", who)
+        assert reason == "this API key has been revoked"

@@ -428,9 +428,12 @@ class SecurityLayer:
         expired: returns at once, whatever leeway authentication allows) and
         every ``recheck_interval`` seconds to authenticate the credentials
         again, so a revoked API key or CLI token ends the connection within
-        that interval. A successful recheck writes no audit record; the end
-        writes one. For an anonymous principal, or with authentication off, it
-        never returns (cancel it with the connection).
+        that interval. A recheck is the host's own: the client's
+        failed-authentication limits neither block nor count it, so no flood
+        from its address can keep it from happening. A successful recheck
+        writes no audit record; the end writes one. For an anonymous
+        principal, or with authentication off, it never returns (cancel it
+        with the connection).
         """
         self.configure()
         if principal.anonymous or not self.auth_required:
@@ -446,7 +449,7 @@ class SecurityLayer:
             if expires is not None and self.clock() >= expires:
                 continue
             try:
-                current = await self.authenticate(credentials, channel)
+                current = await self._identify(credentials or Credentials(), channel)
             except AuthenticationError as exc:
                 reason = exc.message
                 break
