@@ -24,7 +24,8 @@ Specs (what registration hooks return)
     :class:`HttpMountSpec`, :class:`CommandSpec`, their base :class:`Spec`.
 Base classes and protocols
     :class:`Channel` (+ :class:`ChannelCapabilities`), :class:`AuthProvider`,
-    :class:`Storage`, :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
+    :class:`Storage` (:class:`MemoryStorage` is a complete backend to start
+    from), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
         SessionRecord,
         Storage,
     )
+    from .storage.memory import MemoryStorage
     from .workflows import Node, NodeContext, RunResult
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "EventType",
     "HealthReport",
     "HttpMountSpec",
+    "MemoryStorage",
     "Nexus",
     "NexusError",
     "Node",
@@ -153,6 +156,7 @@ _EXPORTS = {
     "EventType": ".events",
     "HealthReport": ".health",
     "HttpMountSpec": ".specs",
+    "MemoryStorage": ".storage.memory",
     "Nexus": ".app",
     "NexusError": ".errors",
     "Node": ".workflows",

@@ -29,6 +29,7 @@ BUILTIN_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("session", _P + "session:app", "Start a session, choose the current one, or show it."),
     ("plugins", _P + "plugins:plugins_command", "List the plugins, their versions and hooks."),
     ("config", _P + "config:app", "Show the configuration with its sources, or check it."),
+    ("plugin", _P + "plugin:app", "Start a new plugin: plugin new NAME --kind KIND."),
     ("login", _P + "auth:login_command", "Keep a token for a gateway (or app) for later commands."),
     ("logout", _P + "auth:logout_command", "Forget the token of a gateway (or app)."),
 )
