@@ -336,3 +336,27 @@ async def test_opening_sessions_and_failing_to_authenticate_are_limited_per_clie
         locked = await http.post(url, json=LIST_TOOLS, headers=_as(ALICE, session))
         assert locked.status_code == 429, locked.text
         assert int(locked.headers["retry-after"]) >= 1
+
+
+async def test_a_session_lives_as_long_as_the_newest_credential_of_its_principal() -> None:
+    # A client that changes its credential (a refreshed token, a rotated key) keeps its
+    # session; from then on the session is re-checked against the new one.
+    app = secured_app()
+    async with running_http(app) as url, httpx.AsyncClient(timeout=30) as http:
+        old, _ = await app.security.issue_api_key("eve", roles=["user"], tenant="acme")
+        new, record = await app.security.issue_api_key("eve", roles=["user"], tenant="acme")
+        session = await _open_session(http, url, old)
+        moved = await http.post(url, json=LIST_TOOLS, headers=_as(new, session))
+        assert moved.status_code == 200, moved.text
+        assert await app.security.revoke(record.id)
+        # (A request with the old key now would move the session back to it: wait for the
+        # core's record of the connection it closed instead.)
+        with anyio.fail_after(10):
+            while not any(  # noqa: ASYNC110 - polling the audit log, no event to wait on
+                (r.reason or "").startswith("connection closed")
+                for r in await app.security.query_audit(principal="eve")
+            ):
+                await anyio.sleep(0.05)
+        answer = await http.post(url, json=LIST_TOOLS, headers=_as(old, session))
+        assert answer.status_code == 404, answer.text
+        assert f"the MCP session was closed: {REVOKED}" in answer.json()["error"]["message"]
