@@ -101,7 +101,8 @@ async def _stream(url: str, pcm: bytes) -> tuple[float, float, dict[str, Any]]:
     import anyio
     import websockets
 
-    async with websockets.connect(url.replace("http://", "ws://") + "/voice/stream") as ws:
+    ws_url = url.replace("http://", "ws://") + "/voice/stream"
+    async with websockets.connect(ws_url, max_size=None) as ws:
         for start in range(0, len(pcm), 3200):
             await ws.send(pcm[start : start + 3200])
             await anyio.sleep(0.1)  # as fast as it is spoken

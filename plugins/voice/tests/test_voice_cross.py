@@ -183,7 +183,7 @@ async def test_the_websocket_streams_partials_the_result_and_the_reply(served):
     url, _workdir, _env = served
     pcm = speak("greet grace")[44:]
     ws_url = url.replace("http://", "ws://") + "/voice/stream"
-    async with websockets.connect(ws_url) as socket:
+    async with websockets.connect(ws_url, max_size=None) as socket:
         for second in range(2):  # two utterances on one connection, one session
             for start in range(0, len(pcm), 3200):  # 100 ms chunks
                 await socket.send(pcm[start : start + 3200])
