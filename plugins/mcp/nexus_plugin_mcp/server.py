@@ -116,6 +116,8 @@ _MAX_STREAMS = 1024
 #: Whose subscriptions a watch holds: (tenant, principal id).
 _Who = tuple[str, str]
 _T = TypeVar("_T")
+#: A watch whose credentials are re-checked elsewhere (the HTTP session's).
+_NO_RECHECK = object()
 
 
 def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
@@ -389,15 +391,22 @@ class NexusMCP:
         return updates
 
     async def _watch(
-        self, connection: Connection, principal: Principal, credentials: Credentials | None
+        self,
+        connection: Connection,
+        principal: Principal,
+        credentials: Credentials | None,
+        *,
+        recheck: bool,
     ) -> _RunWatch:
         """The watch of ``principal``'s subscriptions on a 2025-11-25 connection (started once).
 
         It forwards ``notifications/resources/updated`` until the connection
-        closes (its exit stack cancels the watch), the server stops, or
-        ``credentials`` stop authenticating as ``principal`` (the client is
-        told why in a ``notifications/message``; a new subscription is then
-        refused with the reason).
+        closes (its exit stack cancels the watch) or the server stops. With
+        ``recheck`` (stdio) it also ends once ``credentials`` stop
+        authenticating as ``principal``: the client is told why in a
+        ``notifications/message``, and a new subscription is refused with the
+        reason. Over HTTP the endpoint re-checks the whole session instead
+        (following a refreshed token), closing it and so this watch.
         """
         watches = self._watches.setdefault(connection, {})
         who = (principal.tenant, principal.id)
@@ -410,7 +419,12 @@ class NexusMCP:
         subscription = self._run_events(principal, watch.uris)
         try:
             await self._task_group.start(
-                self._forward_updates, connection, watch, principal, credentials, subscription
+                self._forward_updates,
+                connection,
+                watch,
+                principal,
+                credentials if recheck else _NO_RECHECK,
+                subscription,
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -425,18 +439,21 @@ class NexusMCP:
         connection: Connection,
         watch: _RunWatch,
         principal: Principal,
-        credentials: Credentials | None,
+        credentials: object,
         subscription: Subscription,
         *,
         task_status: anyio.abc.TaskStatus[None],
     ) -> None:
-        """Send ``notifications/resources/updated`` to ``connection`` until the watch ends."""
+        """Send ``notifications/resources/updated`` to ``connection`` until the watch ends.
+
+        ``credentials`` are re-checked beside it unless they are ``_NO_RECHECK``.
+        """
         with watch.scope:
             async with anyio.create_task_group() as tg:
                 updates = await self._start_updates(tg, principal, watch.uris, subscription)
                 task_status.started()
 
-                async def recheck() -> None:
+                async def recheck(credentials: Credentials | None) -> None:
                     reason = await self.until_invalid(credentials, principal)
                     watches = self._watches.get(connection, {})
                     if watches.get((principal.tenant, principal.id)) is watch:
@@ -452,7 +469,9 @@ class NexusMCP:
                     )
                     tg.cancel_scope.cancel()
 
-                tg.start_soon(recheck)
+                if credentials is not _NO_RECHECK:
+                    assert credentials is None or isinstance(credentials, Credentials)
+                    tg.start_soon(recheck, credentials)
                 async for uri in updates:
                     await _notify(connection, "notifications/resources/updated", {"uri": uri})
 
@@ -760,7 +779,9 @@ class NexusMCP:
         connection = _connection_of(ctx)
         if connection is None:
             raise MCPError(INTERNAL_ERROR, "this transport cannot deliver resource updates")
-        watch = await self._watch(connection, principal, self.credentials_of(ctx))
+        watch = await self._watch(
+            connection, principal, self.credentials_of(ctx), recheck=ctx.request is None
+        )
         watch.uris.add(params.uri)
         return types.EmptyResult()
 

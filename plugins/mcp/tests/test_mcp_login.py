@@ -1,5 +1,8 @@
 """stdio takes its token from the CLI login when NEXUS_TOKEN is not set (``nexus login``).
 
+Whatever the token's source, the core checks it on every request, and what the
+server pushes by itself stops once it is revoked.
+
 The ``nexus`` console script (the CLI plugin) logs in locally, the MCP server
 over stdio finds the token through ``nexus_core.userconfig`` without importing
 the CLI plugin, and ``nexus logout`` takes it away again.
@@ -12,11 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
+import anyio
+import mcp_types as types
 import pytest
 from _mcp_support import MODES, stdio_connection
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from nexus_core import Nexus
 
 from nexus_plugin_mcp.server import UNAUTHENTICATED
 
@@ -127,3 +135,55 @@ async def test_a_login_token_another_application_refuses_is_not_dropped(
             await conn.call_tool("greet", {"name": "Ada"})
         assert caught.value.code == UNAUTHENTICATED
         assert "nexus login" in str(caught.value) and "nexus logout" in str(caught.value)
+
+
+KEYS = """
+[nexus.services.security]
+auth_enabled = true
+providers = ["api_key"]
+recheck_interval = 0.2
+default_roles = ["user"]
+roles = { user = ["workflow:*:execute", "runs:read", "events:read"] }
+"""
+
+
+async def test_stdio_resource_subscriptions_end_when_the_key_is_revoked(example_app: Path) -> None:
+    # Requests on stdio are authenticated one by one; what the server pushes on its own
+    # (resource updates) stops once the key is revoked, and the client is told why.
+    home = example_app.parent
+    await anyio.Path(home / "nexus.toml").write_text(KEYS, encoding="utf-8")
+    storage = f"sqlite:///{home / 'nexus.db'}"
+    control = Nexus(
+        "control",
+        storage=storage,
+        autoload=False,
+        env={},
+        config={"services": {"security": {"providers": ["api_key"]}}},
+    )
+    notices: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.LoggingMessageNotification):
+            notices.append(str(message.params.data))
+
+    async with control:
+        key, record = await control.security.issue_api_key("eve", roles=["user"])
+        async with stdio_connection(
+            example_app,
+            "legacy",
+            message_handler=on_message,
+            NEXUS_STORAGE=storage,
+            NEXUS_TOKEN=key,
+        ) as conn:
+            ok = await conn.call_tool("greet", {"name": "Eve"})
+            uri = f"nexus://runs/{ok.meta['nexus/runId']}"
+            with warnings.catch_warnings():  # deprecated as of 2026-07-28, current in 2025-11-25
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await conn.subscribe_resource(uri)
+                assert await control.security.revoke(record.id)
+                with anyio.fail_after(15):
+                    while not notices:  # noqa: ASYNC110 - filled by the client's handler
+                        await anyio.sleep(0.05)
+                assert notices == ["resource subscriptions ended: this API key has been revoked"]
+                with pytest.raises(MCPError, match="authentication failed: .*revoked"):
+                    await conn.subscribe_resource(uri)
