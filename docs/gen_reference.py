@@ -46,7 +46,6 @@ API_MODULES = (
     "nexus_core.storage",
     "nexus_core.storage.memory",
     "nexus_core.storage.sqlite",
-    "nexus_core.plugin",
     "nexus_core.serving",
     "nexus_core.testing.storage",
     "nexus_core.testing.auth",
@@ -63,6 +62,8 @@ API_MODULES = (
     "nexus_core.metrics",
     "nexus_core.loader",
     "nexus_core.userconfig",
+    # Last: it re-exports names documented in their own modules above.
+    "nexus_core.plugin",
 )
 
 #: Plugin names in nodes.md, as the registering plugin is named by the host below.
