@@ -18,6 +18,15 @@ import anyio
 import httpx
 import msgspec
 import pytest
+
+pytest.importorskip(
+    "nexus_plugin_api",
+    reason="the voice channel is served by nexus-plugin-api, which is not installed",
+)
+pytest.importorskip(
+    "nexus_plugin_cli",
+    reason="these tests run the nexus command of nexus-plugin-cli, which is not installed",
+)
 import websockets
 from voice_support import (
     EXAMPLES,
