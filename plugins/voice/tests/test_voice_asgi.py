@@ -49,7 +49,7 @@ async def test_a_workflow_registered_while_running_can_be_said_at_once():
 
             # The running host announces the workflow (nexus_workflow_registered) soon.
             with anyio.fail_after(10):
-                while "wave" not in (await http.get("/grammar")).text:
+                while "wave" not in (await http.get("/grammar")).text:  # noqa: ASYNC110 - polls HTTP
                     await anyio.sleep(0.01)
             answer = await http.post(
                 "/", content=speak("wave grace"), headers={"accept": "application/json"}
