@@ -440,3 +440,30 @@ def test_if_missing_is_checked_in_the_configuration() -> None:
 
     with pytest.raises(ConfigError, match="if_missing"):
         make_app(security=secured(strategy="hybrid", policies=[{**BIG_REPORTS, "if_missing": "x"}]))
+
+
+async def test_any_inputs_asks_whether_some_inputs_could_be_allowed() -> None:
+    from nexus_core.security.policy import ANY_INPUTS
+
+    small_only = {
+        "effect": "allow",
+        "actions": ["workflow:report:execute"],
+        "conditions": [{"attribute": "input.amount", "op": "le", "value": 100}],
+    }
+    app = make_app(security=secured(strategy="hybrid", policies=[small_only, BIG_REPORTS]))
+    async with app:
+        guest = Principal(id="guest", attributes={"level": "agent"})  # no role at all
+        action = "workflow:report:execute"
+        # Some inputs could pass the allow rule, and the deny rule needs inputs to apply.
+        assert app.security.decide(guest, action, inputs=ANY_INPUTS).allowed
+        assert app.security.decide(guest, action, inputs={"amount": 50}).allowed
+        assert not app.security.decide(guest, action, inputs={"amount": 5000}).allowed
+        # Without inputs the allow rule cannot be met: not listed, as before.
+        assert "report" not in [wf.name for wf in await app.visible_workflows(guest)]
+        # No inputs at all could let it run 'greet': refused before validation (403, not 422).
+        assert not app.security.decide(guest, "workflow:greet:execute", inputs=ANY_INPUTS).allowed
+        with pytest.raises(PermissionDenied):
+            await app.invoke_as(guest, "greet", {"name": 42})
+        assert (await app.invoke_as(guest, "report", {"amount": 50})).status == "completed"
+        with pytest.raises(PermissionDenied):
+            await app.invoke_as(guest, "report", {"amount": 5000})
