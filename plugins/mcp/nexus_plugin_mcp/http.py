@@ -73,6 +73,11 @@ __all__ = [
     "serve_http",
 ]
 
+_NOT_STARTED = (
+    "the MCP endpoint is not started: its lifespan did not run. Mounted inside another "
+    "ASGI app? Enter the API app's lifespan() in yours (docs/how-to/embed-nexus.md)"
+)
+
 log = logging.getLogger("nexus.mcp")
 
 Scope = dict[str, Any]
@@ -274,7 +279,7 @@ class MCPHttpApp:
             return
         manager = self._manager
         if manager is None:
-            await _send_json(send, 503, {"error": "the MCP endpoint is not started"})
+            await _send_json(send, 503, {"error": _NOT_STARTED})
             return
         authorization = _header(scope, b"authorization")
         token = None
