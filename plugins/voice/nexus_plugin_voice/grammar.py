@@ -18,6 +18,9 @@ any order, each the way its JSON Schema allows it to be said:
 Besides workflows the grammar has the session's commands: "cancel it",
 "repeat that", "what is the status of my last order" and "help".
 
+A workflow is said by its name (underscores as spaces), its ``title``
+(``@app.workflow(title=...)``) or an alias from the config.
+
 The same tree renders the JSGF a recognizer is restricted to
 (:meth:`Grammar.jsgf`) and parses a transcript back (:meth:`Grammar.parse`),
 checking that the whole sentence matches: recognizers force out-of-grammar
@@ -739,7 +742,11 @@ def build_grammar(
         settings = config.workflow(wf.name)
         if settings.hidden:
             continue
-        commands.append(builder.workflow(wf.name, wf.input_schema, settings.aliases))
+        aliases = list(settings.aliases)
+        title = getattr(getattr(wf, "meta", None), "title", None)
+        if title:  # the workflow's own title is a way to say it ("price an order")
+            aliases.append(title)
+        commands.append(builder.workflow(wf.name, wf.input_schema, aliases))
         included.append(wf.name)
         spoken = " ".join(spoken_words(wf.name))
         if builder._ok(spoken.split()):

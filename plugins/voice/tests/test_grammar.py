@@ -59,6 +59,8 @@ def test_every_spoken_number_is_in_the_grammar(search_grammar, n):
         ),
         ("add to cart three cast iron pans", "add_to_cart", {"quantity": 3, "sku": "PAN-010"}),
         ("what is in my cart", "view_cart", {}),
+        # the workflow's title (metadata) is a name too
+        ("price an order with a mug", "quote", {"items": [{"quantity": 1, "sku": "MUG-001"}]}),
     ],
 )
 def test_phrases_parse_to_typed_inputs(grammar, said, workflow, inputs):

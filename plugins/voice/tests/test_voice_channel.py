@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,6 +87,37 @@ async def test_session_commands_follow_the_last_run_and_replies_are_audio():
         assert repeat.json()["reply"] == "Hello, Grace."
 
 
+def noisy(wav: bytes, volume: float) -> bytes:
+    """``wav`` with white noise of ``volume`` mixed in (sox -m)."""
+    noise = sox(wav, "-t", "wav", effects=("synth", "whitenoise", "vol", str(volume)))
+    with tempfile.TemporaryDirectory() as scratch:
+        speech, hiss = Path(scratch) / "speech.wav", Path(scratch) / "noise.wav"
+        speech.write_bytes(wav)
+        hiss.write_bytes(noise)
+        return subprocess.run(
+            ["sox", "-m", str(speech), str(hiss), "-t", "wav", "-"],
+            check=True,
+            capture_output=True,
+        ).stdout
+
+
+async def test_other_formats_are_converted_by_sox():
+    app = build()
+    flac = sox(speak("greet alan excited", rate=44100), "-t", "flac")
+    aiff = sox(speak("view cart", rate=22050), "-t", "aiff")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for clip, workflow in ((flac, "greet"), (aiff, "view_cart")):
+            body = (await http.post("/voice", content=clip, headers=JSON)).json()
+            assert body["outcome"] == "completed" and body["workflow"] == workflow, body
+        raw = speak("greet ada")[44:]
+        body = (
+            await http.post(
+                "/voice", content=raw, headers={**JSON, "content-type": "audio/L16; rate=16000"}
+            )
+        ).json()
+        assert body["run"]["output"] == "Hello, Ada."
+
+
 async def test_out_of_grammar_and_noise_never_run_a_workflow():
     app = build()
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
@@ -92,6 +125,8 @@ async def test_out_of_grammar_and_noise_never_run_a_workflow():
         clean = speak("greet ada")
         noise = sox(clean, "-t", "wav", effects=("synth", "whitenoise", "vol", "0.8"))
         clips.append(noise)
+        # Out-of-grammar speech under noise, mixed by sox.
+        clips.extend(noisy(speak(text), 0.05) for text in OUT_OF_GRAMMAR[:3])
         for clip in clips:
             body = (await http.post("/voice", content=clip, headers=JSON)).json()
             assert body["outcome"] not in ("completed", "failed"), body
