@@ -62,3 +62,31 @@ async def test_a_workflow_registered_while_running_can_be_said_at_once():
 
             assert (await http.get("/")).status_code == 405
             assert (await http.get("/nowhere")).status_code == 404
+
+
+async def test_cancel_it_cancels_the_sessions_running_run():
+    app = host()
+    release = anyio.Event()
+
+    @app.workflow(blocking=False)
+    async def greet(name: str) -> str:
+        await release.wait()
+        return f"Hello, {name}."
+
+    voice = make_asgi(app)
+    async with app, voice.lifespan():
+        session = await app.create_session(channel="api")
+        started = await app.invoke("greet", {"name": "Ada"}, session=session.id, wait=False)
+        assert started.status == "running"
+        transport = httpx.ASGITransport(app=voice)
+        async with httpx.AsyncClient(transport=transport, base_url="http://voice") as http:
+            headers = {"accept": "application/json", "x-nexus-session": session.id}
+            status = (await http.post("/", content=speak("status"), headers=headers)).json()
+            assert status["intent"] == "status" and status["outcome"] == "running", status
+            cancel = (await http.post("/", content=speak("cancel it"), headers=headers)).json()
+            assert cancel["outcome"] == "cancelled", cancel
+            assert cancel["run"]["run_id"] == started.run_id
+            done = await app.wait(started.run_id)
+            assert done.status == "cancelled"
+            again = (await http.post("/", content=speak("cancel it"), headers=headers)).json()
+            assert again["outcome"] == "not_running" and "nothing to cancel" in again["reply"]
