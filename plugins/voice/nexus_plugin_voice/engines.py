@@ -9,7 +9,6 @@ threads or subprocesses, so the event loop never waits on them.
 from __future__ import annotations
 
 import array
-import importlib
 import os
 import random
 import shutil
@@ -17,12 +16,14 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
 import msgspec
+from nexus_core.plugin import Spec
+from nexus_core.specs import import_string
 
 try:  # C speed for dithering; gone in Python 3.13 (the pure-Python path then runs)
     with warnings.catch_warnings():
@@ -56,12 +57,14 @@ class EngineError(RuntimeError):
     """An engine is missing or failed (reported to the caller as a 503)."""
 
 
-class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A speech engine a plugin contributes: ``factory(config)`` makes it."""
+class EngineSpec(Spec, frozen=True, kw_only=True):
+    """A speech engine a plugin contributes: ``factory(config)`` makes it.
 
-    name: str
-    factory: Any
-    description: str = ""
+    ``factory`` is a ``"module:attr"`` string (imported when the engine is
+    chosen) or the callable itself. The host fills in ``plugin``,
+    ``distribution`` and ``version``; two engines of one name are a conflict
+    naming both plugins.
+    """
 
 
 class Transcript(msgspec.Struct, kw_only=True):
@@ -113,17 +116,13 @@ class TextToSpeech(Protocol):
         ...
 
 
-def load_engine(specs: list[EngineSpec], name: str, config: VoiceConfig, kind: str) -> Any:
+def load_engine(specs: Mapping[str, EngineSpec], name: str, config: VoiceConfig, kind: str) -> Any:
     """Make the engine called ``name`` from ``specs``; an unknown name lists the known ones."""
-    for spec in specs:
-        if spec.name == name:
-            factory = spec.factory
-            if isinstance(factory, str):
-                module, _, attr = factory.partition(":")
-                factory = getattr(importlib.import_module(module), attr)
-            return factory(config)
-    known = ", ".join(sorted(s.name for s in specs)) or "none"
-    raise EngineError(f"no {kind} engine named {name!r}; installed: {known}")
+    spec = specs.get(name)
+    if spec is None:
+        known = ", ".join(sorted(specs)) or "none"
+        raise EngineError(f"no {kind} engine named {name!r}; installed: {known}")
+    return import_string(spec.factory)(config)
 
 
 class _Buffered:

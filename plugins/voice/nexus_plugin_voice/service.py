@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nexus_core.errors import NexusError
+from nexus_core.plugin import collect_specs
 
 from .config import VoiceConfig, voice_config
 from .engines import (
@@ -79,12 +80,11 @@ class VoiceService:
     ) -> None:
         self.app = app
         self.config = config if config is not None else voice_config(app)
-        host = app.host
         if stt is None:
-            specs = _specs(host, "nexus_voice_stt_engines")
+            specs = _specs(app, "nexus_voice_stt_engines")
             stt = load_engine(specs, self.config.stt, self.config, "speech-to-text")
         if tts is None:
-            specs = _specs(host, "nexus_voice_tts_engines")
+            specs = _specs(app, "nexus_voice_tts_engines")
             tts = load_engine(specs, self.config.tts, self.config, "text-to-speech")
         self.stt: SpeechToText = stt
         self.tts: TextToSpeech = tts
@@ -297,18 +297,9 @@ def _refused(base: dict[str, Any], exc: NexusError) -> VoiceReply:
     return VoiceReply(**base, outcome=exc.code, reply=f"Sorry, {exc.message}", error=error)
 
 
-def _specs(host: Any, hook: str) -> list[EngineSpec]:
-    caller = getattr(host.pm.hook, hook, None) if hasattr(host, "pm") else None
-    if caller is None:
-        from . import engines
-
-        if hook == "nexus_voice_stt_engines":
-            return [EngineSpec(name="pocketsphinx", factory=engines.builtin_stt)]
-        return [EngineSpec(name="espeak-ng", factory=engines.builtin_tts)]
-    found: list[EngineSpec] = []
-    for result in caller():
-        found.extend(result or [])
-    return found
+def _specs(source: Any, hook: str) -> dict[str, EngineSpec]:
+    """The engines every plugin contributes through ``hook``, by name."""
+    return collect_specs(source, hook, EngineSpec)
 
 
 _SERVICES: weakref.WeakKeyDictionary[Any, VoiceService] = weakref.WeakKeyDictionary()
