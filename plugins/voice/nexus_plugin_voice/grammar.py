@@ -8,7 +8,8 @@ any order, each the way its JSON Schema allows it to be said:
 - an integer or number: a spoken number ("two hundred and fifty"), after the
   input's name ("limit five") or before its unit ("two hundred grams" for
   ``weight_grams``);
-- a boolean: its name for true ("express"), "not" and its name for false;
+- a boolean: its name for true ("express"), "not" and its name for false
+  (only the form that differs from the default, when there is one);
 - a string with a pattern: the phrases configured for it (``values``);
 - free text: up to ``max_free_words`` words of the configured vocabulary;
 - a list of enums: "tags office and gift";
@@ -350,8 +351,14 @@ class _Builder:
         kind = schema.get("type")
         forms: list[_Node] = []
         if kind == "boolean":
-            if name:
+            # Only the form that changes something: "express" when the default
+            # is false, "not express" when it is true, both when there is none.
+            # A recognizer slips a short "not" in or out easily; offering it
+            # only where it means something keeps it from flipping a value.
+            default = schema.get("default")
+            if name and default is not True:
                 forms.append(Capture(field, Words(name), _const(True)))
+            if name and default is not False:
                 forms.append(Capture(field, Words(["not", *name]), _const(False)))
             return forms
         if kind == "array":

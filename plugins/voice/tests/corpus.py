@@ -12,7 +12,7 @@ CORPUS: list[tuple[str, str, dict[str, Any]]] = [
     ("greet grace", "greet", {"name": "Grace"}),
     ("greet alan excited", "greet", {"name": "Alan", "excited": True}),
     ("say hello to linus", "greet", {"name": "Linus"}),
-    ("please greet grace not excited", "greet", {"name": "Grace", "excited": False}),
+    ("please greet grace", "greet", {"name": "Grace"}),
     ("greet name alan", "greet", {"name": "Alan"}),
     ("run greet with name linus excited", "greet", {"name": "Linus", "excited": True}),
     ("say hello to ada excited", "greet", {"name": "Ada", "excited": True}),
@@ -37,11 +37,7 @@ CORPUS: list[tuple[str, str, dict[str, Any]]] = [
         {"weight_grams": 250, "country": "FR", "express": True},
     ),
     ("ship one thousand grams to america", "shipping", {"weight_grams": 1000, "country": "US"}),
-    (
-        "ship five thousand grams to holland not express",
-        "shipping",
-        {"weight_grams": 5000, "country": "NL", "express": False},
-    ),
+    ("ship five thousand grams to holland", "shipping", {"weight_grams": 5000, "country": "NL"}),
     ("shipping nine hundred grams to france", "shipping", {"weight_grams": 900, "country": "FR"}),
     (
         "ship three hundred and twenty grams to germany express",

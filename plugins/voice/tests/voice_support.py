@@ -82,9 +82,12 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, rate: int = 16000) 
 
 
 def sox(data: bytes, *output: str, effects: tuple[str, ...] = ()) -> bytes:
-    """Run sox on ``data`` (any format sox detects) and return its output."""
+    """Run sox on ``data`` (any format sox detects) and return its output.
+
+    ``-R``: repeatable, so generated noise is the same on every run.
+    """
     return subprocess.run(
-        ["sox", "-", *output, "-", *effects], input=data, check=True, capture_output=True
+        ["sox", "-R", "-", *output, "-", *effects], input=data, check=True, capture_output=True
     ).stdout
 
 
