@@ -114,12 +114,47 @@ async def serve_host(
         signums = ()
     stop = anyio.Event()
     started: dict[str, Any] = {}
+    try:
+        await _serve(app, names, signums, stop, started)
+    except BaseExceptionGroup as group:
+        # One failure (a channel that cannot start) is raised as itself, so
+        # callers catch PluginFailed rather than a group of groups of one.
+        leaf = _single(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+def _single(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The one exception at the bottom of nested groups of one, else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _serve(
+    app: Nexus,
+    names: list[str],
+    signums: tuple[int, ...],
+    stop: anyio.Event,
+    started: dict[str, Any],
+) -> None:
     async with anyio.create_task_group() as outer:
         if signums:
             await outer.start(_watch_signals, signums, stop, started)
         async with app.running(), anyio.create_task_group() as tg:
             for name in names:
-                channel = await start_channel(app, name, tg)
+                try:
+                    channel = await start_channel(app, name, tg)
+                except BaseException:
+                    # Stop what did start as on a signal (the API drains and
+                    # ends its lifespan), then report the one that failed.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                        await _stop_channels(started, force=False)
+                    raise
                 started[name] = channel
                 tg.start_soon(_stop_when_done, channel, stop)
             log.info(

@@ -8,6 +8,7 @@ its ordinary entry-point discovery, as it finds any installed plugin.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,11 +92,29 @@ def environ(*sites: Path, **env: str) -> dict[str, str]:
 
 
 def install_path(base: Path, *sources: Path) -> Path:
-    """Pip-install the distributions at ``sources`` into ``base/site``; return the site."""
+    """Pip-install the distributions at ``sources`` into ``base/site``; return the site.
+
+    Each source is copied first: a build writes into its folder, and the
+    checkout's copy must stay clean (and usable by tests running at once).
+    """
+    copies = []
+    for source in sources:
+        copy = base / "sources" / source.name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        copies.append(str(copy))
     site = base / "site"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
-        + [str(s) for s in sources],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(site),
+            *copies,
+        ],
         capture_output=True,
         text=True,
         check=False,

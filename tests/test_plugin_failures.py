@@ -260,6 +260,25 @@ def test_a_failing_startup_reaches_the_cli_as_exit_1_naming_the_plugin(
     assert "Traceback" not in proc.stderr
 
 
+def test_nexus_serve_with_a_channel_that_cannot_start_exits_1_naming_it(
+    tmp_path: Path, sites: dict[str, Path]
+) -> None:
+    pytest.importorskip("nexus_plugin_cli", reason="the nexus command is nexus-plugin-cli's")
+    pytest.importorskip("nexus_plugin_api", reason="nexus serve comes with nexus-plugin-api")
+    (tmp_path / "nexus.toml").write_text("[nexus.channels.api]\nport = 0\n")
+    proc = _nexus(
+        tmp_path,
+        "serve",
+        "app.py",
+        sites=(sites["ghost"],),
+        NEXUS_PLUGINS="nexus-plugin-ghost,nexus-plugin-cli,nexus-plugin-api",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: channel 'ghost' of plugin 'nexus-plugin-ghost'" in proc.stderr
+    _named(proc.stderr, "nexus-plugin-ghost", "1.0.0")
+    assert "Traceback" not in proc.stderr
+
+
 def test_nexus_plugins_warns_about_a_broken_plugin_once(
     tmp_path: Path, sites: dict[str, Path]
 ) -> None:

@@ -54,4 +54,5 @@ class MCPChannel:
 async def _serve(app: Nexus, config: MCPConfig, *, task_status: anyio.abc.TaskStatus[Any]) -> None:
     from .http import serve_http
 
-    await serve_http(app, config=config, task_status=task_status)
+    # The host (nexus serve, app.serve) handles signals for every channel.
+    await serve_http(app, config=config, capture_signals=False, task_status=task_status)

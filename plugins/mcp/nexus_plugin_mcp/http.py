@@ -535,12 +535,15 @@ async def serve_http(
     port: int | None = None,
     config: MCPConfig | None = None,
     announce: Callable[[str], None] | None = None,
+    capture_signals: bool = True,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app``'s MCP endpoint over streamable HTTP until cancelled.
 
     The host must be running. ``port=0`` picks a free port; the endpoint URL is
-    passed to ``task_status.started`` and to ``announce``.
+    passed to ``task_status.started`` and to ``announce``. ``capture_signals``
+    lets uvicorn stop on Ctrl-C (standalone); as a channel of ``nexus serve``
+    the host handles signals for every channel, so the channel passes False.
     """
     import uvicorn
 
@@ -573,6 +576,9 @@ async def serve_http(
             timeout_graceful_shutdown=1,
         )
     )
+    if not capture_signals:
+        # uvicorn would take SIGINT from the host, then raise it again on exit.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     finished = anyio.Event()
 
     async def run() -> None:
