@@ -69,6 +69,28 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+#: The plugin author's API: nexus_core.plugin and the modules it re-exports
+#: from that plugins implement against. Checked strictly (see [tool.mypy]).
+TYPED_API = [
+    "nexus_core/plugin.py",
+    "nexus_core/plugins.py",
+    "nexus_core/specs.py",
+    "nexus_core/channels.py",
+    "nexus_core/serving.py",
+    "nexus_core/hookspecs.py",
+    "nexus_core/testing/channel.py",
+    "nexus_core/testing/nodes.py",
+]
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the plugin author's API (not yet part of lint)."""
+    _install_core(session)
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", *TYPED_API, *session.posargs)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with the peers; peers are installed only here."""

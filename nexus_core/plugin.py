@@ -204,8 +204,10 @@ def collect_specs(
     raises :class:`~nexus_core.errors.PluginFailed` naming it). Hook wrappers
     run around each implementation.
     """
-    host = getattr(source, "host", source)
-    return host.collect(hook_name, spec_type, key=key, **kwargs)  # type: ignore[no-any-return]
+    from .plugins import PluginHost
+
+    host = source if isinstance(source, PluginHost) else source.host
+    return host.collect(hook_name, spec_type, key=key, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -415,7 +415,8 @@ class PluginHost:
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
             try:
                 results = self.pm._hookexec(hook_name, [impl, *wrappers], kwargs, False)
-                specs = [spec for result in results for spec in (result or ())]
+                assert isinstance(results, list)  # firstresult=False: one list per call
+                specs: list[Any] = [spec for result in results for spec in (result or ())]
                 for spec in specs:
                     if not isinstance(spec, spec_type):
                         raise TypeError(
