@@ -79,6 +79,8 @@ def convert(data: Any, type_: Any, *, strict: bool = False) -> Any:
         raise ValidationError([_field_error(exc)]) from None
 
 
+_S = typing.TypeVar("_S", bound=msgspec.Struct)
+
 # Kept as they are by the plain-value round trip: strict conversion accepts them.
 _KEEP_TYPES = (
     bytes,
@@ -93,7 +95,7 @@ _KEEP_TYPES = (
 )
 
 
-def validate_inputs(data: Any, struct: type[msgspec.Struct]) -> Any:
+def validate_inputs(data: Any, struct: type[_S]) -> _S:
     """Validate workflow inputs strictly into ``struct``; every channel's inputs come here.
 
     Strict: no text is read as a number or a boolean (``"900"``, ``"9e5"``,
