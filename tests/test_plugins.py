@@ -461,3 +461,42 @@ async def test_a_failing_startup_names_its_plugin() -> None:
             pass
     assert "Grumpy" in str(err.value) and "failed in nexus_startup" in str(err.value)
     assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_collect_specs_serves_hooks_plugins_define_with_one_conflict_policy() -> None:
+    from nexus_core.plugin import HttpMountSpec, collect_specs
+
+    class MountSpecs:
+        @hookspec
+        def nexus_test_mounts(self, app):
+            """Mounts (a test hook). .. versionadded:: 0.1"""
+
+    class Provider:
+        @hookimpl
+        def nexus_add_hookspecs(self, pluginmanager):
+            pluginmanager.add_hookspecs(MountSpecs)
+
+    class Mounter:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        @hookimpl
+        def nexus_test_mounts(self, app):
+            return [HttpMountSpec(name=f"m{self.path}", path=self.path, factory="x:y", plugin=app)]
+
+    class Other(Mounter):
+        pass
+
+    host = PluginHost([Provider(), Mounter("/a"), Other("/b")], autoload=False)
+    found = collect_specs(
+        host, "nexus_test_mounts", HttpMountSpec, key=lambda s: (s.path,), app="A"
+    )
+    assert set(found) == {"/a", "/b"}
+    assert found["/a"].plugin.endswith("Mounter")  # the host's tag, not what the hook said
+    assert collect_specs(host, "nexus_no_such_hook", HttpMountSpec) == {}
+
+    clash = PluginHost([Provider(), Mounter("/a"), Other("/a")], autoload=False)
+    with pytest.raises(
+        PluginConflictError, match=r"'/a' is registered by both .*Other.* and .*Mounter"
+    ):
+        collect_specs(clash, "nexus_test_mounts", HttpMountSpec, key=lambda s: (s.path,), app="A")
