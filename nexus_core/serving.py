@@ -180,7 +180,13 @@ async def _stop_when_done(channel: Any, stop: anyio.Event) -> None:
 async def _stop_channels(started: dict[str, Any], *, force: bool) -> None:
     stoppable = [c for c in started.values() if callable(getattr(c, "stop", None))]
     for channel in stoppable:
-        channel.stop(force=True) if force else channel.stop()
+        if not force:
+            channel.stop()
+            continue
+        try:
+            channel.stop(force=True)
+        except TypeError:  # a stop() without the force option
+            channel.stop()
     if force:
         return
     for channel in stoppable:

@@ -22,7 +22,11 @@ def serve_command(
     workers: int = 1,
     reload: bool = False,
 ) -> int:
-    """Serve APP over HTTP: REST, WebSocket, Server-Sent Events, OpenAPI docs at /docs.
+    """Serve APP over HTTP (REST, WebSocket, SSE, OpenAPI at /docs) and every other channel.
+
+    Starts every enabled channel of the installed plugins (MCP on its own port
+    when configured, third-party channels), lists them, and stops them all on
+    Ctrl-C or SIGTERM.
 
     Parameters
     ----------

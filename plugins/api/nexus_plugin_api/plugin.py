@@ -60,6 +60,6 @@ def nexus_cli_commands() -> list[CommandSpec]:
         CommandSpec(
             name="serve",
             factory="nexus_plugin_api.cli:serve_command",
-            description="Serve the application over HTTP (REST, WebSocket, SSE, OpenAPI).",
+            description="Serve the application: HTTP (REST, WebSocket, SSE) and every channel.",
         )
     ]
