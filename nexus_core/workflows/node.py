@@ -26,7 +26,9 @@ from it are not taken, which is how a switch routes.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,7 +40,7 @@ from .schema import convert, fields_of
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["NoConfig", "Node", "NodeContext"]
+__all__ = ["NoConfig", "Node", "NodeContext", "current_context"]
 
 
 class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,15 +48,61 @@ class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class NodeContext:
-    """What a running node may know about its run."""
+    """What a running node may know about its run, and whether it is asked to stop.
 
-    __slots__ = ("node_id", "run_id", "runtime", "state")
+    A synchronous node runs in a worker thread, which nothing can interrupt:
+    when its run is cancelled (a cancel request, Ctrl-C on ``nexus run``, a
+    timeout, the host stopping) the runtime stops waiting for it and sets
+    :attr:`stop_requested`. Long-running sync code checks it, or sleeps with
+    :meth:`wait_for_stop`, and returns early::
+
+        def crawl(pages: list[str]) -> int:
+            context = current_context()
+            for page in pages:
+                if context is not None and context.stop_requested:
+                    break
+                fetch(page)
+            return len(pages)
+    """
+
+    __slots__ = ("_stop", "node_id", "run_id", "runtime", "state")
 
     def __init__(self, runtime: Runtime, run_id: str, node_id: str, state: Any = None) -> None:
         self.runtime = runtime
         self.run_id = run_id
         self.node_id = node_id
         self.state = state
+        self._stop = threading.Event()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run no longer waits for this node (cancelled, timed out, host stopping)."""
+        return self._stop.is_set()
+
+    def wait_for_stop(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking at once when a stop is requested.
+
+        Returns :attr:`stop_requested`: a cancellable ``time.sleep`` for sync nodes.
+        """
+        return self._stop.wait(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the node to stop (the runtime calls it when it stops waiting for the node)."""
+        self._stop.set()
+
+
+_CURRENT: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar(
+    "nexus_node_context", default=None
+)
+
+
+def current_context() -> NodeContext | None:
+    """The :class:`NodeContext` of the node running in this thread or task, if any.
+
+    For code that does not take the context as a parameter (a function
+    workflow, a helper it calls): ``current_context().stop_requested``.
+    """
+    return _CURRENT.get()
 
 
 class Node:

@@ -21,7 +21,7 @@ import msgspec
 
 from ..errors import ValidationError
 from .model import Workflow, follow
-from .node import NodeContext
+from .node import _CURRENT, NodeContext
 from .schema import convert
 
 __all__ = [
@@ -354,13 +354,22 @@ class Runtime:
 
     @staticmethod
     async def _call(node: Any, kwargs: dict[str, Any], context: NodeContext) -> Any:
-        if node.is_async:
-            return await node.invoke(kwargs, context)
-        if node.blocking:
-            return await anyio.to_thread.run_sync(
-                node.invoke, kwargs, context, abandon_on_cancel=True
-            )
-        return node.invoke(kwargs, context)
+        token = _CURRENT.set(context)  # current_context(); copied into the worker thread
+        try:
+            if node.is_async:
+                return await node.invoke(kwargs, context)
+            if node.blocking:
+                return await anyio.to_thread.run_sync(
+                    node.invoke, kwargs, context, abandon_on_cancel=True
+                )
+            return node.invoke(kwargs, context)
+        except BaseException:
+            # Cancelled or timed out: nothing waits for a thread still running
+            # the node any more, so tell it to stop (NodeContext.stop_requested).
+            context.request_stop()
+            raise
+        finally:
+            _CURRENT.reset(token)
 
     async def _fail(
         self,
