@@ -836,7 +836,8 @@ class Nexus:
     def _open_storage(self) -> Storage:
         if self._storage_override is not None and not isinstance(self._storage_override, str):
             return self._storage_override
-        return create_storage(self.host, self._storage_override or self.config.nexus.storage)
+        # A relative SQLite path in the settings lands beside the config file (or the app).
+        return create_storage(self.host, self._storage_override or self.config.storage_url)
 
     def check_startup(self) -> Storage:
         """Check, without starting, everything start-up refuses; return the unopened storage.

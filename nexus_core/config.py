@@ -3,10 +3,11 @@
 Sources, lowest to highest precedence:
 
 1. the defaults of the Structs below;
-2. a file: ``nexus.toml``, else ``nexus.yaml`` / ``nexus.yml`` in the working
-   directory, or the file named by ``path=`` or ``NEXUS_CONFIG`` (or, instead of
-   a file, an in-code mapping passed as ``data=``). Settings may sit at the top
-   level or under a ``nexus`` table;
+2. a file: the one named by ``path=`` or ``NEXUS_CONFIG``, else ``nexus.toml``,
+   ``nexus.yaml`` or ``nexus.yml`` in the working directory, else the same
+   names beside the application file being loaded (see :func:`app_directory`);
+   or, instead of a file, an in-code mapping passed as ``data=``. Settings may
+   sit at the top level or under a ``nexus`` table;
 3. environment variables ``NEXUS_<KEY>``, with ``__`` between nested keys:
    ``NEXUS_ENVIRONMENT=production``,
    ``NEXUS_SERVICES__SECURITY__STRATEGY=abac``,
@@ -35,6 +36,8 @@ import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,6 +48,7 @@ from .specs import ConfigSectionSpec
 
 __all__ = [
     "CONFIG_FILE_NAMES",
+    "DEFAULT_STORAGE",
     "RESERVED_ENV_VARS",
     "AnonymousConfig",
     "ApiKeyConfig",
@@ -67,13 +71,22 @@ __all__ = [
     "SecurityConfig",
     "ServicesConfig",
     "StaticApiKey",
+    "app_directory",
     "check_production",
     "load_config",
+    "resolve_storage_url",
 ]
 
-#: Files looked for in the working directory, in this order, when neither
-#: ``path=`` nor ``NEXUS_CONFIG`` names one.
+#: Files looked for in the working directory (then beside the application
+#: file), in this order, when neither ``path=`` nor ``NEXUS_CONFIG`` names one.
 CONFIG_FILE_NAMES: tuple[str, ...] = ("nexus.toml", "nexus.yaml", "nexus.yml")
+
+#: The storage URL when none is configured: a SQLite file beside the config
+#: file (or the application file, or in the working directory).
+DEFAULT_STORAGE = "sqlite:///nexus.db"
+
+# The folder of the application file the loader is importing, if any.
+_APP_DIR: ContextVar[Path | None] = ContextVar("nexus_app_dir", default=None)
 
 #: ``NEXUS_*`` variables that are switches for the plugin loader, the CLI or
 #: the client, not settings: :func:`load_config` never reads them as keys.
@@ -388,10 +401,25 @@ class SecurityConfig(ConfigStruct, kw_only=True):
 
 
 class MonitoringConfig(ConfigStruct, kw_only=True):
-    """``nexus.services.monitoring``: metrics and logging."""
+    """``nexus.services.monitoring``: metrics, their export, logging and retention.
+
+    ``export_url`` is a Prometheus Pushgateway the host pushes its metrics to
+    every ``export_interval`` seconds (as job ``export_job``, grouped by
+    instance id), from a worker thread; without an ``export_url`` nothing is
+    pushed and ``/metrics`` is the way to read them. ``retention_days`` keeps
+    runs (with their checkpoints), events and audit records that long: older
+    ones are deleted by the host every ``retention_interval`` seconds, at most
+    ``retention_batch`` rows per statement (``None``: kept for ever).
+    """
 
     metrics: bool = True
     log_level: str = "INFO"
+    export_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    export_url: str | None = None
+    export_job: str = "nexus"
+    retention_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    retention_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    retention_batch: Annotated[int, msgspec.Meta(ge=1)] = 500
 
 
 class RunsConfig(ConfigStruct, kw_only=True):
@@ -446,7 +474,7 @@ class NexusConfig(ConfigStruct, kw_only=True):
     #: The application the ``nexus`` command runs when no APP is given ("module:attr" or a file).
     app: str | None = None
     environment: Literal["development", "staging", "production"] = "development"
-    storage: str = "sqlite:///nexus.db"
+    storage: str = DEFAULT_STORAGE
     instance_id: str | None = None
     #: Plugins (entry-point names) the host refuses to start without.
     required_plugins: list[str] = []
@@ -476,16 +504,26 @@ class Config:
         path: Path | None = None,
         sections: Mapping[str, Any] = _NO_SECTIONS,
         sources: Mapping[str, str] = _NO_SECTIONS,
+        directory: Path | None = None,
     ) -> None:
         #: The core settings (``nexus`` table).
         self.nexus = nexus
         #: The file read, or ``None`` (defaults, in-code data, environment only).
         self.path = path
+        #: The folder relative paths in the settings are resolved against: the
+        #: config file's folder, else the application file's, else ``None``
+        #: (the working directory).
+        self.directory = directory if directory is not None else _folder_of(path)
         self._sections = dict(sections)
         self._origins = dict(sources)
 
     def __repr__(self) -> str:
         return f"Config(path={self.path!r}, nexus={self.nexus!r})"
+
+    @property
+    def storage_url(self) -> str:
+        """``nexus.storage`` with a relative SQLite path made absolute against :attr:`directory`."""
+        return resolve_storage_url(self.nexus.storage, self.directory)
 
     def section(self, name: str) -> Any:
         """Return the Struct for the dotted section path ``name`` (``"channels.api"``).
@@ -538,6 +576,51 @@ class Config:
         return {_ROOT: table}
 
 
+def resolve_storage_url(url: str, directory: Path | None) -> str:
+    """Make the relative path of a ``sqlite:///`` URL absolute against ``directory``.
+
+    ``sqlite:///nexus.db`` with ``directory=/srv/app`` becomes
+    ``sqlite:////srv/app/nexus.db``; absolute paths, ``sqlite:///:memory:``,
+    other schemes and ``directory=None`` (the working directory) are returned
+    unchanged.
+    """
+    prefix = "sqlite:///"
+    if directory is None or not url.startswith(prefix):
+        return url
+    rest = url[len(prefix) :]
+    if not rest or rest.startswith((":memory:", "/")) or "?" in rest or Path(rest).is_absolute():
+        return url
+    return prefix + str((directory / rest).resolve())
+
+
+@contextmanager
+def app_directory(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """While the block runs, configs are also looked for beside the application at ``path``.
+
+    :func:`nexus_core.loader.load_app` wraps the import of an application
+    (a file, or a module's file) in this, so a host created while it is
+    imported reads ``nexus.toml`` beside the app when the working directory
+    has none, and a relative storage path lands beside the config file (or the
+    app) rather than in whatever directory the process was started in.
+    ``path`` is the application file or its folder; ``None`` changes nothing.
+    """
+    if path is None:
+        yield
+        return
+    folder = Path(path).resolve()
+    if not folder.is_dir():
+        folder = folder.parent
+    token = _APP_DIR.set(folder)
+    try:
+        yield
+    finally:
+        _APP_DIR.reset(token)
+
+
+def _folder_of(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve().parent
+
+
 def check_production(
     config: Config | NexusConfig, *, storage_persistent: bool, auth_configured: bool
 ) -> None:
@@ -578,12 +661,17 @@ def load_config(
     env: Mapping[str, str] | None = None,
     sections: Mapping[str, type | ConfigSectionSpec] = _NO_SECTIONS,
     data: Mapping[str, Any] | None = None,
+    app_dir: str | os.PathLike[str] | None = None,
 ) -> Config:
     """Read the configuration: defaults < file (or ``data``) < ``NEXUS_*`` variables.
 
     ``path`` names the file (``.toml``, ``.yaml`` or ``.yml``); without it
     ``NEXUS_CONFIG`` does, else the first of :data:`CONFIG_FILE_NAMES` found in
-    the working directory is read, if any. ``data`` is an in-code mapping (what
+    the working directory is read, else the first found in ``app_dir`` (by
+    default the folder of the application being loaded, see
+    :func:`app_directory`), if any. The result's :attr:`Config.directory`
+    (the config file's folder, else ``app_dir``) is what a relative storage
+    path is resolved against. ``data`` is an in-code mapping (what
     ``Nexus(config={...})`` passes) used instead of a file. ``env`` defaults to
     ``os.environ``. ``sections`` maps a dotted section path to its Struct type,
     or to the :class:`~nexus_core.specs.ConfigSectionSpec` from
@@ -594,6 +682,7 @@ def load_config(
     syntax error (with its line).
     """
     environ: Mapping[str, str] = os.environ if env is None else env
+    beside = Path(app_dir).resolve() if app_dir is not None else _APP_DIR.get()
     schema = _Schema(sections)
     raw: dict[str, Any] = {}
     origins: dict[_KeyPath, str] = {}
@@ -604,7 +693,7 @@ def load_config(
         table = _unwrap(msgspec.to_builtins(dict(data)), "config passed in code")
         _merge(raw, table, (), _CODE, origins)
     else:
-        found = _find_file(path, environ)
+        found = _find_file(path, environ, beside)
         if found is not None:
             file_path, label = found
             _merge(raw, _read_file(file_path, label), (), label, origins)
@@ -617,11 +706,12 @@ def load_config(
         path=file_path,
         sections=found_sections,
         sources={_dotted(key): value for key, value in origins.items()},
+        directory=_folder_of(file_path) if file_path is not None else beside,
     )
 
 
 def _find_file(
-    path: str | os.PathLike[str] | None, environ: Mapping[str, str]
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str], beside: Path | None
 ) -> tuple[Path, str] | None:
     if path is not None:
         given, named_by = Path(path), None
@@ -631,6 +721,10 @@ def _find_file(
         for name in CONFIG_FILE_NAMES:
             if Path(name).is_file():
                 return Path(name), name
+        for name in CONFIG_FILE_NAMES if beside is not None else ():
+            candidate = beside / name
+            if candidate.is_file():
+                return candidate, str(candidate)
         return None
     label = str(given)
     if not given.is_file():

@@ -4,6 +4,12 @@
 (``shop.app:app``), or nothing, in which case ``NEXUS_APP`` and then the
 ``app`` key of ``nexus.toml`` are consulted. In a file or module without an
 attribute named, the single :class:`~nexus_core.Nexus` instance found is used.
+
+While the application is imported (and its factory called), configuration is
+also looked for beside its file (:func:`nexus_core.config.app_directory`): a
+host started from another working directory, such as ``nexus mcp
+/path/app.py`` run by a desktop agent, reads ``/path/nexus.toml`` and keeps
+its SQLite database beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .app import Nexus
+from .config import app_directory
 from .errors import NexusError
 
 __all__ = ["AppNotFound", "load_app"]
@@ -38,14 +45,30 @@ def load_app(target: str | None = None, *, env: Mapping[str, str] | None = None)
         )
     module_part, _, attr = target.partition(":")
     if module_part.endswith(".py") or os.sep in module_part or Path(module_part).is_file():
-        module = _import_file(Path(module_part))
-    else:
-        if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules
+        with app_directory(module_part if Path(module_part).is_file() else None):
+            return _pick(_import_file(Path(module_part)), module_part, attr, target)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules
+    with app_directory(_module_file(module_part)):
         try:
             module = importlib.import_module(module_part)
         except ImportError as exc:
             raise AppNotFound(f"cannot import {module_part!r}: {exc}") from exc
+        return _pick(module, module_part, attr, target)
+
+
+def _module_file(name: str) -> str | None:
+    """The file of module ``name``, found without importing it (``None``: unknown)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return origin if origin and Path(origin).is_file() else None
+
+
+def _pick(module: object, module_part: str, attr: str, target: str) -> Nexus:
+    """The application in ``module``: the attribute ``attr`` (called if a factory), or the one."""
     if attr:
         obj = module
         for part in attr.split("."):
