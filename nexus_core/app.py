@@ -46,6 +46,7 @@ from .workflows.runtime import NodeResult, RunControl, RunError, RunResult, Runt
 __all__ = ["Nexus", "create_storage"]
 
 log = logging.getLogger("nexus")
+runs_log = logging.getLogger("nexus.runs")
 
 # Where the storage backends the core does not ship are found.
 _STORAGE_PLUGINS = {
@@ -457,7 +458,7 @@ class Nexus:
             )
             raise
         if not created:
-            return await self._existing(record, wait)
+            return self._for_caller(await self._existing(record, wait), who)
         self.metrics.record_execution(wf.name, channel)
         active = self._start(wf, values, record, sess, who, None)
         if not wait:
@@ -467,7 +468,28 @@ class Nexus:
             )
         result = await active.result()
         self.metrics.record_request(channel, wf.name, result.status, time.perf_counter() - started)
-        return result
+        return self._for_caller(result, who)
+
+    def sees_tracebacks(self, principal: Principal | None) -> bool:
+        """Whether ``principal`` may see the traceback of a failed run.
+
+        ``None`` (trusted in-process code) may. With authentication off, every
+        caller may in development and none in staging or production; with it
+        on, a principal allowed ``runs:debug`` (a role granting it, or ``admin``).
+        """
+        if principal is None:
+            return True
+        if not self.security.auth_required:
+            return self.config.nexus.environment == "development"
+        return self.security.allowed(principal, "runs:debug", tenant=principal.tenant)
+
+    def _for_caller(self, result: RunResult, principal: Principal | None) -> RunResult:
+        """``result`` as ``principal`` may see it: without the traceback unless it may debug."""
+        if result.error is None or result.error.traceback is None:
+            return result
+        if self.sees_tracebacks(principal):
+            return result
+        return msgspec.structs.replace(result, error=result.error.public())
 
     def _start(
         self,
@@ -593,7 +615,12 @@ class Nexus:
             await self.emit(
                 f"run.{result.status}",
                 run=record,
-                data={"workflow": wf.name, "output": record.output, "error": record.error},
+                # Subscribers see the error without its traceback (runs:debug reads the run).
+                data={
+                    "workflow": wf.name,
+                    "output": record.output,
+                    "error": msgspec.to_builtins(result.error.public()) if result.error else None,
+                },
             )
             # The run's events and audit record went behind; its caller hears
             # the answer once they are stored (and the events delivered).
@@ -601,6 +628,7 @@ class Nexus:
             await self.security.flush_audit()
         if result.status == "failed":
             self.metrics.record_error(record.channel or "python", "run_failed")
+            _log_failed_run(record, result.error)
         self._active.pop(record.id, None)
         active.finish(result)
 
@@ -640,7 +668,7 @@ class Nexus:
         if record is None or not visible:
             raise RunNotFound(f"no run {run_id!r}")
         checkpoints = await storage.get_checkpoints(run_id)
-        return RunResult(
+        result = RunResult(
             run_id=record.id,
             workflow=record.workflow,
             status=record.status,
@@ -661,6 +689,7 @@ class Nexus:
             finished_at=record.finished_at,
             session_id=record.session_id,
         )
+        return self._for_caller(result, principal)
 
     async def list_runs(
         self,
@@ -994,6 +1023,22 @@ class Nexus:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._context.__aexit__(*exc_info)
+
+
+def _log_failed_run(record: RunRecord, error: RunError | None) -> None:
+    """One ERROR line per failed run (run id, workflow, node, error), then its traceback."""
+    node = error.node if error is not None else None
+    summary = f"{error.type}: {error.message}" if error is not None else "failed"
+    tb = error.traceback if error is not None else None
+    runs_log.error(
+        "run %s of workflow %r failed%s: %s%s",
+        record.id,
+        record.workflow,
+        f" at node {node!r}" if node else "",
+        summary,
+        f"\n{tb.rstrip()}" if tb else "",
+        extra={"run_id": record.id, "workflow": record.workflow, "node": node},
+    )
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,10 @@ says it never blocks). A failing node cancels the rest of its run; a
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
@@ -33,9 +35,15 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "Runtime",
+    "format_traceback",
     "new_run_id",
     "new_token",
 ]
+
+#: A kept traceback holds at most this many frames (the innermost ones) ...
+TRACEBACK_FRAMES = 50
+#: ... and at most this many bytes of text (its end is kept: where it failed).
+TRACEBACK_BYTES = 64 * 1024
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 NodeStatus = Literal["pending", "completed", "failed", "skipped", "cancelled"]
@@ -70,12 +78,52 @@ class NodeResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     attempts: int = 0
 
 
+_INTERNAL_DIRS = (os.path.dirname(__file__) + os.sep, os.path.dirname(anyio.__file__) + os.sep)
+
+
+def _internal(filename: str) -> bool:
+    return filename.startswith(_INTERNAL_DIRS)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as text, bounded: the innermost 50 frames, at most 64 KiB.
+
+    Chained exceptions (``raise ... from``) are included; what is cut is said
+    in the first line, so a reader knows the text is not whole.
+    """
+    tb = exc.__traceback__
+    # Start at the node's own code: the runtime's and anyio's frames say nothing.
+    while tb is not None and tb.tb_next is not None and _internal(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb, limit=-TRACEBACK_FRAMES)
+    text = "".join(lines)
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) > TRACEBACK_BYTES:
+        tail = encoded[-TRACEBACK_BYTES:].decode("utf-8", "ignore")
+        text = f"[traceback cut to its last {TRACEBACK_BYTES} bytes]\n...{tail}"
+    return text
+
+
 class RunError(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Why a run failed: the failing node (when one did), the error type and message."""
+    """Why a run failed: the failing node (when one did), the error type and message.
+
+    ``traceback`` is the node's exception traceback as text (bounded, see
+    :func:`format_traceback`). It is kept with the run, but channels show it
+    only to callers allowed to debug runs (see :meth:`Nexus.sees_tracebacks`);
+    errors that are not an exception of the node's code (a timeout, an input
+    that did not match) have none.
+    """
 
     type: str
     message: str
     node: str | None = None
+    traceback: str | None = None
+
+    def public(self) -> RunError:
+        """The error without its traceback: what a caller without ``runs:debug`` sees."""
+        if self.traceback is None:
+            return self
+        return RunError(type=self.type, message=self.message, node=self.node)
 
 
 class RunResult(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -332,12 +380,14 @@ class Runtime:
                 if attempt <= policy.retries:
                     await anyio.sleep(policy.backoff * (2 ** (attempt - 1)))
                     continue
+                tb: str | None = None
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
                     message = f"timed out after {policy.timeout:g}s"
                 else:
                     message = str(exc) or type(exc).__name__
+                    tb = format_traceback(exc)
                 await self._fail(
-                    run, node_id, type(exc).__name__, message, attempt, started_wall, started
+                    run, node_id, type(exc).__name__, message, attempt, started_wall, started, tb
                 )
                 return
         result = NodeResult(
@@ -380,6 +430,7 @@ class Runtime:
         attempts: int,
         started_wall: float | None = None,
         started: float | None = None,
+        tb: str | None = None,
     ) -> None:
         result = NodeResult(
             status="failed",
@@ -390,7 +441,7 @@ class Runtime:
         )
         run.results[node_id] = result
         if run.error is None:
-            run.error = RunError(type=error_type, message=message, node=node_id)
+            run.error = RunError(type=error_type, message=message, node=node_id, traceback=tb)
         if run.observer is not None:
             await run.observer.node_finished(run.run_id, node_id, result, None)
         if run.tg is not None:

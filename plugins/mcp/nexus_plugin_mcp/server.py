@@ -672,7 +672,8 @@ class NexusMCP:
         else:
             message = f"workflow {name!r} failed: {error.type}: {error.message}"
         if error is not None:
-            run_meta[ERROR_META] = msgspec.to_builtins(error)
+            # Never the traceback: an agent gets the error; runs:debug reads the run elsewhere.
+            run_meta[ERROR_META] = msgspec.to_builtins(error.public())
         return {
             "content": [{"type": "text", "text": message}],
             "isError": True,
