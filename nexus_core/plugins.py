@@ -15,6 +15,12 @@ Switches, read from the environment when the host is built:
     a block list of entry-point names.
 ``NEXUS_STRICT_PLUGINS=1``
     a plugin that fails to load stops the host instead of being skipped.
+
+A name in ``NEXUS_PLUGINS`` or ``NEXUS_DISABLE_PLUGINS`` that no installed
+plugin has is warned about, with the closest installed name. Two
+distributions declaring one entry-point name are an error naming both (neither
+loads). Every failure names the plugin, its distribution and version and says
+how to disable it; each warning is given once per process.
 """
 
 from __future__ import annotations
