@@ -29,6 +29,7 @@ from .errors import (
 )
 from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
+from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
 from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
@@ -930,6 +931,7 @@ class Nexus:
                     await self._announce_pending()
                     await self._recover_runs()
                     tg.start_soon(self._expire_sessions_forever)
+                    start_housekeeping(self, tg)  # retention_days, metrics export
                     for name in channels:
                         await self._start_channel(name, tg)
                     # Start-up's own events reach the log, not the first subscribers.

@@ -120,3 +120,35 @@ class Metrics:
         if not self.enabled:
             return b"", CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    async def push(
+        self,
+        url: str,
+        *,
+        job: str = "nexus",
+        grouping_key: dict[str, str] | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the HTTP timeout of the push, in its thread
+    ) -> None:
+        """Push every series to the Prometheus Pushgateway at ``url`` (replacing the group).
+
+        Runs ``prometheus_client.push_to_gateway`` in a worker thread, so the
+        event loop never waits on the network. Errors (the gateway down, a
+        refused push) are raised to the caller; nothing is pushed when metrics
+        are disabled.
+        """
+        if not self.enabled:
+            return
+        import functools
+
+        import anyio.to_thread
+        from prometheus_client import push_to_gateway
+
+        push = functools.partial(
+            push_to_gateway,
+            url,
+            job=job,
+            registry=self.registry,
+            grouping_key=grouping_key,
+            timeout=timeout,
+        )
+        await anyio.to_thread.run_sync(push)

@@ -394,3 +394,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_blobs(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix``, sorted."""
+
+    # -- retention -------------------------------------------------------------
+
+    async def prune(self, before: float, *, limit: int = 500) -> int:
+        """Delete one batch of records older than ``before`` (a Unix time); how many went.
+
+        At most ``limit`` of each kind: finished runs (status neither
+        ``pending`` nor ``running``) that finished (or, never started, were
+        created) before ``before``, with their checkpoints; the oldest events
+        of the log whose ``time`` is before it (a prefix of the log, so replay
+        after a kept event is unchanged); audit records whose ``time`` is
+        before it. Sessions expire on their own and credentials are kept.
+        The host calls this repeatedly, yielding between batches, until it
+        returns 0 (see ``services.monitoring.retention_days``). A backend that
+        cannot prune raises :class:`NotImplementedError` (the default) and the
+        host says so once.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support pruning")

@@ -381,3 +381,37 @@ class MemoryStorage(Storage):
     async def list_blobs(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix``, sorted."""
         return sorted(k for k in self._blobs if k.startswith(prefix))
+
+    # -- retention -------------------------------------------------------------
+
+    async def prune(self, before: float, *, limit: int = 500) -> int:
+        """Delete one batch of finished runs, events and audit records older than ``before``."""
+        if limit <= 0:
+            return 0
+        old = [
+            run
+            for run in self._runs.values()
+            if run.status not in ("pending", "running")
+            and (run.finished_at or run.created_at) < before
+        ]
+        old.sort(key=_run_order)
+        for run in old[:limit]:
+            del self._runs[run.id]
+            self._checkpoints.pop(run.id, None)
+            if run.idempotency_key is not None and self._idempotency.get(_key_of(run)) == run.id:
+                del self._idempotency[_key_of(run)]
+        cut = 0
+        while cut < min(limit, len(self._events)) and self._events[cut].time < before:
+            cut += 1
+        if cut:
+            del self._events[:cut]
+            self._event_index = {event.id: index for index, event in enumerate(self._events)}
+        kept: list[AuditRecord] = []
+        audits = 0
+        for record in self._audit:
+            if audits < limit and record.time < before:
+                audits += 1
+            else:
+                kept.append(record)
+        self._audit = kept
+        return min(len(old), limit) + cut + audits

@@ -681,6 +681,51 @@ class SQLiteStorage(Storage):
             rows = await self._read(_READ_RUN_EVENTS, (after, run_id, limit))
         return [_decode_event(row[0]) for row in rows]
 
+    # -- retention -------------------------------------------------------------
+
+    async def prune(self, before: float, *, limit: int = 500) -> int:
+        """Delete one batch of finished runs, events and audit records older than ``before``.
+
+        Each kind is one short statement on an index (runs by ``created_at``,
+        events by sequence, audit by ``time``), applied with the other writes
+        of its group commit, so requests wait at most for one batch.
+        """
+        if limit <= 0:
+            return 0
+        rows = await self._read(
+            "SELECT id FROM runs WHERE created_at < ? AND status NOT IN ('pending', 'running')"
+            " AND coalesce(finished_at, created_at) < ? ORDER BY created_at, id LIMIT ?",
+            (before, before, limit),
+        )
+        run_ids = [row[0] for row in rows]
+        # The log's oldest events: a prefix whose times are before the cut-off.
+        events = await self._read("SELECT seq, data FROM events ORDER BY seq LIMIT ?", (limit,))
+        last_seq = None
+        for seq, data in events:
+            if _decode_event(data).time >= before:
+                break
+            last_seq = seq
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if run_ids:
+            marks = ", ".join("?" * len(run_ids))
+            statements.append(
+                (f"DELETE FROM checkpoints WHERE run_id IN ({marks})", tuple(run_ids))
+            )
+            statements.append((f"DELETE FROM runs WHERE id IN ({marks})", tuple(run_ids)))
+        if last_seq is not None:
+            statements.append(("DELETE FROM events WHERE seq <= ?", (last_seq,)))
+        statements.append(
+            (
+                "DELETE FROM audit WHERE seq IN"
+                " (SELECT seq FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
+                (before, limit),
+            )
+        )
+        counts = await self._write_many(statements)
+        deleted_runs = counts[1] if run_ids else 0
+        deleted_events = counts[-2] if last_seq is not None else 0
+        return deleted_runs + deleted_events + counts[-1]
+
     # -- audit -----------------------------------------------------------------
 
     async def append_audit(self, record: AuditRecord) -> None:

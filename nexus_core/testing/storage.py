@@ -36,6 +36,9 @@ What the suite pins down beyond the docstrings of :class:`Storage`:
   gives an empty page;
 * appending an event whose id is already logged does nothing;
 * audit records come oldest first by ``time``, ties in append order;
+* ``prune`` deletes finished runs (and their checkpoints), a prefix of the
+  event log and audit records older than its cut-off, at most ``limit`` of
+  each per call, and frees a pruned run's idempotency key;
 * credentials are found by ``(kind, token_hash)`` and by id, revoked ones
   included; ``revoke_credential`` keeps the earliest revocation time.
 """
@@ -552,6 +555,60 @@ class StorageContract:
         await storage.append_event(second)
         await storage.append_event(first)
         assert await storage.read_events() == [first, second]
+
+    # -- retention -------------------------------------------------------------
+
+    async def test_prune_removes_old_records_and_keeps_recent_ones(self, storage: Storage) -> None:
+        """``prune`` deletes, in batches, finished runs, events and audit older than the cut-off.
+
+        Unfinished runs stay however old; a kept run keeps its checkpoints;
+        the event log loses a prefix, so reading after a kept event is unchanged.
+        """
+        cut = 10_000.0
+        old_done = [
+            _run(f"old{i}", created_at=cut - 500 - i, status="completed", finished_at=cut - 400)
+            for i in range(5)
+        ]
+        old_running = _run("old-running", created_at=cut - 900, status="running")
+        finished_late = _run("late", created_at=cut - 900, status="failed", finished_at=cut + 5)
+        recent = _run("recent", created_at=cut + 10, status="completed", finished_at=cut + 20)
+        for run in [*old_done, old_running, finished_late, recent]:
+            await storage.create_run(run)
+            await storage.save_checkpoint(
+                NodeCheckpoint(run_id=run.id, node_id="n", status="completed", output=1)
+            )
+        events = [Event(type="step", time=cut - 100 + i * 20, data={"i": i}) for i in range(10)]
+        await storage.append_events(events)
+        audits = [_audit(f"a{i}", cut - 50 + i * 20) for i in range(6)]
+        await storage.append_audits(audits)
+
+        deleted = []
+        while count := await storage.prune(cut, limit=2):
+            assert count <= 2 * 3  # one batch: at most ``limit`` of each kind
+            deleted.append(count)
+        assert len(deleted) >= 3  # five old runs in batches of two
+        assert sum(deleted) == 5 + 5 + 3
+
+        for run in old_done:
+            assert await storage.get_run(run.id) is None
+            assert await storage.get_checkpoints(run.id) == {}
+        for run in (old_running, finished_late, recent):
+            assert await storage.get_run(run.id) is not None
+            assert set(await storage.get_checkpoints(run.id)) == {"n"}
+        assert await storage.read_events() == events[5:]
+        assert await storage.read_events(after=events[6].id) == events[7:]
+        assert [a.id for a in await storage.query_audit(limit=100)] == ["a3", "a4", "a5"]
+        assert await storage.prune(cut, limit=100) == 0
+
+    async def test_prune_frees_an_idempotency_key(self, storage: Storage) -> None:
+        """A pruned run's idempotency key may be used again."""
+        old = _run("old", created_at=1.0, status="completed", finished_at=2.0, idempotency_key="k")
+        await storage.create_run(old)
+        assert await storage.prune(100.0) == 1
+        again = _run("new", created_at=200.0, idempotency_key="k")
+        stored, created = await storage.create_run(again)
+        assert created
+        assert stored.id == "new"
 
     # -- audit -----------------------------------------------------------------
 
