@@ -169,6 +169,8 @@ class ChannelContract:
 
     async def test_concurrent_requests(self, app: Nexus, channel: Any) -> None:
         """Many clients at once each get their own answer."""
+        if type(self).call is ChannelContract.call:
+            pytest.skip("override call() to send a request through the channel")
         answers: dict[int, Any] = {}
 
         async def one(index: int) -> None:
