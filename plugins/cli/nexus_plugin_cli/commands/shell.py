@@ -14,6 +14,8 @@ carry over between lines.
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -22,9 +24,11 @@ from typing import Any
 import anyio
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
 
 from .. import context, state
 from ..backends import Backend, open_backend
+from ..config import CliConfig, cli_config
 from ..context import Globals
 from ..errors import OK, CliError, Problem, problem_from
 from ..options import RUN_FLAGS, RUN_OPTIONS, ParsedRun, flag_names
@@ -33,7 +37,7 @@ from ..progress import make_progress
 from ..render import render_run, render_run_detail, when
 from .run import execute_run, run_help
 
-__all__ = ["SHELL_COMMANDS", "Shell", "ShellCompleter", "shell_command"]
+__all__ = ["SHELL_COMMANDS", "BoundedFileHistory", "Shell", "ShellCompleter", "shell_command"]
 
 #: Commands of the shell (workflow names work as commands too).
 SHELL_COMMANDS: dict[str, str] = {
@@ -60,7 +64,7 @@ def shell_command(*, g: Globals | None = None) -> int:
     async def body(out: Console) -> int:
         async with open_backend(context.target()) as backend:
             await backend.start()
-            shell = Shell(backend, out)
+            shell = Shell(backend, out, cli_config(backend))
             await shell.load()
             await shell.loop()
         return OK
@@ -112,12 +116,42 @@ class ShellCompleter(Completer):
         )
 
 
-class Shell:
-    """The read-eval-print loop over one open backend."""
+class BoundedFileHistory(FileHistory):
+    """prompt_toolkit's file history, keeping only the newest ``size`` lines (0: none)."""
 
-    def __init__(self, backend: Backend, out: Console) -> None:
+    def __init__(self, filename: str, size: int) -> None:
+        super().__init__(filename)
+        self.size = size
+
+    def load_history_strings(self) -> Iterable[str]:
+        """The newest ``size`` lines, newest first."""
+        return list(itertools.islice(super().load_history_strings(), self.size))
+
+    def store_string(self, string: str) -> None:
+        """Append ``string``, then drop the oldest lines beyond ``size``."""
+        if self.size <= 0:
+            return
+        super().store_string(string)
+        newest = list(super().load_history_strings())
+        if len(newest) <= self.size:
+            return
+        # Rewritten in place (the file keeps its 0600 mode), in FileHistory's format.
+        with open(self.filename, "w", encoding="utf-8") as fh:
+            for entry in reversed(newest[: self.size]):
+                fh.write(f"\n# {datetime.datetime.now()}\n")
+                fh.writelines(f"+{line}\n" for line in entry.split("\n"))
+
+
+class Shell:
+    """The read-eval-print loop over one open backend.
+
+    ``config`` holds ``channels.cli``: the idle timeout and the history size.
+    """
+
+    def __init__(self, backend: Backend, out: Console, config: CliConfig | None = None) -> None:
         self.backend = backend
         self.out = out
+        self.config = config or CliConfig()
         self.workflows: dict[str, dict[str, Any]] = {}
 
     async def load(self) -> None:
@@ -130,30 +164,35 @@ class Shell:
 
     def _session(self) -> Any:
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.history import FileHistory
 
         path = os.path.join(state.config_dir(), "history")
         if not os.path.exists(path):
             state.write_private(path, "")
         return PromptSession(
-            history=FileHistory(path),
+            history=BoundedFileHistory(path, self.config.history_size),
             completer=ShellCompleter(self.workflows),
             complete_while_typing=False,
         )
 
     async def loop(self) -> None:
-        """Prompt, run, repeat, until ``exit`` or Ctrl-D."""
+        """Prompt, run, repeat, until ``exit``, Ctrl-D or ``idle_timeout`` seconds without input."""
         session = self._session()
+        idle = self.config.idle_timeout
         self.out.note(
             f"nexus shell on {self.backend.target.describe()}: "
             f"{len(self.workflows)} workflow(s). Tab completes; 'help' lists commands."
         )
         while True:
             try:
-                line = await session.prompt_async("nexus> ")
+                line = await _prompt(session, idle)
             except KeyboardInterrupt:
                 continue
             except EOFError:
+                return
+            if line is None:
+                self.out.note(
+                    f"no input for {idle:g} s: leaving the shell (channels.cli.idle_timeout)"
+                )
                 return
             try:
                 words = shlex.split(line)
@@ -272,6 +311,49 @@ class Shell:
             raise CliError(
                 Problem(code="usage", message="session new | session use ID | session show")
             )
+
+
+async def _prompt(session: Any, idle: float | None) -> str | None:
+    """Read one line; ``None`` when ``idle`` seconds pass without a key pressed."""
+    if idle is None:
+        line: str = await session.prompt_async("nexus> ")
+        return line
+    last = anyio.current_time()
+
+    def pressed(_: object) -> None:
+        nonlocal last
+        last = anyio.current_time()
+
+    outcome: list[str | BaseException] = []
+
+    async def ask(scope: anyio.CancelScope) -> None:
+        try:
+            outcome.append(await session.prompt_async("nexus> "))
+        except (KeyboardInterrupt, EOFError) as exc:
+            outcome.append(exc)
+        scope.cancel()
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while True:
+            left = last + idle - anyio.current_time()
+            if left <= 0:
+                scope.cancel()
+                return
+            await anyio.sleep(left)
+
+    keys = session.app.key_processor
+    keys.before_key_press += pressed
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, tg.cancel_scope)
+            tg.start_soon(watch, tg.cancel_scope)
+    finally:
+        keys.before_key_press -= pressed
+    if not outcome:
+        return None
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 async def _cancel_on_interrupt(scope: anyio.CancelScope, out: Console) -> None:
