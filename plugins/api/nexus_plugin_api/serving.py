@@ -3,8 +3,9 @@
 Each worker runs the whole host (storage, events, sessions) and every enabled
 channel (see :mod:`nexus_core.serving`): the ``api`` channel on one shared
 listening socket, and, in the first worker only, the channels that listen on
-ports of their own (MCP with ``channels.mcp.port``, third-party channels). ``SIGTERM`` or ``Ctrl-C`` stops a worker
-gracefully: it stops accepting connections, ends open event streams and
+ports of their own (MCP with ``channels.mcp.port``, third-party channels).
+``SIGTERM`` or ``Ctrl-C`` stops a worker gracefully: it stops accepting
+connections, ends open event streams and
 WebSockets, lets requests in flight (and the runs they wait for) finish for up
 to ``graceful_timeout`` seconds, then stops the host; runs started with
 ``Prefer: respond-async`` and still going are left checkpointed and resume at

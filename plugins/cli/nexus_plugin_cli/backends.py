@@ -34,6 +34,7 @@ __all__ = [
     "EventCallback",
     "Target",
     "event_view",
+    "nexus_command",
     "open_backend",
     "resolve_target",
     "run_summary",
@@ -208,8 +209,32 @@ class Backend(abc.ABC):
         """The loaded plugins and those that failed to load."""
 
 
+_OPENED: list[Target] = []  # the targets this process opened, last one last
+
+
+def nexus_command(*words: str, target: Target | None = None) -> str:
+    """``nexus [--url URL | --app APP] WORDS...``: a command for a hint, that works as printed.
+
+    The target (default: the last one this process opened) is named unless it
+    came from ``NEXUS_URL`` / ``NEXUS_APP``, which the same shell still has.
+    """
+    import shlex
+
+    if target is None and _OPENED:
+        target = _OPENED[-1]
+    head = ["nexus"]
+    if target is not None:
+        if target.url is not None:
+            if target.url != (os.environ.get("NEXUS_URL") or "").rstrip("/"):
+                head += ["--url", target.url]
+        elif target.app is not None and target.app != os.environ.get("NEXUS_APP"):
+            head += ["--app", target.app]
+    return " ".join([*(shlex.quote(w) for w in head), *words])
+
+
 def open_backend(target: Target) -> Backend:
     """The backend for ``target`` (not entered yet: use ``async with``)."""
+    _OPENED.append(target)
     if target.remote:
         from .remote import RemoteBackend
 
@@ -269,6 +294,8 @@ def run_view(data: dict[str, Any]) -> dict[str, Any]:
             "message": error.get("message"),
             "node": error.get("node"),
         }
+        if error.get("traceback"):  # only for callers allowed runs:debug
+            out["error"]["traceback"] = error["traceback"]
     return out
 
 

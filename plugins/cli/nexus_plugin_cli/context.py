@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cyclopts import Parameter
 
-from .errors import INTERRUPTED, CliError, problem_from, usage_error
+from .errors import INTERRUPTED, CliError, print_debug_traceback, problem_from, usage_error
 from .output import Console
 
 if TYPE_CHECKING:
@@ -124,7 +123,13 @@ def _core_logs() -> Iterator[None]:
 
 
 def _lower_level(record: Any) -> bool:
-    """``WARNING`` -> ``warning``, as in the command's own messages."""
+    """``WARNING`` -> ``warning``, as in the command's own messages.
+
+    A failed run's log line is dropped: the command reports the failure itself
+    (and its traceback with ``NEXUS_DEBUG=1``).
+    """
+    if record.name == "nexus.runs":
+        return False
     record.levelname = record.levelname.lower()
     return True
 
@@ -154,6 +159,5 @@ def execute(
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # every error becomes a message, never a traceback
-        if os.environ.get("NEXUS_DEBUG"):
-            traceback.print_exception(exc, file=sys.stderr)
+        print_debug_traceback(exc)
         return out.problem(problem_from(exc))

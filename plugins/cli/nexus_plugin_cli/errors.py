@@ -13,6 +13,7 @@ or missing option, invalid input or configuration; ``130`` interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "CliError",
     "Problem",
     "exit_code_for",
+    "print_debug_traceback",
     "problem_from",
     "usage_error",
 ]
@@ -102,6 +104,27 @@ class CliError(Exception):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
         self.problem = problem
+
+
+def print_debug_traceback(exc: BaseException) -> None:
+    """With ``NEXUS_DEBUG`` set, print ``exc``'s traceback on stderr, with what it hides.
+
+    A ``raise CliError(...) from None`` turns an internal error into a clean
+    message; here the error it replaced is shown too, since that is what a
+    debugging user wants to see.
+    """
+    if not os.environ.get("NEXUS_DEBUG"):
+        return
+    import traceback
+
+    seen: set[int] = set()
+    each: BaseException | None = exc
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        if each.__cause__ is None and each.__context__ is not None:
+            each.__suppress_context__ = False
+        each = each.__cause__ or each.__context__
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 def usage_error(message: str, *, hint: str | None = None) -> CliError:

@@ -96,12 +96,9 @@ def _run_help(tokens: list[str]) -> list[str]:
 def _report(exc: BaseException, tokens: list[str]) -> int:
     from cyclopts import CycloptsError
 
-    from .errors import USAGE, problem_from
+    from .errors import USAGE, print_debug_traceback, problem_from
 
-    if os.environ.get("NEXUS_DEBUG"):
-        import traceback
-
-        traceback.print_exception(exc, file=sys.stderr)
+    print_debug_traceback(exc)
     if isinstance(exc, CycloptsError):
         message = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"error: {message}\n")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from .backends import nexus_command
 from .errors import FAILURE, OK, CliError, Problem
 from .options import input_options
 from .output import Console, dumps
@@ -42,7 +44,7 @@ def run_problem(run: Mapping[str, Any]) -> Problem | None:
             code="run_failed",
             message=f"run {run_id} of {run.get('workflow')!r} failed{where}: {reason}",
             node=node,
-            hint=f"details: nexus runs show {run_id}",
+            hint=f"details: {nexus_command('runs', 'show', str(run_id))}",
         )
     if status == "cancelled":
         return Problem(code="run_cancelled", message=f"run {run_id} was cancelled")
@@ -59,27 +61,48 @@ def render_run(out: Console, run: Mapping[str, Any]) -> int:
     """Print a run's result; return the exit code (1 unless it completed).
 
     Text: the output as JSON on stdout, or the failing node and reason on
-    stderr. JSON: the whole run (status, output, error, nodes) on stdout.
+    stderr. JSON: the whole run (status, output, error, nodes) on stdout,
+    without the error's traceback (``nexus runs show`` prints it, and
+    ``NEXUS_DEBUG=1`` on stderr).
     """
     problem = run_problem(run)
     status = run.get("status")
     if out.json:
-        out.result(dict(run))
+        out.result(_without_traceback(run))
         if problem is not None:
             for text in problem.lines():
                 out.stderr.write(text + "\n")
+            _debug_traceback(out, run)
             return FAILURE
         return OK
     if problem is not None:
         out.problem(problem)
+        _debug_traceback(out, run)
         return FAILURE
     if status == "completed":
         out.result(run.get("output"))
         return OK
     run_id = run.get("run_id")
     out.line(str(run_id))
-    out.note(f"run {run_id} is {status}; follow it with: nexus runs resume {run_id}")
+    follow = nexus_command("runs", "resume", str(run_id))
+    out.note(f"run {run_id} is {status}; follow it with: {follow}")
     return OK
+
+
+def _without_traceback(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The run without its error's traceback: ``nexus runs show`` has it (and NEXUS_DEBUG)."""
+    error = run.get("error")
+    if not isinstance(error, Mapping) or "traceback" not in error:
+        return dict(run)
+    return {**run, "error": {k: v for k, v in error.items() if k != "traceback"}}
+
+
+def _debug_traceback(out: Console, run: Mapping[str, Any]) -> None:
+    """With ``NEXUS_DEBUG`` set: the failed run's traceback on stderr, when the caller sees it."""
+    error = run.get("error")
+    traceback = error.get("traceback") if isinstance(error, Mapping) else None
+    if traceback and os.environ.get("NEXUS_DEBUG"):
+        out.stderr.write(traceback.rstrip() + "\n")
 
 
 def render_run_detail(out: Console, run: Mapping[str, Any]) -> int:
@@ -119,6 +142,10 @@ def render_run_detail(out: Console, run: Mapping[str, Any]) -> int:
                 ]
             )
         out.table(rows, ["node", "status", "duration", "output / error"])
+    traceback = error.get("traceback") if error else None
+    if traceback:
+        out.line("traceback")
+        out.lines("  " + line for line in traceback.rstrip().splitlines())
     return OK
 
 

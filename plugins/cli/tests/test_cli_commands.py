@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import time
 from pathlib import Path
@@ -172,27 +171,6 @@ def test_failed_run_names_the_node_and_reason(cli: Cli) -> None:
     assert run["status"] == "failed" and run["error"]["node"] == "invert"
 
 
-def test_interrupted_run_resumes_from_its_checkpoints(cli: Cli) -> None:
-    process = cli.popen("run", "slow", "--seconds", "6")
-    deadline = time.monotonic() + 60
-    buffer = ""
-    assert process.stderr is not None
-    while "node slow started" not in buffer and time.monotonic() < deadline:
-        buffer += process.stderr.readline()
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    err = buffer + err
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    assert "nexus runs resume" in err
-    run_id = err.split("nexus runs resume ")[-1].split()[0]
-    shown = json.loads(cli("-o", "json", "runs", "show", run_id).stdout)
-    assert shown["status"] == "running"  # interrupted: nothing executes it now
-    resumed = cli("runs", "resume", run_id)
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout) == "done"
-
-
 # -- workflows, runs -----------------------------------------------------------------------
 
 
@@ -222,7 +200,8 @@ def test_runs_list_show_and_cancel(cli: Cli) -> None:
     assert [r["workflow"] for r in only] == ["greet"]
     table = cli("runs").stdout
     assert "pipeline" in table and "failed" in table
-    detail = cli("runs", "show", runs[0]["run_id"]).stdout
+    # It prints the failed run's traceback, which is what it is for.
+    detail = cli("runs", "show", runs[0]["run_id"], check_traceback=False).stdout
     assert "status    failed" in detail and "invert" in detail and "ZeroDivisionError" in detail
     missing = cli("runs", "show", "nope")
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
