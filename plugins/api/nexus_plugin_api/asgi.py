@@ -51,6 +51,7 @@ from nexus_core.channels import describe
 from nexus_core.errors import (
     AuthenticationError,
     FieldError,
+    NotFound,
     SessionNotFound,
     ValidationError,
     WorkflowNotFound,
@@ -112,6 +113,32 @@ RESERVED_PREFIXES = frozenset(
     }
 )
 _encode = msgspec.json.Encoder(enc_hook=str).encode
+
+#: The Swagger UI files ``/docs`` uses, served from the ``swagger-ui-bundle-v2``
+#: package at ``/docs/assets/`` (no CDN: the page works offline), with their types.
+_DOCS_ASSETS = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui.css.map": "application/json",
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-bundle.js.map": "application/json",
+    "favicon-16x16.png": "image/png",
+    "favicon-32x32.png": "image/png",
+}
+_docs_cache: dict[str, bytes] = {}
+
+
+async def _docs_asset(name: str) -> bytes | None:
+    """A Swagger UI file's bytes (read once, off the event loop), or None if not one of ours."""
+    if name not in _DOCS_ASSETS:
+        return None
+    cached = _docs_cache.get(name)
+    if cached is None:
+        from swagger_ui_bundle import swagger_ui_path
+
+        cached = _docs_cache[name] = await anyio.Path(str(swagger_ui_path), name).read_bytes()
+    return cached
+
+
 _TERMINAL = ("completed", "failed", "cancelled")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -121,13 +148,16 @@ _DOCS_HTML = """<!doctype html>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>{title} - API</title>
-  <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+  <link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
+  <link rel="stylesheet" href="{assets}/swagger-ui.css">
 </head>
 <body>
   <div id="swagger-ui"></div>
-  <script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+  <script src="{assets}/swagger-ui-bundle.js"></script>
   <script>
-    window.ui = SwaggerUIBundle({{url: {openapi}, dom_id: "#swagger-ui", deepLinking: true}});
+    window.ui = SwaggerUIBundle({{
+      url: {openapi}, dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null
+    }});
   </script>
 </body>
 </html>
@@ -551,10 +581,26 @@ def _routes(api: ApiState) -> list[Any]:
         async def docs(request: Request[Any, Any, Any]) -> Response[str]:
             await authenticate(read_request(request.scope, cookie))
             url = json.dumps(f"{config.root_path}/openapi.json").replace("<", "\\u003c")
-            html = _DOCS_HTML.format(title=escape(app.title), openapi=url)
+            assets = escape(f"{config.root_path}/docs/assets")
+            html = _DOCS_HTML.format(title=escape(app.title), openapi=url, assets=assets)
             return Response(html, media_type="text/html")
 
-        handlers += [openapi, docs]
+        @get("/docs/assets/{name:str}", name="docs_asset")
+        async def docs_asset(
+            request: Request[Any, Any, Any], name: FromPath[str]
+        ) -> Response[bytes]:
+            # Behind the same credentials as /docs (a browser sends the same cookie).
+            await authenticate(read_request(request.scope, cookie))
+            body = await _docs_asset(name)
+            if body is None:
+                raise NotFound(f"no docs asset {name!r}")
+            return Response(
+                body,
+                media_type=_DOCS_ASSETS[name],
+                headers={"Cache-Control": "private, max-age=86400"},
+            )
+
+        handlers += [openapi, docs, docs_asset]
     return handlers
 
 

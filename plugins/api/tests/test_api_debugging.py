@@ -1,0 +1,143 @@
+"""Debugging a deployment: failed runs' tracebacks (gated), their ERROR log line, /docs offline."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_apps import build
+from api_support import serving, subprocess_server, wait_for
+from nexus_core import Nexus
+
+pytestmark = pytest.mark.anyio
+
+RUNNER, DEBUGGER, ADMIN = "nxk_runner-key", "nxk_debugger-key", "nxk_admin-key"
+
+
+def _key(principal: str, key: str, *roles: str) -> dict[str, Any]:
+    return {
+        "principal": principal,
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "roles": list(roles),
+    }
+
+
+def secured() -> Nexus:
+    """Authentication on: a runner (may run boom), a debugger (and runs:debug), an admin."""
+    security = {
+        "auth_enabled": True,
+        "providers": ["api_key"],
+        "roles": {
+            "runner": ["workflow:boom:execute"],
+            "debugger": ["workflow:boom:execute", "runs:read", "runs:debug"],
+            "root": ["admin"],
+        },
+        "api_key": {
+            "keys": [
+                _key("runner", RUNNER, "runner"),
+                _key("debugger", DEBUGGER, "debugger"),
+                _key("admin", ADMIN, "root"),
+            ]
+        },
+    }
+    return build(services={"security": security})
+
+
+# -- tracebacks over REST ------------------------------------------------------------------
+
+
+async def test_get_run_returns_the_traceback_only_with_runs_debug() -> None:
+    async with serving(secured()) as url, httpx.AsyncClient(base_url=url) as http:
+        runner = {"X-API-Key": RUNNER}
+        ran = await http.post("/workflows/boom/runs", json={"message": "kaput"}, headers=runner)
+        assert ran.status_code == 200, ran.text
+        run = ran.json()
+        assert run["status"] == "failed"
+        # The runner may read its own run, but not its traceback.
+        assert run["error"] == {"type": "RuntimeError", "message": "kaput", "node": "boom"}
+        own = await http.get(f"/runs/{run['run_id']}", headers=runner)
+        assert own.status_code == 200
+        assert own.json()["error"] == run["error"]
+        for key in (DEBUGGER, ADMIN):
+            seen = await http.get(f"/runs/{run['run_id']}", headers={"X-API-Key": key})
+            assert seen.status_code == 200, seen.text
+            error = seen.json()["error"]
+            assert (error["type"], error["message"], error["node"]) == (
+                "RuntimeError",
+                "kaput",
+                "boom",
+            )
+            tb = error["traceback"]
+            assert tb.startswith("Traceback (most recent call last):")
+            assert "raise RuntimeError(message)" in tb and "in boom" in tb
+            assert tb.rstrip().endswith("RuntimeError: kaput")
+        anonymous = await http.get(f"/runs/{run['run_id']}")
+        assert anonymous.status_code == 401
+
+
+async def test_development_with_auth_off_shows_the_traceback() -> None:
+    async with serving(build()) as url, httpx.AsyncClient(base_url=url) as http:
+        run = (await http.post("/workflows/boom/runs", json={})).json()
+        assert "raise RuntimeError(message)" in run["error"]["traceback"]
+        got = (await http.get(f"/runs/{run['run_id']}")).json()
+        assert got["error"] == run["error"]
+
+
+# -- the server's log ------------------------------------------------------------------------
+
+
+def test_the_server_logs_every_failed_run_at_error_with_its_traceback(tmp_path: Path) -> None:
+    with subprocess_server(tmp_path) as server:
+        run = httpx.post(f"{server.url}/workflows/boom/runs", json={"message": "kaput"}).json()
+        first = f"ERROR    nexus.runs: run {run['run_id']} of workflow 'boom' failed at node "
+        first += "'boom': RuntimeError: kaput"
+        wait_for(lambda: any(first in line for line in server.log) and _ends(server.log, first))
+        log = list(server.log)
+    at = next(i for i, line in enumerate(log) if first in line)
+    assert log[at + 1].rstrip() == "Traceback (most recent call last):"
+    assert any("raise RuntimeError(message)" in line for line in log[at + 1 :])
+
+
+def _ends(log: list[str], first: str) -> bool:
+    """The traceback after ``first`` is written whole (its last line names the error)."""
+    at = next(i for i, line in enumerate(log) if first in line)
+    return any(line.rstrip() == "RuntimeError: kaput" for line in log[at + 1 :])
+
+
+# -- /docs, offline --------------------------------------------------------------------------
+
+_REFERENCE = re.compile(r"""(?:href|src)\s*=\s*["']([^"']+)["']""")
+
+
+async def test_docs_reference_only_local_assets_and_each_answers() -> None:
+    async with serving(build()) as url, httpx.AsyncClient(base_url=url) as http:
+        page = await http.get("/docs")
+        assert page.status_code == 200
+        html = page.text
+        assert "SwaggerUIBundle(" in html
+        assert re.search(r"https?://", html) is None, html  # no CDN, no validator
+        assets = _REFERENCE.findall(html)
+        assert {a.rsplit("/", 1)[-1] for a in assets} >= {"swagger-ui.css", "swagger-ui-bundle.js"}
+        for asset in assets:
+            assert asset.startswith("/docs/assets/"), asset
+            got = await http.get(asset)
+            assert got.status_code == 200, asset
+            assert len(got.content) > 500
+        js = await http.get("/docs/assets/swagger-ui-bundle.js")
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert b"SwaggerUIBundle" in js.content
+        css = await http.get("/docs/assets/swagger-ui.css")
+        assert css.headers["content-type"].startswith("text/css")
+        for missing in ("nope.js", "..%2F..%2Fpyproject.toml", "index.html"):
+            assert (await http.get(f"/docs/assets/{missing}")).status_code == 404
+
+
+async def test_docs_and_their_assets_need_credentials_when_auth_is_on() -> None:
+    async with serving(secured()) as url, httpx.AsyncClient(base_url=url) as http:
+        for path in ("/docs", "/docs/assets/swagger-ui-bundle.js"):
+            assert (await http.get(path)).status_code == 401
+            assert (await http.get(path, headers={"X-API-Key": RUNNER})).status_code == 200
