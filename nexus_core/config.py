@@ -721,8 +721,7 @@ def _find_file(
         for name in CONFIG_FILE_NAMES:
             if Path(name).is_file():
                 return Path(name), name
-        for name in CONFIG_FILE_NAMES if beside is not None else ():
-            candidate = beside / name
+        for candidate in (beside / n for n in CONFIG_FILE_NAMES) if beside is not None else ():
             if candidate.is_file():
                 return candidate, str(candidate)
         return None
@@ -923,13 +922,14 @@ class _Schema:
     def _register(self, name: str, factory: type | ConfigSectionSpec) -> None:
         owner = ""
         if isinstance(factory, ConfigSectionSpec):
-            owner = f" (plugin {factory.plugin!r})" if factory.plugin else ""
+            spec = factory
+            owner = f" (plugin {spec.plugin!r})" if spec.plugin else ""
             try:
-                factory = factory.load()
+                factory = spec.load()
             except Exception as exc:
                 raise ConfigError(
                     f"config section {name!r}{owner}: cannot import its Struct "
-                    f"{factory.factory!r}: {type(exc).__name__}: {exc}",
+                    f"{spec.factory!r}: {type(exc).__name__}: {exc}",
                     key=f"{_ROOT}.{name}",
                 ) from exc
         parts = tuple(name.split("."))
