@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
@@ -147,6 +147,8 @@ class Nexus:
         self._running: _Services | None = None
         #: Runs executing in this process, by id (gone once finished: nothing leaks).
         self._active: dict[str, _ActiveRun] = {}
+        # Node types added at run time (tools of discovered MCP servers...), by name.
+        self._added_node_types: dict[str, NodeTypeSpec] = {}
 
     def __repr__(self) -> str:
         return f"<Nexus {self.title!r} workflows={len(self._workflows)}>"
@@ -177,8 +179,34 @@ class Nexus:
             )
 
     def node_types(self) -> dict[str, NodeTypeSpec]:
-        """Every node type the installed plugins contribute, by name."""
-        return self.host.node_types()
+        """Every node type the installed plugins contribute, and those added since, by name."""
+        if not self._added_node_types:
+            return self.host.node_types()
+        return {**self.host.node_types(), **self._added_node_types}
+
+    def add_node_type(self, spec: NodeTypeSpec, *, replace: bool = False) -> None:
+        """Make a node type known to this host from now on (for types found at run time).
+
+        A plugin that discovers node types while the host runs (the MCP
+        plugin's ``service_discovery``: one type per tool of an external
+        server) adds them here; workflows registered afterwards may use them.
+        A name an installed plugin contributes is refused; an added name is
+        replaced only with ``replace=True``.
+        """
+        if spec.name in self.host.node_types() or (
+            spec.name in self._added_node_types and not replace
+        ):
+            raise WorkflowDefinitionError(f"a node type named {spec.name!r} already exists")
+        self._added_node_types[spec.name] = spec
+
+    async def start_task(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Start ``func(*args, task_status=...)`` in the running host's task group.
+
+        As ``anyio.abc.TaskGroup.start``: returns what the task passes to
+        ``task_status.started()``. The task is cancelled when the host stops,
+        after the plugins' ``nexus_shutdown``. For plugins' background work.
+        """
+        return await self._services().task_group.start(func, *args)
 
     # -- workflows -------------------------------------------------------------
 

@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Annotated, Literal
 
+import msgspec
 from nexus_core.config import ConfigError, ConfigStruct
 
 if TYPE_CHECKING:
     from nexus_core import Nexus
 
-__all__ = ["MCPConfig", "mcp_config"]
+__all__ = ["DiscoveredServer", "MCPConfig", "mcp_config"]
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class DiscoveredServer(ConfigStruct, kw_only=True):
+    """One external MCP server of ``channels.mcp.service_discovery``.
+
+    ``name`` prefixes its tools' node types (``"<name>.<tool>"``). Exactly one
+    of ``command`` (a stdio server's argv, with ``env`` added to its
+    environment and ``cwd`` its working directory) and ``url`` (streamable
+    HTTP, with ``headers`` and a bearer token from the environment variable
+    ``token_env``). ``timeout`` bounds connecting and listing, and each tool
+    call, in seconds. A server that cannot be reached at start is logged and
+    retried in the background; with ``required = true`` it stops the start.
+    ``mode`` is the ``mcp`` client's negotiation (``"auto"`` or ``"legacy"``).
+    """
+
+    name: str
+    command: list[str] | None = None
+    url: str | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    headers: dict[str, str] = {}
+    token_env: str | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    required: bool = False
+    mode: Literal["auto", "legacy"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits, '_' and '-'")
+        if (self.url is None) == (self.command is None):
+            raise ValueError(f"server {self.name!r}: set exactly one of 'command' and 'url'")
+        if self.command is not None and not self.command:
+            raise ValueError(f"server {self.name!r}: the command is empty")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"server {self.name!r}: expected an http(s) URL, got {self.url!r}")
+
+    @property
+    def label(self) -> str:
+        """The server for a message: its URL or its command line."""
+        return self.url or " ".join(self.command or ())
 
 
 class MCPConfig(ConfigStruct, kw_only=True):
@@ -45,6 +89,15 @@ class MCPConfig(ConfigStruct, kw_only=True):
     ``telemetry``
         keep the ``mcp`` package's OpenTelemetry middleware (a span per
         message; a no-op until an exporter is installed).
+    ``service_discovery``
+        external MCP servers (:class:`DiscoveredServer`: a stdio ``command``
+        or an HTTP ``url``) the host connects to at start; each of their
+        tools becomes a node type ``"<name>.<tool>"`` for workflows registered
+        from then on (see :mod:`nexus_plugin_mcp.discovery`).
+    ``capability_caching`` / ``capability_cache_ttl``
+        keep each server's tool list for ``capability_cache_ttl`` seconds
+        (refetched when older, and at once on ``notifications/tools/list_changed``);
+        off, the list is fetched again before every tool call.
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +112,15 @@ class MCPConfig(ConfigStruct, kw_only=True):
     allowed_origins: list[str] = []
     session_idle_timeout: float = 1800.0
     telemetry: bool = True
+    service_discovery: list[DiscoveredServer] = []
+    capability_caching: bool = True
+    capability_cache_ttl: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+    def __post_init__(self) -> None:
+        names = [server.name for server in self.service_discovery]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"service_discovery: server name {twice[0]!r} is used twice")
 
 
 def mcp_config(app: Nexus) -> MCPConfig:

@@ -28,6 +28,8 @@ __all__ = [
     "nexus_cli_commands",
     "nexus_config_sections",
     "nexus_node_types",
+    "nexus_shutdown",
+    "nexus_startup",
 ]
 
 
@@ -90,3 +92,19 @@ def nexus_cli_commands() -> list[CommandSpec]:
             description="Serve the app's workflows as MCP tools over stdio (or HTTP with --http).",
         )
     ]
+
+
+@hookimpl
+async def nexus_startup(app: Nexus) -> None:
+    """Connect to the servers of ``channels.mcp.service_discovery``: their tools as node types."""
+    from .discovery import discover
+
+    await discover(app)
+
+
+@hookimpl
+def nexus_shutdown(app: Nexus) -> None:
+    """Forget the host's discovered servers (their connections end with the host)."""
+    from .discovery import forget
+
+    forget(app)
