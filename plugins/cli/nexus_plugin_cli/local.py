@@ -44,11 +44,19 @@ if TYPE_CHECKING:
     from nexus_core import Nexus
     from nexus_core.security import Credentials, Principal
 
-__all__ = ["LocalBackend", "cli_instance_id", "owner_state"]
+__all__ = ["LocalBackend", "cli_instance_id", "interrupted_runs", "owner_state"]
 
 log = logging.getLogger("nexus.cli")
 
 _POLL = 0.2  # seconds between reads of the event log when following
+
+#: Runs this process cancelled because its command was interrupted: id -> final status.
+_INTERRUPTED: dict[str, str] = {}
+
+
+def interrupted_runs() -> dict[str, str]:
+    """The runs cancelled because this ``nexus`` process was interrupted, with their status."""
+    return dict(_INTERRUPTED)
 
 
 def cli_instance_id() -> str:
@@ -93,16 +101,48 @@ class LocalBackend(Backend):
         self._host: contextlib.AsyncExitStack | None = None
         self._principal: Principal | None = None
         self._credentials: Credentials | None = None
+        self._waiting: set[str] = set()  # runs started here that a command waits for
 
     async def __aenter__(self) -> LocalBackend:
         if self.app is None:
             from nexus_core.loader import load_app
 
             self.app = load_app(self.target.app)
+        from .context import INTERRUPT_HANDLERS
+
+        INTERRUPT_HANDLERS.append(self._cancel_waiting)
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, exc_type: Any, *exc_info: Any) -> None:
+        from .context import INTERRUPT_HANDLERS
+
+        with contextlib.suppress(ValueError):
+            INTERRUPT_HANDLERS.remove(self._cancel_waiting)
+        if exc_type is not None and self._waiting:
+            # Failed while waiting: nothing will execute these runs once this
+            # process is gone, so cancel them rather than wait out the shutdown grace.
+            with anyio.CancelScope(shield=True):
+                await self._cancel_waiting()
         await self._stop_host()
+
+    async def _cancel_waiting(self) -> None:
+        """Cancel the runs a command of this process waits for (Ctrl-C: before the host stops).
+
+        Their sync nodes are told to stop; each run is recorded ``cancelled``
+        (or as it ended, if it ended first), not left ``running``.
+        """
+        if self._host is None:
+            return
+        app = self.nexus
+        for run_id in sorted(self._waiting):
+            try:
+                if not await app.cancel(run_id):
+                    continue
+                with anyio.move_on_after(10):
+                    _INTERRUPTED[run_id] = (await app.wait(run_id)).status
+            except Exception:  # the host is failing: it records what it can
+                log.debug("could not cancel run %s", run_id, exc_info=True)
+        self._waiting.clear()
 
     # -- the host ------------------------------------------------------------------
 
@@ -198,15 +238,27 @@ class LocalBackend(Backend):
             "session": session,
             "idempotency_key": idempotency_key,
         }
-        if on_event is None and wait:
-            return run_view(_builtins(await app.invoke(name, inputs, **options)))
         started = await app.invoke(name, inputs, wait=False, **options)
         if not wait or started.status in TERMINAL:
             return run_view(_builtins(started))
         run_id = started.run_id
-        # Registered before this task yields: the run has not emitted anything yet.
-        sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
-        return await self._follow(run_id, sub, on_event)
+        if not started.replayed:  # an earlier command's run is not ours to cancel
+            self._waiting.add(run_id)
+        if on_event is None:
+            result = run_view(_builtins(await app.wait(run_id)))
+        else:
+            # Registered before this task yields: the run has not emitted anything yet.
+            sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
+            result = await self._follow(run_id, sub, on_event)
+        return await self._settled(run_id, result)
+
+    async def _settled(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        self._waiting.discard(run_id)  # over: an interruption from now on leaves it be
+        if run_id in _INTERRUPTED:
+            # Cancelled by Ctrl-C: the command is being stopped; the interrupt
+            # message, not the cancelled run, is what it reports.
+            await anyio.sleep_forever()
+        return result
 
     async def _follow(
         self, run_id: str, sub: Any, on_event: EventCallback | None
@@ -313,7 +365,8 @@ class LocalBackend(Backend):
         await stack.enter_async_context(app.running())
         self._host = stack
         sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
-        return await self._follow(run_id, sub, on_event)
+        self._waiting.add(run_id)
+        return await self._settled(run_id, await self._follow(run_id, sub, on_event))
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -62,12 +62,24 @@ def run_command(
     started: dict[str, str] = {}
 
     def hint() -> str | None:
+        from ..backends import nexus_command
+
         run_id = started.get("run_id")
         if run_id is None:
             return None
         if context.target().remote:
-            return f"run {run_id} goes on on the gateway; follow it: nexus runs resume {run_id}"
-        return f"run {run_id} stopped; finish it from its checkpoints: nexus runs resume {run_id}"
+            follow = nexus_command("runs", "resume", run_id)
+            return f"run {run_id} goes on on the gateway; follow it: {follow}"
+        from ..local import interrupted_runs
+
+        show = nexus_command("runs", "show", run_id)
+        status = interrupted_runs().get(run_id)
+        if status is None:  # not cancelled in time: its process is gone, nothing runs it
+            resume = nexus_command("runs", "resume", run_id)
+            return f"run {run_id} stopped; finish it from its checkpoints: {resume}"
+        if status == "cancelled":
+            return f"run {run_id} was cancelled; see it: {show}"
+        return f"run {run_id} {status} as it was interrupted; see it: {show}"
 
     return context.execute(lambda out: _main(out, parsed, rest, started), on_interrupt=hint)
 

@@ -69,7 +69,7 @@ def shell_command(*, g: Globals | None = None) -> int:
             await shell.loop()
         return OK
 
-    return context.execute(body)
+    return context.execute(body, signals=False)  # Ctrl-C stops a line, not the shell
 
 
 class ShellCompleter(Completer):
