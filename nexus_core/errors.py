@@ -136,6 +136,8 @@ class InputLimitExceeded(ValidationError):
     """The payload broke a size, depth or length limit before validation even ran."""
 
     code = "input_limit"
+    #: Which limit (``max_payload_bytes``, ...): the API answers 413 for the payload size.
+    limit: str | None = None
 
 
 class NotFound(NexusError):

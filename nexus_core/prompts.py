@@ -60,7 +60,7 @@ class Prompt:
         description: str | None = None,
     ) -> None:
         self.function = function
-        self.name = name or getattr(function, "__name__", "")
+        self.name: str = name or str(getattr(function, "__name__", ""))
         if not _NAME.match(self.name):
             raise WorkflowDefinitionError(
                 f"prompt name {self.name!r} must start with a letter or '_' and contain only "

@@ -106,7 +106,7 @@ class InputLimits:
 
 def _exceeded(limit: str, path: str, reason: str) -> InputLimitExceeded:
     error = InputLimitExceeded([FieldError(path=path, reason=reason)])
-    error.limit = limit  # type: ignore[attr-defined] - the API plugin maps max_payload_bytes to 413
+    error.limit = limit  # the API plugin maps max_payload_bytes to 413
     return error
 
 

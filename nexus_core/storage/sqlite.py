@@ -478,7 +478,9 @@ class SQLiteStorage(Storage):
                 assert batch is not None
                 batch.taken = True
                 try:
-                    async with self._lock:
+                    lock = self._lock
+                    assert lock is not None  # set by connect(), before any write is queued
+                    async with lock:
                         await self._apply(batch.ops)
                 finally:
                     batch.done.set()
@@ -495,7 +497,8 @@ class SQLiteStorage(Storage):
         try:
             # aiosqlite runs a function in the connection's own thread through
             # _execute; its public API has no batch call (pinned in pyproject).
-            await writer._execute(_apply_batch, writer._conn, batch)
+            # _execute is untyped in aiosqlite.
+            await writer._execute(_apply_batch, writer._conn, batch)  # type: ignore[no-untyped-call]
         except Exception as exc:
             for op in batch:
                 op.error = op.error or exc

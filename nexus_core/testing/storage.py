@@ -918,7 +918,7 @@ def storage_state_machine(
             self.storage = store
             self.sessions: dict[str, SessionRecord] = {}
             self.model_runs: dict[str, RunRecord] = {}
-            self.keys: dict[tuple[str, str | None, str], str] = {}
+            self.keys: dict[tuple[str, str | None, str | None], str] = {}
             self.checkpoints: dict[tuple[str, str], NodeCheckpoint] = {}
             self.event_log: list[Event] = []
             self.cache: dict[str, bytes] = {}

@@ -17,7 +17,7 @@ incompatible types, each error naming the nodes and fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import msgspec
 
@@ -354,8 +354,8 @@ def _resolve_registry(registry: Any) -> NodeTypes:
         return default_node_types()
     node_types = getattr(registry, "node_types", None)
     if node_types is not None:
-        return node_types() if callable(node_types) else node_types
-    return registry  # type: ignore[no-any-return]
+        return cast("NodeTypes", node_types() if callable(node_types) else node_types)
+    return cast("NodeTypes", registry)
 
 
 def _check_acyclic(nodes: Mapping[str, PlacedNode], connections: list[Connection]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -44,7 +44,7 @@ class FunctionNode(Node):
     """
 
     type_name = "PythonFunction"
-    Config = FunctionConfig
+    Config: ClassVar[type[msgspec.Struct]] = FunctionConfig
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -86,7 +86,7 @@ def workflow_from_function(
 
     The name defaults to the function's name, the description to its docstring.
     """
-    name = name or getattr(function, "__name__", "")
+    name = name or str(getattr(function, "__name__", ""))
     if not _NAME.match(name):
         raise WorkflowDefinitionError(
             f"workflow name {name!r} must start with a letter or '_' and contain only "

@@ -127,7 +127,8 @@ class Node:
     Config: ClassVar[type[msgspec.Struct]] = NoConfig
     Inputs: Any = None
     Outputs: Any = None
-    blocking: ClassVar[bool] = True
+    #: An instance may override it (a function node: whether its function blocks).
+    blocking: bool = True
 
     _is_async: ClassVar[bool] = False
     _wants_context: ClassVar[bool] = False
@@ -145,14 +146,21 @@ class Node:
             cls._wants_context = len(params) >= 3
 
     def __init__(self, config: Any = None) -> None:
-        self.config = config if config is not None else self.Config()
+        #: An instance of :attr:`Config` (typed ``Any``: each subclass has its own).
+        self.config: Any = config if config is not None else self.Config()
         #: Whether :meth:`invoke` returns a coroutine (the runtime awaits it).
         self.is_async = self._is_async
         #: Whether a synchronous :meth:`invoke` must run in a worker thread.
         self.blocking = type(self).blocking
 
-    def run(self, inputs: Any, context: NodeContext | None = None) -> Any:
-        """Do the node's work on ``inputs``; return an ``Outputs`` value (or a mapping)."""
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Do the node's work on ``inputs``; return an ``Outputs`` value (or a mapping).
+
+        A subclass defines ``run(self, inputs)`` or ``run(self, inputs, context)``
+        (sync or async); :meth:`invoke` passes the :class:`NodeContext` only to
+        the second form. The base signature is open so that either form
+        type-checks as an override.
+        """
         raise NotImplementedError(f"{type(self).__name__}.run")
 
     def invoke(self, kwargs: dict[str, Any], context: NodeContext) -> Any:
