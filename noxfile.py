@@ -3,7 +3,8 @@
 nox -s tests        # everything installed, the whole suite (what CI runs)
 nox -s core_alone   # nexus-core only: proves the core imports no plugin
 nox -s plugin       # each plugin alone with the core
-nox -s lint         # ruff
+nox -s lint         # ruff, then mypy --strict over the core and every plugin
+nox -s typecheck    # mypy alone (what lint runs after ruff)
 nox -s bench        # benchmarks against peers (not part of the tests)
 """
 
@@ -61,34 +62,35 @@ def plugin(session: nox.Session, name: str) -> None:
     session.run("pytest", f"plugins/{name}/tests", *session.posargs)
 
 
+#: What mypy checks (strict, configured in pyproject.toml's [tool.mypy]): the
+#: core, the standard nodes and every plugin's package.
+TYPED = [
+    "nexus_core",
+    "sdk_nodes",
+    *(str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("plugins/*/nexus_plugin_*"))),
+]
+
+
+def _mypy(session: nox.Session) -> None:
+    session.install("-e", ".[typecheck]")
+    for name in PLUGINS:
+        session.install("-e", f"plugins/{name}")
+    session.run("mypy", *TYPED, *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and format check over the whole tree."""
+    """ruff check and format check over the whole tree, then mypy over the core and plugins."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-
-
-#: The plugin author's API: nexus_core.plugin and the modules it re-exports
-#: from that plugins implement against. Checked strictly (see [tool.mypy]).
-TYPED_API = [
-    "nexus_core/plugin.py",
-    "nexus_core/plugins.py",
-    "nexus_core/specs.py",
-    "nexus_core/channels.py",
-    "nexus_core/serving.py",
-    "nexus_core/hookspecs.py",
-    "nexus_core/testing/channel.py",
-    "nexus_core/testing/nodes.py",
-]
+    _mypy(session)
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the plugin author's API (not yet part of lint)."""
-    _install_core(session)
-    session.install("-e", ".[typecheck]")
-    session.run("mypy", *TYPED_API, *session.posargs)
+    """mypy --strict over the core and every plugin (the second half of lint)."""
+    _mypy(session)
 
 
 @nox.session

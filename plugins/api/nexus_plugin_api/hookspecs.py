@@ -18,7 +18,7 @@ __all__ = ["nexus_api_mounts"]
 
 
 @hookspec
-def nexus_api_mounts(app: Nexus) -> list[HttpMountSpec]:  # type: ignore[empty-body]
+def nexus_api_mounts(app: Nexus) -> list[HttpMountSpec]:
     """Return ASGI applications to mount on the API server, each under its own path.
 
     Called once each time the API channel builds its HTTP application (at

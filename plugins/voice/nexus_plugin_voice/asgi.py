@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -102,7 +102,7 @@ class _Request:
 
 
 async def _send(
-    send: Send, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]] = ()
+    send: Send, status: int, body: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()
 ) -> None:
     await send(
         {
@@ -120,7 +120,7 @@ async def _send(
 
 
 async def _error(
-    send: Send, status: int, code: str, message: str, headers: list[tuple[str, str]] = ()
+    send: Send, status: int, code: str, message: str, headers: Sequence[tuple[str, str]] = ()
 ) -> None:
     body = json.dumps({"error": code, "message": message, "field": "body"}).encode()
     await _send(send, status, body, "application/json", headers)

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
@@ -25,6 +26,7 @@ import msgspec
 from nexus_core.plugin import Spec
 from nexus_core.specs import import_string
 
+_audioop: ModuleType | None
 try:  # C speed for dithering; gone in Python 3.13 (the pure-Python path then runs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

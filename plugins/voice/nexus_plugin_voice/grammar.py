@@ -379,10 +379,10 @@ class _Builder:
                     return []
                 # Up to three items, joined by "and" (a longer order is typed, not said).
                 most = min(int(schema.get("maxItems", 3)), 3)
-                listed: _Node = item
+                chain: _Node = item
                 for _ in range(most - 1):
-                    listed = Seq([item, Opt(Seq([Words(["and"]), listed]))])
-                return [listed]
+                    chain = Seq([item, Opt(Seq([Words(["and"]), chain]))])
+                return [chain]
             return []
         if kind == "object":
             return []

@@ -27,7 +27,7 @@ __all__ = ["nexus_voice_stt_engines", "nexus_voice_tts_engines"]
 
 
 @hookspec
-def nexus_voice_stt_engines() -> list[EngineSpec]:  # type: ignore[empty-body]
+def nexus_voice_stt_engines() -> list[EngineSpec]:
     """Return the speech-to-text engines this plugin contributes.
 
     Called when the voice channel starts. Each
@@ -43,7 +43,7 @@ def nexus_voice_stt_engines() -> list[EngineSpec]:  # type: ignore[empty-body]
 
 
 @hookspec
-def nexus_voice_tts_engines() -> list[EngineSpec]:  # type: ignore[empty-body]
+def nexus_voice_tts_engines() -> list[EngineSpec]:
     """Return the text-to-speech engines this plugin contributes.
 
     As :func:`nexus_voice_stt_engines`; ``factory(config)`` returns a
