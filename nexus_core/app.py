@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
@@ -199,7 +199,7 @@ class Nexus:
             raise WorkflowDefinitionError(f"a node type named {spec.name!r} already exists")
         self._added_node_types[spec.name] = spec
 
-    async def start_task(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def start_task(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
         """Start ``func(*args, task_status=...)`` in the running host's task group.
 
         As ``anyio.abc.TaskGroup.start``: returns what the task passes to
