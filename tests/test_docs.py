@@ -14,9 +14,13 @@ lands there. Blocks are taken in page order:
 - ``$ nexus ...`` and ``$ curl ...`` commands run too, in ``bash`` (so ``|``
   and ``|| echo`` work), with standard error shown after standard output as a
   terminal shows both; the user's config folder is the page directory's own;
-- ``$ pip install -e PATH ...`` is checked, not run: the distribution at each
-  ``PATH`` of the checkout must be installed; other commands (``cd``,
-  ``mkdir``) are shown, not run;
+- the reader starts in the checkout's root and ``$ cd DIR`` moves them (in
+  the page's bookkeeping; the commands still run in the page's directory);
+- ``$ pip install -e PATH ...`` is checked, not run: ``PATH``, taken from
+  where the reader is (after the page's ``cd`` commands), must be a
+  distribution of the checkout, and installed; so a command that fails when
+  pasted in the folder the page put the reader in fails here too; other
+  commands (``mkdir``) are shown, not run;
 - a console block right after ``<!-- serve -->`` holds one command that serves
   the app (``nexus serve app.py --port 8000``): it is started in the
   background on a free port, which replaces ``8000`` in every later block of
@@ -194,13 +198,18 @@ def _check_output(command: Command, output: str, where: str, report: str) -> Non
     assert checker.check_output(want, got, flags), f"expected:\n{want}\n{report}"
 
 
-def _check_installed(words: list[str], where: str) -> None:
-    """``pip install -e PATH ...``: the distribution of each PATH must be installed."""
+def _check_installed(words: list[str], where: str, location: Path) -> None:
+    """``pip install -e PATH ...``: each PATH, from ``location``, is an installed distribution."""
     paths = [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("-e", "--editable")]
     assert paths, f"{where}: only `pip install -e PATH` commands can be checked"
     for folder in paths:
-        pyproject = ROOT / folder / "pyproject.toml"
-        assert pyproject.is_file(), f"{where}: no distribution at {folder}"
+        found = Path(os.path.normpath(location / folder))
+        pyproject = found / "pyproject.toml"
+        shown = os.path.relpath(location, ROOT)
+        assert pyproject.is_file(), (
+            f"{where}: no distribution at {folder} from where the reader is "
+            f"({shown} in the checkout)"
+        )
         name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
         try:
             metadata.version(name)
@@ -208,19 +217,24 @@ def _check_installed(words: list[str], where: str) -> None:
             raise AssertionError(f"{where}: {name} ({folder}) is not installed") from None
 
 
-def run_command(command: Command, cwd: Path, where: str) -> None:
+def run_command(command: Command, cwd: Path, where: str, page: Page | None = None) -> None:
     """Run a ``python``, ``nexus`` or ``curl`` command and compare its output.
 
-    ``pip install -e`` is checked against the installed distributions; anything
-    else is shown, not run.
+    ``cd DIR`` moves the reader (``page.location``); ``pip install -e`` is
+    checked against the installed distributions, from there; anything else
+    is shown, not run.
     """
     words = shlex.split(command.text)
     env = _clean_env()
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         key, _, value = words.pop(0).partition("=")
         env[key] = value
+    location = page.location if page is not None else ROOT
+    if words[:1] == ["cd"] and page is not None:
+        page.location = Path(os.path.normpath(location / (words[1] if len(words) > 1 else ".")))
+        return
     if words[:2] == ["pip", "install"]:
-        _check_installed(words, where)
+        _check_installed(words, where, location)
         return
     if words and words[0] in ("nexus", "curl"):
         proc = subprocess.run(
@@ -268,6 +282,8 @@ class Page:
     cwd: Path
     servers: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     port: int | None = None
+    #: Where the reader is, for ``cd`` and ``pip install -e PATH``: the checkout's root at first.
+    location: Path = ROOT
 
     def text(self, text: str) -> str:
         """A block's text with the documented port (8000) replaced by the one served on."""
@@ -355,7 +371,7 @@ def run_page(path: Path, cwd: Path) -> str | None:
                 exec(code, namespace)
             elif block.language == "console":
                 for command in parse_console(text):
-                    run_command(command, cwd, where)
+                    run_command(command, cwd, where, page)
     return None
 
 

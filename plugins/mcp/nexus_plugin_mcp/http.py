@@ -37,7 +37,7 @@ import logging
 import math
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -82,7 +82,7 @@ log = logging.getLogger("nexus.mcp")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
-Send = Callable[[dict[str, Any]], Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: RFC 9728 well-known path; the resource's own path is appended to it.
 METADATA_PATH = "/.well-known/oauth-protected-resource"
@@ -347,7 +347,7 @@ class MCPHttpApp:
     def _binding(self, send: Send, principal: Principal, credentials: Credentials) -> Send:
         """``send``, binding the session a response opens to ``principal``."""
 
-        async def bind(message: dict[str, Any]) -> None:
+        async def bind(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start" and message.get("status", 500) < 400:
                 for key, value in message.get("headers", ()):
                     if key.lower() == _SESSION_HEADER:
@@ -578,7 +578,7 @@ async def serve_http(
     )
     if not capture_signals:
         # uvicorn would take SIGINT from the host, then raise it again on exit.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     finished = anyio.Event()
 
     async def run() -> None:

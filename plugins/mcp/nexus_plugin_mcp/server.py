@@ -276,8 +276,9 @@ class NexusMCP:
             ),
             lifespan=self._lifespan,
             get_tool_input_schema=self._input_schema,
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
+            # mcp validates a plain dict result into the model; its annotations ask for the model.
+            on_list_tools=self._list_tools,  # type: ignore[arg-type]
+            on_call_tool=self._call_tool,  # type: ignore[arg-type]
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
