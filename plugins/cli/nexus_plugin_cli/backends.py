@@ -289,13 +289,14 @@ def run_view(data: dict[str, Any]) -> dict[str, Any]:
     }
     error = out["error"]
     if isinstance(error, dict):
-        out["error"] = {
+        shown: dict[str, Any] = {
             "type": error.get("type"),
             "message": error.get("message"),
             "node": error.get("node"),
         }
         if error.get("traceback"):  # only for callers allowed runs:debug
-            out["error"]["traceback"] = error["traceback"]
+            shown["traceback"] = error["traceback"]
+        out["error"] = shown
     return out
 
 
