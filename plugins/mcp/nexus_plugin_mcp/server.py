@@ -276,7 +276,7 @@ class NexusMCP:
             ),
             lifespan=self._lifespan,
             get_tool_input_schema=self._input_schema,
-            # mcp's runner sends a dict result as it is (_dump_result); its annotations ask for a model.
+            # mcp's runner sends a dict result as is (_dump_result); its annotations want a model.
             on_list_tools=self._list_tools,  # type: ignore[arg-type]
             on_call_tool=self._call_tool,  # type: ignore[arg-type]
             on_list_resources=self._list_resources,
