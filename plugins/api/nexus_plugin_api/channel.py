@@ -25,7 +25,6 @@ from .config import ApiConfig, check_config
 
 if TYPE_CHECKING:
     from nexus_core import Nexus
-    from nexus_core.events import Event
 
 __all__ = ["ApiChannel", "bind_socket", "inherited_sockets"]
 
@@ -210,6 +209,3 @@ class ApiChannel:
         """Listening and not shutting down."""
         server = self._server
         return bool(server is not None and server.started and not self.state.closing)
-
-    async def emit_event(self, event: Event) -> None:
-        """Nothing to do: SSE and WebSocket subscribers read the host's bus directly."""

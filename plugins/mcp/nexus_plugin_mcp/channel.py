@@ -12,7 +12,6 @@ from .config import MCPConfig
 
 if TYPE_CHECKING:
     from nexus_core import Nexus
-    from nexus_core.events import Event
 
 __all__ = ["MCPChannel"]
 
@@ -46,9 +45,6 @@ class MCPChannel:
     async def ready(self) -> bool:
         """Ready once started (the mounted endpoint's readiness is the API server's)."""
         return self.config.port is None or self.url is not None
-
-    async def emit_event(self, event: Event) -> None:
-        """Clients hear of runs through resource subscriptions, not here."""
 
 
 async def _serve(app: Nexus, config: MCPConfig, *, task_status: anyio.abc.TaskStatus[Any]) -> None:
