@@ -1,4 +1,7 @@
-"""``python -m nexus_plugin_api APP [--host H] [--port P] [--workers N] [--reload]``."""
+"""``python -m nexus_plugin_api APP``: ``nexus serve`` without the CLI plugin.
+
+Options: ``--host H``, ``--port P``, ``--workers N``, ``--reload``, ``--log-format text|json``.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--reload", action="store_true", help="restart on file changes")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=None, help="log lines (default text)"
+    )
     args = parser.parse_args(argv)
     return serve_command(
-        args.app, host=args.host, port=args.port, workers=args.workers, reload=args.reload
+        args.app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        reload=args.reload,
+        log_format=args.log_format,
     )
 
 

@@ -6,6 +6,7 @@ Import-light: Litestar and uvicorn are imported only when the command runs.
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 __all__ = ["serve_command"]
 
@@ -21,6 +22,7 @@ def serve_command(
     port: int = _DEFAULT_PORT,
     workers: int = 1,
     reload: bool = False,
+    log_format: Literal["text", "json"] | None = None,
 ) -> int:
     """Serve APP over HTTP (REST, WebSocket, SSE, OpenAPI at /docs) and every other channel.
 
@@ -42,6 +44,8 @@ def serve_command(
         Worker processes, each running the host (nexus.channels.api.workers when 1).
     reload
         Restart when a file under the working directory changes (development only).
+    log_format
+        Every log line, Nexus's and uvicorn's: text, or json (one object a line).
 
     """
     from nexus_core.errors import NexusError
@@ -56,6 +60,7 @@ def serve_command(
             port=None if port == _DEFAULT_PORT else port,
             workers=None if workers == 1 else workers,
             reload=reload,
+            log_format=log_format,
         )
     except NexusError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -34,6 +34,7 @@ from nexus_core import Nexus
 from nexus_core.config import ConfigError
 from nexus_core.errors import PluginFailed
 from nexus_core.loader import load_app
+from nexus_core.logs import LogFormat, configure_logging
 
 from .channel import bind_socket, inherited_sockets
 from .config import ApiConfig, check_config
@@ -72,11 +73,14 @@ def app_reference(app: Nexus) -> str | None:
     return None
 
 
-def _configure_logging(app: Nexus | None) -> None:
-    if logging.getLogger().handlers:
-        return
+def _configure_logging(app: Nexus | None, log_format: LogFormat | None = None) -> None:
+    """One handler, one format for Nexus's and uvicorn's records (see :mod:`nexus_core.logs`).
+
+    An explicit ``log_format`` replaces logging already set up; without it,
+    an embedding application's own logging configuration is kept.
+    """
     level = app.config.nexus.services.monitoring.log_level if app is not None else "INFO"
-    logging.basicConfig(level=level.upper(), format="%(levelname)-8s %(name)s: %(message)s")
+    configure_logging(level, log_format or "text", force=log_format is not None)
 
 
 async def _serve_host(
@@ -109,7 +113,12 @@ def run_worker(
     )
 
 
-def _child_main(reference: str, sockets: list[socket.socket], every_channel: bool = True) -> None:
+def _child_main(
+    reference: str,
+    sockets: list[socket.socket],
+    every_channel: bool = True,
+    log_format: LogFormat | None = None,
+) -> None:
     """A supervised worker: load the app, serve; SIGINT is the supervisor's to handle.
 
     Only the first worker runs the channels other than ``api`` (they listen
@@ -118,15 +127,21 @@ def _child_main(reference: str, sockets: list[socket.socket], every_channel: boo
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         app = load_app(reference)
-        _configure_logging(app)
+        _configure_logging(app, log_format)
         run_worker(app, sockets, (signal.SIGTERM,), None if every_channel else ["api"])
     except Exception as exc:
-        _configure_logging(None)
+        _configure_logging(None, log_format)
         log.error("worker %d failed: %s: %s", os.getpid(), type(exc).__name__, exc)
         sys.exit(_STARTUP_FAILURE)
 
 
-def _supervise(reference: str, sockets: list[socket.socket], workers: int, grace: float) -> int:
+def _supervise(
+    reference: str,
+    sockets: list[socket.socket],
+    workers: int,
+    grace: float,
+    log_format: LogFormat | None = None,
+) -> int:
     """Start ``workers`` processes, restart those that die, stop them all on a signal."""
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
@@ -140,7 +155,9 @@ def _supervise(reference: str, sockets: list[socket.socket], workers: int, grace
 
     def start(index: int) -> tuple[Any, float]:
         process = context.Process(
-            target=_child_main, args=(reference, sockets, index == 0), name="nexus-api-worker"
+            target=_child_main,
+            args=(reference, sockets, index == 0, log_format),
+            name="nexus-api-worker",
         )
         process.start()
         return process, time.monotonic()
@@ -200,6 +217,7 @@ def serve(
     port: int | None = None,
     workers: int | None = None,
     reload: bool = False,
+    log_format: LogFormat | None = None,
 ) -> int:
     """Serve ``app`` over HTTP until stopped; return an exit code.
 
@@ -208,10 +226,13 @@ def serve(
     ``None`` for ``NEXUS_APP``/``nexus.toml``). ``host``, ``port`` and
     ``workers`` default to ``nexus.channels.api``. ``reload`` restarts the
     server when a file under the working directory changes (development).
+    ``log_format`` (``"text"`` or ``"json"``: one JSON object per line) is the
+    format of every log line, Nexus's and uvicorn's; without it, logging the
+    embedding application set up is kept, else text.
     """
     reference = app if isinstance(app, str) or app is None else None
     loaded = app if isinstance(app, Nexus) else load_app(app)
-    _configure_logging(loaded)
+    _configure_logging(loaded, log_format)
     try:
         section = loaded.config.section("channels.api")
     except ConfigError:
@@ -241,12 +262,18 @@ def serve(
             )
         if reload:
             log.info("reloading on changes under %s", os.getcwd())
-            _reload(reference, [sock], functools.partial(_reload_target, reference))
+            target = functools.partial(_reload_target, reference, log_format=log_format)
+            _reload(reference, [sock], target)
             return 0
-        return _supervise(reference, [sock], workers, config.graceful_timeout)
+        return _supervise(reference, [sock], workers, config.graceful_timeout, log_format)
     finally:
         sock.close()
 
 
-def _reload_target(reference: str, sockets: list[socket.socket] | None = None) -> None:
-    _child_main(reference, sockets or [])
+def _reload_target(
+    reference: str,
+    sockets: list[socket.socket] | None = None,
+    *,
+    log_format: LogFormat | None = None,
+) -> None:
+    _child_main(reference, sockets or [], True, log_format)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,72 @@ def _ends(log: list[str], first: str) -> bool:
     """The traceback after ``first`` is written whole (its last line names the error)."""
     at = next(i for i, line in enumerate(log) if first in line)
     return any(line.rstrip() == "RuntimeError: kaput" for line in log[at + 1 :])
+
+
+# -- one log format -------------------------------------------------------------------------
+
+_TEXT_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: \S")
+
+
+def test_nexus_and_uvicorn_log_lines_share_one_text_format(tmp_path: Path) -> None:
+    with subprocess_server(tmp_path) as server:
+        run = httpx.post(f"{server.url}/workflows/boom/runs", json={}).json()
+        wait_for(lambda: any(run["run_id"] in line for line in server.log))
+        server.stop()
+        log = [line.rstrip("\n") for line in server.log if line.strip()]
+    loggers = set()
+    in_traceback = False
+    for line in log:
+        match = _TEXT_LINE.match(line)
+        if match:
+            loggers.add(line.split()[1].rstrip(":"))
+            in_traceback = "nexus.runs:" in line
+            continue
+        # Only a failed run's traceback may follow on lines of its own.
+        assert in_traceback, f"a line in another format: {line!r}\n" + "\n".join(log)
+    assert {"nexus.api", "nexus.runs", "uvicorn.error"} <= loggers, loggers
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
+    with subprocess_server(tmp_path, "--log-format", "json") as server:
+        run = httpx.post(f"{server.url}/workflows/boom/runs", json={}).json()
+        wait_for(lambda: any(run["run_id"] in line for line in server.log))
+        server.stop()
+        log = [line for line in server.log if line.strip()]
+    records = [json.loads(line) for line in log]  # every line is one JSON object
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= record.keys(), record
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
+    assert {"nexus.api", "uvicorn.error"} <= {r["logger"] for r in records}
+    [failed] = [r for r in records if r["logger"] == "nexus.runs"]
+    assert failed["level"] == "ERROR"
+    assert (failed["run_id"], failed["workflow"], failed["node"]) == (run["run_id"], "boom", "boom")
+    assert failed["message"] == (
+        f"run {run['run_id']} of workflow 'boom' failed at node 'boom': RuntimeError: boom"
+    )
+    assert failed["traceback"].startswith("Traceback (most recent call last):")
+    assert "raise RuntimeError(message)" in failed["traceback"]
+
+
+# -- every input error at once -----------------------------------------------------------------
+
+
+async def test_every_bad_field_is_in_the_problem_at_once() -> None:
+    async with serving(build()) as url, httpx.AsyncClient(base_url=url) as http:
+        bad = await http.post(
+            "/workflows/order/runs",
+            json={"items": [{"sku": 1}], "ship_to": {"zip": 5}, "note": 3, "extra": True},
+        )
+    assert bad.status_code == 422, bad.text
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    problem = bad.json()
+    paths = [e["path"] for e in problem["errors"]]
+    assert len(paths) == len(set(paths)) >= 4, problem
+    assert {"note", "extra"} <= set(paths)
+    assert any(p.startswith("items[0]") for p in paths), paths
+    assert any(p.startswith("ship_to") for p in paths), paths
+    for error in problem["errors"]:
+        assert error["path"] in problem["detail"] and error["reason"]
 
 
 # -- /docs, offline --------------------------------------------------------------------------

@@ -156,6 +156,8 @@ def problem_with_options(problem: Problem, schema: Mapping[str, Any]) -> Problem
     """Name command-line options instead of input fields in a validation error.
 
     ``count: expected int, got str`` becomes ``option --count: expected int, got str``.
+    Several errors are each listed on a line of their own under ``invalid input:
+    N errors``.
     """
     if problem.code not in ("validation_error", "input_limit") or not problem.errors:
         return problem
@@ -166,9 +168,12 @@ def problem_with_options(problem: Problem, schema: Mapping[str, Any]) -> Problem
         if match and match.group(1) in flags:
             path = flags[match.group(1)] + match.group(2)
         errors.append((path, reason))
-    message = "; ".join(
-        f"option {p}: {r}" if p.startswith("--") else f"{p or '(input)'}: {r}" for p, r in errors
-    )
+    if len(errors) > 1:
+        # Every one at once, each on its own line (Problem.lines): --option or field path.
+        message = f"{len(errors)} errors"
+    else:
+        [(p, r)] = errors
+        message = f"option {p}: {r}" if p.startswith("--") else f"{p or '(input)'}: {r}"
     return Problem(
         code=problem.code,
         message=f"invalid input: {message}",

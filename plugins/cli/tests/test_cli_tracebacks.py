@@ -61,3 +61,25 @@ def test_nexus_debug_prints_the_internal_error_a_message_replaced(cli: Cli) -> N
     assert loud.stderr.rstrip().splitlines()[-2] == (
         "error: invalid input: option --a: expected 'float', got 'str'"
     )
+
+
+def test_every_bad_option_is_reported_at_once_each_on_its_line(cli: Cli) -> None:
+    done = cli("run", "divide", "--a", "x", "--b", "y")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[:3] == [
+        "error: invalid input: 2 errors",
+        "  --a: expected 'float', got 'str'",
+        "  --b: expected 'float', got 'str'",
+    ]
+    raw = cli("run", "divide", "--json", '{"a": "x", "b": 1, "c": true, "d": 2}')
+    assert raw.returncode == 2
+    assert raw.stderr.splitlines()[:4] == [
+        "error: invalid input: 3 errors",
+        "  --a: expected 'float', got 'str'",
+        "  c: unknown field",
+        "  d: unknown field",
+    ]
+    as_json = cli("run", "divide", "--a", "x", "--b", "y", "-o", "json")
+    problem = json.loads(as_json.stdout)["error"]
+    assert [e["path"] for e in problem["errors"]] == ["--a", "--b"]

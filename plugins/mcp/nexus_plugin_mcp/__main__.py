@@ -1,4 +1,7 @@
-"""``python -m nexus_plugin_mcp APP [--http] [--host H] [--port P]``: the same as ``nexus mcp``."""
+"""``python -m nexus_plugin_mcp APP [--http] [--host H] [--port P] [--log-format F]``.
+
+The same as ``nexus mcp``.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP, not stdio")
     parser.add_argument("--host", help="interface to bind with --http (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port with --http (0: any free port)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines on stderr (default text)"
+    )
     args = parser.parse_args(argv)
-    return mcp_command(args.app, http=args.http, host=args.host, port=args.port)
+    return mcp_command(
+        args.app, http=args.http, host=args.host, port=args.port, log_format=args.log_format
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ so ``nexus --help`` does not import the ``mcp`` package.
 
 from __future__ import annotations
 
-import logging
 import sys
+from typing import Literal
 
 import anyio
 from nexus_core.errors import NexusError
@@ -22,6 +22,7 @@ def mcp_command(
     http: bool = False,
     host: str | None = None,
     port: int | None = None,
+    log_format: Literal["text", "json"] | None = None,
 ) -> int:
     """Serve APP's workflows as MCP tools: over stdio (for desktop agents), or HTTP with --http.
 
@@ -30,18 +31,33 @@ def mcp_command(
     the local `nexus login`. With --http
     the streamable HTTP endpoint listens on HOST:PORT/mcp (defaults from
     [nexus.channels.mcp], else 127.0.0.1:8000).
+
+    Parameters
+    ----------
+    app
+        The application: a file (app.py) or module:attr; default NEXUS_APP or app in nexus.toml.
+    http
+        Serve streamable HTTP on HOST:PORT/mcp instead of stdio.
+    host
+        The address for --http (default nexus.channels.mcp.host, else 127.0.0.1).
+    port
+        The port for --http, 0 for any free one (default nexus.channels.mcp.port, else 8000).
+    log_format
+        Log lines on stderr (warnings, errors, failed runs): text, or json (one object a line).
+
     """
     from nexus_core.loader import load_app
+    from nexus_core.logs import configure_logging
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    # stdout may be the MCP protocol: logs go to stderr, always.
+    configure_logging("WARNING", log_format or "text", force=log_format is not None)
     try:
         nexus = load_app(app)
     except NexusError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     try:
-        anyio.run(_serve, nexus, http, host, port)
+        anyio.run(_serve, nexus, http, host, port, log_format == "json")
     except KeyboardInterrupt:
         return 130
     except NexusError as exc:
@@ -50,7 +66,22 @@ def mcp_command(
     return 0
 
 
-async def _serve(nexus: object, http: bool, host: str | None, port: int | None) -> None:
+def _announce(url: str, as_json: bool) -> None:
+    """Say where the endpoint listens, on stderr: a plain line, or a JSON log line."""
+    text = f"MCP endpoint: {url}"
+    if as_json:
+        import logging
+
+        from nexus_core.logs import JsonFormatter
+
+        record = logging.LogRecord("nexus.mcp", logging.INFO, __file__, 0, text, None, None)
+        text = JsonFormatter().format(record)
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _serve(
+    nexus: object, http: bool, host: str | None, port: int | None, as_json: bool = False
+) -> None:
     from nexus_core import Nexus
 
     assert isinstance(nexus, Nexus)
@@ -65,7 +96,7 @@ async def _serve(nexus: object, http: bool, host: str | None, port: int | None) 
                 host=host or config.host,
                 port=port if port is not None else (config.port or 8000),
                 config=config,
-                announce=lambda url: print(f"MCP endpoint: {url}", file=sys.stderr, flush=True),
+                announce=lambda url: _announce(url, as_json),
             )
         else:
             from .stdio import serve_stdio

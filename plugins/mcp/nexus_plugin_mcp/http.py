@@ -567,6 +567,9 @@ async def serve_http(
             StandaloneApp(app, config),
             lifespan="on",
             log_level="warning",
+            # uvicorn's records go through the process's one handler and format
+            # (nexus_core.logs), not handlers of its own.
+            log_config=None,
             access_log=False,
             # The peer address is the socket's: X-Forwarded-For is the core's to believe,
             # from nexus.services.security.trusted_proxies only (not uvicorn's own list).

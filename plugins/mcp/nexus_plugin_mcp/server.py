@@ -590,7 +590,10 @@ class NexusMCP:
         except WorkflowNotFound as exc:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {exc.message}") from None
         except ValidationError as exc:
-            return _tool_error(f"invalid arguments for {name!r}: {exc.message}", exc)
+            # Every bad argument, each on its own line with its path (and in _meta).
+            listed = "".join(f"\n  {e.path or '(arguments)'}: {e.reason}" for e in exc.errors)
+            text = f"invalid arguments for {name!r}:{listed}" if listed else exc.message
+            return _tool_error(text, exc)
         except RateLimited as exc:
             return _tool_error(f"rate limited: retry in {exc.retry_after:g}s", exc)
         except NexusError as exc:
