@@ -936,3 +936,161 @@ def test_random_bad_env_values_name_the_variable(st_data: st.DataObject) -> None
     key = "nexus." + suffix.lower().replace("__", ".")
     assert str(info.value).startswith(f"environment variable {name}: {key}: expected one of ")
     assert info.value.key == key
+
+
+# -- where the file is found, and what relative storage paths mean ---------------------
+
+
+def test_lookup_order_named_then_working_directory_then_beside_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_core.config import app_directory
+
+    here, app_dir, named = tmp_path / "here", tmp_path / "app", tmp_path / "etc"
+    for folder in (here, app_dir, named):
+        folder.mkdir()
+    (app_dir / "app.py").write_text("")
+    (app_dir / "nexus.yaml").write_text("title: beside\n")
+    monkeypatch.chdir(here)
+
+    with app_directory(app_dir / "app.py"):
+        beside = load_config(env={})
+    assert beside.nexus.title == "beside"
+    assert beside.path == app_dir / "nexus.yaml"
+    assert beside.directory == app_dir
+    assert beside.storage_url == f"sqlite:///{app_dir / 'nexus.db'}"
+
+    (here / "nexus.toml").write_text('title = "here"\nstorage = "sqlite:///data/x.db"\n')
+    with app_directory(app_dir):
+        local = load_config(env={})
+    assert local.nexus.title == "here"
+    assert local.storage_url == f"sqlite:///{here / 'data' / 'x.db'}"
+
+    (named / "prod.toml").write_text('title = "named"\n')
+    with app_directory(app_dir):
+        chosen = load_config(env={"NEXUS_CONFIG": str(named / "prod.toml")})
+    assert chosen.nexus.title == "named"
+    assert chosen.storage_url == f"sqlite:///{named / 'nexus.db'}"
+
+    # Outside a load (no app): the working directory's file, or nothing.
+    (here / "nexus.toml").unlink()
+    alone = load_config(env={})
+    assert alone.path is None
+    assert alone.directory is None
+    assert alone.storage_url == "sqlite:///nexus.db"
+    with app_directory(app_dir):  # no file anywhere but beside the app: in-code data
+        coded = load_config(data={"storage": "sqlite:///c.db"}, env={})
+    assert coded.storage_url == f"sqlite:///{app_dir / 'c.db'}"
+
+
+@given(
+    rel=st.lists(st.sampled_from(["a", "b.db", "..", "x y", "é"]), min_size=1, max_size=4).map(
+        "/".join
+    )
+)
+def test_resolve_storage_url_only_touches_relative_sqlite_paths(rel: str) -> None:
+    from nexus_core.config import resolve_storage_url
+
+    base = Path("/srv/app")
+    resolved = resolve_storage_url(f"sqlite:///{rel}", base)
+    assert resolved.startswith("sqlite:////")
+    assert Path(resolved[len("sqlite:///") :]) == (base / rel).resolve()
+    for unchanged in (
+        f"sqlite:////abs/{rel}",
+        "sqlite:///:memory:",
+        "memory://",
+        "postgresql://h/db",
+    ):
+        assert resolve_storage_url(unchanged, base) == unchanged
+    assert resolve_storage_url(f"sqlite:///{rel}", None) == f"sqlite:///{rel}"
+
+
+# -- the seed document's hierarchical example ---------------------------------------------
+
+SEED = """
+[nexus]
+title = "Enterprise Workflow Platform"
+environment = "staging"
+
+[nexus.channels.api]
+rate_limit = 1000
+cors_origins = ["https://app.example.com"]
+
+[nexus.channels.cli]
+idle_timeout = 1800
+history_size = 1000
+
+[nexus.channels.mcp]
+capability_caching = true
+capability_cache_ttl = 300
+
+[[nexus.channels.mcp.service_discovery]]
+name = "weather"
+command = ["python", "-m", "weather_server"]
+
+[[nexus.channels.mcp.service_discovery]]
+name = "search"
+url = "https://search.example.com/mcp"
+token_env = "SEARCH_TOKEN"
+
+[nexus.services.security]
+strategy = "rbac"
+session_timeout = 3600
+
+[nexus.services.monitoring]
+export_interval = 60
+export_url = "http://127.0.0.1:9091"
+retention_days = 30
+"""
+
+
+def test_the_seed_example_loads_with_every_key(tmp_path: Path) -> None:
+    for module in ("nexus_plugin_api", "nexus_plugin_cli", "nexus_plugin_mcp"):
+        pytest.importorskip(module, reason=f"the seed configures {module}'s channel")
+    path = tmp_path / "nexus.toml"
+    path.write_text(SEED)
+    config = load_config(path, env={}, sections=PluginHost().config_sections())
+    nexus = config.nexus
+    assert nexus.title == "Enterprise Workflow Platform"
+    assert nexus.environment == "staging"
+    api = config.section("channels.api")
+    assert api.rate_limit == 1000
+    assert api.cors_origins == ["https://app.example.com"]
+    cli = config.section("channels.cli")
+    assert (cli.idle_timeout, cli.history_size) == (1800, 1000)
+    mcp = config.section("channels.mcp")
+    assert mcp.capability_caching is True
+    assert mcp.capability_cache_ttl == 300
+    assert [(s.name, s.command, s.url) for s in mcp.service_discovery] == [
+        ("weather", ["python", "-m", "weather_server"], None),
+        ("search", None, "https://search.example.com/mcp"),
+    ]
+    assert (nexus.services.security.strategy, nexus.services.security.session_timeout) == (
+        "rbac",
+        3600,
+    )
+    monitoring = nexus.services.monitoring
+    assert monitoring.export_interval == 60
+    assert monitoring.export_url == "http://127.0.0.1:9091"
+    assert monitoring.retention_days == 30
+    # And the documented copy is the same text.
+    documented = (Path(__file__).parent.parent / "docs/how-to/configure.md").read_text()
+    assert all(
+        line.split("#")[0].strip() in documented
+        for line in SEED.strip().splitlines()
+        if line.split("#")[0].strip()
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"services": {"monitoring": {"retention_days": 0}}}, "retention_days"),
+        ({"services": {"monitoring": {"export_interval": -1}}}, "export_interval"),
+        ({"services": {"monitoring": {"retention_batch": 0}}}, "retention_batch"),
+    ],
+)
+def test_monitoring_numbers_are_range_checked(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(data=table, env={})
+    assert info.value.key == f"nexus.services.monitoring.{key}"
