@@ -19,6 +19,7 @@ from .principal import (
     Principal,
     hash_inputs,
     hash_token,
+    header_extras,
     new_token,
     tokens_equal,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SecurityLayer",
     "hash_inputs",
     "hash_token",
+    "header_extras",
     "new_token",
     "tokens_equal",
 ]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 __all__ = [
     "ANONYMOUS",
+    "EXCLUDED_HEADERS",
+    "MAX_EXTRAS",
+    "MAX_EXTRA_LENGTH",
     "AuthProvider",
     "Credentials",
     "Principal",
     "hash_inputs",
     "hash_token",
+    "header_extras",
     "new_token",
     "tokens_equal",
 ]
@@ -71,6 +76,63 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
     def presented(self) -> bool:
         """Whether the caller sent a token or key at all."""
         return self.bearer is not None or self.api_key is not None
+
+
+#: Headers :func:`header_extras` leaves out: credentials that have their own
+#: field (or must not travel further), ``X-Forwarded-For`` (believed only from a
+#: trusted proxy, in ``forwarded_for``) and the hop-by-hop headers of RFC 9110.
+EXCLUDED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "cookie",
+        "x-forwarded-for",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: At most this many headers go into ``Credentials.extras`` (the first ones sent).
+MAX_EXTRAS = 32
+#: A header whose name or (joined) value is longer than this is left out, not cut.
+MAX_EXTRA_LENGTH = 4096
+
+
+def header_extras(headers: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, str]:
+    """The request headers an auth provider may read, for :attr:`Credentials.extras`.
+
+    ``headers`` are (name, value) pairs as sent (an ASGI scope's ``headers``,
+    bytes decoded as latin-1, or strings). Names are lower-cased; a repeated
+    header's values are joined with ``", "``. Left out: the headers in
+    :data:`EXCLUDED_HEADERS`, those the ``Connection`` header names (hop-by-hop
+    too), names or values longer than :data:`MAX_EXTRA_LENGTH`, and every
+    header after the first :data:`MAX_EXTRAS` names. The API and MCP (HTTP)
+    channels fill ``extras`` with it; a channel of your own may too.
+    """
+    found: dict[str, str] = {}
+    hop: set[str] = set()
+    for raw_name, raw_value in headers:
+        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
+        value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
+        if name == "connection":
+            hop.update(token.strip().lower() for token in value.split(","))
+        if name in EXCLUDED_HEADERS or len(name) > MAX_EXTRA_LENGTH:
+            continue
+        if name in found:
+            found[name] = f"{found[name]}, {value}"
+        elif len(found) < MAX_EXTRAS:
+            found[name] = value
+    return {
+        name: value
+        for name, value in found.items()
+        if name not in hop and len(value) <= MAX_EXTRA_LENGTH
+    }
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from nexus_core.security import Credentials
+from nexus_core.security import Credentials, header_extras
 
 from .problems import InvalidJSON
 
@@ -32,7 +32,7 @@ _WANTED = frozenset(
 class RequestInfo:
     """The headers the API acts on, read once from the ASGI scope."""
 
-    __slots__ = ("client", "cookie_session", "header_session", "headers")
+    __slots__ = ("client", "cookie_session", "header_session", "headers", "raw_headers")
 
     def __init__(
         self,
@@ -40,8 +40,11 @@ class RequestInfo:
         client: str | None,
         header_session: str | None,
         cookie_session: str | None,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.headers = headers
+        #: Every header as sent, for :attr:`Credentials.extras <nexus_core.security.Credentials>`.
+        self.raw_headers = raw_headers or []
         self.client = client
         self.header_session = header_session
         self.cookie_session = cookie_session
@@ -64,7 +67,12 @@ class RequestInfo:
         return key.strip() or None if key is not None else None
 
     def credentials(self) -> Credentials:
-        """The caller's credentials in channel-neutral form."""
+        """The caller's credentials in channel-neutral form.
+
+        ``extras`` holds the other headers a provider may read
+        (:func:`nexus_core.security.header_extras`: lower-cased, without
+        credentials, cookies or hop-by-hop headers, bounded).
+        """
         bearer = None
         auth = self.headers.get("authorization")
         if auth is not None:
@@ -77,6 +85,7 @@ class RequestInfo:
             api_key=api_key.strip() or None if api_key is not None else None,
             client=self.client,
             forwarded_for=self.headers.get("x-forwarded-for"),
+            extras=header_extras(self.raw_headers),
         )
 
 
@@ -108,6 +117,7 @@ def read_request(scope: Mapping[str, Any], cookie_name: str | None) -> RequestIn
         client[0] if client else None,
         header_session.strip() or None if header_session is not None else None,
         cookie_session,
+        scope["headers"],
     )
 
 

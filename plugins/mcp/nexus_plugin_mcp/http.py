@@ -8,8 +8,9 @@ manager serves both protocols on one endpoint: 2025-11-25 clients (handshake,
 clients (every POST self-contained, so any replica can answer it).
 
 Every request's :class:`~nexus_core.security.Credentials` (bearer token,
-``X-API-Key``, peer address, ``X-Forwarded-For``) are handed to the core,
-which authenticates them (a tool call hands them to ``app.invoke``). A missing
+``X-API-Key``, peer address, ``X-Forwarded-For``, the other headers in
+``extras``) are handed to the core, which authenticates them (a tool call
+hands them to ``app.invoke``). A missing
 or bad token is answered ``401`` with ``WWW-Authenticate: Bearer
 resource_metadata="..."`` pointing at the OAuth protected resource metadata
 (RFC 9728), which :func:`make_metadata_asgi` serves. Its URL comes from
@@ -54,7 +55,7 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import INVALID_REQUEST, JSONRPCNotification
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from nexus_core.errors import AuthenticationError, RateLimited
-from nexus_core.security import Credentials, Principal
+from nexus_core.security import Credentials, Principal, header_extras
 
 from .config import MCPConfig, mcp_config
 from .server import CREDENTIALS_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, NexusMCP
@@ -292,6 +293,7 @@ class MCPHttpApp:
             api_key=_header(scope, b"x-api-key"),
             client=scope["client"][0] if scope.get("client") else None,
             forwarded_for=_header(scope, b"x-forwarded-for"),
+            extras=header_extras(scope.get("headers", ())),
         )
         try:
             principal = await self.app.security.authenticate(credentials, "mcp", audit=True)
@@ -566,9 +568,9 @@ async def serve_http(
         uvicorn.Config(
             StandaloneApp(app, config),
             lifespan="on",
-            log_level="warning",
-            # uvicorn's records go through the process's one handler and format
-            # (nexus_core.logs), not handlers of its own.
+            # uvicorn's records go through the process's one handler, format and
+            # level (nexus_core.logs): no handlers of its own, and no log_level,
+            # which would set the level of every uvicorn in the process (the API's).
             log_config=None,
             access_log=False,
             # The peer address is the socket's: X-Forwarded-For is the core's to believe,
