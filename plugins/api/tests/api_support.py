@@ -57,8 +57,8 @@ def subprocess_server(tmp_path: Path, *args: str, **env: str) -> Iterator[Subpro
         NEXUS_STORAGE=f"sqlite:///{tmp_path / 'nexus.db'}",
         NEXUS_PLUGINS="nexus-plugin-api",
         PYTHONUNBUFFERED="1",
-        **env,
     )
+    environ.update(env)  # the test's own values win (NEXUS_PLUGINS too)
     process = subprocess.Popen(
         [
             sys.executable,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,27 @@ def test_nexus_and_uvicorn_log_lines_share_one_text_format(tmp_path: Path) -> No
         # Only a failed run's traceback may follow on lines of its own.
         assert in_traceback, f"a line in another format: {line!r}\n" + "\n".join(log)
     assert {"nexus.api", "nexus.runs", "uvicorn.error"} <= loggers, loggers
+
+
+def test_one_format_with_mcp_on_its_own_port_too(tmp_path: Path) -> None:
+    """MCP's HTTP server (a second uvicorn) must not bring uvicorn's own log format back."""
+    pytest.importorskip("nexus_plugin_mcp", reason="the MCP channel needs nexus-plugin-mcp")
+    port = _free_port()
+    env = {"NEXUS_PLUGINS": "nexus-plugin-api,nexus-plugin-mcp"}
+    env["NEXUS_CHANNELS__MCP__PORT"] = str(port)
+    with subprocess_server(tmp_path, **env) as server:
+        wait_for(lambda: any("mcp (http://" in line for line in server.log), timeout=30)
+        server.stop()
+        log = [line.rstrip("\n") for line in server.log if line.strip()]
+    odd = [line for line in log if not _TEXT_LINE.match(line)]
+    assert not odd, "lines in another format:\n" + "\n".join(log)
+    assert any(line.startswith("INFO     uvicorn.error: ") for line in log), log
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
