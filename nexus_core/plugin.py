@@ -31,7 +31,8 @@ Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
     :class:`Subscription`, :class:`RunRecord`, :class:`NodeCheckpoint`,
     :class:`AuditRecord`, :class:`SessionRecord`, :class:`CredentialRecord`,
-    :class:`RunResult`, :class:`HealthReport`.
+    :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
+    request headers a channel passes in ``Credentials.extras``).
 Errors
     :class:`NexusError` and the subclasses a plugin raises or renders.
 Contract suites (in your tests; they need pytest, anyio and hypothesis)
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
     from .events import Event, EventBus, EventType, Subscription
     from .health import HealthReport
     from .plugins import PluginHost
-    from .security import AuthProvider, Credentials, Principal
+    from .security import AuthProvider, Credentials, Principal, header_extras
     from .specs import (
         AuthProviderSpec,
         ChannelSpec,
@@ -132,6 +133,7 @@ __all__ = [
     "Subscription",
     "ValidationError",
     "collect_specs",
+    "header_extras",
     "hookimpl",
     "hookspec",
 ]
@@ -176,6 +178,7 @@ _EXPORTS = {
     "StorageBackendSpec": ".specs",
     "Subscription": ".events",
     "ValidationError": ".errors",
+    "header_extras": ".security",
 }
 
 _SpecT = TypeVar("_SpecT", bound="Spec")

@@ -181,13 +181,16 @@ def test_the_auth_provider_how_to_installs_and_guards_every_channel(tmp_path: Pa
         served = Served(process)
         served.wait_started()
         url = f"{served.started['api']}/workflows/whoami/runs"
-        ok = httpx.post(url, json={"text": "hi"}, headers={"Authorization": f"Bearer ss_{secret}"})
+        ok = httpx.post(url, json={"text": "hi"}, headers={"X-Shared-Secret": secret})
         assert ok.status_code == 200, ok.text
         assert ok.json()["output"] == "hi"
-        wrong = httpx.post(url, json={}, headers={"Authorization": "Bearer ss_nope"})
+        wrong = httpx.post(url, json={}, headers={"X-Shared-Secret": "nope"})
         assert wrong.status_code == 401
         assert secret not in wrong.text
         assert httpx.post(url, json={}).status_code == 401
+        # the bearer form of the old page is gone: the header is the provider's only mark
+        bearer = httpx.post(url, json={}, headers={"Authorization": f"Bearer ss_{secret}"})
+        assert bearer.status_code == 401
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0, "".join(served.log)
     finally:
