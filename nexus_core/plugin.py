@@ -34,7 +34,20 @@ Records and values
     :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
     request headers a channel passes in ``Credentials.extras``).
 Errors
-    :class:`NexusError` and the subclasses a plugin raises or renders.
+    :class:`NexusError` and the subclasses a plugin raises or renders
+    (:class:`AppNotFound`, :class:`SubscriberLagged` too).
+Host services (what a channel or a command of its own calls)
+    :func:`load_app` (an application from ``module:attr`` or a file),
+    :func:`load_config` (the validated ``nexus.toml``), :class:`PluginHost`
+    (the installed plugins, with :class:`PluginInfo` and
+    :class:`PluginLoadError`), :func:`convert` (validate builtins into a type,
+    a :class:`ValidationError` naming each field), :func:`import_string`,
+    :func:`describe` (a running channel as JSON), :func:`liveness`,
+    :class:`Session`, :data:`RunStatus`, :class:`Prompt` (+
+    :class:`PromptArgument`, :class:`PromptMessage`), and the user's token
+    store: :func:`read_token`, :func:`write_token`, :func:`delete_token`,
+    :func:`user_config_dir`, :func:`write_private`; logging in the host's one
+    format: :func:`configure_logging`, :data:`LogFormat`, :class:`JsonFormatter`.
 Contract suites (in your tests; they need pytest, anyio and hypothesis)
     :class:`~nexus_core.testing.storage.StorageContract`,
     :class:`~nexus_core.testing.auth.AuthProviderContract`,
@@ -42,6 +55,11 @@ Contract suites (in your tests; they need pytest, anyio and hypothesis)
     :mod:`nexus_core.testing` so that this module does not import pytest.
 
 Names are imported on first use, so ``import nexus_core.plugin`` is cheap.
+
+Besides this module and :mod:`nexus_core` itself, a plugin may import
+:mod:`nexus_core.errors`, :mod:`nexus_core.events`, :mod:`nexus_core.security`
+and :mod:`nexus_core.testing` (and its modules); every other module of the core
+is internal (``tests/test_plugin_imports.py`` holds the shipped plugins to it).
 """
 
 from __future__ import annotations
@@ -55,8 +73,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .app import Nexus
-    from .channels import Channel, ChannelCapabilities
-    from .config import ConfigError, ConfigStruct
+    from .channels import Channel, ChannelCapabilities, describe
+    from .config import ConfigError, ConfigStruct, load_config
     from .errors import (
         AuthenticationError,
         NexusError,
@@ -66,10 +84,14 @@ if TYPE_CHECKING:
         PluginFailed,
         ValidationError,
     )
-    from .events import Event, EventBus, EventType, Subscription
-    from .health import HealthReport
-    from .plugins import PluginHost
+    from .events import Event, EventBus, EventType, SubscriberLagged, Subscription
+    from .health import HealthReport, liveness
+    from .loader import AppNotFound, load_app
+    from .logs import JsonFormatter, LogFormat, configure_logging
+    from .plugins import PluginHost, PluginInfo, PluginLoadError
+    from .prompts import Prompt, PromptArgument, PromptMessage
     from .security import AuthProvider, Credentials, Principal, header_extras
+    from .sessions import Session
     from .specs import (
         AuthProviderSpec,
         ChannelSpec,
@@ -80,6 +102,7 @@ if TYPE_CHECKING:
         NodeTypeSpec,
         Spec,
         StorageBackendSpec,
+        import_string,
     )
     from .storage.base import (
         AuditRecord,
@@ -90,9 +113,19 @@ if TYPE_CHECKING:
         Storage,
     )
     from .storage.memory import MemoryStorage
+    from .userconfig import (
+        delete_token,
+        read_token,
+        user_config_dir,
+        write_private,
+        write_token,
+    )
     from .workflows import Node, NodeContext, RunResult
+    from .workflows.runtime import RunStatus
+    from .workflows.schema import convert
 
 __all__ = [
+    "AppNotFound",
     "AuditRecord",
     "AuthProvider",
     "AuthProviderSpec",
@@ -112,6 +145,8 @@ __all__ = [
     "EventType",
     "HealthReport",
     "HttpMountSpec",
+    "JsonFormatter",
+    "LogFormat",
     "MemoryStorage",
     "Nexus",
     "NexusError",
@@ -123,22 +158,44 @@ __all__ = [
     "PermissionDenied",
     "PluginConflictError",
     "PluginFailed",
+    "PluginHost",
+    "PluginInfo",
+    "PluginLoadError",
     "Principal",
+    "Prompt",
+    "PromptArgument",
+    "PromptMessage",
     "RunRecord",
     "RunResult",
+    "RunStatus",
+    "Session",
     "SessionRecord",
     "Spec",
     "Storage",
     "StorageBackendSpec",
+    "SubscriberLagged",
     "Subscription",
     "ValidationError",
     "collect_specs",
+    "configure_logging",
+    "convert",
+    "delete_token",
+    "describe",
     "header_extras",
     "hookimpl",
     "hookspec",
+    "import_string",
+    "liveness",
+    "load_app",
+    "load_config",
+    "read_token",
+    "user_config_dir",
+    "write_private",
+    "write_token",
 ]
 
 _EXPORTS = {
+    "AppNotFound": ".loader",
     "AuditRecord": ".storage.base",
     "AuthProvider": ".security",
     "AuthProviderSpec": ".specs",
@@ -158,6 +215,8 @@ _EXPORTS = {
     "EventType": ".events",
     "HealthReport": ".health",
     "HttpMountSpec": ".specs",
+    "JsonFormatter": ".logs",
+    "LogFormat": ".logs",
     "MemoryStorage": ".storage.memory",
     "Nexus": ".app",
     "NexusError": ".errors",
@@ -169,16 +228,37 @@ _EXPORTS = {
     "PermissionDenied": ".errors",
     "PluginConflictError": ".errors",
     "PluginFailed": ".errors",
+    "PluginHost": ".plugins",
+    "PluginInfo": ".plugins",
+    "PluginLoadError": ".plugins",
     "Principal": ".security",
+    "Prompt": ".prompts",
+    "PromptArgument": ".prompts",
+    "PromptMessage": ".prompts",
     "RunRecord": ".storage.base",
     "RunResult": ".workflows",
+    "RunStatus": ".workflows.runtime",
+    "Session": ".sessions",
     "SessionRecord": ".storage.base",
     "Spec": ".specs",
     "Storage": ".storage.base",
     "StorageBackendSpec": ".specs",
+    "SubscriberLagged": ".events",
     "Subscription": ".events",
     "ValidationError": ".errors",
+    "configure_logging": ".logs",
+    "convert": ".workflows.schema",
+    "delete_token": ".userconfig",
+    "describe": ".channels",
     "header_extras": ".security",
+    "import_string": ".specs",
+    "liveness": ".health",
+    "load_app": ".loader",
+    "load_config": ".config",
+    "read_token": ".userconfig",
+    "user_config_dir": ".userconfig",
+    "write_private": ".userconfig",
+    "write_token": ".userconfig",
 }
 
 _SpecT = TypeVar("_SpecT", bound="Spec")

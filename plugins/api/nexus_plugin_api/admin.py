@@ -99,7 +99,7 @@ def _issue(exc: Any) -> ConfigIssue:
 
 def _check(app: Nexus) -> ConfigCheck:
     from nexus_core import Nexus
-    from nexus_core.config import ConfigError, load_config
+    from nexus_core.plugin import ConfigError, load_config
 
     config = app.config
     try:

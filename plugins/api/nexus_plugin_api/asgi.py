@@ -47,7 +47,6 @@ from litestar.config.cors import CORSConfig
 from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
-from nexus_core.channels import describe
 from nexus_core.errors import (
     AuthenticationError,
     FieldError,
@@ -56,9 +55,14 @@ from nexus_core.errors import (
     ValidationError,
     WorkflowNotFound,
 )
-from nexus_core.health import HealthReport, liveness
-from nexus_core.plugin import HttpMountSpec, collect_specs
-from nexus_core.workflows.schema import convert
+from nexus_core.plugin import (
+    HealthReport,
+    HttpMountSpec,
+    collect_specs,
+    convert,
+    describe,
+    liveness,
+)
 
 from . import admin
 from ._http import RequestInfo, decode_object, read_request
@@ -88,7 +92,7 @@ from .realtime import event_stream, run_event_stream, serve_websocket
 
 if TYPE_CHECKING:
     from nexus_core import Nexus, Workflow
-    from nexus_core.sessions import Session
+    from nexus_core.plugin import Session
 
 __all__ = ["RESERVED_PREFIXES", "Mount", "collect_mounts", "create_app"]
 

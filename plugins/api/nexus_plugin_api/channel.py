@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-from nexus_core.channels import ChannelCapabilities
-from nexus_core.config import ConfigError
+from nexus_core.plugin import ChannelCapabilities, ConfigError
 
 from ._limits import Limits, limited_protocol
 from ._state import ApiState

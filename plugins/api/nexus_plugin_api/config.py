@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from nexus_core.config import ConfigError, ConfigStruct
+from nexus_core.plugin import ConfigError, ConfigStruct
 
 __all__ = ["ApiConfig", "check_config"]
 

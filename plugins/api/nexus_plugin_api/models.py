@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from nexus_core.health import HealthReport
-from nexus_core.plugins import PluginInfo, PluginLoadError
-from nexus_core.workflows.runtime import RunResult, RunStatus
+from nexus_core.plugin import HealthReport, PluginInfo, PluginLoadError, RunResult, RunStatus
 
 __all__ = [
     "ChannelInfo",

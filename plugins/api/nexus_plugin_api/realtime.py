@@ -53,8 +53,7 @@ from nexus_core.errors import (
     ValidationError,
 )
 from nexus_core.events import Event, EventType, SubscriberLagged
-from nexus_core.workflows.runtime import RunResult
-from nexus_core.workflows.schema import convert
+from nexus_core.plugin import RunResult, convert
 
 from ._http import RequestInfo, read_request
 from .problems import InvalidJSON, Problem, problem_from_detail, problem_from_exception

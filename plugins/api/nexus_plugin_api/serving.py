@@ -31,10 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from nexus_core import Nexus
-from nexus_core.config import ConfigError
 from nexus_core.errors import PluginFailed
-from nexus_core.loader import load_app
-from nexus_core.logs import LogFormat, configure_logging
+from nexus_core.plugin import ConfigError, LogFormat, configure_logging, load_app
 
 from .channel import bind_socket, inherited_sockets
 from .config import ApiConfig, check_config
