@@ -31,7 +31,7 @@ from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
-from .plugins import PluginHost, PluginInfo, PluginLoadError
+from .plugins import PluginHost, PluginInfo, PluginLoadError, install_command
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
 from .security.policy import ANY_INPUTS
@@ -70,7 +70,7 @@ def create_storage(host: PluginHost, url: str) -> Storage:
     spec = backends.get(scheme)
     if spec is None:
         plugin = _STORAGE_PLUGINS.get(scheme)
-        hint = f"; install it with 'pip install {plugin}'" if plugin else ""
+        hint = f"; install it with '{install_command(plugin)}'" if plugin else ""
         raise ConfigError(
             f"no storage backend for {scheme!r} URLs (installed: "
             f"{', '.join(sorted(backends))}){hint}",

@@ -66,10 +66,54 @@ __all__ = [
     "await_me_maybe",
     "clear_entry_point_cache",
     "get_plugin_manager",
+    "install_command",
 ]
 
 ENTRY_POINT_GROUP = "nexus.plugins"
 BUILTIN_PLUGINS = ("nexus_core.builtin",)
+
+
+def install_command(distribution: str) -> str:
+    """The command that installs ``distribution`` (a plugin) where nexus-core came from.
+
+    From a checkout (nexus-core installed editable: its ``direct_url.json``
+    says so) it is ``pip install -e plugins/NAME``, the folder relative to the
+    working directory when inside it, else absolute; otherwise
+    ``pip install DISTRIBUTION`` from an index.
+    """
+    import shlex
+    from pathlib import Path
+
+    checkout = _checkout()
+    prefix = "nexus-plugin-"
+    if checkout is not None and distribution.startswith(prefix):
+        folder = checkout / "plugins" / distribution[len(prefix) :]
+        if (folder / "pyproject.toml").is_file():
+            try:
+                shown = str(folder.relative_to(Path.cwd()))
+            except ValueError:
+                shown = str(folder)
+            return f"pip install -e {shlex.quote(shown)}"
+    return f"pip install {distribution}"
+
+
+def _checkout() -> Any:
+    """The folder nexus-core is installed editable from, or None (installed from an index)."""
+    import json
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    try:
+        text = importlib.metadata.distribution("nexus-core").read_text("direct_url.json")
+        info = json.loads(text) if text else {}
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    url = str(info.get("url", "")) if isinstance(info, dict) else ""
+    editable = isinstance(info, dict) and (info.get("dir_info") or {}).get("editable")
+    if not editable or not url.startswith("file://"):
+        return None
+    return Path(unquote(urlparse(url).path))
+
 
 log = logging.getLogger("nexus.plugins")
 _SpecT = TypeVar("_SpecT", bound=Spec)

@@ -39,12 +39,12 @@ _STAND_INS: tuple[tuple[str, str, str], ...] = (
     (
         "serve",
         _P + "missing:serve_missing",
-        "Serve the application over HTTP (pip install nexus-plugin-api).",
+        "Serve the application over HTTP (needs the API plugin, nexus-plugin-api).",
     ),
     (
         "mcp",
         _P + "missing:mcp_missing",
-        "Serve the workflows to AI agents over MCP (pip install nexus-plugin-mcp).",
+        "Serve the workflows to AI agents over MCP (needs the MCP plugin, nexus-plugin-mcp).",
     ),
 )
 

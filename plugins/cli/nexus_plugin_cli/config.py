@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from nexus_core.config import ConfigError, ConfigStruct
+from nexus_core.plugin import ConfigError, ConfigStruct
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -45,8 +45,7 @@ def cli_config(backend: Backend | None = None) -> CliConfig:
         except ConfigError:
             return CliConfig()
         return section if isinstance(section, CliConfig) else CliConfig()
-    from nexus_core.config import load_config
-    from nexus_core.plugins import PluginHost
+    from nexus_core.plugin import PluginHost, load_config
 
     try:
         config = load_config(sections=PluginHost().config_sections())

@@ -248,8 +248,7 @@ def collect_commands(reserved: Iterable[str] = ()) -> tuple[list[PluginCommand],
     try:
         import logging
 
-        from nexus_core.plugin import CommandSpec, PluginConflictError, collect_specs
-        from nexus_core.plugins import PluginHost
+        from nexus_core.plugin import CommandSpec, PluginConflictError, PluginHost, collect_specs
 
         from . import hookspecs
 

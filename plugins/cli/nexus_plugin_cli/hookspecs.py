@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nexus_core.hookspecs import hookspec
+from nexus_core.plugin import hookspec
 
 if TYPE_CHECKING:
-    from nexus_core.specs import CommandSpec
+    from nexus_core.plugin import CommandSpec
 
 __all__ = ["nexus_cli_commands"]
 

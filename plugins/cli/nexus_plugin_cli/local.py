@@ -105,7 +105,7 @@ class LocalBackend(Backend):
 
     async def __aenter__(self) -> LocalBackend:
         if self.app is None:
-            from nexus_core.loader import load_app
+            from nexus_core.plugin import load_app
 
             self.app = load_app(self.target.app)
         from .context import INTERRUPT_HANDLERS

@@ -100,10 +100,9 @@ def _report(exc: BaseException, tokens: list[str]) -> int:
 
     print_debug_traceback(exc)
     if isinstance(exc, CycloptsError):
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message, hint = _usage_problem(exc, tokens)
         sys.stderr.write(f"error: {message}\n")
-        command = _command_of(tokens)
-        sys.stderr.write(f"hint: nexus {command + ' ' if command else ''}--help\n")
+        sys.stderr.write(f"hint: {hint}\n")
         return USAGE
     if isinstance(exc, ImportError | AttributeError) and _is_lazy_failure(exc):
         sys.stderr.write(
@@ -118,11 +117,49 @@ def _report(exc: BaseException, tokens: list[str]) -> int:
     return problem.exit_code
 
 
-def _command_of(tokens: list[str]) -> str:
-    for token in tokens:
-        if not token.startswith("-"):
-            return token
-    return ""
+def _usage_problem(exc: Any, tokens: list[str]) -> tuple[str, str]:
+    """A cyclopts error as ``(message, hint)``; the hint is a command that works as printed."""
+    from cyclopts.exceptions import UnusedCliTokensError
+
+    chain = [str(word) for word in (getattr(exc, "command_chain", None) or ())]
+    head = _target_options(tokens)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    unused = [str(token) for token in (getattr(exc, "unused_tokens", None) or ())]
+    if isinstance(exc, UnusedCliTokensError) and unused:
+        command = " ".join(["nexus", *chain])
+        extra = " ".join(repr(token) for token in unused)
+        message = f"unexpected argument{'s' if len(unused) > 1 else ''} {extra} for {command}"
+        app = getattr(exc, "app", None)
+        if app is not None and _has_command(app, "show") and len(unused) == 1:
+            return message, _join(["nexus", *head, *chain, "show", unused[0]])
+    return message, _join(["nexus", *head, *chain, "--help"])
+
+
+def _has_command(app: Any, name: str) -> bool:
+    try:
+        app[name]
+    except Exception:  # cyclopts raises its own errors for an unknown name
+        return False
+    return True
+
+
+def _target_options(tokens: list[str]) -> list[str]:
+    """The ``--app``/``--url`` options of ``tokens``, to repeat in a hint."""
+    out: list[str] = []
+    for index, token in enumerate(tokens):
+        name, eq, value = token.partition("=")
+        if name in ("--app", "--url"):
+            if eq:
+                out += [name, value]
+            elif index + 1 < len(tokens):
+                out += [name, tokens[index + 1]]
+    return out
+
+
+def _join(words: list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _is_lazy_failure(exc: BaseException) -> bool:

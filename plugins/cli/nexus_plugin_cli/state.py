@@ -45,7 +45,7 @@ def _home() -> str:
 
 def config_dir() -> str:
     """The folder for tokens, sessions and shell history (not created here)."""
-    from nexus_core.userconfig import user_config_dir  # not on the way to a cached --help
+    from nexus_core.plugin import user_config_dir  # not on the way to a cached --help
 
     return str(user_config_dir())
 
@@ -75,7 +75,7 @@ def read_json(path: str) -> dict[str, Any]:
 
 def write_private(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically, readable by the user only (0600, folder 0700)."""
-    from nexus_core.userconfig import write_private  # not on the way to a cached --help
+    from nexus_core.plugin import write_private  # not on the way to a cached --help
 
     write_private(path, text)
 

@@ -45,21 +45,21 @@ async def _maybe(value: Any) -> Any:
 
 def saved(target: Target) -> str | None:
     """The token ``nexus login`` kept for ``target`` (its gateway, or local mode), if any."""
-    from nexus_core.userconfig import read_token
+    from nexus_core.plugin import read_token
 
     return read_token(target.url)
 
 
 def save(target: Target, token: str) -> Path:
     """Keep ``token`` for ``target`` (mode 0600); return the file."""
-    from nexus_core.userconfig import write_token
+    from nexus_core.plugin import write_token
 
     return write_token(token, target.url)
 
 
 def forget(target: Target) -> bool:
     """Delete the token kept for ``target``; whether there was one."""
-    from nexus_core.userconfig import delete_token
+    from nexus_core.plugin import delete_token
 
     return delete_token(target.url)
 

@@ -76,7 +76,8 @@ def test_serve_comes_from_the_api_plugin(cli: Cli) -> None:
 def test_serve_without_the_api_plugin_says_how_to_install_it(cli: Cli) -> None:
     done = cli("serve", "app.py", env={"NEXUS_DISABLE_PLUGINS": "nexus-plugin-api"})
     assert done.returncode == 2
-    assert "pip install nexus-plugin-api" in done.stderr
+    # From this checkout: pip install -e .../plugins/api (see test_cli_hints.py).
+    assert "hint: pip install -e " in done.stderr and "plugins/api" in done.stderr
 
 
 # -- run -------------------------------------------------------------------------------------

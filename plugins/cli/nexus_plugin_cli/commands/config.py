@@ -29,9 +29,7 @@ app = App(name="config", help="Show the effective configuration with its sources
 
 def _load() -> tuple[Any, Any, str]:
     """(Config, PluginHost, where it came from), from the application when there is one."""
-    from nexus_core.config import load_config
-    from nexus_core.loader import AppNotFound, load_app
-    from nexus_core.plugins import PluginHost
+    from nexus_core.plugin import AppNotFound, PluginHost, load_app, load_config
 
     target = context.target()
     try:

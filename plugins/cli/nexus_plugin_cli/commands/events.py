@@ -9,6 +9,7 @@ from cyclopts import Parameter
 
 from .. import context
 from ..backends import open_backend
+from ..checks import between
 from ..context import Globals
 from ..errors import OK
 from ..output import Console, dumps
@@ -23,8 +24,8 @@ def events_command(
         list[str] | None, Parameter(name=["--type", "-t"], consume_multiple=False)
     ] = None,
     since: str | None = None,
-    count: int | None = None,
-    idle: float | None = None,
+    count: Annotated[int | None, Parameter(validator=between(1))] = None,
+    idle: Annotated[float | None, Parameter(validator=between(0))] = None,
     g: Globals | None = None,
 ) -> int:
     """Follow events as they happen (runs, nodes, sessions, workflows).

@@ -14,10 +14,13 @@ __all__ = ["mcp_missing", "serve_missing"]
 def _missing(command: str, distribution: str, what: str) -> int:
     import sys
 
+    from nexus_core.plugins import install_command
+
+    # From a checkout: pip install -e plugins/NAME; from an index: pip install NAME.
     sys.stderr.write(
         f"error: `nexus {command}` needs the {what} plugin, which is not installed "
         "(or is disabled by NEXUS_PLUGINS / NEXUS_DISABLE_PLUGINS)\n"
-        f"hint: pip install {distribution}\n"
+        f"hint: {install_command(distribution)}\n"
     )
     return USAGE
 
@@ -25,12 +28,12 @@ def _missing(command: str, distribution: str, what: str) -> int:
 def serve_missing(
     *args: Annotated[str, Parameter(allow_leading_hyphen=True, show=False)],
 ) -> int:
-    """Serve the application over HTTP (needs: pip install nexus-plugin-api)."""
+    """Serve the application over HTTP (needs the API plugin, nexus-plugin-api)."""
     return _missing("serve", "nexus-plugin-api", "API (HTTP)")
 
 
 def mcp_missing(
     *args: Annotated[str, Parameter(allow_leading_hyphen=True, show=False)],
 ) -> int:
-    """Serve the workflows as MCP tools (needs: pip install nexus-plugin-mcp)."""
+    """Serve the workflows as MCP tools (needs the MCP plugin, nexus-plugin-mcp)."""
     return _missing("mcp", "nexus-plugin-mcp", "MCP")

@@ -51,7 +51,7 @@ async def _report() -> dict[str, Any]:
     if target.remote:
         async with open_backend(target) as backend:
             return await backend.plugins()
-    from nexus_core.loader import AppNotFound
+    from nexus_core.plugin import AppNotFound
 
     try:
         async with open_backend(target) as backend:
@@ -61,7 +61,7 @@ async def _report() -> dict[str, Any]:
             raise
     # No application here: the installed plugins, as a host would load them.
     import msgspec
-    from nexus_core.plugins import PluginHost
+    from nexus_core.plugin import PluginHost
 
     host = PluginHost()
     return {

@@ -8,6 +8,7 @@ from cyclopts import App, Parameter
 
 from .. import context
 from ..backends import open_backend
+from ..checks import between
 from ..context import Globals
 from ..errors import FAILURE, OK, CliError, Problem, usage_error
 from ..output import Console
@@ -21,6 +22,8 @@ app = App(name="runs", help="List runs; show, cancel or resume one.")
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 #: Run ids are URL-safe base64 and may start with "-": never read one as an option.
 RunId = Annotated[str, Parameter(allow_leading_hyphen=True)]
+#: The most runs one listing shows (a gateway answers at most 200 a page too).
+MAX_LIMIT = 200
 
 
 @app.default
@@ -28,7 +31,7 @@ def list_runs(
     *,
     workflow: Annotated[str | None, Parameter(name=["--workflow", "-w"])] = None,
     status: Status | None = None,
-    limit: int = 20,
+    limit: Annotated[int, Parameter(validator=between(1, MAX_LIMIT))] = 20,
     g: Globals | None = None,
 ) -> int:
     """List runs, newest first.
