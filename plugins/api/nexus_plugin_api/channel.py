@@ -148,11 +148,13 @@ class ApiChannel:
         self._warn_if_open(sockets[0])
         uvicorn_log = logging.getLogger("uvicorn.error")
         uvicorn_log.addFilter(DENIALS)
+        uvicorn_log.addFilter(_not_cancelled)
         task_status.started()
         try:
             await self._serve(server, sockets if owned else None)
         finally:
             uvicorn_log.removeFilter(DENIALS)
+            uvicorn_log.removeFilter(_not_cancelled)
 
     def _warn_if_open(self, sock: socket.socket) -> None:
         """Development mode (auth off) on an address others can reach: say what that means."""
@@ -185,6 +187,11 @@ class ApiChannel:
         try:
             await self.state.close_streams()
             await server.shutdown(sockets=sockets)
+            if server.force_exit and getattr(server, "lifespan", None) is not None:
+                # uvicorn skips the lifespan's shutdown when forced (a second
+                # Ctrl-C); left waiting, its task would be cancelled at exit.
+                with anyio.move_on_after(2):
+                    await server.lifespan.shutdown()
         finally:
             self._stopped.set()
             log.info("Nexus API stopped")
@@ -208,3 +215,15 @@ class ApiChannel:
         """Listening and not shutting down."""
         server = self._server
         return bool(server is not None and server.started and not self.state.closing)
+
+
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's ERROR tracebacks of a ``CancelledError``: a forced stop, not a fault.
+
+    A second Ctrl-C stops without waiting for requests in flight; their tasks
+    (and the lifespan's) end cancelled, which uvicorn would log as errors.
+    """
+    import asyncio
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, asyncio.CancelledError)

@@ -52,8 +52,12 @@ def serve_command(
 
     from .serving import serve
 
+    bad = _out_of_range(port=port, workers=workers)
+    if bad is not None:
+        print(f"error: {bad}\nhint: nexus serve --help", file=sys.stderr)
+        return 2
     try:
-        return serve(
+        code = serve(
             app,
             # Flags left at their defaults defer to the config file and NEXUS_* variables.
             host=None if host == _DEFAULT_HOST else host,
@@ -67,3 +71,41 @@ def serve_command(
         return 2
     except KeyboardInterrupt:
         return 130
+    _leave_node_threads(code)
+    return code
+
+
+def _leave_node_threads(code: int, grace: float = 1.0) -> None:
+    """Exit at once if sync node threads still run once serving stopped.
+
+    The host stopped waiting for them (their runs are checkpointed and resume
+    at the next start) and told them to stop; Python would otherwise wait for
+    each to return before the process exits.
+    """
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+#: The number options of ``nexus serve``: (lowest, highest or None).
+_RANGES: dict[str, tuple[int, int | None]] = {"port": (0, 65535), "workers": (1, None)}
+
+
+def _out_of_range(**values: int) -> str | None:
+    """The first option outside its range, as ``--port must be between 0 and 65535, got 99999``."""
+    for name, value in values.items():
+        low, high = _RANGES[name]
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            return f"--{name} must be {bounds}, got {value}"
+    return None
