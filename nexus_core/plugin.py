@@ -40,7 +40,8 @@ Host services (what a channel or a command of its own calls)
     :func:`load_app` (an application from ``module:attr`` or a file),
     :func:`load_config` (the validated ``nexus.toml``), :class:`PluginHost`
     (the installed plugins, with :class:`PluginInfo` and
-    :class:`PluginLoadError`), :func:`convert` (validate builtins into a type,
+    :class:`PluginLoadError`; :func:`install_command` says how to install a
+    distribution), :func:`convert` (validate builtins into a type,
     a :class:`ValidationError` naming each field), :func:`import_string`,
     :func:`describe` (a running channel as JSON), :func:`liveness`,
     :class:`Session`, :data:`RunStatus`, :class:`Prompt` (+
@@ -88,7 +89,7 @@ if TYPE_CHECKING:
     from .health import HealthReport, liveness
     from .loader import AppNotFound, load_app
     from .logs import JsonFormatter, LogFormat, configure_logging
-    from .plugins import PluginHost, PluginInfo, PluginLoadError
+    from .plugins import PluginHost, PluginInfo, PluginLoadError, install_command
     from .prompts import Prompt, PromptArgument, PromptMessage
     from .security import AuthProvider, Credentials, Principal, header_extras
     from .sessions import Session
@@ -185,6 +186,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "import_string",
+    "install_command",
     "liveness",
     "load_app",
     "load_config",
@@ -252,6 +254,7 @@ _EXPORTS = {
     "describe": ".channels",
     "header_extras": ".security",
     "import_string": ".specs",
+    "install_command": ".plugins",
     "liveness": ".health",
     "load_app": ".loader",
     "load_config": ".config",

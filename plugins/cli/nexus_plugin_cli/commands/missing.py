@@ -14,7 +14,7 @@ __all__ = ["mcp_missing", "serve_missing"]
 def _missing(command: str, distribution: str, what: str) -> int:
     import sys
 
-    from nexus_core.plugins import install_command
+    from nexus_core.plugin import install_command
 
     # From a checkout: pip install -e plugins/NAME; from an index: pip install NAME.
     sys.stderr.write(
