@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-from nexus_core.channels import ChannelCapabilities
+from nexus_core.plugin import ChannelCapabilities
 
 from .config import MCPConfig
 

@@ -46,8 +46,7 @@ def mcp_command(
         Log lines on stderr (warnings, errors, failed runs): text, or json (one object a line).
 
     """
-    from nexus_core.loader import load_app
-    from nexus_core.logs import configure_logging
+    from nexus_core.plugin import configure_logging, load_app
 
     # stdout may be the MCP protocol: logs go to stderr, always.
     configure_logging("WARNING", log_format or "text", force=log_format is not None)
@@ -72,7 +71,7 @@ def _announce(url: str, as_json: bool) -> None:
     if as_json:
         import logging
 
-        from nexus_core.logs import JsonFormatter
+        from nexus_core.plugin import JsonFormatter
 
         record = logging.LogRecord("nexus.mcp", logging.INFO, __file__, 0, text, None, None)
         text = JsonFormatter().format(record)

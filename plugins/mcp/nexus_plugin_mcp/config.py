@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
-from nexus_core.config import ConfigError, ConfigStruct
+from nexus_core.plugin import ConfigError, ConfigStruct
 
 if TYPE_CHECKING:
     from nexus_core import Nexus

@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import anyio.abc
 import msgspec
-from nexus_core.specs import NodeTypeSpec
-from nexus_core.workflows.node import Node
+from nexus_core.plugin import Node, NodeTypeSpec
 
 from .config import DiscoveredServer, MCPConfig
 from .nodes import MCPToolError, MCPToolOutputs, _parse

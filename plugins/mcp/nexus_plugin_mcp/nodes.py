@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 from nexus_core.errors import WorkflowDefinitionError
-from nexus_core.workflows.node import Node
+from nexus_core.plugin import Node
 
 __all__ = ["MCPToolConfig", "MCPToolError", "MCPToolNode", "MCPToolOutputs"]
 

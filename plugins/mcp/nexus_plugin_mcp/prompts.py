@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nexus_core.prompts import Prompt, PromptArgument, PromptMessage
+from nexus_core.plugin import Prompt, PromptArgument, PromptMessage
 
 if TYPE_CHECKING:
     from nexus_core import Nexus

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
     from nexus_core import Nexus, Workflow
     from nexus_core.events import Event, Subscription
-    from nexus_core.workflows import RunResult
+    from nexus_core.plugin import RunResult
 
 __all__ = [
     "CREDENTIALS_SCOPE_KEY",

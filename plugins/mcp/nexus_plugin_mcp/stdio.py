@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from mcp.server.stdio import stdio_server
 from nexus_core.errors import AuthenticationError
+from nexus_core.plugin import read_token
 from nexus_core.security import Credentials
-from nexus_core.userconfig import read_token
 
 from .config import MCPConfig
 from .server import NexusMCP

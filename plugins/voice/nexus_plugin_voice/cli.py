@@ -96,7 +96,7 @@ def grammar(app: str | None = None, /) -> int:
     names it. Words the recognizer does not know are listed on stderr.
     """
     from nexus_core.errors import NexusError
-    from nexus_core.loader import load_app
+    from nexus_core.plugin import load_app
 
     from .config import voice_config
     from .engines import EngineError, load_engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from nexus_core.config import ConfigError, ConfigStruct
+from nexus_core.plugin import ConfigError, ConfigStruct
 
 if TYPE_CHECKING:
     from nexus_core import Nexus

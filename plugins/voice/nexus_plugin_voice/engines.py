@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 import msgspec
-from nexus_core.plugin import Spec
-from nexus_core.specs import import_string
+from nexus_core.plugin import Spec, import_string
 
 _audioop: ModuleType | None
 try:  # C speed for dithering; gone in Python 3.13 (the pure-Python path then runs)
