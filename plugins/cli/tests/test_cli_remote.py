@@ -102,8 +102,12 @@ def test_remote_runs_show_cancel_and_resume(remote: Cli) -> None:
 def test_remote_progress_events_and_batch(remote: Cli) -> None:
     done = remote("run", "pipeline", "--x", "3")
     assert "node double completed" in done.stderr and "node invert completed" in done.stderr
-    follower = remote.popen("events", "--type", "run.*", "--count", "2", "-o", "json")
-    time.sleep(1.5)
+    # From the last event on: whenever the follower connects, it misses nothing.
+    seen = remote("events", "--since", "0", "--idle", "2", "-o", "json").stdout.splitlines()
+    last = json.loads(seen[-1])["id"]
+    follower = remote.popen(
+        "events", "--since", last, "--type", "run.*", "--count", "2", "-o", "json"
+    )
     remote("run", "greet", "--name", "Ev", "-q")
     out, err = follower.communicate(timeout=60)
     assert follower.returncode == 0, err
