@@ -41,7 +41,7 @@ def _public(module: str) -> bool:
 
 
 def core_imports(source: str) -> list[tuple[int, str, str | None]]:
-    """Every ``(line, module, name)`` of ``source`` importing from nexus_core (name None: a module)."""
+    """Every ``(line, module, name)`` importing from nexus_core (``name`` None: a module)."""
     found: list[tuple[int, str, str | None]] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -50,9 +50,13 @@ def core_imports(source: str) -> list[tuple[int, str, str | None]]:
                 for alias in node.names
                 if alias.name.split(".")[0] == "nexus_core"
             )
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] == "nexus_core":
-                found.extend((node.lineno, node.module, alias.name) for alias in node.names)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == "nexus_core"
+        ):
+            found.extend((node.lineno, node.module, alias.name) for alias in node.names)
     return found
 
 
