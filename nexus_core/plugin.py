@@ -24,8 +24,8 @@ Specs (what registration hooks return)
     :class:`HttpMountSpec`, :class:`CommandSpec`, their base :class:`Spec`.
 Base classes and protocols
     :class:`Channel` (+ :class:`ChannelCapabilities`), :class:`AuthProvider`,
-    :class:`Storage` (:class:`MemoryStorage` is a complete backend to start
-    from), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
+    :class:`Storage` (:class:`MemoryStorage` and :class:`SQLiteStorage`
+    are complete backends to start from), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
@@ -114,6 +114,7 @@ if TYPE_CHECKING:
         Storage,
     )
     from .storage.memory import MemoryStorage
+    from .storage.sqlite import SQLiteStorage
     from .userconfig import (
         delete_token,
         read_token,
@@ -169,6 +170,7 @@ __all__ = [
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "SQLiteStorage",
     "Session",
     "SessionRecord",
     "Spec",
@@ -240,6 +242,7 @@ _EXPORTS = {
     "RunRecord": ".storage.base",
     "RunResult": ".workflows",
     "RunStatus": ".workflows.runtime",
+    "SQLiteStorage": ".storage.sqlite",
     "Session": ".sessions",
     "SessionRecord": ".storage.base",
     "Spec": ".specs",
