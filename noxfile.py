@@ -72,7 +72,9 @@ TYPED = [
 
 
 def _mypy(session: nox.Session) -> None:
-    session.install("-e", ".[typecheck]")
+    # The test extra too: the contract suites in nexus_core.testing are typed against
+    # pytest and hypothesis (without them mypy sees untyped decorators).
+    session.install("-e", ".[test,typecheck]")
     for name in PLUGINS:
         session.install("-e", f"plugins/{name}")
     session.run("mypy", *TYPED, *session.posargs)
