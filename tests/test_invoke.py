@@ -224,14 +224,17 @@ async def test_sessions_expire_and_slide(storage_url: str) -> None:
     app = make_app(storage_url)
     async with app:
         manager = app.sessions_manager()
+        # The manager's clock, moved by hand: a busy machine cannot stretch a wait past the TTL.
+        now = [time.time()]
+        manager.clock = lambda: now[0]
         manager.ttl = 0.3
         session = await app.create_session(channel="cli")
-        await anyio.sleep(0.2)
+        now[0] += 0.2
         await manager.resume(session.id, channel="api")  # slides the expiry forward
-        await anyio.sleep(0.2)
+        now[0] += 0.2
         assert (await app.get_session(session.id)).channels == ["cli", "api"]
         async with app.subscribe(["session.expired"]) as events:
-            await anyio.sleep(0.35)
+            now[0] += 0.35
             with pytest.raises(SessionNotFound):
                 await app.get_session(session.id)
             assert await app.expire_sessions() == [session.id]
@@ -459,7 +462,9 @@ async def test_async_runs_leave_nothing_behind() -> None:
     app = make_app("memory://")
     async with app:
         ids = [(await app.invoke("greet", {"name": str(i)}, wait=False)).run_id for i in range(20)]
-        await anyio.sleep(0.2)
+        with anyio.fail_after(30):
+            for run_id in ids:
+                await app.wait(run_id)
         assert app._active == {}
         assert {(await app.get_run(i)).status for i in ids} == {"completed"}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio
 import msgspec
 import pytest
@@ -173,13 +171,21 @@ async def test_readiness_ok_failing_raising_and_hanging_checks() -> None:
 
 @pytest.mark.anyio
 async def test_readiness_runs_checks_concurrently() -> None:
-    async def slow() -> bool:
-        await anyio.sleep(0.2)
+    # Each check returns only once all five are running at the same time: run one
+    # after another, the first would never return (and time out).
+    inside = 0
+    all_in = anyio.Event()
+
+    async def together() -> bool:
+        nonlocal inside
+        inside += 1
+        if inside == 5:
+            all_in.set()
+        await all_in.wait()
         return True
 
-    start = time.perf_counter()
-    report = await readiness({f"c{i}": slow for i in range(5)}, timeout=1)
-    assert time.perf_counter() - start < 0.6
+    report = await readiness({f"c{i}": together for i in range(5)}, timeout=10)
+    assert inside == 5
     assert report.status == "ok"
     assert all(c.ok for c in report.checks)
 

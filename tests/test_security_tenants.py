@@ -130,7 +130,6 @@ async def test_within_a_tenant_members_see_their_own_runs_only(tmp_path: Path) -
         boss = principal("boss", "acme", "operator")
         mine = await app.invoke_as(ann, "greet", {})
         theirs = await app.invoke_as(bob, "nap", {"seconds": 30}, wait=False)
-        await anyio.sleep(0.05)  # let it start
         assert [r.id for r in await app.list_runs(principal=ann)] == [mine.run_id]
         with pytest.raises(RunNotFound):  # same tenant, not hers, no runs:read
             await app.get_run(theirs.run_id, principal=ann)
@@ -150,7 +149,6 @@ async def test_reading_without_cancelling() -> None:
         owner = Principal(id="owner", roles=("viewer",))
         viewer = Principal(id="viewer", roles=("viewer",))
         run = await app.invoke_as(owner, "nap", {"seconds": 30}, wait=False)
-        await anyio.sleep(0.05)  # let it start
         assert (await app.get_run(run.run_id, principal=viewer)).run_id == run.run_id
         with pytest.raises(PermissionDenied, match="may not cancel"):
             await app.cancel(run.run_id, principal=viewer)

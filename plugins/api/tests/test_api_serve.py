@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,12 @@ def test_serves_and_drains_in_flight_requests_on_sigterm(tmp_path: Path) -> None
             )
         )
         thread.start()
-        time.sleep(0.5)  # the run is in flight
+
+        def in_flight() -> bool:
+            listed = httpx.get(f"{server.url}/runs", params={"status": "running"}).json()
+            return bool(listed.get("items") if isinstance(listed, dict) else listed)
+
+        wait_for(in_flight, timeout=60)  # the run is in flight
         code = server.stop()
         thread.join(30)
         assert code == 0, "".join(server.log)
