@@ -100,7 +100,9 @@ def nexus_auth_providers() -> list[AuthProviderSpec]:
     Called once when the host collects its registry. A provider factory
     ``(app, config) -> AuthProvider`` turns channel credentials (a bearer
     token, an API key, or any header or claim in ``Credentials.extras``) into
-    a principal.
+    a principal. The API and MCP (HTTP) channels fill ``extras`` with the
+    request's other headers, lower-cased (``nexus_core.plugin.header_extras``:
+    no credentials, cookies or hop-by-hop headers, bounded in count and size).
 
     .. versionadded:: 0.1
     """
