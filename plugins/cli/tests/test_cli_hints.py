@@ -6,6 +6,7 @@ as a shell would, and run.
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import signal
 import subprocess
@@ -208,3 +209,14 @@ def test_a_second_ctrl_c_stops_serve_quietly_without_waiting_for_a_sync_node(
     assert "again: stopping now" in text, text
     assert "Traceback" not in text and "CancelledError" not in text and "ERROR" not in text, text
     assert elapsed < 30, f"{elapsed:.1f} s:\n{text}"  # the sync node sleeps 60 s
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("nexus_plugin_mcp") is None,
+    reason="nexus mcp comes from the MCP plugin (nexus-plugin-mcp)",
+)
+def test_mcp_port_is_range_checked(cli: Cli) -> None:
+    done = cli("mcp", "--http", "--port", "70000")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == "error: --port must be between 0 and 65535, got 70000"
+    assert hint_of(done.stderr) == ["mcp", "--help"]

@@ -48,6 +48,13 @@ def mcp_command(
     """
     from nexus_core.plugin import configure_logging, load_app
 
+    if port is not None and not 0 <= port <= 65535:
+        print(
+            f"error: --port must be between 0 and 65535, got {port}\nhint: nexus mcp --help",
+            file=sys.stderr,
+        )
+        return 2
+
     # stdout may be the MCP protocol: logs go to stderr, always.
     configure_logging("WARNING", log_format or "text", force=log_format is not None)
     try:
