@@ -34,6 +34,7 @@ from .backends import (
     EventCallback,
     Target,
     event_view,
+    nexus_command,
     run_summary,
     run_view,
     session_view,
@@ -324,7 +325,7 @@ class LocalBackend(Backend):
                 Problem(
                     code="conflict",
                     message=f"run {run_id} is executing in {who}; it can only be cancelled there",
-                    hint="cancel it through its gateway: nexus --url URL runs cancel RUN_ID"
+                    hint=f"cancel it through its gateway: nexus --url URL runs cancel {run_id}"
                     if where == "gateway"
                     else "stop that process (Ctrl-C) to interrupt the run",
                 )
@@ -351,7 +352,7 @@ class LocalBackend(Backend):
                 Problem(
                     code="conflict",
                     message=f"run {run_id} is executing in {who}; it resumes there",
-                    hint="follow it with: nexus runs show RUN_ID"
+                    hint=f"follow it with: {nexus_command('runs', 'show', run_id)}"
                     if where == "alive"
                     else "it resumes when that gateway restarts; follow it with --url URL",
                 )

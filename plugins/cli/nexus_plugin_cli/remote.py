@@ -40,6 +40,7 @@ from .backends import (
     EventCallback,
     Target,
     event_view,
+    nexus_command,
     run_summary,
     run_view,
     session_view,
@@ -84,7 +85,7 @@ def problem_from_response(response: httpx.Response) -> Problem:
         status=status,
     )
     if status == 401:
-        problem.hint = "log in with: nexus login --url URL (or pass --token / NEXUS_TOKEN)"
+        problem.hint = f"log in with: {nexus_command('login')} (or pass --token / NEXUS_TOKEN)"
     return problem
 
 
@@ -446,7 +447,8 @@ class RemoteBackend(Backend):
                     code="unsupported",
                     message=f"the gateway at {self.target.url} cannot exchange an API key for "
                     "a CLI token (it has no POST /auth/cli-tokens)",
-                    hint="store a token you were given: nexus login --url URL --token TOKEN",
+                    hint="store a token you were given: "
+                    f"{nexus_command('login', target=self.target)} --token TOKEN",
                     status=response.status_code,
                 )
             )
