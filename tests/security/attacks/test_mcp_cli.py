@@ -477,7 +477,8 @@ async def test_the_doc_table_by_nexus_url(secured: Any) -> None:
     # | no or bad credentials | message, exit code 1 |
     bad = await call("nxk_not-a-key", "greet", "--name", "Ada")
     assert bad.code == 1 and bad.stderr.startswith("error: "), str(bad)
-    assert "nexus login" in bad.stderr
+    # The hint is a command that works as printed: it names the gateway.
+    assert f"nexus --url {secured.url} login" in bad.stderr
     # | not allowed | message, exit code 1 |
     denied = await call(secured.key("viewer"), "greet", "--name", "Ada")
     assert denied.code == 1 and "workflow:greet:execute" in denied.stderr, str(denied)
