@@ -98,14 +98,16 @@ def test_serve_command_signature_is_what_the_cli_registers() -> None:
 
     signature = inspect.signature(serve_command)
     params = signature.parameters
-    assert list(params) == ["app", "host", "port", "workers", "reload"]
+    assert list(params) == ["app", "host", "port", "workers", "reload", "log_format"]
     assert params["app"].kind is inspect.Parameter.POSITIONAL_ONLY
     assert params["app"].default is None
-    assert {name: params[name].default for name in ("host", "port", "workers", "reload")} == {
+    named = ("host", "port", "workers", "reload", "log_format")
+    assert {name: params[name].default for name in named} == {
         "host": "127.0.0.1",
         "port": 8000,
         "workers": 1,
         "reload": False,
+        "log_format": None,  # the configured format, text unless set
     }
     assert signature.return_annotation in (int, "int")
 
