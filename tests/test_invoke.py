@@ -351,6 +351,7 @@ anyio.run(main)
 """
 
 
+@pytest.mark.slow  # a host process killed mid-run, then restarted
 @pytest.mark.parametrize("policy", ["resume", "fail"])
 def test_a_killed_host_resumes_from_the_last_finished_node(tmp_path: Path, policy: str) -> None:
     script = tmp_path / "durable_app.py"
