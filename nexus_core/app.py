@@ -364,7 +364,6 @@ class Nexus:
         session: str | None = None,
         idempotency_key: str | None = None,
         wait: bool = True,
-        principal: Principal | None = None,
     ) -> RunResult:
         """The one request path every channel takes: a channel hands over what it received.
 
@@ -388,13 +387,12 @@ class Nexus:
         renders: ``AuthenticationError``, ``InputLimitExceeded``,
         ``ValidationError``, ``PermissionDenied``, ``RateLimited``,
         ``WorkflowNotFound``, ``SessionNotFound``... A workflow that fails is
-        not an exception: the result says ``failed``.
-
-        ``principal`` is deprecated and goes away: trusted in-process code that
-        already knows who it acts for calls :meth:`invoke_as`.
+        not an exception: the result says ``failed``. There is no way to name
+        the principal here: trusted in-process code that already knows who it
+        acts for calls :meth:`invoke_as`.
         """
         return await self._invoke(
-            workflow, inputs, credentials, principal, channel, session, idempotency_key, wait
+            workflow, inputs, credentials, None, channel, session, idempotency_key, wait
         )
 
     async def invoke_as(
