@@ -1,6 +1,7 @@
 """Test matrix: the core alone, each plugin alone with the core, everything together.
 
-nox -s tests        # everything installed, the whole suite (what CI runs)
+nox -s tests        # everything installed, the whole suite (what CI runs), on every core
+nox -s quick        # the core tests without the slow (subprocess-heavy) ones: under a minute
 nox -s core_alone   # nexus-core only: proves the core imports no plugin
 nox -s plugin       # each plugin alone with the core
 nox -s lint         # ruff, then mypy --strict over the core and every plugin
@@ -28,14 +29,33 @@ def _install_core(session: nox.Session) -> None:
     session.install("-e", ".[test]")
 
 
+#: pytest-xdist: one worker per core; ``loadfile`` keeps a module on one worker, so a
+#: module's shared server (a ``scope="module"`` fixture) is started once. Tests use
+#: their own tmp_path, ephemeral ports and environment, so workers do not meet.
+PARALLEL = ("-n", "auto", "--dist", "loadfile")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite with the core and every plugin installed."""
+    """The whole suite with the core and every plugin installed, in parallel.
+
+    ``nox -s tests -- -n 0`` runs it serially (e.g. to debug one failure).
+    """
     _install_core(session)
     for name in PLUGINS:
         session.install("-e", f"plugins/{name}[test]")
     paths = ["tests", *(f"plugins/{name}/tests" for name in PLUGINS)]
-    session.run("pytest", *paths, *session.posargs)
+    session.run("pytest", *PARALLEL, *paths, *session.posargs)
+
+
+@nox.session
+def quick(session: nox.Session) -> None:
+    """The fast loop: the core's tests without those marked slow (subprocesses, installs).
+
+    Under a minute on two cores. Everything else still runs in ``nox -s tests``.
+    """
+    _install_core(session)
+    session.run("pytest", "tests", "-m", "not slow", "-q", *session.posargs)
 
 
 @nox.session
