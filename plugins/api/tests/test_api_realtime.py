@@ -137,6 +137,15 @@ async def _recv(ws: ClientConnection) -> dict[str, Any]:
         return json.loads(await ws.recv())  # type: ignore[no-any-return]
 
 
+async def _status(url: str, run_id: str, wanted: str) -> bool:
+    """Wait (up to 10 s) until ``GET /runs/{run_id}`` reports ``wanted``."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        with anyio.fail_after(10):
+            while (await http.get(f"/runs/{run_id}")).json()["status"] != wanted:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+    return True
+
+
 async def test_ws_run_subscribe_unsubscribe_cancel(server: tuple[Nexus, str]) -> None:
     _, url = server
     async with connect(_ws_url(url)) as ws:
@@ -176,7 +185,7 @@ async def test_ws_run_subscribe_unsubscribe_cancel(server: tuple[Nexus, str]) ->
         pending = await _recv(ws)
         run_id = pending["run"]["run_id"]
         assert pending["run"]["status"] in ("pending", "running")
-        await anyio.sleep(0.2)
+        assert await _status(url, run_id, "running")  # cancelled mid-run, not before it began
         await ws.send(json.dumps({"type": "cancel", "id": "c1", "run_id": run_id}))
         cancelled = await _recv(ws)
         assert cancelled["id"] == "c1" and cancelled["cancelled"] is True
@@ -284,13 +293,18 @@ async def test_a_client_leaving_mid_run_loses_nothing(
 ) -> None:
     _, url = server
     async with connect(_ws_url(url)) as ws:
-        run = {"type": "run", "id": "r", "workflow": "slow", "inputs": {"seconds": 0.3}}
+        await ws.send(json.dumps({"type": "subscribe", "id": "s", "types": ["run.started"]}))
+        assert await _recv(ws) == {"type": "result", "id": "s", "subscription": "s"}
+        run = {"type": "run", "id": "r", "workflow": "slow", "inputs": {"seconds": 1}}
         await ws.send(json.dumps(run))
-        await anyio.sleep(0.1)
+        started = await _recv(ws)  # the client leaves once the run is under way
+        assert started["type"] == "event" and started["event"]["type"] == "run.started", started
+        run_id = started["event"]["run_id"]
     with anyio.fail_after(10):
         while True:
-            runs = (await client.get("/runs", params={"workflow": "slow"})).json()["items"]
-            if runs and runs[0]["status"] == "completed":
+            status = (await client.get(f"/runs/{run_id}")).json()["status"]
+            if status == "completed":
                 break
+            assert status == "running", status
             await anyio.sleep(0.05)
     assert (await client.get("/health/ready")).status_code == 200
