@@ -96,6 +96,49 @@ async def _follow(conn: Any, mode: str, uri: str) -> None:
             pass
 
 
+async def _marker_update(conn: Any, mode: str, updates: list[str]) -> str:
+    """Start a run, follow it, cancel it: return its URI once its update is in ``updates``.
+
+    The update comes from an event published now, after the caller's earlier
+    events, on the same subscription (legacy) or a new listen stream.
+    """
+    call = anyio.CancelScope()
+    found: list[str] = []
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if not found and message and message.startswith("run "):
+            found.append(f"nexus://runs/{message.split()[1]}")
+            started.set()
+
+    async def run() -> None:
+        with call:
+            await conn.call_tool("sleepy", {"seconds": 60}, progress_callback=on_progress)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(15):
+            await started.wait()
+        (uri,) = found
+        if mode == "legacy":
+            await _subscribe(conn, uri)
+            call.cancel()  # run.cancelled: an update after the subscription
+        else:
+            async with conn.listen(resource_subscriptions=[uri]) as stream:
+                call.cancel()
+                with anyio.fail_after(15):
+                    async for event in stream:
+                        seen = getattr(event, "uri", None)
+                        if seen is not None:
+                            updates.append(seen)
+                        if seen == uri:
+                            break
+    with anyio.fail_after(15):
+        while uri not in updates:  # noqa: ASYNC110 - the legacy handler appends it
+            await anyio.sleep(0.02)
+    return uri
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_another_tenants_runs_are_invisible(mode: str) -> None:
     app = tenants_app()
@@ -143,8 +186,12 @@ async def test_another_tenants_runs_are_invisible(mode: str) -> None:
                                     seen.append(found)
                                 if found == uri:
                                     break
-        await anyio.sleep(0.3)  # anything still in flight arrives
-        assert set(bob_updates) == {bob_uri}
+        # Both runs are over. A barrier instead of a wait: a marker update for Bob,
+        # published after everything of Alice's run, so it comes after any leak of it.
+        before = len(bob_updates)
+        marker = await _marker_update(bob, mode, bob_updates)
+        assert bob_updates[before] == marker, bob_updates  # the next thing Bob receives
+        assert set(bob_updates) == {bob_uri, marker}
         assert set(alice_updates) == {alice_uri}
         assert (await read_json(bob, bob_uri))["status"] == "completed"
         with pytest.raises(MCPError, match="Resource not found"):
