@@ -212,7 +212,7 @@ async def test_a_run_over_mcp_reaches_every_subscriber_once_and_in_order(
             if dropping_point(event):
                 break
         await stream.aclose()  # the connection is gone: the run goes on without us
-        await anyio.sleep(0.3)
+        await missed_one(dropping_sse)
         last = dropping_sse.events[-1]["id"]
         dropping_sse.reconnected_after = last
         stream = sse(http, last_event_id=last)
@@ -220,6 +220,16 @@ async def test_a_run_over_mcp_reaches_every_subscriber_once_and_in_order(
             if event is not None and dropping_sse.add(event):
                 break
         await stream.aclose()
+
+    async def missed_one(dropped: Collected) -> None:
+        """Return once the run went on without ``dropped``: an event it did not see."""
+        last = dropped.events[-1]["id"]
+        with anyio.fail_after(30):
+            while True:
+                ids = [event["id"] for event in steady_sse.events]
+                if last in ids and ids.index(last) < len(ids) - 1:
+                    return
+                await anyio.sleep(0.02)
 
     async def follow_steady_ws(socket: Any) -> None:
         async for event in ws_events(socket):
@@ -233,7 +243,7 @@ async def test_a_run_over_mcp_reaches_every_subscriber_once_and_in_order(
             if dropping_point(event):
                 break
         await socket.close()
-        await anyio.sleep(0.3)
+        await missed_one(dropping_ws)
         last = dropping_ws.events[-1]["id"]
         dropping_ws.reconnected_after = last
         again = await ws_subscribe(url, last)
