@@ -159,9 +159,13 @@ async def test_async_invocation_returns_a_run_id_at_once(storage_url: str) -> No
 async def test_a_run_can_be_cancelled_from_the_host(storage_url: str) -> None:
     app = make_app(storage_url)
     async with app:
-        async with app.subscribe(["run.cancelled"]) as events:
+        async with (
+            app.subscribe(["run.cancelled"]) as events,
+            app.subscribe(["node.started"]) as started,
+        ):
             pending = await app.invoke("nap", {"seconds": 60}, wait=False)
-            await anyio.sleep(0.05)
+            with anyio.fail_after(5):  # cancelled while it runs, not before it began
+                assert (await started.__anext__()).run_id == pending.run_id
             assert await app.cancel(pending.run_id)
             with anyio.fail_after(5):
                 result = await app.wait(pending.run_id)
@@ -449,9 +453,13 @@ async def test_runs_past_the_grace_are_left_to_resume(tmp_path: Path) -> None:
         waiter["result"] = await app.wait(run_id)
 
     async with anyio.create_task_group() as outside, app:
-        pending = await app.invoke("nap", {"seconds": 30}, wait=False)
+        async with app.subscribe(["node.started"]) as started:
+            pending = await app.invoke("nap", {"seconds": 30}, wait=False)
+            with anyio.fail_after(10):  # the run is under way
+                assert (await started.__anext__()).run_id == pending.run_id
         outside.start_soon(wait_for_it, pending.run_id)
-        await anyio.sleep(0.05)
+        with anyio.fail_after(10):  # the waiter is waiting on the run when the host stops
+            await anyio.wait_all_tasks_blocked()
     assert waiter["result"].status == "running"  # the waiter was answered, not left hanging
     async with make_app(url, services={"runs": {"on_restart": "fail"}}) as again:
         stored = await again.get_run(pending.run_id)
