@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import msgspec
 import pytest
-from _mcp_support import MODES, http_connection, load_example, running_http
+from _mcp_support import (
+    MODES,
+    http_connection,
+    load_example,
+    running_http,
+    start_and_get_run_id,
+)
 from mcp import Client
+from mcp.shared.exceptions import MCPDeprecationWarning
 from nexus_core import CommandSpec, HttpMountSpec, Nexus
 from nexus_core.errors import WorkflowDefinitionError
 from nexus_core.specs import import_string
@@ -145,6 +154,24 @@ async def test_make_asgi_is_a_mountable_app_with_a_lifespan(example_app: Path) -
                 assert '"protocolVersion":"2025-11-25"' in response.text
 
 
+async def _until_notifications_arrive(conn: Any, updated: list[str]) -> None:
+    """Follow cancelled runs until a ``resources/updated`` reaches ``updated``."""
+    with anyio.fail_after(30):
+        while True:
+            async with anyio.create_task_group() as tg:
+                run_id = await start_and_get_run_id(conn, tg, "sleepy", {"seconds": 60})
+                uri = f"nexus://runs/{run_id}"
+                with warnings.catch_warnings():  # deprecated in 2026-07-28, current in 2025-11-25
+                    warnings.simplefilter("ignore", MCPDeprecationWarning)
+                    await conn.subscribe_resource(uri)
+                tg.cancel_scope.cancel()  # run.cancelled: an update after the subscription
+            with anyio.move_on_after(1):  # then try again: this one may have been dropped
+                while not updated:  # noqa: ASYNC110 - filled by the message handler
+                    await anyio.sleep(0.02)
+            if updated:  # any update came on the GET stream: it is open
+                return
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", MODES)
 async def test_registering_a_workflow_while_serving_changes_the_tool_list(
@@ -152,10 +179,13 @@ async def test_registering_a_workflow_while_serving_changes_the_tool_list(
 ) -> None:
     app = load_example(example_app)
     changed = anyio.Event()
+    updated: list[str] = []
 
     async def on_message(message: object) -> None:
         if type(message).__name__ == "ToolListChangedNotification":
             changed.set()
+        elif type(message).__name__ == "ResourceUpdatedNotification":
+            updated.append(str(message.params.uri))  # type: ignore[attr-defined]
 
     async with (
         running_http(app) as url,
@@ -168,7 +198,9 @@ async def test_registering_a_workflow_while_serving_changes_the_tool_list(
             return "late"
 
         if mode == "legacy":
-            await anyio.sleep(0.2)  # the client's GET stream for server notifications
+            # Notifications travel on the client's GET stream, opened after initialize.
+            # Until an update of a subscribed run arrives there, that stream may be missing.
+            await _until_notifications_arrive(conn, updated)
             app.workflow(late)
             with anyio.fail_after(10):
                 await changed.wait()
