@@ -40,6 +40,14 @@ actions = st.lists(
 )
 
 
+def _reads(who: Principal) -> bool:
+    return "events:read" in ROLES[who.roles[0]]
+
+
+def _is_marker(event: Event) -> bool:
+    return event.type == "workflow.registered" and (event.data or {}).get("workflow") == "marker"
+
+
 async def _drain(sub: Any, into: list[Event]) -> None:
     async for event in sub:
         into.append(event)  # noqa: PERF401 - the test reads the list while events arrive
@@ -81,7 +89,18 @@ async def test_no_principal_sees_another_tenants_data(
             runs.append((result.run_id, who))
             if result.session_id:
                 sessions.append((result.session_id, who))
-        await anyio.sleep(0.05)
+
+        # A barrier, not a wait: an event every subscriber may see, published after the
+        # events of the actions above, so whatever of those reaches a subscriber is in first.
+        def marker() -> str:
+            """Registered while serving: its workflow.registered event reaches everyone."""
+            return "marker"
+
+        app.workflow(name="marker")(marker)
+        watched = [events for events, who in zip(seen, observers, strict=True) if _reads(who)]
+        with anyio.fail_after(10):
+            while not all(any(_is_marker(e) for e in events) for events in watched):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
 
         for observer in observers:
             listed = await app.list_runs(principal=observer, limit=1000)
@@ -111,7 +130,7 @@ async def test_no_principal_sees_another_tenants_data(
             assert (await app.get_run(run_id, principal=owner)).run_id == run_id
         for observer, events in zip(observers, seen, strict=True):
             if any(owner.tenant == observer.tenant for _, owner in runs):
-                assert events or "events:read" not in ROLES[observer.roles[0]]
+                assert [e for e in events if not _is_marker(e)] or not _reads(observer)
             assert all(
                 e.tenant == observer.tenant
                 or (e.tenant is None and e.type == "workflow.registered")
@@ -181,8 +200,10 @@ async def test_events_need_events_read() -> None:
         member = principal("ann", "acme", "member")
         with pytest.raises(PermissionDenied, match="events:read"):
             app.subscribe(("run.*",), principal=member)
-        await anyio.sleep(0.01)  # the denial is audited in the background
-        [record] = await app.security.query_audit(principal=member.id)
+        with anyio.fail_after(10):  # the denial is audited in the background
+            while not (records := await app.security.query_audit(principal=member.id)):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        [record] = records
         assert (record.action, record.outcome) == ("events:read", "forbidden")
 
 
