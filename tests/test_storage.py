@@ -197,7 +197,9 @@ async def test_a_writer_waits_for_its_own_batch_not_for_later_ones(db_path: Path
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(arriving_writes, tg)
-            await anyio.sleep(0.01)
+            with anyio.fail_after(30):  # the writer is busy with the arriving writes
+                while not applied:  # noqa: ASYNC110 - counted by the patched _apply
+                    await anyio.sleep(0.001)
             with anyio.fail_after(30):  # a writer kept flushing would never come back
                 for n in range(30):
                     before = applied
