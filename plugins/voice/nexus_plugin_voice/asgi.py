@@ -41,6 +41,7 @@ from nexus_core.errors import AuthenticationError
 from nexus_core.security import Credentials
 
 from .audio import AudioError, _wav_chunks, to_pcm
+from .config import voice_config
 from .engines import SAMPLE_RATE, EngineError
 from .service import VoiceReply, VoiceService, voice_service
 
@@ -144,6 +145,7 @@ class VoiceApp:
     def __init__(self, app: Nexus, service: VoiceService | None = None) -> None:
         self.app = app
         self._service = service
+        self._loading = anyio.Lock()
         try:
             api = app.config.section("channels.api")
             self.cookie: str | None = getattr(api, "session_cookie", None)
@@ -157,15 +159,26 @@ class VoiceApp:
             self._service = voice_service(self.app)
         return self._service
 
+    async def ready(self) -> VoiceService:
+        """The voice service, its engines loaded in a worker thread the first time."""
+        if self._service is None:
+            async with self._loading:
+                if self._service is None:
+                    await anyio.to_thread.run_sync(lambda: self.service)
+        return self.service
+
     @property
     def config(self) -> Any:
         """The channel's settings."""
-        return self.service.config
+        if self._service is not None:
+            return self._service.config
+        return voice_config(self.app)  # without loading the engines
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Load the engines before the server accepts requests."""
-        await anyio.to_thread.run_sync(lambda: self.service)
+        """Load the engines before the server accepts requests, if ``preload`` says so."""
+        if voice_config(self.app).preload:
+            await self.ready()
         yield
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -222,7 +235,7 @@ class VoiceApp:
 
     async def _voice(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = _Request(scope, self.cookie)
-        service = self.service
+        service = await self.ready()
         config = service.config
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > config.max_bytes:
@@ -292,11 +305,12 @@ class VoiceApp:
     async def _grammar(self, scope: Scope, send: Send) -> None:
         request = _Request(scope, self.cookie)
         try:
-            principal = await self.service.authenticate(request.credentials)
+            service = await self.ready()
+            principal = await service.authenticate(request.credentials)
         except AuthenticationError as exc:
             await _error(send, 401, exc.code, exc.message)
             return
-        grammar = await self.service.grammar_for(principal)
+        grammar = await service.grammar_for(principal)
         await _send(send, 200, grammar.jsgf().encode(), "text/plain; charset=utf-8")
 
     # -- WebSocket ---------------------------------------------------------------------
@@ -306,7 +320,7 @@ class VoiceApp:
         if message["type"] != "websocket.connect":
             return
         request = _Request(scope, self.cookie)
-        service = self.service
+        service = await self.ready()
         await send({"type": "websocket.accept"})
 
         async def send_json(body: Any) -> None:
