@@ -359,10 +359,13 @@ def _routes(api: ApiState) -> list[Any]:
 
     @get("/runs", name="list_runs")
     async def list_runs(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = await authenticate(read_request(request.scope, cookie))
+        info = read_request(request.scope, cookie)
+        who = await authenticate(info)
         query = _run_query(dict(request.query_params))
         records = await app.list_runs(
             principal=who,
+            credentials=info.credentials(),
+            channel="api",
             workflow=query.workflow,
             status=query.status,
             session_id=query.session_id,
@@ -419,7 +422,9 @@ def _routes(api: ApiState) -> list[Any]:
     async def create_session(request: Request[Any, Any, Any]) -> Response[bytes]:
         info = read_request(request.scope, cookie)
         who = await authenticate(info)
-        session = await app.create_session(channel="api", principal=who)
+        session = await app.create_session(
+            channel="api", principal=who, credentials=info.credentials()
+        )
         headers = session_headers(info, session.id) or {}
         headers["Location"] = f"/sessions/{session.id}"
         return _json(_session_body(session), 201, headers)

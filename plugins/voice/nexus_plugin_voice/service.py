@@ -188,7 +188,9 @@ class VoiceService:
         base.update(workflow=intent.workflow, inputs=inputs)
         try:
             if session is None:
-                created = await self.app.create_session(channel=CHANNEL, principal=principal)
+                created = await self.app.create_session(
+                    channel=CHANNEL, principal=principal, credentials=credentials
+                )
                 session = base["session_id"] = created.id
             result = await self.app.invoke(
                 intent.workflow,
