@@ -28,11 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from ..config import RateLimitConfig, RateLimitRule
 from ..errors import RateLimited
 from ..storage.base import AuditRecord, Storage
+from .limits import take_bucket
 
 __all__ = ["LIMITED_ACTIONS", "AuthBlocks", "RefusalTally", "take"]
 
@@ -54,14 +53,7 @@ def rule_for(config: RateLimitConfig, name: str) -> RateLimitRule | None:
 
 async def take(storage: Storage, name: str, rule: RateLimitRule, client: str) -> float:
     """Take a token from ``client``'s bucket for ``name``: 0.0, or the seconds to wait."""
-    capacity = rule.burst if rule.burst is not None else rule.requests
-    key = "ratelimit:" + msgspec.json.encode([name, client]).decode()
-    wait = await storage.take_tokens(
-        key, capacity=capacity, refill_per_second=rule.requests / rule.per
-    )
-    if wait <= 0:
-        return 0.0
-    return math.ceil(wait * 1000) / 1000 if math.isfinite(wait) else rule.per
+    return await take_bucket(storage, [name, client], rule)
 
 
 def refused(name: str, client: str, rule: RateLimitRule, wait: float) -> RateLimited:

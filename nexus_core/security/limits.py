@@ -14,7 +14,7 @@ from ..errors import FieldError, InputLimitExceeded, RateLimited
 from ..storage.base import Storage
 from .principal import Principal
 
-__all__ = ["InputLimits", "RateLimiter", "client_address", "parse_networks"]
+__all__ = ["InputLimits", "RateLimiter", "client_address", "parse_networks", "take_bucket"]
 
 _KEY = "nexus.services.security"
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -223,16 +223,28 @@ class RateLimiter:
     async def _take(
         storage: Storage, key: list[str], rule: RateLimitRule, who: str, channel: str
     ) -> None:
-        capacity = rule.burst if rule.burst is not None else rule.requests
-        wait = await storage.take_tokens(
-            "ratelimit:" + msgspec.json.encode(key).decode(),
-            capacity=capacity,
-            refill_per_second=rule.requests / rule.per,
-        )
-        if wait > 0:
-            retry = math.ceil(wait * 1000) / 1000 if math.isfinite(wait) else rule.per
+        retry = await take_bucket(storage, key, rule)
+        if retry > 0:
             raise RateLimited(
                 f"rate limit exceeded for {who} on {channel}: {rule.requests:g} requests per "
                 f"{rule.per:g} s; try again in {retry:g} s",
                 retry_after=retry,
             )
+
+
+async def take_bucket(storage: Storage, key: list[str], rule: RateLimitRule) -> float:
+    """Take a token from the bucket named by ``key``: 0.0, or the seconds until one is back.
+
+    The one token-bucket step of every rate limit: the per-principal and
+    per-client buckets of a run, and the per-address ones of failed
+    authentications, sessions, token issuance and run listing.
+    """
+    capacity = rule.burst if rule.burst is not None else rule.requests
+    wait = await storage.take_tokens(
+        "ratelimit:" + msgspec.json.encode(key).decode(),
+        capacity=capacity,
+        refill_per_second=rule.requests / rule.per,
+    )
+    if wait <= 0:
+        return 0.0
+    return math.ceil(wait * 1000) / 1000 if math.isfinite(wait) else rule.per
