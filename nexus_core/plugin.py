@@ -25,7 +25,8 @@ Specs (what registration hooks return)
 Base classes and protocols
     :class:`Channel` (+ :class:`ChannelCapabilities`), :class:`AuthProvider`,
     :class:`Storage` (:class:`MemoryStorage` and :class:`SQLiteStorage`
-    are complete backends to start from), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
+    are complete backends to start from; :class:`StorageRouter` is one made of a
+    backend per role), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
         Storage,
     )
     from .storage.memory import MemoryStorage
+    from .storage.router import StorageRouter
     from .storage.sqlite import SQLiteStorage
     from .userconfig import (
         delete_token,
@@ -176,6 +178,7 @@ __all__ = [
     "Spec",
     "Storage",
     "StorageBackendSpec",
+    "StorageRouter",
     "SubscriberLagged",
     "Subscription",
     "ValidationError",
@@ -248,6 +251,7 @@ _EXPORTS = {
     "Spec": ".specs",
     "Storage": ".storage.base",
     "StorageBackendSpec": ".specs",
+    "StorageRouter": ".storage.router",
     "SubscriberLagged": ".events",
     "Subscription": ".events",
     "ValidationError": ".errors",

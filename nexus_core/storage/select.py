@@ -93,7 +93,7 @@ def select_storage(
         if role_url not in made:
             made[role_url] = create_storage(host, role_url, key=key)
         backend = made[role_url]
-        served = getattr(type(backend), "roles", frozenset())
+        served: frozenset[str] = getattr(type(backend), "roles", frozenset())
         if role not in served:
             name = type(backend).__name__
             offers = ", ".join(r for r in ROLES if r in served) or "none"
