@@ -244,7 +244,7 @@ async def test_config_needs_admin_and_masks_secrets() -> None:
             "errors": [],
             "file": None,
             "environment": "development",
-            "storage": "sqlite:///nexus.db",  # the configuration's (the host was given another)
+            "storage": "sqlite:///.nexus/{app}.db",  # the configuration's default (not the host's)
         }
 
 
