@@ -437,12 +437,33 @@ class RunsConfig(ConfigStruct, kw_only=True):
     checkpoint; ``"fail"`` marks them failed. ``default_timeout`` is in seconds
     (``None``: no limit unless the workflow sets one). At shutdown the host lets
     runs in flight finish for ``shutdown_grace`` seconds; runs still going then
-    are cancelled where they stand and resume from their checkpoints at the next start.
+    are cancelled where they stand, their leases released, and they resume
+    from their checkpoints in whichever process takes them over.
+
+    A run executes under a lease of ``lease`` seconds, renewed every
+    ``heartbeat`` seconds by the process executing it; a process killed
+    outright leaves its runs to be taken over once their leases expire.
+    ``recover`` says which processes take over expired runs: ``"auto"`` those
+    that serve (``nexus serve``, ``nexus worker``) and not ``async with app:``
+    scripts or ``nexus`` commands; ``"always"``; ``"never"``. ``executor``
+    names how runs are executed (``"inline"``: in the process that accepted
+    them; plugins add others, see ``nexus plugins``).
     """
 
     on_restart: Literal["resume", "fail"] = "resume"
     default_timeout: float | None = None
     shutdown_grace: float = 5.0
+    lease: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    recover: Literal["auto", "always", "never"] = "auto"
+    executor: str = "inline"
+
+    def __post_init__(self) -> None:
+        if self.heartbeat >= self.lease:
+            raise ValueError(
+                f"services.runs.heartbeat ({self.heartbeat:g}) must be shorter than "
+                f"services.runs.lease ({self.lease:g}), or leases expire between renewals"
+            )
 
 
 class EventsConfig(ConfigStruct, kw_only=True):
