@@ -51,10 +51,14 @@ Host services (what a channel or a command of its own calls)
     :func:`user_config_dir`, :func:`write_private`; logging in the host's one
     format: :func:`configure_logging`, :data:`LogFormat`, :class:`JsonFormatter`.
 Contract suites (in your tests; they need pytest, anyio and hypothesis)
-    :class:`~nexus_core.testing.storage.StorageContract`,
-    :class:`~nexus_core.testing.auth.AuthProviderContract`,
-    :class:`~nexus_core.testing.channel.ChannelContract`, imported from
-    :mod:`nexus_core.testing` so that this module does not import pytest.
+    the storage suites, one per role (:class:`SessionStoreContract`,
+    :class:`RunStoreContract`, :class:`EventLogContract`,
+    :class:`AuditLogContract`, :class:`CredentialStoreContract`,
+    :class:`CacheContract`, :class:`BlobStoreContract`; :class:`StorageContract`
+    is all of them), loaded on first use so that importing this module does not
+    import pytest; :class:`~nexus_core.testing.auth.AuthProviderContract` and
+    :class:`~nexus_core.testing.channel.ChannelContract` from
+    :mod:`nexus_core.testing`.
 
 Names are imported on first use, so ``import nexus_core.plugin`` is cheap.
 
@@ -117,6 +121,16 @@ if TYPE_CHECKING:
     from .storage.memory import MemoryStorage
     from .storage.router import StorageRouter
     from .storage.sqlite import SQLiteStorage
+    from .testing.storage import (
+        AuditLogContract,
+        BlobStoreContract,
+        CacheContract,
+        CredentialStoreContract,
+        EventLogContract,
+        RunStoreContract,
+        SessionStoreContract,
+        StorageContract,
+    )
     from .userconfig import (
         delete_token,
         read_token,
@@ -130,10 +144,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppNotFound",
+    "AuditLogContract",
     "AuditRecord",
     "AuthProvider",
     "AuthProviderSpec",
     "AuthenticationError",
+    "BlobStoreContract",
+    "CacheContract",
     "Channel",
     "ChannelCapabilities",
     "ChannelSpec",
@@ -142,10 +159,12 @@ __all__ = [
     "ConfigSectionSpec",
     "ConfigStruct",
     "CredentialRecord",
+    "CredentialStoreContract",
     "Credentials",
     "Event",
     "EventBus",
     "EventBusSpec",
+    "EventLogContract",
     "EventType",
     "HealthReport",
     "HttpMountSpec",
@@ -172,12 +191,15 @@ __all__ = [
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "RunStoreContract",
     "SQLiteStorage",
     "Session",
     "SessionRecord",
+    "SessionStoreContract",
     "Spec",
     "Storage",
     "StorageBackendSpec",
+    "StorageContract",
     "StorageRouter",
     "SubscriberLagged",
     "Subscription",
@@ -203,10 +225,13 @@ __all__ = [
 
 _EXPORTS = {
     "AppNotFound": ".loader",
+    "AuditLogContract": ".testing.storage",
     "AuditRecord": ".storage.base",
     "AuthProvider": ".security",
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
+    "BlobStoreContract": ".testing.storage",
+    "CacheContract": ".testing.storage",
     "Channel": ".channels",
     "ChannelCapabilities": ".channels",
     "ChannelSpec": ".specs",
@@ -215,10 +240,12 @@ _EXPORTS = {
     "ConfigSectionSpec": ".specs",
     "ConfigStruct": ".config",
     "CredentialRecord": ".storage.base",
+    "CredentialStoreContract": ".testing.storage",
     "Credentials": ".security",
     "Event": ".events",
     "EventBus": ".events",
     "EventBusSpec": ".specs",
+    "EventLogContract": ".testing.storage",
     "EventType": ".events",
     "HealthReport": ".health",
     "HttpMountSpec": ".specs",
@@ -245,12 +272,15 @@ _EXPORTS = {
     "RunRecord": ".storage.base",
     "RunResult": ".workflows",
     "RunStatus": ".workflows.runtime",
+    "RunStoreContract": ".testing.storage",
     "SQLiteStorage": ".storage.sqlite",
     "Session": ".sessions",
     "SessionRecord": ".storage.base",
+    "SessionStoreContract": ".testing.storage",
     "Spec": ".specs",
     "Storage": ".storage.base",
     "StorageBackendSpec": ".specs",
+    "StorageContract": ".testing.storage",
     "StorageRouter": ".storage.router",
     "SubscriberLagged": ".events",
     "Subscription": ".events",
