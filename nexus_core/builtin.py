@@ -65,13 +65,18 @@ def nexus_event_buses() -> list[EventBusSpec]:
 
 @hookimpl
 def nexus_executors() -> list[ExecutorSpec]:
-    """``inline``: each run executes in the process that accepted it, under its lease."""
+    """``inline`` (in the process that accepted the run) and ``workers`` (``nexus worker``)."""
     return [
         ExecutorSpec(
             name="inline",
             factory="nexus_core.executors:InlineExecutor",
             description="Runs execute in the process that accepted them.",
-        )
+        ),
+        ExecutorSpec(
+            name="workers",
+            factory="nexus_core.executors:WorkerQueueExecutor",
+            description="Runs wait in the run store; `nexus worker` processes execute them.",
+        ),
     ]
 
 

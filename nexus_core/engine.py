@@ -264,14 +264,13 @@ class RunEngine:
     ) -> None:
         """The engine's background work in the host: heartbeat, cancel requests, the executor's.
 
-        A recovering process takes over the runs whose lease expired before it
-        reports started.
+        Recovery is the executor's (:meth:`Executor.run`): the default takes
+        over the runs whose lease expired before it reports started; a queue
+        executor leaves them to its workers.
         """
         async with anyio.create_task_group() as tg:
             await tg.start(self._listen_for_cancels)
             tg.start_soon(self._heartbeat_forever)
-            if self.recovering:
-                await self.recover_once()
             await tg.start(self.executor.run, self)
             task_status.started()
 
