@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -96,6 +97,9 @@ class Nexus:
                 )
         self._check_required_plugins()
         self.title = title or self.config.nexus.title
+        # The app's own database by default (.nexus/<app>.db): named after the
+        # file that created the host (a script run directly), else the title.
+        self.config.bind_app(self.title, sys._getframe(1).f_globals.get("__file__"))
         logging.getLogger("nexus").setLevel(self.config.nexus.services.monitoring.log_level.upper())
         #: This host's name in metrics and logs (``nexus.instance_id``, else the hostname).
         self.instance_id = self.config.nexus.instance_id or socket.gethostname()

@@ -20,23 +20,31 @@ Hooks
     :class:`PluginConflictError` naming both).
 Specs (what registration hooks return)
     :class:`ChannelSpec`, :class:`AuthProviderSpec`, :class:`StorageBackendSpec`,
-    :class:`NodeTypeSpec`, :class:`EventBusSpec`, :class:`ConfigSectionSpec`,
-    :class:`HttpMountSpec`, :class:`CommandSpec`, their base :class:`Spec`.
+    :class:`NodeTypeSpec`, :class:`EventBusSpec`, :class:`ExecutorSpec`,
+    :class:`ConfigSectionSpec`, :class:`HttpMountSpec`, :class:`CommandSpec`,
+    their base :class:`Spec`.
 Base classes and protocols
     :class:`Channel` (+ :class:`ChannelCapabilities`), :class:`AuthProvider`,
     :class:`Storage` (:class:`MemoryStorage` and :class:`SQLiteStorage`
     are complete backends to start from; :class:`StorageRouter` is one made of a
-    backend per role), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
+    backend per role), the storage roles a backend may serve alone
+    (:class:`Backend`, :class:`RunStore`, :class:`EventLog`, :class:`AuditLog`,
+    :class:`CredentialStore`, :class:`SessionStore`, :class:`Cache`,
+    :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus`,
+    :class:`Executor` (+ :class:`InlineExecutor`; a queue executor drives
+    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
     :class:`Subscription`, :class:`RunRecord`, :class:`NodeCheckpoint`,
     :class:`AuditRecord`, :class:`SessionRecord`, :class:`CredentialRecord`,
     :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
-    request headers a channel passes in ``Credentials.extras``).
+    request headers a channel passes in ``Credentials.extras``);
+    :func:`event_id` and :func:`event_seq` (event ids are log positions).
 Errors
     :class:`NexusError` and the subclasses a plugin raises or renders
-    (:class:`AppNotFound`, :class:`SubscriberLagged` too).
+    (:class:`AppNotFound`, :class:`SubscriberLagged` too); a storage backend
+    raises :class:`AlreadyExists` and :class:`LeaseLost`.
 Host services (what a channel or a command of its own calls)
     :func:`load_app` (an application from ``module:attr`` or a file),
     :func:`load_config` (the validated ``nexus.toml``), :class:`PluginHost`
@@ -81,6 +89,7 @@ if TYPE_CHECKING:
     from .app import Nexus
     from .channels import Channel, ChannelCapabilities, describe
     from .config import ConfigError, ConfigStruct, load_config
+    from .engine import RunEngine
     from .errors import (
         AuthenticationError,
         NexusError,
@@ -90,7 +99,16 @@ if TYPE_CHECKING:
         PluginFailed,
         ValidationError,
     )
-    from .events import Event, EventBus, EventType, SubscriberLagged, Subscription
+    from .events import (
+        Event,
+        EventBus,
+        EventType,
+        SubscriberLagged,
+        Subscription,
+        event_id,
+        event_seq,
+    )
+    from .executors import Executor, InlineExecutor
     from .health import HealthReport, liveness
     from .loader import AppNotFound, load_app
     from .logs import JsonFormatter, LogFormat, configure_logging
@@ -104,6 +122,7 @@ if TYPE_CHECKING:
         CommandSpec,
         ConfigSectionSpec,
         EventBusSpec,
+        ExecutorSpec,
         HttpMountSpec,
         NodeTypeSpec,
         Spec,
@@ -111,11 +130,23 @@ if TYPE_CHECKING:
         import_string,
     )
     from .storage.base import (
+        ROLES,
+        AlreadyExists,
+        AuditLog,
         AuditRecord,
+        Backend,
+        BlobStore,
+        Cache,
         CredentialRecord,
+        CredentialStore,
+        EventLog,
+        LeaseLost,
         NodeCheckpoint,
+        Role,
         RunRecord,
+        RunStore,
         SessionRecord,
+        SessionStore,
         Storage,
     )
     from .storage.memory import MemoryStorage
@@ -143,13 +174,19 @@ if TYPE_CHECKING:
     from .workflows.schema import convert
 
 __all__ = [
+    "ROLES",
+    "AlreadyExists",
     "AppNotFound",
+    "AuditLog",
     "AuditLogContract",
     "AuditRecord",
     "AuthProvider",
     "AuthProviderSpec",
     "AuthenticationError",
+    "Backend",
+    "BlobStore",
     "BlobStoreContract",
+    "Cache",
     "CacheContract",
     "Channel",
     "ChannelCapabilities",
@@ -159,16 +196,22 @@ __all__ = [
     "ConfigSectionSpec",
     "ConfigStruct",
     "CredentialRecord",
+    "CredentialStore",
     "CredentialStoreContract",
     "Credentials",
     "Event",
     "EventBus",
     "EventBusSpec",
+    "EventLog",
     "EventLogContract",
     "EventType",
+    "Executor",
+    "ExecutorSpec",
     "HealthReport",
     "HttpMountSpec",
+    "InlineExecutor",
     "JsonFormatter",
+    "LeaseLost",
     "LogFormat",
     "MemoryStorage",
     "Nexus",
@@ -188,13 +231,17 @@ __all__ = [
     "Prompt",
     "PromptArgument",
     "PromptMessage",
+    "Role",
+    "RunEngine",
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "RunStore",
     "RunStoreContract",
     "SQLiteStorage",
     "Session",
     "SessionRecord",
+    "SessionStore",
     "SessionStoreContract",
     "Spec",
     "Storage",
@@ -209,6 +256,8 @@ __all__ = [
     "convert",
     "delete_token",
     "describe",
+    "event_id",
+    "event_seq",
     "header_extras",
     "hookimpl",
     "hookspec",
@@ -224,13 +273,18 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "AlreadyExists": ".storage.base",
     "AppNotFound": ".loader",
+    "AuditLog": ".storage.base",
     "AuditLogContract": ".testing.storage",
     "AuditRecord": ".storage.base",
     "AuthProvider": ".security",
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
+    "Backend": ".storage.base",
+    "BlobStore": ".storage.base",
     "BlobStoreContract": ".testing.storage",
+    "Cache": ".storage.base",
     "CacheContract": ".testing.storage",
     "Channel": ".channels",
     "ChannelCapabilities": ".channels",
@@ -240,16 +294,22 @@ _EXPORTS = {
     "ConfigSectionSpec": ".specs",
     "ConfigStruct": ".config",
     "CredentialRecord": ".storage.base",
+    "CredentialStore": ".storage.base",
     "CredentialStoreContract": ".testing.storage",
     "Credentials": ".security",
     "Event": ".events",
     "EventBus": ".events",
     "EventBusSpec": ".specs",
+    "EventLog": ".storage.base",
     "EventLogContract": ".testing.storage",
     "EventType": ".events",
+    "Executor": ".executors",
+    "ExecutorSpec": ".specs",
     "HealthReport": ".health",
     "HttpMountSpec": ".specs",
+    "InlineExecutor": ".executors",
     "JsonFormatter": ".logs",
+    "LeaseLost": ".storage.base",
     "LogFormat": ".logs",
     "MemoryStorage": ".storage.memory",
     "Nexus": ".app",
@@ -269,13 +329,18 @@ _EXPORTS = {
     "Prompt": ".prompts",
     "PromptArgument": ".prompts",
     "PromptMessage": ".prompts",
+    "ROLES": ".storage.base",
+    "Role": ".storage.base",
+    "RunEngine": ".engine",
     "RunRecord": ".storage.base",
     "RunResult": ".workflows",
     "RunStatus": ".workflows.runtime",
+    "RunStore": ".storage.base",
     "RunStoreContract": ".testing.storage",
     "SQLiteStorage": ".storage.sqlite",
     "Session": ".sessions",
     "SessionRecord": ".storage.base",
+    "SessionStore": ".storage.base",
     "SessionStoreContract": ".testing.storage",
     "Spec": ".specs",
     "Storage": ".storage.base",
@@ -289,6 +354,8 @@ _EXPORTS = {
     "convert": ".workflows.schema",
     "delete_token": ".userconfig",
     "describe": ".channels",
+    "event_id": ".events",
+    "event_seq": ".events",
     "header_extras": ".security",
     "import_string": ".specs",
     "install_command": ".plugins",
