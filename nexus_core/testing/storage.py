@@ -898,13 +898,14 @@ class RunStoreContract(_BackendContract):
         )
         stale_a = msgspec.structs.replace(first, output="stale", attempts=9)
         stale_b = NodeCheckpoint(run_id="r1", node_id="b", status="completed", fence=1)
-        for write in (
+        writes: list[Callable[[], Awaitable[None]]] = [
             lambda: storage.save_run(stale_run),
             lambda: storage.save_checkpoint(stale_a),
             lambda: storage.save_checkpoint(stale_b),
             lambda: storage.finish_run(stale_run),
             lambda: storage.finish_run(stale_run, [stale_a, stale_b]),
-        ):
+        ]
+        for write in writes:
             with pytest.raises(LeaseLost) as caught:
                 await write()
             assert (caught.value.run_id, caught.value.fence, caught.value.current) == ("r1", 1, 2)
@@ -1890,6 +1891,7 @@ def storage_state_machine(
         def append_event(self, rid: str | None, data: dict[str, Any]) -> str:
             self.counter += 1
             event = Event(type="t", id=f"e{(self.counter * 7919) % 10007}", run_id=rid, data=data)
+            logged: Event
             [logged] = self.call(self.store.append_events, [event])
             assert msgspec.structs.replace(logged, id=event.id) == event
             if self.event_log:
