@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from ..events import Event
+from ..events import Event, event_id, event_seq
 
 __all__ = [
     "ROLES",
@@ -104,18 +104,6 @@ class LeaseLost(RuntimeError):
         self.run_id = run_id
         self.fence = fence
         self.current = current
-
-
-def event_id(seq: int) -> str:
-    """The event id of log position ``seq``: 16 digits, zero-padded, so ids also sort as text."""
-    return f"{seq:016d}"
-
-
-def event_seq(event_id: str | None) -> int:
-    """The log position of an event id (0 for None or an id that is not a log position)."""
-    if event_id and event_id.isdigit() and event_id.isascii():
-        return int(event_id)
-    return 0
 
 
 RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
