@@ -223,14 +223,15 @@ class RunEngine:
             with contextlib.suppress(SessionNotFound):
                 sess = await services.sessions.get(record.session_id)
         who = Principal(id=record.principal or "anonymous", tenant=record.tenant)
-        log.info(
-            "run %s of workflow %r taken over (fencing token %d)",
-            record.id,
-            record.workflow,
-            record.fence,
-            extra={"run_id": record.id, "workflow": record.workflow},
-        )
-        app.metrics.record_takeover(record.workflow)
+        if record.fence > 1:  # an earlier owner held it: a takeover, not a first claim
+            log.info(
+                "run %s of workflow %r taken over (fencing token %d)",
+                record.id,
+                record.workflow,
+                record.fence,
+                extra={"run_id": record.id, "workflow": record.workflow},
+            )
+            app.metrics.record_takeover(record.workflow)
         return self.start(wf, wf.validate(record.inputs), record, sess, who, checkpoints)
 
     async def recover_forever(self) -> None:
@@ -434,7 +435,8 @@ class RunEngine:
             await app.emit(
                 EventType.RUN_STARTED,
                 run=record,
-                data={"workflow": wf.name, "resumed": checkpoints is not None},
+                # Resumed: an earlier owner started it (a first claim from a queue is not).
+                data={"workflow": wf.name, "resumed": record.fence > 1},
             )
             result = await app.runtime.run(
                 wf,
