@@ -472,6 +472,18 @@ class RunEngine:
             node = result.nodes.get(node_id)
             if node is not None and node.status in ("completed", "failed"):
                 node.attempts += extra
+        if completed:
+            # Nodes an earlier owner finished: as their checkpoints say (what get_run shows).
+            assert checkpoints is not None
+            for node_id in completed:
+                done = checkpoints[node_id]
+                result.nodes[node_id] = NodeResult(
+                    status="completed",
+                    output=done.output,
+                    started_at=done.started_at,
+                    duration_ms=done.duration_ms,
+                    attempts=done.attempts,
+                )
         result.session_id = record.session_id
         record.status = result.status
         record.output = msgspec.to_builtins(result.output)
