@@ -159,8 +159,10 @@ anyio.run(main)
 # -- waiting ------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it is truthy (return it) or ``timeout`` seconds pass (fail)."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` every ``interval`` s until truthy (returned) or ``timeout`` s pass."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -168,7 +170,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def lease_supported() -> bool:
@@ -728,7 +730,7 @@ def measure(
         return True
 
     with contextlib.suppress(AssertionError):
-        wait_until(all_ended, SETTLE, "every accepted run to end")
+        wait_until(all_ended, SETTLE, "every accepted run to end", 0.2)
     for run_id in accepted:  # what the storage says once the wait is over
         if statuses.get(run_id) not in _TERMINAL:
             body = bodies[run_id] = fetch(run_id)
@@ -743,7 +745,7 @@ def measure(
         return expected <= set(subscriber.ids())
 
     with contextlib.suppress(AssertionError):
-        wait_until(caught_up, 3 * LEASE + 10, "the subscriber to receive the whole log")
+        wait_until(caught_up, 3 * LEASE + 10, "the subscriber to receive the whole log", 0.5)
     subscriber.stop()
     log = project.read_log()
 
