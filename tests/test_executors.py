@@ -388,7 +388,7 @@ class Project:
         """The stored status of each run."""
 
         async def reader(storage: SQLiteStorage) -> dict[str, str]:
-            out = {}
+            out: dict[str, str] = {}
             for run_id in run_ids:
                 record = await storage.get_run(run_id)
                 out[run_id] = record.status if record else "unknown"
