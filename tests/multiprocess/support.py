@@ -738,6 +738,8 @@ def measure(
     lost = [r for r in accepted if statuses.get(r) != "completed"]
     figures.runs_lost = len(lost)
     figures.lost_statuses = dict(Counter(statuses[r] for r in lost))
+    if lost:
+        figures.notes.append(f"lost runs (first 5): {', '.join(lost[:5])}")
 
     # The subscriber catches up with the log (or a deadline passes), then stops.
     def caught_up() -> bool:
