@@ -465,13 +465,18 @@ class Nexus:
         if not executor.inline:
             await executor.submit(self.engine, record)
             if not wait:
+                elapsed = time.perf_counter() - started
+                self.metrics.record_request(channel, wf.name, "accepted", elapsed)
                 return RunResult(
                     run_id=record.id,
                     workflow=wf.name,
                     status="pending",
                     session_id=record.session_id,
                 )
-            return self._for_caller(await self.engine.wait_for(record.id), who)
+            result = await self.engine.wait_for(record.id)
+            elapsed = time.perf_counter() - started
+            self.metrics.record_request(channel, wf.name, result.status, elapsed)
+            return self._for_caller(result, who)
         active = self.engine.start(wf, values, record, sess, who)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)

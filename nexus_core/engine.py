@@ -134,6 +134,10 @@ class RunEngine:
         self._last_renewal = 0.0
         self._parents: dict[str, dict[str, tuple[str, ...]]] = {}
         self._executor: Executor | None = None
+        # Cancel requests heard for runs not executing here (yet): run id -> when.
+        # A run claimed soon after (a worker between claim and start, a
+        # takeover of a dead owner's run) starts cancelled.
+        self._cancel_requested: dict[str, float] = {}
 
     @property
     def executor(self) -> Executor:
@@ -186,6 +190,8 @@ class RunEngine:
         # The handle exists before the task starts, so a cancel that arrives
         # between acceptance and the first node still finds the run.
         active = self.active[record.id] = ActiveRun(record.id, record.fence)
+        if self._cancel_requested.pop(record.id, None) is not None:
+            active.control.cancel()
         self.app._services().task_group.start_soon(
             self._execute, wf, values, record, sess, who, completed, active
         )
@@ -313,6 +319,15 @@ class RunEngine:
                 active = self.active.get(event.run_id or "")
                 if active is not None:
                     active.control.cancel()
+                elif event.run_id:
+                    now = time.monotonic()
+                    keep = 2 * self.lease  # long enough for a dead owner's lease to run out
+                    self._cancel_requested = {
+                        run_id: heard
+                        for run_id, heard in self._cancel_requested.items()
+                        if now - heard < keep
+                    }
+                    self._cancel_requested[event.run_id] = now
 
     async def request_cancel(self, record: RunRecord) -> bool:
         """Cancel a run wherever it executes; whether it was (or was asked to be) cancelled.

@@ -209,7 +209,9 @@ class _WorkLoop:
         engine = self.engine
         storage = engine.app._services().storage
         while self.free > 0:
-            found = await storage.claimable_runs(time.time(), limit=100)
+            found = await storage.claimable_runs(
+                time.time(), limit=100, workflows=self.queues or None
+            )
             candidates = [r for r in found if r.id not in engine.active and self.wanted(r.workflow)]
             claimed = 0
             for record in candidates:

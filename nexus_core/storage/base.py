@@ -46,7 +46,7 @@ suites of the roles it declares, or it is not done.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -374,8 +374,14 @@ class RunStore(Backend):
         """
 
     @abc.abstractmethod
-    async def claimable_runs(self, now: float, *, limit: int = 100) -> list[RunRecord]:
-        """Unfinished runs with no lease or an expired one at ``now``, oldest first."""
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
+        """Unfinished runs with no lease or an expired one at ``now``, oldest first.
+
+        At most ``limit``; with ``workflows``, only runs of those workflows (a
+        worker serving some queues must not be starved by others' backlog).
+        """
 
     @abc.abstractmethod
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -239,14 +239,18 @@ class MemoryStorage(Storage):
                 held.add(run_id)
         return held
 
-    async def claimable_runs(self, now: float, *, limit: int = 100) -> list[RunRecord]:
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
         """Unfinished runs with no lease or an expired one at ``now``, oldest first."""
         if limit <= 0:
             return []
         runs = [
             r
             for r in self._runs.values()
-            if r.status in _UNFINISHED and (r.lease_expires_at is None or r.lease_expires_at <= now)
+            if r.status in _UNFINISHED
+            and (r.lease_expires_at is None or r.lease_expires_at <= now)
+            and (workflows is None or r.workflow in workflows)
         ]
         runs.sort(key=_run_order)
         return [_copy(r) for r in runs[:limit]]

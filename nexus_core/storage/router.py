@@ -11,7 +11,7 @@ backend itself and no router is made (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
 from ..events import Event
@@ -195,9 +195,11 @@ class StorageRouter(Storage):
         """See :meth:`RunStore.renew_leases`."""
         return await self._runs.renew_leases(owner, fences, until=until)
 
-    async def claimable_runs(self, now: float, *, limit: int = 100) -> list[RunRecord]:
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
         """See :meth:`RunStore.claimable_runs`."""
-        return await self._runs.claimable_runs(now, limit=limit)
+        return await self._runs.claimable_runs(now, limit=limit, workflows=workflows)
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """See :meth:`RunStore.save_checkpoint`."""

@@ -30,7 +30,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiosqlite
@@ -123,7 +123,8 @@ _RENEW_LEASE = (
 )
 _CLAIMABLE_RUNS = (
     f"SELECT {_RUN_COLS} FROM runs WHERE {_UNFINISHED}"
-    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY created_at, id LIMIT ?"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?){workflows}"
+    " ORDER BY created_at, id LIMIT ?"
 )
 
 # A fenced upsert (the WHERE also settles SQLite's upsert-after-SELECT parsing ambiguity).
@@ -723,11 +724,22 @@ class SQLiteStorage(Storage):
         )
         return {run_id for (run_id, _), count in zip(items, counts, strict=True) if count}
 
-    async def claimable_runs(self, now: float, *, limit: int = 100) -> list[RunRecord]:
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
         """Unfinished runs with no lease or an expired one at ``now``, oldest first."""
         if limit <= 0:
             return []
-        return [_run(row) for row in await self._read(_CLAIMABLE_RUNS, (now, limit))]
+        names: tuple[str, ...] = ()
+        if workflows is None:
+            sql = _CLAIMABLE_RUNS.format(workflows="")
+        else:
+            names = tuple(workflows)
+            if not names:
+                return []
+            marks = ", ".join("?" * len(names))
+            sql = _CLAIMABLE_RUNS.format(workflows=f" AND workflow IN ({marks})")
+        return [_run(row) for row in await self._read(sql, (now, *names, limit))]
 
     async def list_runs(
         self,

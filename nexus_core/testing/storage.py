@@ -879,6 +879,14 @@ class RunStoreContract(_BackendContract):
         ]
         got = await storage.claimable_runs(1000.0, limit=1)
         assert got == [await storage.get_run("at-expiry")]
+        # Only the named workflows (a worker's queues): another's backlog starves nobody.
+        await storage.create_run(_run("other", workflow="report", created_at=0.5))
+        assert [r.id for r in await storage.claimable_runs(1000.0, limit=1)] == ["other"]
+        only = await storage.claimable_runs(1000.0, limit=1, workflows=("report",))
+        assert [r.id for r in only] == ["other"]
+        rest = await storage.claimable_runs(1000.0, workflows=["greet"])
+        assert [r.id for r in rest] == ["at-expiry", "unleased", "expired"]
+        assert await storage.claimable_runs(1000.0, workflows=()) == []
 
     async def test_stale_writes_raise_lease_lost_and_change_nothing(
         self, storage: RunStore
