@@ -331,6 +331,9 @@ class _LocalSubscription(Subscription):
         self._resync = False
         #: Events at or below this log position were read from the log: never again live.
         self._floor = 0
+        #: A live-only subscription does not take other processes' events published
+        #: before it (the bus reads the log behind by up to a poll interval).
+        self._since = time.time() if not self._replaying else None
 
     @property
     def last_event_id(self) -> str | None:
@@ -629,15 +632,17 @@ class LocalEventBus(EventBus):
                     seq = event_seq(event.id)
                     if upto is not None and seq > upto:
                         return
-                    self._deliver_at(event, seq)
+                    self._deliver_at(event, seq, foreign=True)
                 if len(page) < self.page_size:
                     return
 
-    def _deliver_at(self, event: Event, seq: int) -> None:
+    def _deliver_at(self, event: Event, seq: int, *, foreign: bool = False) -> None:
         if seq <= self._position:
             return  # delivered already (by the tail, or by the publisher's own batch)
         self._position = seq
         for sub in self._targets(event.type):
+            if foreign and sub._since is not None and event.time < sub._since:
+                continue  # another process published it before this subscription began
             sub._push(event)
 
     async def flush(self) -> None:
@@ -743,7 +748,9 @@ class LocalEventBus(EventBus):
         With a log and ``last_event_id``, iteration first yields every matching
         logged event after that id (an unknown id replays the whole log), then
         live events, with no gap and no duplicate. While replaying, overflow of
-        the live queue is absorbed by reading on from the log.
+        the live queue is absorbed by reading on from the log. Without
+        ``last_event_id`` the stream is live only: this process's events logged
+        from now on, and other processes' events published from now on.
         """
         size = self.queue_size if queue_size is None else queue_size
         policy = self.overflow if overflow is None else overflow

@@ -56,8 +56,10 @@ def forge(header: dict[str, Any], claims: Any) -> str:
 
 
 def _claims(**extra: Any) -> dict[str, Any]:
+    # Built when the module is imported, which may be minutes before the test runs
+    # (xdist collects everything first): a day of validity keeps "exp" out of it.
     now = int(time.time())
-    return {"sub": "mallory", "roles": ["operator"], "tenant": "acme", "exp": now + 300, **extra}
+    return {"sub": "mallory", "roles": ["operator"], "tenant": "acme", "exp": now + 86400, **extra}
 
 
 async def _cli_token(client: httpx.AsyncClient, **headers: str) -> httpx.Response:

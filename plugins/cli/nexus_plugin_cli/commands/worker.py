@@ -91,8 +91,7 @@ async def _work(
     queues: Sequence[str],
     log_format: Literal["text", "json"] | None,
 ) -> int:
-    from nexus_core.logs import configure_logging
-    from nexus_core.plugin import load_app
+    from nexus_core.plugin import configure_logging, load_app
 
     nexus = load_app(target)
     level = nexus.config.nexus.services.monitoring.log_level
