@@ -237,6 +237,7 @@ class Batcher(Generic[T, R]):
         task_status.started()
         try:
             while True:
+                await anyio.lowlevel.checkpoint_if_cancelled()  # a batch is taken shielded
                 if self._flushing or not self.pending:
                     wakeup = self._wakeup = anyio.Event()
                     await wakeup.wait()
