@@ -22,11 +22,11 @@ def greet(name: str, excited: bool = False) -> str:
 
 
 async def main(name: str) -> None:
-    # The embedded tier: the host runs in this process, runs are recorded in ./nexus.db.
+    # The embedded tier: the host runs in this process, runs are recorded in .nexus/hello.db.
     async with app:
         result = await app.invoke("greet", {"name": name, "excited": True}, channel="python")
         print(result.output)
-        print(f"run {result.run_id} {result.status}; stored in {app.config.nexus.storage}")
+        print(f"run {result.run_id} {result.status}; stored in {app.config.storage_url}")
 
 
 if __name__ == "__main__":

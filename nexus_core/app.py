@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -16,7 +17,8 @@ import anyio
 import anyio.abc
 import msgspec
 
-from .config import Config, ConfigError, check_production, load_config
+from .config import Config, check_production, load_config
+from .engine import RunEngine
 from .errors import (
     IdempotencyConflict,
     NexusError,
@@ -31,59 +33,23 @@ from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
-from .plugins import PluginHost, PluginInfo, PluginLoadError, install_command
+from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
 from .security.policy import ANY_INPUTS
 from .serving import DEFAULT_SIGNALS, serve_host, start_channel
 from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
-from .storage.base import NodeCheckpoint, RunRecord, Storage
+from .storage.base import ROLES, RunRecord, Storage
+from .storage.select import create_storage, select_storage
 from .workflows.builder import WorkflowBuilder
 from .workflows.function import workflow_from_function
 from .workflows.model import NodePolicy, Workflow, WorkflowMeta
-from .workflows.runtime import NodeResult, RunControl, RunError, RunResult, Runtime, new_run_id
+from .workflows.runtime import NodeResult, RunError, RunResult, Runtime, new_run_id
 
 __all__ = ["Nexus", "create_storage"]
 
 log = logging.getLogger("nexus")
-runs_log = logging.getLogger("nexus.runs")
-
-# Where the storage backends the core does not ship are found.
-_STORAGE_PLUGINS = {
-    "redis": "nexus-plugin-redis",
-    "rediss": "nexus-plugin-redis",
-    "postgres": "nexus-plugin-postgres",
-    "postgresql": "nexus-plugin-postgres",
-    "s3": "nexus-plugin-s3",
-}
-
-
-def create_storage(host: PluginHost, url: str) -> Storage:
-    """The (unopened) storage backend for ``url``, chosen by its scheme through the plugins.
-
-    An unknown scheme is a ``ConfigError`` naming the installed schemes and the
-    plugin to install; a backend that fails to build names its plugin.
-    """
-    scheme = url.partition(":")[0]
-    backends = host.storage_backends()
-    spec = backends.get(scheme)
-    if spec is None:
-        plugin = _STORAGE_PLUGINS.get(scheme)
-        hint = f"; install it with '{install_command(plugin)}'" if plugin else ""
-        raise ConfigError(
-            f"no storage backend for {scheme!r} URLs (installed: "
-            f"{', '.join(sorted(backends))}){hint}",
-            key="nexus.storage",
-        )
-    try:
-        return spec.load()(url)  # type: ignore[no-any-return]
-    except Exception as exc:
-        raise PluginLoadFailed(
-            f"storage backend {spec.name!r} of plugin {spec.plugin!r} could not be created "
-            f"for {url!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -131,9 +97,15 @@ class Nexus:
                 )
         self._check_required_plugins()
         self.title = title or self.config.nexus.title
+        # The app's own database by default (.nexus/<app>.db): named after the
+        # file that created the host (a script run directly), else the title.
+        self.config.bind_app(self.title, sys._getframe(1).f_globals.get("__file__"))
         logging.getLogger("nexus").setLevel(self.config.nexus.services.monitoring.log_level.upper())
+        #: This host's name in metrics and logs (``nexus.instance_id``, else the hostname).
         self.instance_id = self.config.nexus.instance_id or socket.gethostname()
         self.runtime = Runtime()
+        #: Executes, records and recovers runs under leases (see :mod:`nexus_core.engine`).
+        self.engine = RunEngine(self)
         self.metrics = Metrics(enabled=self.config.nexus.services.monitoring.metrics)
         self.security = SecurityLayer(self)
         #: The open storage backend while the host runs, else None.
@@ -145,8 +117,6 @@ class Nexus:
         self._prompts: dict[str, Prompt] = {}
         self._unannounced: list[Workflow] = []
         self._running: _Services | None = None
-        #: Runs executing in this process, by id (gone once finished: nothing leaks).
-        self._active: dict[str, _ActiveRun] = {}
         # Node types added at run time (tools of discovered MCP servers...), by name.
         self._added_node_types: dict[str, NodeTypeSpec] = {}
 
@@ -452,6 +422,7 @@ class Nexus:
             await security.rate_limit(who, channel, wf.name, credentials)
             sess = await self._session_for(session, channel, who, wf)
             digest = hash_inputs(plain)
+            now = time.time()
             record = RunRecord(
                 id=new_run_id(),
                 workflow=wf.name,
@@ -461,11 +432,15 @@ class Nexus:
                 channel=channel,
                 inputs=plain,
                 status="running",  # it starts at once: no separate "running" write
-                created_at=time.time(),
+                created_at=now,
                 idempotency_key=idempotency_key,
                 input_hash=digest,
-                owner=self.instance_id,
             )
+            executor = self.engine.executor
+            if executor.inline:
+                self.engine.lease_new(record, now)  # it executes here, under this process's lease
+            else:
+                record.status = "pending"  # stored unleased: a worker claims it
             # The key is scoped to (tenant, principal): only the caller's own run comes back.
             record, created = await services.storage.create_run(record)
             if not created and (record.workflow != wf.name or record.input_hash != digest):
@@ -487,13 +462,30 @@ class Nexus:
         if not created:
             return self._for_caller(await self._existing(record, wait), who)
         self.metrics.record_execution(wf.name, channel)
-        active = self._start(wf, values, record, sess, who, None)
+        if not executor.inline:
+            await executor.submit(self.engine, record)
+            if not wait:
+                elapsed = time.perf_counter() - started
+                self.metrics.record_request(channel, wf.name, "accepted", elapsed)
+                return RunResult(
+                    run_id=record.id,
+                    workflow=wf.name,
+                    status="pending",
+                    session_id=record.session_id,
+                )
+            result = await self.engine.wait_for(record.id)
+            elapsed = time.perf_counter() - started
+            self.metrics.record_request(channel, wf.name, result.status, elapsed)
+            return self._for_caller(result, who)
+        active = self.engine.start(wf, values, record, sess, who)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(
                 run_id=record.id, workflow=wf.name, status="running", session_id=record.session_id
             )
         result = await active.result()
+        if active.lost:  # another process took it over: its answer comes from there
+            result = await self.engine.wait_for(record.id)
         self.metrics.record_request(channel, wf.name, result.status, time.perf_counter() - started)
         return self._for_caller(result, who)
 
@@ -517,23 +509,6 @@ class Nexus:
         if self.sees_tracebacks(principal):
             return result
         return msgspec.structs.replace(result, error=result.error.public())
-
-    def _start(
-        self,
-        wf: Workflow,
-        values: Any,
-        record: RunRecord,
-        sess: Session | None,
-        who: Principal,
-        completed: dict[str, Any] | None,
-    ) -> _ActiveRun:
-        # The control exists before the task starts, so a cancel that arrives
-        # between acceptance and the first node still finds the run.
-        active = self._active[record.id] = _ActiveRun(record.id)
-        self._services().task_group.start_soon(
-            self._execute, wf, values, record, sess, who, completed, active
-        )
-        return active
 
     def _count_failure(
         self, exc: NexusError, who: Principal, channel: str, workflow: str, started: float
@@ -559,126 +534,14 @@ class Nexus:
             return await self.create_session(channel=channel, principal=who)
         return None
 
-    async def _execute(
-        self,
-        wf: Workflow,
-        values: Any,
-        record: RunRecord,
-        sess: Session | None,
-        who: Principal,
-        completed: dict[str, Any] | None,
-        active: _ActiveRun,
-    ) -> None:
-        services = self._services()
-        if record.started_at is None:
-            record.started_at = time.time()
-        recorder = _Recorder(self, record, len(wf.nodes) - len(completed or ()))
-        try:
-            if record.status != "running" or completed is not None:
-                record.status = "running"
-                await services.storage.save_run(record)
-            await self.emit(
-                EventType.RUN_STARTED,
-                run=record,
-                data={"workflow": wf.name, "resumed": bool(completed)},
-            )
-            result = await self.runtime.run(
-                wf,
-                values,
-                run_id=record.id,
-                observer=recorder,
-                control=active.control,
-                completed=completed,
-                state={Session: sess} if sess is not None else None,
-                timeout=self.config.nexus.services.runs.default_timeout,
-            )
-        except BaseException:
-            # The host is stopping (or storage failed): the run stays "running"
-            # with its checkpoints and is resumed, or failed, at the next start.
-            # Waiters learn it is still running instead of hanging.
-            if recorder.last is not None:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await services.storage.save_checkpoint(recorder.last[0])
-            self._active.pop(record.id, None)
-            active.finish(
-                RunResult(
-                    run_id=record.id,
-                    workflow=wf.name,
-                    status="running",
-                    session_id=record.session_id,
-                    started_at=record.started_at,
-                )
-            )
-            raise
-        result.session_id = record.session_id
-        record.status = result.status
-        record.output = msgspec.to_builtins(result.output)
-        # Every channel sees the same plain JSON data, in-process callers too.
-        result.output = record.output
-        for node in result.nodes.values():
-            node.output = msgspec.to_builtins(node.output)
-        record.error = msgspec.to_builtins(result.error) if result.error else None
-        record.finished_at = result.finished_at
-        with anyio.CancelScope(shield=True):
-            if sess is not None and result.status == "completed":
-                await self.sessions_manager().save(sess)
-            # The audit record first: queued now, it can share the run's
-            # final write; the events follow that write, so whoever hears
-            # run.completed finds the run stored.
-            await self.security.audit(
-                action="invoke",
-                outcome=result.status,
-                principal=who,
-                channel=record.channel or "python",
-                workflow=wf.name,
-                run_id=record.id,
-                reason=result.error.message if result.error else None,
-                input_hash=record.input_hash,
-            )
-            last = recorder.last
-            await services.storage.finish_run(record, () if last is None else (last[0],))
-            if last is not None:
-                await self.emit(last[1], run=record, data=last[2])
-            await self.emit(
-                f"run.{result.status}",
-                run=record,
-                # Subscribers see the error without its traceback (runs:debug reads the run).
-                data={
-                    "workflow": wf.name,
-                    "output": record.output,
-                    "error": msgspec.to_builtins(result.error.public()) if result.error else None,
-                },
-            )
-            # The run's events and audit record went behind; its caller hears
-            # the answer once they are stored (and the events delivered).
-            await services.events.flush()
-            await self.security.flush_audit()
-        if result.status == "failed":
-            self.metrics.record_error(record.channel or "python", "run_failed")
-            _log_failed_run(record, result.error)
-        self._active.pop(record.id, None)
-        active.finish(result)
-
     async def _existing(self, record: RunRecord, wait: bool) -> RunResult:
         """The result of the caller's run started earlier with the same idempotency key.
 
         Marked ``replayed``: this call did not start the run, so a channel
         whose caller goes away must not cancel it on this call's behalf.
         """
-        return msgspec.structs.replace(await self._wait_for(record, wait), replayed=True)
-
-    async def _wait_for(self, record: RunRecord, wait: bool) -> RunResult:
-        if wait:
-            active = self._active.get(record.id)
-            if active is not None:
-                return await active.result()
-            while record.status in ("pending", "running"):
-                await anyio.sleep(0.05)  # another instance runs it: poll the store
-                fresh = await self._services().storage.get_run(record.id)
-                if fresh is None:
-                    break
-                record = fresh
-        return await self.get_run(record.id)
+        result = await self.engine.wait_for(record.id) if wait else await self.get_run(record.id)
+        return msgspec.structs.replace(result, replayed=True)
 
     async def get_run(self, run_id: str, *, principal: Principal | None = None) -> RunResult:
         """A run's status, result and per-node detail, from storage (any instance's runs).
@@ -745,33 +608,40 @@ class Nexus:
         return await self._services().storage.list_runs(tenant=tenant, **filters)
 
     async def cancel(self, run_id: str, *, principal: Principal | None = None) -> bool:
-        """Cancel a run executing in this host; False if it is not running here.
+        """Cancel a run wherever it executes; False if it has already finished.
 
-        With ``principal``: a run it may not see is :class:`RunNotFound`; one it
-        sees but neither owns nor may ``runs:cancel`` is :class:`PermissionDenied`.
+        A run executing in this process is cancelled at once; one executing in
+        another process (sharing this host's storage and event log) is asked
+        to stop with a ``run.cancel_requested`` event; one nobody executes (its
+        lease expired) is recorded ``cancelled``. With ``principal``: a run it
+        may not see is :class:`RunNotFound`; one it sees but neither owns nor
+        may ``runs:cancel`` is :class:`PermissionDenied`.
         """
-        await self.get_run(run_id, principal=principal)  # not found / other tenant -> error
-        if principal is not None:
-            record = await self._services().storage.get_run(run_id, tenant=principal.tenant)
-            if record is None:
-                raise RunNotFound(f"no run {run_id!r}")
-            if not await self.security.check_run(principal, record, "runs:cancel"):
-                raise PermissionDenied(f"{principal.id!r} may not cancel run {run_id!r}")
-        active = self._active.get(run_id)
-        if active is None:
-            return False
-        active.control.cancel()
-        return True
+        storage = self._services().storage
+        tenant = principal.tenant if principal is not None else None
+        record = await storage.get_run(run_id, tenant=tenant)
+        visible = record is not None and (
+            principal is None or await self.security.check_run(principal, record, "runs:read")
+        )
+        if record is None or not visible:
+            raise RunNotFound(f"no run {run_id!r}")
+        if principal is not None and not await self.security.check_run(
+            principal, record, "runs:cancel"
+        ):
+            raise PermissionDenied(f"{principal.id!r} may not cancel run {run_id!r}")
+        return await self.engine.executor.cancel(self.engine, record)
+
+    def executes_here(self, run_id: str) -> bool:
+        """Whether the run is executing in this process now."""
+        active = self.engine.active.get(run_id)
+        return active is not None and not active.done
 
     async def wait(self, run_id: str) -> RunResult:
-        """Wait for a run started with ``wait=False`` to finish; return its result."""
-        active = self._active.get(run_id)
-        if active is not None:
-            return await active.result()
-        record = await self._services().storage.get_run(run_id)
-        if record is None:
-            raise RunNotFound(f"no run {run_id!r}")
-        return await self._wait_for(record, True)
+        """Wait for a run to finish, wherever it executes; return its result.
+
+        Raises :class:`RunNotFound` for an unknown run.
+        """
+        return await self.engine.wait_for(run_id)
 
     # -- sessions and events -----------------------------------------------------
 
@@ -890,10 +760,13 @@ class Nexus:
         return self._running
 
     def _open_storage(self) -> Storage:
-        if self._storage_override is not None and not isinstance(self._storage_override, str):
-            return self._storage_override
+        override = self._storage_override
+        if override is not None and not isinstance(override, str):
+            return override
+        if override is not None:
+            return select_storage(self.host, dict.fromkeys(ROLES, override), url=override)
         # A relative SQLite path in the settings lands beside the config file (or the app).
-        return create_storage(self.host, self._storage_override or self.config.storage_url)
+        return select_storage(self.host, self.config.storage_urls, url=self.config.storage_url)
 
     def check_startup(self) -> Storage:
         """Check, without starting, everything start-up refuses; return the unopened storage.
@@ -925,15 +798,26 @@ class Nexus:
         return bus
 
     @contextlib.asynccontextmanager
-    async def running(self, channels: Iterable[str] = ()) -> AsyncIterator[Nexus]:
+    async def running(
+        self, channels: Iterable[str] = (), *, recover: bool | None = None
+    ) -> AsyncIterator[Nexus]:
         """Run the host (storage, events, sessions, plugins) and the named channels.
 
         ``async with app:`` is ``running()`` with no channels: what an embedded
         program or a test wants. ``serve()`` starts every installed channel.
+        ``recover`` says whether this process takes over runs whose lease
+        expired (other processes' crashed runs, or its own from before a
+        restart); None follows ``services.runs.recover``, whose ``"auto"``
+        recovers when channels are served.
         """
+        channels = tuple(channels)
+        if recover is None:
+            policy = self.config.nexus.services.runs.recover
+            recover = policy == "always" or (policy == "auto" and bool(channels))
         if self._running is not None:
             raise RuntimeError("this Nexus host is already running")
         storage = self.check_startup()  # what cannot work stops the start here
+        self.engine.prepare()  # the executor: an unknown name stops the start here too
         self.storage = storage  # the bus keeps its event log here
         try:
             bus = self._open_bus()
@@ -955,7 +839,8 @@ class Nexus:
                     await self.security.start()
                     await self.host.startup(self)
                     await self._announce_pending()
-                    await self._recover_runs()
+                    self.engine.recovering = recover
+                    await tg.start(self.engine.run)  # heartbeat, cancel requests, recovery
                     tg.start_soon(self._expire_sessions_forever)
                     start_housekeeping(self, tg)  # retention_days, metrics export
                     for name in channels:
@@ -965,7 +850,7 @@ class Nexus:
                     yield self
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await self._drain(self.config.nexus.services.runs.shutdown_grace)
+                        await self.engine.drain(self.config.nexus.services.runs.shutdown_grace)
                         await self._announce_pending()
                         await self.host.shutdown(self)
                         await self.security.flush_audit()
@@ -979,12 +864,6 @@ class Nexus:
             self.storage = None
             with anyio.CancelScope(shield=True):
                 await storage.close()
-
-    async def _drain(self, grace: float) -> None:
-        """Let runs in flight finish, for ``grace`` seconds at most."""
-        with anyio.move_on_after(grace):
-            while self._active:
-                await next(iter(self._active.values())).result()
 
     async def serve(
         self,
@@ -1001,30 +880,6 @@ class Nexus:
 
     async def _start_channel(self, name: str, tg: anyio.abc.TaskGroup) -> None:
         await start_channel(self, name, tg)  # failures name the channel's plugin
-
-    async def _recover_runs(self) -> None:
-        services = self._services()
-        policy = self.config.nexus.services.runs.on_restart
-        for record in await services.storage.unfinished_runs():
-            if record.owner not in (None, self.instance_id):
-                continue  # another gateway instance's run
-            wf = self._workflows.get(record.workflow)
-            if policy == "fail" or wf is None:
-                record.status = "failed"
-                record.finished_at = time.time()
-                reason = "the host restarted" if wf else "its workflow is no longer registered"
-                record.error = {"type": "Interrupted", "message": f"run interrupted: {reason}"}
-                await services.storage.save_run(record)
-                await self.emit(EventType.RUN_FAILED, run=record, data={"error": record.error})
-                continue
-            checkpoints = await services.storage.get_checkpoints(record.id)
-            completed = {n: c.output for n, c in checkpoints.items() if c.status == "completed"}
-            sess = None
-            if record.session_id:
-                with contextlib.suppress(SessionNotFound):
-                    sess = await services.sessions.get(record.session_id)
-            who = Principal(id=record.principal or "anonymous", tenant=record.tenant)
-            self._start(wf, wf.validate(record.inputs), record, sess, who, completed)
 
     async def expire_sessions(self) -> list[str]:
         """Delete expired sessions now, emit ``session.expired`` for each; return their ids.
@@ -1053,22 +908,6 @@ class Nexus:
         await self._context.__aexit__(*exc_info)
 
 
-def _log_failed_run(record: RunRecord, error: RunError | None) -> None:
-    """One ERROR line per failed run (run id, workflow, node, error), then its traceback."""
-    node = error.node if error is not None else None
-    summary = f"{error.type}: {error.message}" if error is not None else "failed"
-    tb = error.traceback if error is not None else None
-    runs_log.error(
-        "run %s of workflow %r failed%s: %s%s",
-        record.id,
-        record.workflow,
-        f" at node {node!r}" if node else "",
-        summary,
-        f"\n{tb.rstrip()}" if tb else "",
-        extra={"run_id": record.id, "workflow": record.workflow, "node": node, "traceback": tb},
-    )
-
-
 @contextlib.asynccontextmanager
 async def _single_errors() -> AsyncIterator[None]:
     """Re-raise a task group's lone error as itself, not wrapped in an ExceptionGroup.
@@ -1082,28 +921,6 @@ async def _single_errors() -> AsyncIterator[None]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             raise group.exceptions[0] from group.exceptions[0].__cause__
         raise
-
-
-class _ActiveRun:
-    """A run executing in this process: its cancel handle and, once done, its result."""
-
-    __slots__ = ("_done", "_result", "control", "run_id")
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.control = RunControl()
-        self._done = anyio.Event()
-        self._result: RunResult | None = None
-
-    def finish(self, result: RunResult) -> None:
-        self._result = result
-        self._done.set()
-
-    async def result(self) -> RunResult:
-        """Wait for the run's result (status ``running`` if the host stopped first)."""
-        await self._done.wait()
-        assert self._result is not None
-        return self._result
 
 
 class _Services:
@@ -1122,69 +939,3 @@ class _Services:
         self.events = events
         self.sessions = sessions
         self.task_group = task_group
-
-
-class _Recorder:
-    """The runtime observer of host runs: checkpoint, then events, then metrics.
-
-    A node's checkpoint is stored before the next node starts. The run's last
-    node has no next: its checkpoint and event are kept in :attr:`last` and
-    written with the run's final record in one trip (``Storage.finish_run``).
-    """
-
-    __slots__ = ("app", "last", "left", "record")
-
-    def __init__(self, app: Nexus, record: RunRecord, left: int) -> None:
-        self.app = app
-        self.record = record
-        self.left = left  # nodes of this run still to finish
-        self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
-
-    async def node_started(self, run_id: str, node_id: str) -> None:
-        await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
-
-    async def node_finished(
-        self, run_id: str, node_id: str, result: NodeResult, output: Any
-    ) -> None:
-        app = self.app
-        self.left -= 1
-        if result.status == "completed":
-            checkpoint = NodeCheckpoint(
-                run_id=run_id,
-                node_id=node_id,
-                status="completed",
-                output=msgspec.to_builtins(output),
-                started_at=result.started_at,
-                duration_ms=result.duration_ms,
-                attempts=result.attempts,
-            )
-            node = app._workflows[self.record.workflow].nodes[node_id].node
-            if result.duration_ms is not None:
-                app.metrics.observe_node(node.type_name, result.duration_ms / 1000)
-            event: tuple[str, dict[str, Any]] = (
-                EventType.NODE_FINISHED,
-                {"node": node_id, "status": "completed", "duration_ms": result.duration_ms},
-            )
-        elif result.status == "failed":
-            checkpoint = NodeCheckpoint(
-                run_id=run_id,
-                node_id=node_id,
-                status="failed",
-                error=result.error,
-                started_at=result.started_at,
-                duration_ms=result.duration_ms,
-                attempts=result.attempts,
-            )
-            event = (EventType.NODE_FAILED, {"node": node_id, "error": result.error})
-        else:
-            await app.emit(
-                EventType.NODE_FINISHED,
-                run=self.record,
-                data={"node": node_id, "status": result.status},
-            )
-            return
-        if self.left == 0:
-            self.last = (checkpoint, *event)  # nothing runs after it: stored with the run
-            return
-        await app._services().storage.save_checkpoint(checkpoint)
-        await app.emit(event[0], run=self.record, data=event[1])

@@ -8,11 +8,12 @@ SQLite storage backends, the in-process event bus and the auth providers
 from __future__ import annotations
 
 from .hookspecs import hookimpl
-from .specs import AuthProviderSpec, EventBusSpec, NodeTypeSpec, StorageBackendSpec
+from .specs import AuthProviderSpec, EventBusSpec, ExecutorSpec, NodeTypeSpec, StorageBackendSpec
 
 __all__ = [
     "nexus_auth_providers",
     "nexus_event_buses",
+    "nexus_executors",
     "nexus_node_types",
     "nexus_storage_backends",
 ]
@@ -59,6 +60,23 @@ def nexus_event_buses() -> list[EventBusSpec]:
             description="Events within one process.",
             priority=0,
         )
+    ]
+
+
+@hookimpl
+def nexus_executors() -> list[ExecutorSpec]:
+    """``inline`` (in the process that accepted the run) and ``workers`` (``nexus worker``)."""
+    return [
+        ExecutorSpec(
+            name="inline",
+            factory="nexus_core.executors:InlineExecutor",
+            description="Runs execute in the process that accepted them.",
+        ),
+        ExecutorSpec(
+            name="workers",
+            factory="nexus_core.executors:WorkerQueueExecutor",
+            description="Runs wait in the run store; `nexus worker` processes execute them.",
+        ),
     ]
 
 

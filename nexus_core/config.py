@@ -45,6 +45,7 @@ import msgspec
 
 from .errors import ErrorDetail, FieldError, NexusError
 from .specs import ConfigSectionSpec
+from .storage.base import ROLES, Role
 
 __all__ = [
     "CONFIG_FILE_NAMES",
@@ -71,7 +72,9 @@ __all__ = [
     "SecurityConfig",
     "ServicesConfig",
     "StaticApiKey",
+    "StorageConfig",
     "app_directory",
+    "app_name",
     "check_production",
     "load_config",
     "resolve_storage_url",
@@ -81,12 +84,17 @@ __all__ = [
 #: file), in this order, when neither ``path=`` nor ``NEXUS_CONFIG`` names one.
 CONFIG_FILE_NAMES: tuple[str, ...] = ("nexus.toml", "nexus.yaml", "nexus.yml")
 
-#: The storage URL when none is configured: a SQLite file beside the config
-#: file (or the application file, or in the working directory).
-DEFAULT_STORAGE = "sqlite:///nexus.db"
+#: The storage URL when none is configured: a SQLite file of the application's
+#: own, ``.nexus/<app>.db`` beside the config file (or the application file, or
+#: in the working directory). ``{app}`` in any storage URL stands for
+#: :attr:`Config.app_name`.
+DEFAULT_STORAGE = "sqlite:///.nexus/{app}.db"
 
-# The folder of the application file the loader is importing, if any.
+# The application file (or folder) the loader is importing, if any.
 _APP_DIR: ContextVar[Path | None] = ContextVar("nexus_app_dir", default=None)
+_APP_FILE: ContextVar[Path | None] = ContextVar("nexus_app_file", default=None)
+# Folders whose legacy nexus.db was already reported (once per process).
+_LEGACY_WARNED: set[Path] = set()
 
 #: ``NEXUS_*`` variables that are switches for the plugin loader, the CLI or
 #: the client, not settings: :func:`load_config` never reads them as keys.
@@ -429,23 +437,48 @@ class RunsConfig(ConfigStruct, kw_only=True):
     checkpoint; ``"fail"`` marks them failed. ``default_timeout`` is in seconds
     (``None``: no limit unless the workflow sets one). At shutdown the host lets
     runs in flight finish for ``shutdown_grace`` seconds; runs still going then
-    are cancelled where they stand and resume from their checkpoints at the next start.
+    are cancelled where they stand, their leases released, and they resume
+    from their checkpoints in whichever process takes them over.
+
+    A run executes under a lease of ``lease`` seconds, renewed every
+    ``heartbeat`` seconds by the process executing it; a process killed
+    outright leaves its runs to be taken over once their leases expire.
+    ``recover`` says which processes take over expired runs: ``"auto"`` those
+    that serve (``nexus serve``, ``nexus worker``) and not ``async with app:``
+    scripts or ``nexus`` commands; ``"always"``; ``"never"``. ``executor``
+    names how runs are executed (``"inline"``: in the process that accepted
+    them; plugins add others, see ``nexus plugins``).
     """
 
     on_restart: Literal["resume", "fail"] = "resume"
     default_timeout: float | None = None
     shutdown_grace: float = 5.0
+    lease: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    recover: Literal["auto", "always", "never"] = "auto"
+    executor: str = "inline"
+
+    def __post_init__(self) -> None:
+        if self.heartbeat >= self.lease:
+            raise ValueError(
+                f"services.runs.heartbeat ({self.heartbeat:g}) must be shorter than "
+                f"services.runs.lease ({self.lease:g}), or leases expire between renewals"
+            )
 
 
 class EventsConfig(ConfigStruct, kw_only=True):
     """``nexus.services.events``: per-subscriber queues of the event bus.
 
     When a subscriber's queue of ``queue_size`` events is full, ``overflow``
-    either drops its oldest event or disconnects it.
+    either drops its oldest event or disconnects it. Events other processes
+    log (the workers of ``nexus serve --workers N``, a ``nexus run`` beside a
+    server) reach this process's subscribers by reading the shared log every
+    ``poll_interval`` seconds; this process's own events are delivered at once.
     """
 
     queue_size: int = 1000
     overflow: Literal["drop_oldest", "disconnect"] = "drop_oldest"
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.1
 
 
 class ServicesConfig(ConfigStruct, kw_only=True):
@@ -461,10 +494,33 @@ class ServicesConfig(ConfigStruct, kw_only=True):
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
 
 
+class StorageConfig(ConfigStruct, kw_only=True):
+    """``nexus.storage`` as a table: a default URL and, optionally, a URL per storage role.
+
+    ``url`` serves every role not named; ``runs``, ``events``, ``audit``,
+    ``credentials``, ``sessions``, ``cache`` and ``blobs`` (the roles of
+    :data:`nexus_core.storage.base.ROLES`) each name the URL of the backend
+    serving that role. Roles with the same URL share one backend. Relative
+    SQLite paths and ``{app}`` are resolved in each as in ``url`` (see
+    :attr:`Config.storage_urls`).
+    """
+
+    url: str = DEFAULT_STORAGE
+    runs: str | None = None
+    events: str | None = None
+    audit: str | None = None
+    credentials: str | None = None
+    sessions: str | None = None
+    cache: str | None = None
+    blobs: str | None = None
+
+
 class NexusConfig(ConfigStruct, kw_only=True):
     """The ``nexus`` table: the whole configuration of one host.
 
-    ``storage`` is a URL whose scheme picks the storage backend.
+    ``storage`` is a URL whose scheme picks the storage backend of every
+    storage role, or a :class:`StorageConfig` table (``[nexus.storage]``) with
+    a default ``url`` and a URL per role.
     ``channels`` and ``plugins`` map a name to the validated section Struct of
     the plugin that registered ``"channels.<name>"`` / ``"plugins.<name>"``
     (after :func:`load_config`, one entry per registered section).
@@ -474,7 +530,7 @@ class NexusConfig(ConfigStruct, kw_only=True):
     #: The application the ``nexus`` command runs when no APP is given ("module:attr" or a file).
     app: str | None = None
     environment: Literal["development", "staging", "production"] = "development"
-    storage: str = DEFAULT_STORAGE
+    storage: str | StorageConfig = DEFAULT_STORAGE
     instance_id: str | None = None
     #: Plugins (entry-point names) the host refuses to start without.
     required_plugins: list[str] = []
@@ -505,6 +561,7 @@ class Config:
         sections: Mapping[str, Any] = _NO_SECTIONS,
         sources: Mapping[str, str] = _NO_SECTIONS,
         directory: Path | None = None,
+        app_name: str | None = None,
     ) -> None:
         #: The core settings (``nexus`` table).
         self.nexus = nexus
@@ -514,16 +571,72 @@ class Config:
         #: config file's folder, else the application file's, else ``None``
         #: (the working directory).
         self.directory = directory if directory is not None else _folder_of(path)
+        #: The application's name, what ``{app}`` in a storage URL stands for
+        #: (the default database is ``.nexus/<app_name>.db``): the stem of the
+        #: application's file, else the slug of its title (see :func:`app_name`
+        #: and :meth:`bind_app`). ``None`` until known: the title is used then.
+        self.app_name = app_name
         self._sections = dict(sections)
         self._origins = dict(sources)
 
     def __repr__(self) -> str:
         return f"Config(path={self.path!r}, nexus={self.nexus!r})"
 
+    def bind_app(self, title: str, file: str | os.PathLike[str] | None = None) -> None:
+        """Name the application this configuration serves, unless it is named already.
+
+        The host calls this when it is created, with its title and the file of
+        the module that created it (``None`` in an interactive session): that
+        sets :attr:`app_name` (the file's stem, else the slug of ``title``)
+        and, when no folder is known yet (no file read, the app not loaded by
+        name), makes the file's folder :attr:`directory`, so a script run as
+        ``python path/app.py`` keeps its database where ``nexus serve
+        path/app.py`` does. The loader names the app from its file before the
+        host exists; then this changes nothing.
+        """
+        if self.app_name is not None:
+            return
+        source = Path(file) if file is not None else None
+        if source is not None and not source.is_file():
+            source = None
+        self.app_name = app_name(title, source)
+        if self.directory is None and source is not None:
+            self.directory = source.resolve().parent
+
     @property
     def storage_url(self) -> str:
-        """``nexus.storage`` with a relative SQLite path made absolute against :attr:`directory`."""
-        return resolve_storage_url(self.nexus.storage, self.directory)
+        """The default storage URL (``nexus.storage``, or its ``url``), resolved.
+
+        ``{app}`` is replaced by :attr:`app_name` and a relative SQLite path
+        made absolute against :attr:`directory` (:func:`resolve_storage_url`).
+        """
+        storage = self.nexus.storage
+        return self._resolve(storage if isinstance(storage, str) else storage.url)
+
+    @property
+    def storage_urls(self) -> dict[Role, str]:
+        """The storage URL of every role (:data:`~nexus_core.storage.base.ROLES`), resolved.
+
+        A role not named in ``[nexus.storage]`` (every role, when
+        ``nexus.storage`` is a string) has :attr:`storage_url`. When the
+        default database is in effect and a ``nexus.db`` of an earlier version
+        sits in :attr:`directory`, this logs (once) how to keep using it.
+        """
+        storage = self.nexus.storage
+        table = StorageConfig(url=storage) if isinstance(storage, str) else storage
+        default = self._resolve(table.url)
+        if table.url == DEFAULT_STORAGE:
+            _warn_legacy_database(self.directory, default)
+        urls: dict[Role, str] = {}
+        for role in ROLES:
+            url = getattr(table, role)
+            urls[role] = default if url is None else self._resolve(url)
+        return urls
+
+    def _resolve(self, url: str) -> str:
+        if "{app}" in url:
+            url = url.replace("{app}", self.app_name or app_name(self.nexus.title))
+        return resolve_storage_url(url, self.directory)
 
     def section(self, name: str) -> Any:
         """Return the Struct for the dotted section path ``name`` (``"channels.api"``).
@@ -576,6 +689,41 @@ class Config:
         return {_ROOT: table}
 
 
+def app_name(title: str | None = None, file: str | os.PathLike[str] | None = None) -> str:
+    """The name of an application, as its default database is named (``.nexus/<name>.db``).
+
+    The stem of the application's ``file`` (``examples/hello.py``: ``hello``;
+    a package's ``__init__.py`` or ``__main__.py``: the package's folder
+    name), else the slug of its ``title`` (``"Coffee Shop"``: ``coffee-shop``),
+    else ``nexus``.
+    """
+    if file is not None:
+        path = Path(file)
+        stem = path.parent.resolve().name if path.stem in {"__init__", "__main__"} else path.stem
+        if stem:
+            return stem
+    slug = re.sub(r"[^a-z0-9]+", "-", (title or "").lower()).strip("-")
+    return slug or "nexus"
+
+
+def _warn_legacy_database(directory: Path | None, default: str) -> None:
+    """Log once per folder that a ``nexus.db`` from before per-app databases is left unused."""
+    folder = (directory or Path.cwd()).resolve()
+    legacy = folder / "nexus.db"
+    if folder in _LEGACY_WARNED or not legacy.is_file():
+        return
+    _LEGACY_WARNED.add(folder)
+    _log.warning(
+        "%s is no longer the default database: each application now keeps its own (%s). "
+        'To keep using %s, name it explicitly: storage = "sqlite:///nexus.db" in the '
+        "nexus table of the config file, or NEXUS_STORAGE=sqlite:///%s",
+        legacy,
+        default.removeprefix("sqlite:///"),
+        legacy.name,
+        legacy,
+    )
+
+
 def resolve_storage_url(url: str, directory: Path | None) -> str:
     """Make the relative path of a ``sqlite:///`` URL absolute against ``directory``.
 
@@ -603,17 +751,22 @@ def app_directory(path: str | os.PathLike[str] | None) -> Iterator[None]:
     has none, and a relative storage path lands beside the config file (or the
     app) rather than in whatever directory the process was started in.
     ``path`` is the application file or its folder; ``None`` changes nothing.
+    Given the file, it also names the app (:attr:`Config.app_name`: the
+    file's stem), so each app of a folder has a database of its own.
     """
     if path is None:
         yield
         return
     folder = Path(path).resolve()
+    file: Path | None = None
     if not folder.is_dir():
-        folder = folder.parent
+        file, folder = folder, folder.parent
     token = _APP_DIR.set(folder)
+    file_token = _APP_FILE.set(file)
     try:
         yield
     finally:
+        _APP_FILE.reset(file_token)
         _APP_DIR.reset(token)
 
 
@@ -635,9 +788,10 @@ def check_production(
     if nexus.environment != "production":
         return
     problems = []
+    url = nexus.storage if isinstance(nexus.storage, str) else nexus.storage.url
     if not storage_persistent:
         problems.append(
-            f"storage {nexus.storage!r} does not persist data; set nexus.storage "
+            f"storage {url!r} does not persist data; set nexus.storage "
             "(or NEXUS_STORAGE) to a durable URL such as sqlite:///nexus.db or postgresql://..."
         )
     if not auth_configured:
@@ -683,6 +837,7 @@ def load_config(
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     beside = Path(app_dir).resolve() if app_dir is not None else _APP_DIR.get()
+    app_file = _APP_FILE.get() if app_dir is None else None
     schema = _Schema(sections)
     raw: dict[str, Any] = {}
     origins: dict[_KeyPath, str] = {}
@@ -707,6 +862,7 @@ def load_config(
         sections=found_sections,
         sources={_dotted(key): value for key, value in origins.items()},
         directory=_folder_of(file_path) if file_path is not None else beside,
+        app_name=app_name(file=app_file) if app_file is not None else None,
     )
 
 
@@ -869,8 +1025,18 @@ def _assign_env(
     """Set one variable's value at ``parts``, converted to the type of that setting.
 
     A JSON object is spread over its keys, so each is checked (and merged over
-    the file's table) on its own.
+    the file's table) on its own. ``nexus.storage`` is a URL or a table: a URL
+    (``NEXUS_STORAGE``) given over a table sets its ``url``, and a key of the
+    table (``NEXUS_STORAGE__CACHE``) given over a URL keeps that URL as ``url``.
     """
+    if parts[:1] == ("storage",):
+        stored = raw.get("storage")
+        if len(parts) == 1 and isinstance(stored, dict) and not isinstance(parsed, dict):
+            parts = ("storage", "url")
+        elif len(parts) > 1 and isinstance(stored, str):
+            raw["storage"] = {"url": stored}
+            if ("storage",) in origins:
+                origins[("storage", "url")] = origins.pop(("storage",))
     target = schema.type_at(parts, source)
     if isinstance(parsed, dict) and _is_table(target):
         if not parsed:  # '{}': the table exists, with its defaults
@@ -903,7 +1069,7 @@ def _assign_env(
 
 
 def _is_table(tp: Any) -> bool:
-    tp = _unwrap_type(tp)
+    tp = _table_in(tp)
     origin = typing.get_origin(tp)
     return tp is Any or origin is dict or (isinstance(tp, type) and issubclass(tp, msgspec.Struct))
 
@@ -971,7 +1137,7 @@ class _Schema:
                 tp = self.sections[here]
                 continue
             parent = parts[:index]
-            tp = _unwrap_type(tp)
+            tp = _table_in(tp)
             if parent in _SECTION_CONTAINERS:
                 raise self.unknown(here, source)
             if _is_struct_type(tp):
@@ -1000,7 +1166,7 @@ class _Schema:
         known = set(self.children(parent))
         parent_type = None
         if parent not in _SECTION_CONTAINERS:
-            parent_type = _unwrap_type(self.type_at(parent, source or "configuration"))
+            parent_type = _table_in(self.type_at(parent, source or "configuration"))
             if _is_struct_type(parent_type):
                 known.update(_field_types(parent_type))
         is_section = parent in _SECTION_CONTAINERS or parent == ("services",)
@@ -1054,7 +1220,7 @@ class _Schema:
         self, value: Any, tp: Any, here: _KeyPath, origins: Mapping[_KeyPath, str]
     ) -> None:
         """Reject unknown keys (with our message) and pin errors inside dicts to their key."""
-        tp = _unwrap_type(tp)
+        tp = _table_in(tp)
         if not isinstance(value, dict):
             return
         if _is_struct_type(tp):
@@ -1161,6 +1327,17 @@ def _unwrap_type(tp: Any) -> Any:
         args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
         if len(args) == 1:
             return _unwrap_type(args[0])
+    return tp
+
+
+def _table_in(tp: Any) -> Any:
+    """``tp`` unwrapped; of a union of a value and a table (``str | StorageConfig``), the table."""
+    tp = _unwrap_type(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            inner = _unwrap_type(arg)
+            if _is_struct_type(inner) or typing.get_origin(inner) is dict:
+                return inner
     return tp
 
 

@@ -5,10 +5,14 @@ events whose dotted ``type`` matches their patterns (``"run.*"``, ``"*"``,
 ``"node.finished"``). The in-process :class:`LocalEventBus` is the default; a
 distributed bus (Redis) implements the same contract.
 
-When the bus keeps a log (the host's :class:`~nexus_core.storage.base.Storage`),
-every event is appended to it before it is delivered, so a client that drops
-its connection reconnects with the last id it saw and receives exactly what it
-missed, then the live stream (``subscribe(..., last_event_id=...)``).
+When the bus keeps a log (the host's event log role), every event is appended
+to it before it is delivered, and the log gives it its id: a position in one
+order shared by every process that logs there. A client that drops its
+connection reconnects with the last id it saw and receives exactly what it
+missed, whichever process logged it, then the live stream
+(``subscribe(..., last_event_id=...)``). While anyone subscribes, the bus
+also reads the log for events other processes logged, so live subscribers of
+one process hear every process sharing the log, in log order.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import abc
 import enum
 import fnmatch
 import itertools
+import logging
 import os
 import re
 import time
@@ -31,6 +36,8 @@ import msgspec
 from ._batching import Batcher
 from .errors import NexusError
 
+_log = logging.getLogger("nexus.events")
+
 __all__ = [
     "Event",
     "EventBus",
@@ -40,6 +47,8 @@ __all__ = [
     "Overflow",
     "SubscriberLagged",
     "Subscription",
+    "event_id",
+    "event_seq",
     "new_event_id",
 ]
 
@@ -48,17 +57,35 @@ _PROCESS = os.urandom(3).hex()
 
 
 def new_event_id() -> str:
-    """A new event id that sorts in emission order within a process.
+    """A provisional id for an event not yet logged (a bus without a log keeps it).
 
     Milliseconds since the epoch, then a per-process sequence, then a random
-    process tag (so two gateway instances never mint the same id):
-    ``"0001795671548102-000000000042-a1b2c3"``.
+    process tag: ``"0001795671548102-000000000042-a1b2c3"``. The event log
+    replaces it with the event's position (see
+    :meth:`~nexus_core.storage.base.EventLog.append_events`).
     """
     return f"{time.time_ns() // 1_000_000:016d}-{next(_counter):012d}-{_PROCESS}"
 
 
+def event_id(seq: int) -> str:
+    """The event id of log position ``seq``: 16 digits, zero-padded, so ids also sort as text."""
+    return f"{seq:016d}"
+
+
+def event_seq(event_id: str | None) -> int:
+    """The log position of an event id (0 for None or an id that is not a log position)."""
+    if event_id and event_id.isdigit() and event_id.isascii():
+        return int(event_id)
+    return 0
+
+
 class Event(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """One thing that happened. ``type`` is dotted (``run.started``, ``node.finished``)."""
+    """One thing that happened. ``type`` is dotted (``run.started``, ``node.finished``).
+
+    Encoded, fields at their defaults are left out (``omit_defaults``): a
+    decoder must fill them in (msgspec does), and a storage backend must give
+    them back (an event without a run has ``run_id`` None).
+    """
 
     type: str
     id: str = msgspec.field(default_factory=new_event_id)
@@ -109,16 +136,20 @@ class SubscriberLagged(NexusError):
 
 
 class EventLog(Protocol):
-    """The part of :class:`~nexus_core.storage.base.Storage` a bus needs to keep a log."""
+    """What a bus needs of the event log role (:class:`~nexus_core.storage.base.EventLog`)."""
 
-    async def append_event(self, event: Event) -> None:
-        """Append to the log; the order of appends is the order of replay."""
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append in order; the events as logged, each with its id (its position)."""
         ...
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
     ) -> list[Event]:
-        """Up to ``limit`` events after id ``after`` (from the start if None or unknown)."""
+        """Up to ``limit`` events after position ``after`` (from the start if None)."""
+        ...
+
+    async def last_event_id(self) -> str | None:
+        """The id of the newest event (None when the log is empty)."""
         ...
 
 
@@ -262,11 +293,13 @@ class _LocalSubscription(Subscription):
     """A subscriber of :class:`LocalEventBus`: a bounded deque plus a wake-up event.
 
     Replay: the subscription is registered (its live queue fills) before the
-    log is read. It reads pages until a short page; then the live queue holds
-    every matching event not yet read, and its prefix up to the last event read
-    from the log is the overlap, which is dropped. If the queue overflows while
+    log is read. It reads pages until a short page; by then every event
+    logged before it registered has been read, and every later one is in the
+    live queue or on its way. Event ids are log positions, so going live is
+    dropping what is at or below the last position read (the *floor*), now
+    and whenever such an event arrives later. If the queue overflows while
     replaying, it is cleared (everything in it is in the log) and reading
-    continues. See :meth:`_read_page`.
+    goes on.
     """
 
     def __init__(
@@ -296,8 +329,8 @@ class _LocalSubscription(Subscription):
         self._cursor = last_event_id
         self._buffer: deque[Event] = deque()
         self._resync = False
-        self._last_read: str | None = None
-        self._skip: set[str] = set()
+        #: Events at or below this log position were read from the log: never again live.
+        self._floor = 0
 
     @property
     def last_event_id(self) -> str | None:
@@ -312,6 +345,8 @@ class _LocalSubscription(Subscription):
     # -- producer side (called by the bus, synchronously) ----------------------
 
     def _push(self, event: Event) -> None:
+        if self._floor and event_seq(event.id) <= self._floor:
+            return  # read from the log during replay: already handed out
         if self._filter is not None:
             try:
                 if not self._filter(event):
@@ -319,11 +354,6 @@ class _LocalSubscription(Subscription):
             except Exception as exc:  # a broken filter ends its own subscription only
                 self._fail(exc)
                 return
-        if self._skip and event.id in self._skip:
-            # Read from the log during replay while its batch was between
-            # append and delivery: already handed out.
-            self._skip.discard(event.id)
-            return
         queue = self._queue
         if len(queue) >= self._size:
             if self._replaying:
@@ -400,7 +430,6 @@ class _LocalSubscription(Subscription):
         for event in page:
             if match(event.type) and (keep is None or keep(event)):
                 self._buffer.append(event)
-                self._last_read = event.id
         if page:
             self._cursor = page[-1].id
         if len(page) >= limit:
@@ -413,31 +442,16 @@ class _LocalSubscription(Subscription):
         self._go_live()
 
     def _go_live(self) -> None:
-        """Switch to the live queue, dropping the events in it already read from the log.
+        """Switch to the live queue, dropping what in it was already read from the log.
 
         Synchronous, right after the last read: no event is pushed meanwhile.
-        Everything appended before registration (or the last clear of the
-        queue) has been read; everything appended since is in the queue, in log
-        order, except the bus's in-flight event (appended, not yet delivered),
-        which readers may already see. With ``L`` the last matching event read:
-        if ``L`` is queued, the overlap is the queue up to ``L``; if ``L`` is the
-        in-flight event, it is the whole queue, and ``L`` is skipped when it
-        arrives; otherwise nothing queued was read.
         """
         self._replaying = False
-        last_read = self._last_read
-        if last_read is None:
-            return
+        self._floor = event_seq(self._cursor)
+        floor = self._floor
         queue = self._queue
-        for index, event in enumerate(queue):
-            if event.id == last_read:
-                for _ in range(index + 1):
-                    queue.popleft()
-                return
-        inflight = self._bus._inflight
-        if last_read in inflight:
-            queue.clear()
-            self._skip = set(inflight[: inflight.index(last_read) + 1])
+        while queue and event_seq(queue[0].id) <= floor:
+            queue.popleft()
 
     async def aclose(self) -> None:
         """Stop receiving; iteration ends. Idempotent."""
@@ -480,20 +494,24 @@ class _Batch:
 
 
 class LocalEventBus(EventBus):
-    """The in-process bus: fan-out to bounded per-subscriber queues.
+    """The in-process bus: fan-out to bounded per-subscriber queues, in log order.
 
-    ``log`` is anything with ``append_event``/``read_events`` (the host's
-    :class:`~nexus_core.storage.base.Storage`); without one there is no replay
-    and ``last_event_id`` is ignored. ``queue_size`` and ``overflow`` are the
-    defaults for subscribers. Use it from the event loop (worker threads go
-    through ``anyio.from_thread.run``).
+    ``log`` is the event log (the host's event log role); without one there is
+    no replay, ``last_event_id`` is ignored and ids stay provisional.
+    ``queue_size`` and ``overflow`` are the defaults for subscribers. Use it
+    from the event loop (worker threads go through ``anyio.from_thread.run``).
 
     On its own, ``publish`` logs and delivers before it returns (publishers
     arriving meanwhile are logged together in the next batch). In a host,
-    :meth:`run` logs and delivers in the background, and ``publish`` only queues.
+    :meth:`run` logs and delivers in the background, and ``publish`` only
+    queues; it also reads the log every ``poll_interval`` seconds while
+    anyone subscribes, so events other processes logged reach this process's
+    subscribers too. Every subscriber receives events in log order: before a
+    batch of its own is delivered, the bus delivers whatever other processes
+    logged ahead of it.
     """
 
-    #: Events per ``read_events`` call while replaying.
+    #: Events per ``read_events`` call while replaying or catching up.
     page_size: int = 500
 
     def __init__(
@@ -502,15 +520,17 @@ class LocalEventBus(EventBus):
         *,
         queue_size: int = 1000,
         overflow: Overflow = "drop_oldest",
+        poll_interval: float = 0.1,
     ) -> None:
-        if log is not None and not (hasattr(log, "append_event") and hasattr(log, "read_events")):
+        if log is not None and not (hasattr(log, "append_events") and hasattr(log, "read_events")):
             raise TypeError(
-                f"log must have append_event() and read_events(), got {type(log).__name__}"
+                f"log must have append_events() and read_events(), got {type(log).__name__}"
             )
         _check_queue(queue_size, overflow)
         self.log = log
         self.queue_size = queue_size
         self.overflow: Overflow = overflow
+        self.poll_interval = poll_interval
         self._subs: dict[_LocalSubscription, None] = {}
         self._by_type: dict[str, tuple[_LocalSubscription, ...]] = {}
         # Group logging: events published while a batch is being appended go
@@ -520,26 +540,37 @@ class LocalEventBus(EventBus):
         self._pending: list[Event] = []
         self._next_batch: _Batch | None = None  # made when someone has to wait for it
         self._flushing = False
-        #: Ids of the batch appended but not yet delivered (see _go_live).
-        self._inflight: list[str] = []
+        #: The log position delivered up to: events at or below it were delivered
+        #: (or logged while nobody subscribed).
+        self._position = 0
+        self._delivering = anyio.Lock()
+        self._subscribed = 0  # subscriptions made so far (a change means: do not skip ahead)
+        self._someone = anyio.Event()  # set while anyone subscribes
         # While run() runs (in the host), publish only queues: one task logs
         # and delivers in batches and no publisher waits for a round trip.
         self._behind: Batcher[Event, None] = Batcher(self._log_and_deliver, what="events")
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
-        """Build a bus logging to the host's storage, with the configured queue size and policy."""
+        """Build a bus logging to the host's event log, with the configured queues and polling."""
         settings = app.config.nexus.services.events
         return cls(
             getattr(app, "storage", None),
             queue_size=settings.queue_size,
             overflow=settings.overflow,
+            poll_interval=settings.poll_interval,
         )
 
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are registered."""
         return len(self._subs)
+
+    async def start(self) -> None:
+        """Start delivering after the newest event already logged (by any process)."""
+        last = getattr(self.log, "last_event_id", None)
+        if last is not None:
+            self._position = max(self._position, event_seq(await last()))
 
     async def stop(self) -> None:
         """End every subscription (their iterators stop)."""
@@ -551,13 +582,63 @@ class LocalEventBus(EventBus):
     ) -> None:
         """Log and deliver in the background until cancelled; ``publish`` then only queues.
 
-        A batch whose append fails is logged as an error and not delivered (a
-        subscriber never sees an event the log lacks).
+        Also reads the log for other processes' events while anyone
+        subscribes. A batch whose append fails is logged as an error and not
+        delivered (a subscriber never sees an event the log lacks).
         """
         if self.log is None:
             task_status.started()
             return
-        await self._behind.run(task_status=task_status)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._behind.run)
+            tg.start_soon(self._tail)
+            task_status.started()
+
+    async def _tail(self) -> None:
+        """Deliver what other processes log, every ``poll_interval`` s, while anyone listens."""
+        log = self.log
+        assert log is not None
+        last = getattr(log, "last_event_id", None)
+        while True:
+            await anyio.sleep(self.poll_interval)
+            if not self._subs:
+                if last is None:
+                    await self._someone.wait()
+                    continue
+                # Nobody listens: move the position to the log's end, so the
+                # first subscriber is not handed what came before it.
+                seen = self._subscribed
+                head = event_seq(await last())
+                if not self._subs and seen == self._subscribed:
+                    self._position = max(self._position, head)
+                    await self._someone.wait()
+                continue
+            try:
+                await self._catch_up(None)
+            except Exception as exc:  # the log is unreachable: try again at the next poll
+                _log.warning("reading the event log for other processes' events failed: %s", exc)
+
+    async def _catch_up(self, upto: int | None) -> None:
+        """Deliver logged events after the position (up to ``upto``), holding the delivery lock."""
+        log = self.log
+        assert log is not None
+        async with self._delivering:
+            while upto is None or self._position < upto:
+                page = await log.read_events(after=event_id(self._position), limit=self.page_size)
+                for event in page:
+                    seq = event_seq(event.id)
+                    if upto is not None and seq > upto:
+                        return
+                    self._deliver_at(event, seq)
+                if len(page) < self.page_size:
+                    return
+
+    def _deliver_at(self, event: Event, seq: int) -> None:
+        if seq <= self._position:
+            return  # delivered already (by the tail, or by the publisher's own batch)
+        self._position = seq
+        for sub in self._targets(event.type):
+            sub._push(event)
 
     async def flush(self) -> None:
         """Wait until every event published before this call is logged and delivered."""
@@ -614,29 +695,37 @@ class LocalEventBus(EventBus):
             self._flushing = False
 
     async def _log_and_deliver(self, batch: list[Event]) -> None:
-        """Append ``batch`` to the log in one call, then hand each event to its subscribers."""
+        """Append ``batch`` to the log in one call, then deliver it in log order.
+
+        Events other processes logged ahead of the batch are delivered first
+        (read from the log), so every subscriber sees one order.
+        """
         log = self.log
         assert log is not None
-        self._inflight = [each.id for each in batch]
-        try:
-            append_many = getattr(log, "append_events", None)
-            if append_many is not None:
-                await append_many(batch)
-            else:
-                for each in batch:
-                    await log.append_event(each)
-            for each in batch:
-                for sub in self._targets(each.type):
-                    sub._push(each)
-        finally:
-            self._inflight = []
+        logged = await log.append_events(batch)
+        if not logged:
+            return
+        first = event_seq(logged[0].id)
+        if not self._subs:
+            self._position = max(self._position, event_seq(logged[-1].id))
+            return
+        if first > self._position + 1:
+            await self._catch_up(first - 1)
+        async with self._delivering:
+            for each in logged:
+                self._deliver_at(each, event_seq(each.id))
 
     def deliver(self, event: Event) -> None:
         """Hand ``event`` to local subscribers without logging it.
 
         For a distributed bus fanning out events that another instance
-        published and logged.
+        published and logged. With a log, an event at or below the position
+        already delivered is dropped (delivered once).
         """
+        seq = event_seq(event.id)
+        if self.log is not None and seq:
+            self._deliver_at(event, seq)
+            return
         for sub in self._targets(event.type):
             sub._push(event)
 
@@ -664,6 +753,8 @@ class LocalEventBus(EventBus):
             self, pats, _compile_patterns(pats), filter, size, policy, last_event_id
         )
         self._subs[sub] = None
+        self._subscribed += 1
+        self._someone.set()
         self._by_type.clear()
         return sub
 
@@ -688,6 +779,8 @@ class LocalEventBus(EventBus):
         if sub in self._subs:
             del self._subs[sub]
             self._by_type.clear()
+            if not self._subs:
+                self._someone = anyio.Event()
 
 
 def _check_queue(queue_size: int, overflow: str) -> None:

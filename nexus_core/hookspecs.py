@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         ChannelSpec,
         ConfigSectionSpec,
         EventBusSpec,
+        ExecutorSpec,
         NodeTypeSpec,
         StorageBackendSpec,
     )
@@ -143,6 +144,21 @@ def nexus_event_buses() -> list[EventBusSpec]:
     distributed bus only has to be installed to take over.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nexus_executors() -> list[ExecutorSpec]:
+    """Return the executors this plugin contributes: how runs get executed.
+
+    Called once when the host starts. ``services.runs.executor`` names the one
+    used (the core's ``"inline"`` by default: runs execute in the process that
+    accepted them); ``factory`` is an
+    :class:`~nexus_core.executors.Executor` subclass, built with its
+    ``from_app(app)``. A queue executor hands runs to ``nexus worker``
+    processes (see :mod:`nexus_core.executors`).
+
+    .. versionadded:: 0.2
     """
 
 

@@ -31,6 +31,8 @@ class Metrics:
     - ``nexus_workflow_executions_total{workflow,channel}``: runs started.
     - ``nexus_errors_total{channel,type}``: errors by type (an error code or class name).
     - ``nexus_node_duration_seconds{node_type}``: node execution time.
+    - ``nexus_run_takeovers_total{workflow}``: runs this host took over after
+      their owner's lease expired.
     """
 
     def __init__(self, *, enabled: bool = True, registry: CollectorRegistry | None = None) -> None:
@@ -75,6 +77,13 @@ class Metrics:
             registry=reg,
         )
 
+        self.takeovers = Counter(
+            "nexus_run_takeovers_total",
+            "Runs taken over after their owner's lease expired, by workflow.",
+            ("workflow",),
+            registry=reg,
+        )
+
     def _child(self, metric: Any, key: tuple[Any, ...]) -> Any:
         # key[0] is the metric's tag; the rest are its label values.
         child = self._children.get(key)
@@ -94,6 +103,12 @@ class Metrics:
         if not self.enabled:
             return
         self._child(self.executions, ("x", workflow, channel)).inc()
+
+    def record_takeover(self, workflow: str) -> None:
+        """Count one run taken over from a process whose lease expired."""
+        if not self.enabled:
+            return
+        self._child(self.takeovers, ("t", workflow)).inc()
 
     def record_error(self, channel: str, type: str) -> None:
         """Count one error of ``type`` (an error code or exception class name)."""

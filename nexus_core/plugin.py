@@ -20,22 +20,31 @@ Hooks
     :class:`PluginConflictError` naming both).
 Specs (what registration hooks return)
     :class:`ChannelSpec`, :class:`AuthProviderSpec`, :class:`StorageBackendSpec`,
-    :class:`NodeTypeSpec`, :class:`EventBusSpec`, :class:`ConfigSectionSpec`,
-    :class:`HttpMountSpec`, :class:`CommandSpec`, their base :class:`Spec`.
+    :class:`NodeTypeSpec`, :class:`EventBusSpec`, :class:`ExecutorSpec`,
+    :class:`ConfigSectionSpec`, :class:`HttpMountSpec`, :class:`CommandSpec`,
+    their base :class:`Spec`.
 Base classes and protocols
     :class:`Channel` (+ :class:`ChannelCapabilities`), :class:`AuthProvider`,
     :class:`Storage` (:class:`MemoryStorage` and :class:`SQLiteStorage`
-    are complete backends to start from), :class:`EventBus`, :class:`Node` (+ :class:`NodeContext`),
+    are complete backends to start from; :class:`StorageRouter` is one made of a
+    backend per role), the storage roles a backend may serve alone
+    (:class:`Backend`, :class:`RunStore`, :class:`EventLog`, :class:`AuditLog`,
+    :class:`CredentialStore`, :class:`SessionStore`, :class:`Cache`,
+    :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus`,
+    :class:`Executor` (+ :class:`InlineExecutor`; a queue executor drives
+    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
     :class:`Subscription`, :class:`RunRecord`, :class:`NodeCheckpoint`,
     :class:`AuditRecord`, :class:`SessionRecord`, :class:`CredentialRecord`,
     :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
-    request headers a channel passes in ``Credentials.extras``).
+    request headers a channel passes in ``Credentials.extras``);
+    :func:`event_id` and :func:`event_seq` (event ids are log positions).
 Errors
     :class:`NexusError` and the subclasses a plugin raises or renders
-    (:class:`AppNotFound`, :class:`SubscriberLagged` too).
+    (:class:`AppNotFound`, :class:`SubscriberLagged` too); a storage backend
+    raises :class:`AlreadyExists` and :class:`LeaseLost`.
 Host services (what a channel or a command of its own calls)
     :func:`load_app` (an application from ``module:attr`` or a file),
     :func:`load_config` (the validated ``nexus.toml``), :class:`PluginHost`
@@ -50,10 +59,14 @@ Host services (what a channel or a command of its own calls)
     :func:`user_config_dir`, :func:`write_private`; logging in the host's one
     format: :func:`configure_logging`, :data:`LogFormat`, :class:`JsonFormatter`.
 Contract suites (in your tests; they need pytest, anyio and hypothesis)
-    :class:`~nexus_core.testing.storage.StorageContract`,
-    :class:`~nexus_core.testing.auth.AuthProviderContract`,
-    :class:`~nexus_core.testing.channel.ChannelContract`, imported from
-    :mod:`nexus_core.testing` so that this module does not import pytest.
+    the storage suites, one per role (:class:`SessionStoreContract`,
+    :class:`RunStoreContract`, :class:`EventLogContract`,
+    :class:`AuditLogContract`, :class:`CredentialStoreContract`,
+    :class:`CacheContract`, :class:`BlobStoreContract`; :class:`StorageContract`
+    is all of them), loaded on first use so that importing this module does not
+    import pytest; :class:`~nexus_core.testing.auth.AuthProviderContract` and
+    :class:`~nexus_core.testing.channel.ChannelContract` from
+    :mod:`nexus_core.testing`.
 
 Names are imported on first use, so ``import nexus_core.plugin`` is cheap.
 
@@ -76,6 +89,7 @@ if TYPE_CHECKING:
     from .app import Nexus
     from .channels import Channel, ChannelCapabilities, describe
     from .config import ConfigError, ConfigStruct, load_config
+    from .engine import RunEngine
     from .errors import (
         AuthenticationError,
         NexusError,
@@ -85,7 +99,16 @@ if TYPE_CHECKING:
         PluginFailed,
         ValidationError,
     )
-    from .events import Event, EventBus, EventType, SubscriberLagged, Subscription
+    from .events import (
+        Event,
+        EventBus,
+        EventType,
+        SubscriberLagged,
+        Subscription,
+        event_id,
+        event_seq,
+    )
+    from .executors import Executor, InlineExecutor
     from .health import HealthReport, liveness
     from .loader import AppNotFound, load_app
     from .logs import JsonFormatter, LogFormat, configure_logging
@@ -99,6 +122,7 @@ if TYPE_CHECKING:
         CommandSpec,
         ConfigSectionSpec,
         EventBusSpec,
+        ExecutorSpec,
         HttpMountSpec,
         NodeTypeSpec,
         Spec,
@@ -106,15 +130,38 @@ if TYPE_CHECKING:
         import_string,
     )
     from .storage.base import (
+        ROLES,
+        AlreadyExists,
+        AuditLog,
         AuditRecord,
+        Backend,
+        BlobStore,
+        Cache,
         CredentialRecord,
+        CredentialStore,
+        EventLog,
+        LeaseLost,
         NodeCheckpoint,
+        Role,
         RunRecord,
+        RunStore,
         SessionRecord,
+        SessionStore,
         Storage,
     )
     from .storage.memory import MemoryStorage
+    from .storage.router import StorageRouter
     from .storage.sqlite import SQLiteStorage
+    from .testing.storage import (
+        AuditLogContract,
+        BlobStoreContract,
+        CacheContract,
+        CredentialStoreContract,
+        EventLogContract,
+        RunStoreContract,
+        SessionStoreContract,
+        StorageContract,
+    )
     from .userconfig import (
         delete_token,
         read_token,
@@ -127,11 +174,20 @@ if TYPE_CHECKING:
     from .workflows.schema import convert
 
 __all__ = [
+    "ROLES",
+    "AlreadyExists",
     "AppNotFound",
+    "AuditLog",
+    "AuditLogContract",
     "AuditRecord",
     "AuthProvider",
     "AuthProviderSpec",
     "AuthenticationError",
+    "Backend",
+    "BlobStore",
+    "BlobStoreContract",
+    "Cache",
+    "CacheContract",
     "Channel",
     "ChannelCapabilities",
     "ChannelSpec",
@@ -140,14 +196,22 @@ __all__ = [
     "ConfigSectionSpec",
     "ConfigStruct",
     "CredentialRecord",
+    "CredentialStore",
+    "CredentialStoreContract",
     "Credentials",
     "Event",
     "EventBus",
     "EventBusSpec",
+    "EventLog",
+    "EventLogContract",
     "EventType",
+    "Executor",
+    "ExecutorSpec",
     "HealthReport",
     "HttpMountSpec",
+    "InlineExecutor",
     "JsonFormatter",
+    "LeaseLost",
     "LogFormat",
     "MemoryStorage",
     "Nexus",
@@ -167,15 +231,23 @@ __all__ = [
     "Prompt",
     "PromptArgument",
     "PromptMessage",
+    "Role",
+    "RunEngine",
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "RunStore",
+    "RunStoreContract",
     "SQLiteStorage",
     "Session",
     "SessionRecord",
+    "SessionStore",
+    "SessionStoreContract",
     "Spec",
     "Storage",
     "StorageBackendSpec",
+    "StorageContract",
+    "StorageRouter",
     "SubscriberLagged",
     "Subscription",
     "ValidationError",
@@ -184,6 +256,8 @@ __all__ = [
     "convert",
     "delete_token",
     "describe",
+    "event_id",
+    "event_seq",
     "header_extras",
     "hookimpl",
     "hookspec",
@@ -199,11 +273,19 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "AlreadyExists": ".storage.base",
     "AppNotFound": ".loader",
+    "AuditLog": ".storage.base",
+    "AuditLogContract": ".testing.storage",
     "AuditRecord": ".storage.base",
     "AuthProvider": ".security",
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
+    "Backend": ".storage.base",
+    "BlobStore": ".storage.base",
+    "BlobStoreContract": ".testing.storage",
+    "Cache": ".storage.base",
+    "CacheContract": ".testing.storage",
     "Channel": ".channels",
     "ChannelCapabilities": ".channels",
     "ChannelSpec": ".specs",
@@ -212,14 +294,22 @@ _EXPORTS = {
     "ConfigSectionSpec": ".specs",
     "ConfigStruct": ".config",
     "CredentialRecord": ".storage.base",
+    "CredentialStore": ".storage.base",
+    "CredentialStoreContract": ".testing.storage",
     "Credentials": ".security",
     "Event": ".events",
     "EventBus": ".events",
     "EventBusSpec": ".specs",
+    "EventLog": ".storage.base",
+    "EventLogContract": ".testing.storage",
     "EventType": ".events",
+    "Executor": ".executors",
+    "ExecutorSpec": ".specs",
     "HealthReport": ".health",
     "HttpMountSpec": ".specs",
+    "InlineExecutor": ".executors",
     "JsonFormatter": ".logs",
+    "LeaseLost": ".storage.base",
     "LogFormat": ".logs",
     "MemoryStorage": ".storage.memory",
     "Nexus": ".app",
@@ -239,15 +329,24 @@ _EXPORTS = {
     "Prompt": ".prompts",
     "PromptArgument": ".prompts",
     "PromptMessage": ".prompts",
+    "ROLES": ".storage.base",
+    "Role": ".storage.base",
+    "RunEngine": ".engine",
     "RunRecord": ".storage.base",
     "RunResult": ".workflows",
     "RunStatus": ".workflows.runtime",
+    "RunStore": ".storage.base",
+    "RunStoreContract": ".testing.storage",
     "SQLiteStorage": ".storage.sqlite",
     "Session": ".sessions",
     "SessionRecord": ".storage.base",
+    "SessionStore": ".storage.base",
+    "SessionStoreContract": ".testing.storage",
     "Spec": ".specs",
     "Storage": ".storage.base",
     "StorageBackendSpec": ".specs",
+    "StorageContract": ".testing.storage",
+    "StorageRouter": ".storage.router",
     "SubscriberLagged": ".events",
     "Subscription": ".events",
     "ValidationError": ".errors",
@@ -255,6 +354,8 @@ _EXPORTS = {
     "convert": ".workflows.schema",
     "delete_token": ".userconfig",
     "describe": ".channels",
+    "event_id": ".events",
+    "event_seq": ".events",
     "header_extras": ".security",
     "import_string": ".specs",
     "install_command": ".plugins",

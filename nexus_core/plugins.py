@@ -47,6 +47,7 @@ from .specs import (
     ChannelSpec,
     ConfigSectionSpec,
     EventBusSpec,
+    ExecutorSpec,
     NodeTypeSpec,
     Spec,
     StorageBackendSpec,
@@ -527,6 +528,10 @@ class PluginHost:
     def event_buses(self) -> dict[str, EventBusSpec]:
         """Every contributed event bus, by name."""
         return self.collect("nexus_event_buses", EventBusSpec)
+
+    def executors(self) -> dict[str, ExecutorSpec]:
+        """Every contributed executor, by name."""
+        return self.collect("nexus_executors", ExecutorSpec)
 
     def config_sections(self) -> dict[str, ConfigSectionSpec]:
         """Every contributed config section, by dotted path under ``nexus``."""

@@ -145,7 +145,9 @@ async def _serve(
     async with anyio.create_task_group() as outer:
         if signums:
             await outer.start(_watch_signals, signums, stop, started)
-        async with app.running(), anyio.create_task_group() as tg:
+        # A serving process takes over runs whose lease expired (unless "never").
+        recover = app.config.nexus.services.runs.recover != "never"
+        async with app.running(recover=recover), anyio.create_task_group() as tg:
             for name in names:
                 try:
                     channel = await start_channel(app, name, tg)

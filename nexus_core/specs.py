@@ -18,6 +18,7 @@ __all__ = [
     "CommandSpec",
     "ConfigSectionSpec",
     "EventBusSpec",
+    "ExecutorSpec",
     "HttpMountSpec",
     "NodeTypeSpec",
     "Spec",
@@ -37,6 +38,7 @@ _KINDS = {
     "StorageBackendSpec": "storage backend",
     "NodeTypeSpec": "node type",
     "EventBusSpec": "event bus",
+    "ExecutorSpec": "executor",
     "ConfigSectionSpec": "config section",
     "HttpMountSpec": "HTTP mount",
     "CommandSpec": "command",
@@ -166,6 +168,14 @@ class EventBusSpec(Spec, kw_only=True, frozen=True):
     """
 
     priority: int = 0
+
+
+class ExecutorSpec(Spec, kw_only=True, frozen=True):
+    """An executor: ``factory(app)`` returns an :class:`~nexus_core.executors.Executor`.
+
+    ``services.runs.executor`` names the one a host uses (``"inline"``, the
+    core's, by default).
+    """
 
 
 class ConfigSectionSpec(Spec, kw_only=True, frozen=True):

@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 
 from nexus_core import ConfigSectionSpec, NexusError, hookimpl
 from nexus_core.config import (
+    DEFAULT_STORAGE,
     RESERVED_ENV_VARS,
     Config,
     ConfigError,
     ConfigStruct,
     NexusConfig,
     SecurityConfig,
+    StorageConfig,
     check_production,
     load_config,
 )
@@ -83,7 +85,8 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.path is None
     assert nexus.title == "Nexus"
     assert nexus.environment == "development"
-    assert nexus.storage == "sqlite:///nexus.db"
+    assert nexus.storage == DEFAULT_STORAGE == "sqlite:///.nexus/{app}.db"
+    assert config.storage_url == "sqlite:///.nexus/nexus.db"  # no app named: the title's slug
     assert nexus.instance_id is None
     assert nexus.channels == {}
     assert nexus.plugins == {}
@@ -311,7 +314,7 @@ def test_in_code_data_replaces_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     config = load(data={"nexus": {"title": "code", "channels": {"api": {"rate_limit": 7}}}})
     assert config.path is None
     assert config.nexus.title == "code"
-    assert config.nexus.storage == "sqlite:///nexus.db"  # the file was not read
+    assert config.nexus.storage == DEFAULT_STORAGE  # the file was not read
     assert config.section("channels.api").rate_limit == 7
     assert config.sources()["nexus.title"] == "code"
     flat = load(data={"title": "flat", "channels": {"api": ApiSection(rate_limit=3)}})
@@ -700,10 +703,13 @@ def _section(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, An
     return st.fixed_dictionaries({}, optional=fields)
 
 
+ROLE_NAMES = ("runs", "events", "audit", "credentials", "sessions", "cache", "blobs")
+STORAGE_TABLE = _section(url=TEXT, **dict.fromkeys(ROLE_NAMES, st.none() | TEXT))
+
 VALID = _section(
     title=TEXT,
     environment=st.sampled_from(ENVIRONMENTS),
-    storage=TEXT,
+    storage=TEXT | STORAGE_TABLE,
     instance_id=st.none() | TEXT,
     channels=_section(
         api=_section(rate_limit=INTS, cors_origins=st.lists(TEXT, max_size=3)),
@@ -820,7 +826,11 @@ NOT_A_NUMBER = TEXT | st.booleans() | st.lists(INTS, max_size=2)
 BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "title": INTS | st.booleans() | st.lists(TEXT, max_size=2) | st.none(),
     "environment": _not_in(ENVIRONMENTS) | INTS,
-    "storage": INTS | FLOATS | st.none(),
+    "storage": INTS | FLOATS | st.none() | st.booleans(),
+    "storage.url": INTS | FLOATS | st.none() | st.lists(TEXT, max_size=2),
+    "storage.runs": INTS | st.booleans() | st.lists(TEXT, max_size=2),
+    "storage.cache": INTS | FLOATS | st.booleans() | st.lists(TEXT, max_size=2),
+    "storage.blobs": INTS | st.booleans(),
     "instance_id": INTS | st.booleans() | st.lists(TEXT, max_size=2),
     "channels": TEXT | INTS,
     "services": TEXT | st.lists(INTS, max_size=2),
@@ -877,6 +887,7 @@ STRUCT_PATHS = {
     "": NexusConfig,
     "services": None,
     "services.security": SecurityConfig,
+    "storage": StorageConfig,
     "services.monitoring": None,
     "services.runs": None,
     "services.events": None,
@@ -893,7 +904,10 @@ STRUCT_PATHS = {
 )
 def test_random_unknown_keys_name_their_path(base: dict[str, Any], where: str, name: str) -> None:
     config = load()
-    known = msgspec.to_builtins(config.section(where)) if where else config.to_dict()["nexus"]
+    if where == "storage":  # a URL or a table: its keys are StorageConfig's
+        known = msgspec.to_builtins(StorageConfig())
+    else:
+        known = msgspec.to_builtins(config.section(where)) if where else config.to_dict()["nexus"]
     if name in known:
         return
     dotted = f"{where}.{name}" if where else name
@@ -958,7 +972,8 @@ def test_lookup_order_named_then_working_directory_then_beside_the_app(
     assert beside.nexus.title == "beside"
     assert beside.path == app_dir / "nexus.yaml"
     assert beside.directory == app_dir
-    assert beside.storage_url == f"sqlite:///{app_dir / 'nexus.db'}"
+    assert beside.app_name == "app"  # the app file's stem names the default database
+    assert beside.storage_url == f"sqlite:///{app_dir / '.nexus' / 'app.db'}"
 
     (here / "nexus.toml").write_text('title = "here"\nstorage = "sqlite:///data/x.db"\n')
     with app_directory(app_dir):
@@ -970,14 +985,15 @@ def test_lookup_order_named_then_working_directory_then_beside_the_app(
     with app_directory(app_dir):
         chosen = load_config(env={"NEXUS_CONFIG": str(named / "prod.toml")})
     assert chosen.nexus.title == "named"
-    assert chosen.storage_url == f"sqlite:///{named / 'nexus.db'}"
+    # A folder, not a file, was loaded: the app is named after its title.
+    assert chosen.storage_url == f"sqlite:///{named / '.nexus' / 'named.db'}"
 
     # Outside a load (no app): the working directory's file, or nothing.
     (here / "nexus.toml").unlink()
     alone = load_config(env={})
     assert alone.path is None
     assert alone.directory is None
-    assert alone.storage_url == "sqlite:///nexus.db"
+    assert alone.storage_url == "sqlite:///.nexus/nexus.db"
     with app_directory(app_dir):  # no file anywhere but beside the app: in-code data
         coded = load_config(data={"storage": "sqlite:///c.db"}, env={})
     assert coded.storage_url == f"sqlite:///{app_dir / 'c.db'}"
@@ -1003,6 +1019,181 @@ def test_resolve_storage_url_only_touches_relative_sqlite_paths(rel: str) -> Non
     ):
         assert resolve_storage_url(unchanged, base) == unchanged
     assert resolve_storage_url(f"sqlite:///{rel}", None) == f"sqlite:///{rel}"
+
+
+# -- a storage URL per role -------------------------------------------------------------
+
+
+URLS = st.sampled_from(
+    ["memory://", "sqlite:///a.db", "sqlite:///data/b.db", "sqlite:////abs/c.db", "redis://h/0"]
+)
+
+
+def _resolved(url: str, folder: Path) -> str:
+    return (
+        f"sqlite:///{(folder / url[10:]).resolve()}"
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////")
+        else url
+    )
+
+
+@PROPERTY
+@given(
+    url=st.none() | URLS,
+    roles=st.dictionaries(st.sampled_from(ROLE_NAMES), URLS, max_size=7),
+    env_url=st.none() | URLS,
+    env_roles=st.dictionaries(st.sampled_from(ROLE_NAMES), URLS, max_size=3),
+    as_string=st.booleans(),
+)
+def test_storage_urls_per_role_from_the_file_and_the_environment(
+    url: str | None,
+    roles: dict[str, str],
+    env_url: str | None,
+    env_roles: dict[str, str],
+    as_string: bool,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp).resolve()
+        if as_string:  # storage = "..." (one URL), the roles only from the environment
+            roles = {}
+            text = f"[nexus]\nstorage = {json.dumps(url)}\n" if url else "[nexus]\n"
+        else:
+            table = {"url": url, **roles} if url else dict(roles)
+            text = to_toml(table, ("nexus", "storage")) if table else "[nexus]\n"
+        path = write(folder / "nexus.toml", text)
+        env = {f"NEXUS_STORAGE__{role.upper()}": value for role, value in env_roles.items()}
+        if env_url:
+            env["NEXUS_STORAGE"] = env_url
+        config = load(path, env=env)
+    default = env_url or url or "sqlite:///.nexus/nexus.db"
+    assert config.storage_url == _resolved(default, folder)
+    expected = {
+        role: _resolved({**roles, **env_roles}.get(role, default), folder) for role in ROLE_NAMES
+    }
+    assert config.storage_urls == expected
+    sources = config.sources()
+    for role in env_roles:
+        assert sources[f"nexus.storage.{role}"] == f"env NEXUS_STORAGE__{role.upper()}"
+    if env_url:
+        key = "nexus.storage" if "nexus.storage" in sources else "nexus.storage.url"
+        assert sources[key] == "env NEXUS_STORAGE"
+
+
+def test_storage_table_in_yaml_and_in_code_resolves_every_role(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "nexus.yaml",
+        """
+        nexus:
+          storage:
+            url: sqlite:///main.db
+            events: sqlite:///events.db
+            cache: memory://
+        """,
+    )
+    config = load(path)
+    assert isinstance(config.nexus.storage, StorageConfig)
+    urls = config.storage_urls
+    assert list(urls) == list(ROLE_NAMES)
+    assert urls["events"] == f"sqlite:///{tmp_path / 'events.db'}"
+    assert urls["cache"] == "memory://"
+    for role in ("runs", "audit", "credentials", "sessions", "blobs"):
+        assert urls[role] == config.storage_url == f"sqlite:///{tmp_path / 'main.db'}"
+    coded = load(data={"storage": {"cache": "memory://"}})
+    assert coded.storage_urls["cache"] == "memory://"
+    assert coded.storage_url == "sqlite:///.nexus/nexus.db"  # url left out: the default
+
+
+def test_storage_table_errors_name_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "nexus.toml", '[nexus.storage]\nurl = "memory://"\ncahce = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.key == "nexus.storage.cahce"
+    assert info.value.suggestion == "cache"
+    assert "did you mean 'cache'?" in str(info.value)
+    write(tmp_path / "nexus.toml", "[nexus.storage]\nevents = 3\n")
+    with pytest.raises(ConfigError, match=r"nexus\.storage\.events: expected str") as info:
+        load(path)
+    assert info.value.key == "nexus.storage.events"
+    with pytest.raises(ConfigError) as info:
+        load(env={"NEXUS_STORAGE__BLOB": "memory://"})
+    assert info.value.key == "nexus.storage.blob"
+    assert str(info.value).startswith(
+        "environment variable NEXUS_STORAGE__BLOB: nexus.storage.blob"
+    )
+
+
+def test_the_default_database_is_the_apps_own(tmp_path: Path) -> None:
+    from nexus_core.config import app_directory, app_name
+
+    (tmp_path / "hello.py").write_text("")
+    (tmp_path / "shop.py").write_text("")
+    with app_directory(tmp_path / "hello.py"):
+        hello = load_config(env={})
+    with app_directory(tmp_path / "shop.py"):
+        shop = load_config(env={})
+    assert hello.storage_url == f"sqlite:///{tmp_path / '.nexus' / 'hello.db'}"
+    assert shop.storage_url == f"sqlite:///{tmp_path / '.nexus' / 'shop.db'}"
+    assert set(hello.storage_urls.values()) == {hello.storage_url}
+    # {app} works in any URL; an explicit nexus.db is used as it is.
+    write(
+        tmp_path / "nexus.toml",
+        '[nexus.storage]\nurl = "sqlite:///nexus.db"\nblobs = "sqlite:///b/{app}.db"\n',
+    )
+    with app_directory(tmp_path / "shop.py"):
+        named = load_config(env={})
+    assert named.storage_url == f"sqlite:///{tmp_path / 'nexus.db'}"
+    assert named.storage_urls["blobs"] == f"sqlite:///{tmp_path / 'b' / 'shop.db'}"
+    # Names: the file's stem, a package's folder, else the title's slug.
+    assert app_name("Coffee Shop!", tmp_path / "hello.py") == "hello"
+    assert app_name(None, tmp_path / "pkg" / "__init__.py") == "pkg"
+    assert app_name("Coffee Shop!") == "coffee-shop"
+    assert app_name("☕") == app_name() == "nexus"
+
+
+def test_bind_app_names_an_app_made_without_the_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "tools" / "report.py"
+    script.parent.mkdir()
+    script.write_text("")
+    config = load_config(env={})
+    config.bind_app("Daily report", script)  # python tools/report.py: beside the script
+    assert config.app_name == "report"
+    assert config.directory == script.parent
+    assert config.storage_url == f"sqlite:///{script.parent / '.nexus' / 'report.db'}"
+    config.bind_app("Other", tmp_path / "other.py")  # named once
+    assert config.app_name == "report"
+    interactive = load_config(env={})
+    interactive.bind_app("Coffee Shop", "<stdin>")  # no file: the title's slug, working dir
+    assert interactive.directory is None
+    assert interactive.storage_url == "sqlite:///.nexus/coffee-shop.db"
+    with_file = load_config(write(tmp_path / "nexus.toml", "[nexus]\n"), env={})
+    with_file.bind_app("x", script)  # the config file's folder stays the base
+    assert with_file.storage_url == f"sqlite:///{tmp_path / '.nexus' / 'report.db'}"
+
+
+def test_a_legacy_nexus_db_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nexus_core.config import app_directory
+
+    (tmp_path / "hello.py").write_text("")
+    (tmp_path / "nexus.db").write_bytes(b"")
+    with app_directory(tmp_path / "hello.py"):
+        config = load_config(env={})
+    with caplog.at_level("WARNING", logger="nexus.config"):
+        assert config.storage_urls == config.storage_urls  # read twice, reported once
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nexus.config"]
+    assert len(warnings) == 1
+    assert str(tmp_path / "nexus.db") in warnings[0]
+    assert 'storage = "sqlite:///nexus.db"' in warnings[0]
+    assert str(tmp_path / ".nexus" / "hello.db") in warnings[0]
+    caplog.clear()
+    explicit = load_config(data={"storage": "sqlite:///nexus.db"}, app_dir=tmp_path, env={})
+    with caplog.at_level("WARNING", logger="nexus.config"):
+        assert explicit.storage_urls["runs"] == f"sqlite:///{tmp_path / 'nexus.db'}"
+    assert not [r for r in caplog.records if r.name == "nexus.config"]
 
 
 # -- the seed document's hierarchical example ---------------------------------------------

@@ -87,8 +87,74 @@ def test_without_a_config_the_default_database_lands_beside_the_app(tmp_path: Pa
     project, elsewhere = _layout(tmp_path, None)
     out = _run(project / "app.py", elsewhere, _env(tmp_path))
     assert out["title"] == "Nexus"
-    assert (project / "nexus.db").is_file()
-    assert not (elsewhere / "nexus.db").exists()
+    assert out["storage"] == f"sqlite:///{(project / '.nexus' / 'app.db').resolve()}"
+    assert (project / ".nexus" / "app.db").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+SHOP = textwrap.dedent(
+    '''
+    from nexus_core import Nexus
+
+    app = Nexus("shop")
+
+
+    @app.workflow
+    def order(item: str) -> str:
+        """Order an item."""
+        return f"ordered {item}"
+    '''
+)
+
+
+def _nexus_json(args: list[str], cwd: Path, env: dict[str, str]) -> object:
+    done = subprocess.run(
+        [_nexus(), *args],
+        cwd=cwd,
+        env={**env, "NEXUS_OUTPUT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _workflows(listed: object) -> set[str]:
+    runs = listed.get("runs", listed) if isinstance(listed, dict) else listed
+    assert isinstance(runs, list)
+    return {run["workflow"] for run in runs}
+
+
+def test_two_apps_in_one_folder_keep_separate_histories(tmp_path: Path) -> None:
+    project, elsewhere = _layout(tmp_path, None)
+    (project / "shop.py").write_text(SHOP)
+    env = _env(tmp_path)
+    _run(project / "app.py", elsewhere, env)
+    _nexus_json(
+        ["--app", str(project / "shop.py"), "-q", "run", "order", "--item", "tea"], project, env
+    )
+    assert (project / ".nexus" / "app.db").is_file()
+    assert (project / ".nexus" / "shop.db").is_file()
+    assert not (project / "nexus.db").exists()
+    app_runs = _nexus_json(["--app", str(project / "app.py"), "runs"], elsewhere, env)
+    shop_runs = _nexus_json(["--app", "shop.py", "runs"], project, env)
+    assert _workflows(app_runs) == {"where"}
+    assert _workflows(shop_runs) == {"order"}
+
+
+def test_an_explicit_nexus_db_is_still_used(tmp_path: Path) -> None:
+    project, elsewhere = _layout(tmp_path, '[nexus]\nstorage = "sqlite:///nexus.db"\n')
+    (project / "shop.py").write_text(SHOP)
+    env = _env(tmp_path)
+    out = _run(project / "app.py", elsewhere, env)
+    assert out["storage"] == f"sqlite:///{(project / 'nexus.db').resolve()}"
+    _nexus_json(
+        ["--app", str(project / "shop.py"), "-q", "run", "order", "--item", "tea"], elsewhere, env
+    )
+    assert not (project / ".nexus").exists()
+    shared = _nexus_json(["--app", str(project / "shop.py"), "runs"], elsewhere, env)
+    assert _workflows(shared) == {"where", "order"}  # one file named for both: one history
 
 
 def test_a_config_in_the_working_directory_wins_and_places_the_database(tmp_path: Path) -> None:
@@ -99,7 +165,7 @@ def test_a_config_in_the_working_directory_wins_and_places_the_database(tmp_path
     out = _run(project / "app.py", elsewhere, _env(tmp_path))
     assert out["title"] == "Here"
     assert (elsewhere / "here.db").is_file()
-    assert not (project / "nexus.db").exists()
+    assert not (project / ".nexus").exists()
 
 
 def test_nexus_config_names_the_file_and_its_folder_places_the_database(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The docs are tested: their code runs, the reference is fresh, every hook is documented.
 
 How the code blocks of a page run. Each page gets a fresh temporary working
-directory, with every ``NEXUS_*`` variable unset, so the default ``./nexus.db``
+directory, with every ``NEXUS_*`` variable unset, so the default ``.nexus/<app>.db``
 lands there. Blocks are taken in page order:
 
 - a block right after ``<!-- file: PATH -->`` is written to ``PATH``, and one after
@@ -395,8 +395,9 @@ def page_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_page_code_runs(path: Path, page_dir: Path) -> None:
     stopped = run_page(path, page_dir)
     if _page_id(path) == "tutorial.md":
-        # The tutorial runs on the default storage: ./nexus.db, in its own directory.
-        assert (page_dir / "nexus.db").is_file()
+        # The tutorial runs on the default storage: the app's own .nexus/<app>.db beside it.
+        assert list((page_dir / ".nexus").glob("*.db"))
+        assert not (page_dir / "nexus.db").exists()
     if stopped:
         pytest.skip(stopped)
 

@@ -22,6 +22,8 @@ from nexus_core.events import (
     LocalEventBus,
     SubscriberLagged,
     Subscription,
+    event_id,
+    event_seq,
 )
 
 
@@ -34,7 +36,7 @@ def anyio_backend() -> str:
 
 
 class ListLog:
-    """The two event-log methods of ``Storage`` over a list.
+    """The event log role over a list: ids are positions, given on append.
 
     ``mode`` decides where the methods yield to the loop:
     ``"instant"`` never; ``"yield"`` before touching the list; ``"visible_early"``
@@ -49,12 +51,23 @@ class ListLog:
         self.events: list[Event] = []
         self.reads = 0
 
-    async def append_event(self, event: Event) -> None:
+    async def append_events(self, events: list[Event]) -> list[Event]:
         if self.mode == "yield":
             await anyio.lowlevel.checkpoint()
-        self.events.append(event)
+        logged = []
+        for event in events:
+            logged.append(msgspec.structs.replace(event, id=event_id(len(self.events) + 1)))
+            self.events.append(logged[-1])
         if self.mode == "visible_early":
             await anyio.lowlevel.checkpoint()
+        return logged
+
+    async def append_event(self, event: Event) -> Event:
+        [logged] = await self.append_events([event])
+        return logged
+
+    async def last_event_id(self) -> str | None:
+        return self.events[-1].id if self.events else None
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
@@ -62,12 +75,7 @@ class ListLog:
         self.reads += 1
         if self.mode in ("yield", "visible_early"):
             await anyio.lowlevel.checkpoint()
-        start = 0
-        if after is not None:
-            for i, event in enumerate(self.events):
-                if event.id == after:
-                    start = i + 1
-                    break
+        start = event_seq(after)
         out = [e for e in self.events[start:] if run_id is None or e.run_id == run_id]
         if self.mode == "stale":
             for _ in range(3):
@@ -366,17 +374,19 @@ async def test_replay_gives_the_missed_events_then_live_ones(log_kind: str) -> N
     log = make_log(log_kind)
     bus = LocalEventBus(log)
     bus.page_size = 2
-    events = [Event(type="run.started" if n % 3 else "node.started") for n in range(7)]
-    for event in events:
-        await bus.publish(event)
-    sub = bus.subscribe(["run.*"], last_event_id=events[1].id)
-    assert sub.last_event_id == events[1].id
-    live = Event(type="run.completed")
-    await bus.publish(live)
+    for n in range(7):
+        await bus.publish(Event(type="run.started" if n % 3 else "node.started", data={"n": n}))
+    logged = await log.read_events(limit=100)  # type: ignore[attr-defined]
+    assert [e.data["n"] for e in logged] == list(range(7))
+    assert [e.id for e in logged] == [event_id(n) for n in range(1, 8)]  # positions
+    sub = bus.subscribe(["run.*"], last_event_id=logged[1].id)
+    assert sub.last_event_id == logged[1].id
+    await bus.publish(Event(type="run.completed", data={"live": True}))
     await bus.publish(Event(type="node.finished"))
-    want = [e.id for e in events[2:] if e.type.startswith("run.")] + [live.id]
+    want = [e.id for e in logged[2:] if e.type.startswith("run.")] + [event_id(8)]
     got = await take(sub, len(want))
     assert [e.id for e in got] == want
+    assert got[-1].data == {"live": True}
 
 
 @pytest.mark.anyio
@@ -406,26 +416,29 @@ async def test_event_read_while_its_publisher_is_between_append_and_delivery_is_
     gate = anyio.Event()
 
     class GateLog(ListLog):
-        async def append_event(self, event: Event) -> None:
-            self.events.append(event)  # visible to readers at once
-            if event.data.get("gated"):
+        async def append_events(self, events: list[Event]) -> list[Event]:
+            logged = await super().append_events(events)  # visible to readers at once
+            if any(e.data.get("gated") for e in events):
                 await gate.wait()
+            return logged
 
     log = GateLog()
     bus = LocalEventBus(log)
-    first = Event(type="run.started")
-    await bus.publish(first)
+    await bus.publish(Event(type="run.started"))
     gated = Event(type="run.started", data={"gated": True})
     with anyio.fail_after(2):
         async with anyio.create_task_group() as tg:
             tg.start_soon(bus.publish, gated)
             await anyio.wait_all_tasks_blocked()  # appended, not yet delivered
-            sub = bus.subscribe(last_event_id=first.id)
-            assert [e.id for e in await available(sub)] == [gated.id]
+            sub = bus.subscribe(last_event_id=log.ids()[0])
+            replayed = await available(sub)
+            assert [e.id for e in replayed] == log.ids()[1:]
+            assert replayed[0].data == {"gated": True}
             gate.set()
-        after = Event(type="run.started")
-        await bus.publish(after)
-        assert [e.id for e in await available(sub)] == [after.id]
+        await bus.publish(Event(type="run.started", data={"after": True}))
+        got = await available(sub)
+        assert [e.id for e in got] == log.ids()[2:]
+        assert got[0].data == {"after": True}
 
 
 @pytest.mark.anyio
@@ -445,9 +458,8 @@ async def test_queue_overflow_during_a_slow_read_makes_replay_read_on() -> None:
 
     log = SlowLog()
     bus = LocalEventBus(log, queue_size=2)
-    first = Event(type="run.started")
-    await bus.publish(first)
-    sub = bus.subscribe(last_event_id=first.id)
+    await bus.publish(Event(type="run.started"))
+    sub = bus.subscribe(last_event_id=log.ids()[0])
     got: list[Event] = []
     with anyio.fail_after(2):
         async with anyio.create_task_group() as tg:
@@ -461,9 +473,8 @@ async def test_queue_overflow_during_a_slow_read_makes_replay_read_on() -> None:
                 await bus.publish(Event(type="run.started"))  # the third overflows
             gate.set()
     assert [e.id for e in got] == log.ids()[1:]
-    live = Event(type="run.started")
-    await bus.publish(live)
-    assert [e.id for e in await available(sub)] == [live.id]
+    await bus.publish(Event(type="run.started"))
+    assert [e.id for e in await available(sub)] == log.ids()[4:]
 
 
 @pytest.mark.anyio
@@ -512,7 +523,7 @@ async def _replay_while_publishing(bus: LocalEventBus, log: object) -> None:
                             break
                         got.append(event.id)
                         cursor = event.id
-                        if event.id == end.id:
+                        if event.data.get("end"):
                             return
                         if len(got) % 7 == 0:
                             await anyio.lowlevel.checkpoint()
@@ -529,6 +540,7 @@ async def _replay_while_publishing(bus: LocalEventBus, log: object) -> None:
     everything = await log.read_events(after=start, limit=10**9)  # type: ignore[attr-defined]
     want = [e.id for e in everything if e.type.startswith("run.")]
     assert len(ids) == 651
+    assert ids == [event_id(n) for n in range(1, 652)]
     assert got == want
     assert all(said == seen for said, seen in lagged_at)
     assert bus.subscriber_count == 0
@@ -652,7 +664,7 @@ def test_event_round_trips_through_json() -> None:
 @pytest.mark.anyio
 async def test_a_failing_log_fails_every_publisher_of_its_batch() -> None:
     class BrokenLog(ListLog):
-        async def append_event(self, event: Event) -> None:
+        async def append_events(self, events: list[Event]) -> list[Event]:
             await anyio.sleep(0.01)
             raise OSError("disk full")
 
@@ -684,16 +696,15 @@ async def test_behind_subscribe_then_read_the_log_leaves_no_gap() -> None:
     log = ListLog("yield")
     bus = LocalEventBus(log)
     async with bus_mode(bus, background=True):
-        queued = Event(type="run.started")
-        await bus.publish(queued)  # queued, not yet logged or delivered
+        await bus.publish(Event(type="run.started"))  # queued, not yet logged or delivered
         sub = bus.subscribe()
         history = [e.id for e in await log.read_events()]
-        after = Event(type="run.completed")
-        await bus.publish(after)
+        await bus.publish(Event(type="run.completed"))
         await bus.flush()
-        assert log.ids() == [queued.id, after.id]  # flush: logged and delivered
+        # flush: logged and delivered
+        assert [e.type for e in log.events] == ["run.started", "run.completed"]
         live = [e.id for e in await available(sub)]
-        assert [*history, *(i for i in live if i not in history)] == [queued.id, after.id]
+        assert [*history, *(i for i in live if i not in history)] == log.ids()
 
 
 @pytest.mark.anyio
@@ -703,24 +714,22 @@ async def test_behind_a_failing_log_loses_its_batch_and_the_bus_goes_on(
     class FlakyLog(ListLog):
         broken = True
 
-        async def append_event(self, event: Event) -> None:
+        async def append_events(self, events: list[Event]) -> list[Event]:
             if self.broken:
                 raise OSError("disk full")
-            await super().append_event(event)
+            return await super().append_events(events)
 
     log = FlakyLog("instant")
     bus = LocalEventBus(log)
     sub = bus.subscribe()
     async with bus_mode(bus, background=True):
-        lost = Event(type="run.started")
-        await bus.publish(lost)  # the publisher is not failed: it did not wait
+        await bus.publish(Event(type="run.started"))  # the publisher is not failed: it did not wait
         await bus.flush()
         assert bus._behind.failed == 1
         assert "writing 1 queued events failed" in caplog.text
         log.broken = False
-        kept = Event(type="run.completed")
-        await bus.publish(kept)
+        await bus.publish(Event(type="run.completed"))
         await bus.flush()
     # Never delivered what the log lacks; delivered what it has.
-    assert log.ids() == [kept.id]
-    assert [e.id for e in await available(sub)] == [kept.id]
+    assert [e.type for e in log.events] == ["run.completed"]
+    assert [e.id for e in await available(sub)] == log.ids() == [event_id(1)]

@@ -309,8 +309,12 @@ from nexus_core import Nexus, WorkflowBuilder
 from nexus_core.workflows import FunctionNode
 
 LOG = os.environ["NODE_LOG"]
+# Short leases, so the restarted host takes the killed one's run over quickly; the
+# restart recovers although it serves no channel.
 app = Nexus("durable", storage=os.environ["DB_URL"], autoload=False,
-            config={"services": {"runs": {"on_restart": os.environ.get("ON_RESTART", "resume")}}})
+            config={"services": {"runs": {"on_restart": os.environ.get("ON_RESTART", "resume"),
+                                          "lease": 1.0, "heartbeat": 0.25,
+                                          "recover": "always"}}})
 
 def log(name):
     with open(LOG, "a") as fh:
@@ -402,6 +406,12 @@ def test_a_killed_host_resumes_from_the_last_finished_node(tmp_path: Path, polic
         assert outcome == {"status": "completed", "output": 104, "error": None}
         # "first" finished before the crash, so it never runs again.
         assert ran == ["first", "second", "second", "third"]
+        # Both executions of "second" count, the killed process's and the new owner's.
+        async def attempts() -> dict[str, int]:
+            async with Nexus(storage=env["DB_URL"], autoload=False, env={}) as reader:
+                return {n: r.attempts for n, r in (await reader.get_run(run_id)).nodes.items()}
+
+        assert anyio.run(attempts) == {"first": 1, "second": 2, "third": 1}
     else:
         assert outcome["status"] == "failed"
         assert "interrupted" in outcome["error"]
@@ -461,7 +471,8 @@ async def test_runs_past_the_grace_are_left_to_resume(tmp_path: Path) -> None:
         with anyio.fail_after(10):  # the waiter is waiting on the run when the host stops
             await anyio.wait_all_tasks_blocked()
     assert waiter["result"].status == "running"  # the waiter was answered, not left hanging
-    async with make_app(url, services={"runs": {"on_restart": "fail"}}) as again:
+    # The stopping host released the run's lease: a recovering host takes it over at once.
+    async with make_app(url, services={"runs": {"on_restart": "fail", "recover": "always"}}) as again:
         stored = await again.get_run(pending.run_id)
     assert stored.status == "failed"
     assert "interrupted" in stored.error.message
@@ -474,7 +485,7 @@ async def test_async_runs_leave_nothing_behind() -> None:
         with anyio.fail_after(30):
             for run_id in ids:
                 await app.wait(run_id)
-        assert app._active == {}
+        assert app.engine.active == {}
         assert {(await app.get_run(i)).status for i in ids} == {"completed"}
 
 

@@ -18,6 +18,7 @@ from nexus_core import (
     ChannelSpec,
     ConfigSectionSpec,
     EventBusSpec,
+    ExecutorSpec,
     Nexus,
     NodeTypeSpec,
     StorageBackendSpec,
@@ -75,6 +76,10 @@ class Everything:
         return [EventBusSpec(name="smoke", factory="x:y", priority=-5)]
 
     @hookimpl
+    def nexus_executors(self):
+        return [ExecutorSpec(name="conveyor", factory="x:y")]
+
+    @hookimpl
     def nexus_config_sections(self):
         return [ConfigSectionSpec(name="plugins.clay", factory=ClayConfig)]
 
@@ -102,6 +107,7 @@ async def test_every_hook_reaches_the_host() -> None:
     assert set(host.storage_backends()) >= {"clay", "tablet", "memory", "sqlite"}
     assert host.node_types()["Chisel"].plugin == name
     assert host.event_buses()["smoke"].priority == -5  # below the local bus: never picked
+    assert host.executors()["conveyor"].plugin == name  # not used unless configured
     assert "plugins.clay" in host.config_sections()
     assert app.config.section("plugins.clay") == ClayConfig(depth=3)
 

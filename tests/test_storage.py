@@ -19,7 +19,8 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from nexus_core.storage.base import NodeCheckpoint, RunRecord, Storage
+from nexus_core.events import Event
+from nexus_core.storage.base import AlreadyExists, NodeCheckpoint, RunRecord, Storage
 from nexus_core.storage.memory import MemoryStorage
 from nexus_core.storage.sqlite import SchemaVersionError, SQLiteStorage
 from nexus_core.testing.storage import StorageContract
@@ -121,7 +122,9 @@ async def test_duplicate_ids_raise(db_path: Path) -> None:
         await store.open()
         try:
             await store.create_run(RunRecord(id="r1", workflow="w", created_at=1.0))
-            with pytest.raises(ValueError, match="already exists"):
+            with pytest.raises(AlreadyExists, match="already exists"):
+                await store.create_run(RunRecord(id="r1", workflow="w", created_at=2.0))
+            with pytest.raises(ValueError, match="already exists"):  # a ValueError too
                 await store.create_run(RunRecord(id="r1", workflow="w", created_at=2.0))
         finally:
             await store.close()
@@ -346,6 +349,74 @@ async def test_migration_3_scopes_idempotency_keys_to_the_principal(db_path: Pat
         assert {"runs_order", "runs_tenant", "runs_unfinished", "runs_idempotency"} <= indexes
 
 
+class _BeforeLeases(SQLiteStorage):
+    """The schema before run leases and log-given event ids (steps 1-3)."""
+
+    migrations = SQLiteStorage.migrations[:3]
+
+
+async def test_migration_4_adds_leases_and_log_event_ids(db_path: Path) -> None:
+    old = _BeforeLeases(_url(db_path))
+    await old.open()
+    await old.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO runs (id, workflow, status, tenant, inputs, output, created_at, owner)"
+            " VALUES ('r1', 'w', 'running', 'default', '{}', 'null', 1.0, 'old-host')"
+        )
+        for old_id, kind in (("0001-000001-abc", "a"), ("0001-000002-abc", "b")):
+            data = f'{{"type": "{kind}", "id": "{old_id}", "time": 1.0}}'
+            conn.execute("INSERT INTO events (id, data) VALUES (?, ?)", (old_id, data))
+
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.owner, run.fence, run.lease_expires_at) == ("old-host", 0, None)
+        assert [r.id for r in await store.claimable_runs(100.0)] == ["r1"]  # recoverable
+        claimed = await store.claim_run("r1", "new-host", lease=30.0, now=100.0)
+        assert claimed is not None and claimed.fence == 1
+        events = await store.read_events()
+        assert [(e.type, e.id) for e in events] == [
+            ("a", "0000000000000001"),
+            ("b", "0000000000000002"),
+        ]
+        # A client holding an id of before reads from the start.
+        assert await store.read_events(after="0001-000001-abc") == events
+        [new] = await store.append_events([Event(type="c")])
+        assert new.id == "0000000000000003"
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLiteStorage.migrations)
+        ids = [row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq")]
+        assert ids == ["0000000000000001", "0000000000000002", "0000000000000003"]
+        indexes = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "runs_claimable" in indexes
+
+
+async def test_event_positions_are_never_reused_after_pruning_everything(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        logged = await store.append_events([Event(type="a", time=1.0), Event(type="b", time=1.0)])
+        assert await store.prune_events(100.0) == 2
+        assert await store.last_event_id() is None
+        [later] = await store.append_events([Event(type="c")])
+        assert later.id > logged[-1].id
+        assert await store.read_events(after=logged[-1].id) == [later]
+        # A burst larger than one statement's share keeps its order and its positions.
+        burst = await store.append_events([Event(type="x", data={"i": i}) for i in range(1203)])
+        assert [e.data["i"] for e in burst] == list(range(1203))
+        assert [int(e.id) for e in burst] == list(range(int(later.id) + 1, int(later.id) + 1204))
+        assert await store.read_events(after=later.id, limit=5000) == burst
+    finally:
+        await store.close()
+
+
 async def test_newer_database_is_refused(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         conn.execute("PRAGMA user_version = 99")
@@ -442,16 +513,70 @@ async def test_processes_concurrent_idempotent_create_and_take_tokens(db_path: P
         await store.close()
 
 
+_CLAIM_CHILD = """
+    import sys, anyio
+    from nexus_core.storage.sqlite import SQLiteStorage
+
+    async def main(url, owner):
+        store = SQLiteStorage(url)
+        await store.open()
+        won = []
+        for i in range(30):
+            if await store.claim_run(f"r{i}", owner, lease=30.0, now=100.0) is not None:
+                won.append(f"r{i}")
+        await store.close()
+        print(" ".join(won))
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+async def test_processes_claim_each_run_once(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    for i in range(30):  # expired leases of a dead owner: claimable by anyone
+        await store.create_run(
+            RunRecord(
+                id=f"r{i}",
+                workflow="w",
+                status="running",
+                created_at=float(i),
+                owner="dead",
+                fence=1,
+                lease_expires_at=50.0,
+            )
+        )
+    await store.close()
+    children = [_run_child(_CLAIM_CHILD, _url(db_path), f"p{n}") for n in range(3)]
+    outputs = [
+        await anyio.to_thread.run_sync(functools.partial(child.communicate, timeout=60))
+        for child in children
+    ]
+    for child, (_, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+    won = [rid for out, _ in outputs for rid in out.split()]
+    assert sorted(won) == sorted(f"r{i}" for i in range(30))  # each run exactly once
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        for run in await store.list_runs(limit=100):
+            assert run.fence == 2
+            assert run.id in outputs[int(run.owner[1:])][0].split()  # type: ignore[index]
+    finally:
+        await store.close()
+
+
 # -- durability ------------------------------------------------------------------
 
 _CHECKPOINT_CHILD = """
     import sys, anyio
-    from nexus_core.storage.base import NodeCheckpoint
+    from nexus_core.storage.base import NodeCheckpoint, RunRecord
     from nexus_core.storage.sqlite import SQLiteStorage
 
     async def main(url):
         store = SQLiteStorage(url)
         await store.open()
+        await store.create_run(RunRecord(id="r1", workflow="w", created_at=1.0))
         i = 0
         while True:
             await store.save_checkpoint(
@@ -502,6 +627,7 @@ async def test_many_writes_stay_fast(db_path: Path) -> None:
     store = SQLiteStorage(_url(db_path))
     await store.open()
     try:
+        await store.create_run(RunRecord(id="r", workflow="w", created_at=1.0))
         start = time.perf_counter()
         for i in range(200):
             await store.save_checkpoint(NodeCheckpoint(run_id="r", node_id=f"n{i}", status="ok"))

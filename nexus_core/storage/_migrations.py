@@ -145,4 +145,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE UNIQUE INDEX runs_idempotency ON runs"
         " (tenant, ifnull(principal, ''), idempotency_key) WHERE idempotency_key IS NOT NULL",
     ),
+    # 4: run leases with fencing, and event ids given by the log. An unfinished
+    # run of before has fence 0 and no lease: claimable by the first process
+    # that recovers runs. Event ids become the log position (16 digits): older
+    # ids are rewritten, so a client holding one replays from the start.
+    (
+        "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN lease_expires_at REAL",
+        "CREATE INDEX runs_claimable ON runs (lease_expires_at, created_at, id)"
+        " WHERE status IN ('pending', 'running')",
+        "UPDATE events SET id = printf('%016d', seq)",
+    ),
 )

@@ -10,21 +10,26 @@ half-made change.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 
 from ..events import Event
 from .base import (
+    AlreadyExists,
     AuditRecord,
     CredentialRecord,
+    LeaseLost,
     NodeCheckpoint,
     RunRecord,
     SessionRecord,
     Storage,
+    event_id,
+    event_seq,
 )
 
 __all__ = ["MemoryStorage"]
@@ -54,6 +59,9 @@ def _run_order(run: RunRecord) -> tuple[float, str]:
     return (run.created_at, run.id)
 
 
+_UNFINISHED = ("pending", "running")
+
+
 class MemoryStorage(Storage):
     """Storage in this process's memory (``memory://``). Not persistent; for tests.
 
@@ -68,8 +76,10 @@ class MemoryStorage(Storage):
         # (tenant, principal, key) -> run id: a key is its principal's own.
         self._idempotency: dict[tuple[str, str, str], str] = {}
         self._checkpoints: dict[str, dict[str, NodeCheckpoint]] = {}
+        # The log: events (ids already given) and their positions, both in order.
         self._events: list[Event] = []
-        self._event_index: dict[str, int] = {}
+        self._seqs: list[int] = []
+        self._last_seq = 0  # the last position handed out (never reused, pruned or not)
         self._audit: list[AuditRecord] = []
         self._cache: dict[str, tuple[bytes, float | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -85,9 +95,9 @@ class MemoryStorage(Storage):
     # -- sessions --------------------------------------------------------------
 
     async def create_session(self, session: SessionRecord) -> None:
-        """Store a new session; an id already in use raises ``ValueError``."""
+        """Store a new session; an id already in use raises :class:`AlreadyExists`."""
         if session.id in self._sessions:
-            raise ValueError(f"session {session.id!r} already exists")
+            raise AlreadyExists(f"session {session.id!r} already exists")
         self._sessions[session.id] = _copy(session)
 
     async def get_session(
@@ -140,7 +150,7 @@ class MemoryStorage(Storage):
             if existing is not None:
                 return _copy(self._runs[existing]), False
         if run.id in self._runs:
-            raise ValueError(f"run {run.id!r} already exists")
+            raise AlreadyExists(f"run {run.id!r} already exists")
         self._runs[run.id] = _copy(run)
         if run.idempotency_key is not None:
             self._idempotency[_key_of(run)] = run.id
@@ -154,10 +164,18 @@ class MemoryStorage(Storage):
         return _copy(run)
 
     async def save_run(self, run: RunRecord) -> None:
-        """Replace the mutable fields of a stored run; an unknown id does nothing."""
+        """Replace the mutable fields of a stored run when ``run.fence`` is the stored one.
+
+        A stale fence raises :class:`LeaseLost`; an unknown id does nothing.
+        """
         stored = self._runs.get(run.id)
         if stored is None:
             return
+        if stored.fence != run.fence:
+            raise LeaseLost(run.id, run.fence, stored.fence)
+        self._replace_run(stored, run)
+
+    def _replace_run(self, stored: RunRecord, run: RunRecord) -> None:
         new = _copy(run)
         self._runs[run.id] = msgspec.structs.replace(
             stored,
@@ -166,8 +184,76 @@ class MemoryStorage(Storage):
             error=new.error,
             started_at=new.started_at,
             finished_at=new.finished_at,
-            owner=new.owner,
         )
+
+    def _check_fence(self, run_id: str, fence: int) -> None:
+        """Raise :class:`LeaseLost` unless the run exists with this fencing token."""
+        stored = self._runs.get(run_id)
+        if stored is None or stored.fence != fence:
+            raise LeaseLost(run_id, fence, None if stored is None else stored.fence)
+
+    async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
+        """The last checkpoints and the run's final state, all or nothing (fenced)."""
+        stored = self._runs.get(run.id)
+        if stored is None and not checkpoints:
+            return  # an unknown run, as save_run
+        self._check_fence(run.id, run.fence)
+        for checkpoint in checkpoints:
+            self._check_fence(checkpoint.run_id, checkpoint.fence)
+        assert stored is not None
+        for checkpoint in checkpoints:
+            self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(
+                checkpoint
+            )
+        self._replace_run(stored, run)
+
+    async def claim_run(
+        self, run_id: str, owner: str, *, lease: float, now: float
+    ) -> RunRecord | None:
+        """Take an unfinished run whose lease is None or expired at ``now``; fence + 1."""
+        stored = self._runs.get(run_id)
+        if stored is None or stored.status not in _UNFINISHED:
+            return None
+        if stored.lease_expires_at is not None and stored.lease_expires_at > now:
+            return None
+        claimed = msgspec.structs.replace(
+            stored, owner=owner, fence=stored.fence + 1, lease_expires_at=now + lease
+        )
+        self._runs[run_id] = claimed
+        return _copy(claimed)
+
+    async def renew_leases(
+        self, owner: str, fences: Mapping[str, int], *, until: float
+    ) -> set[str]:
+        """Extend to ``until`` the leases ``owner`` still holds with these tokens; their ids."""
+        held: set[str] = set()
+        for run_id, fence in fences.items():
+            stored = self._runs.get(run_id)
+            if (
+                stored is not None
+                and stored.status in _UNFINISHED
+                and stored.owner == owner
+                and stored.fence == fence
+            ):
+                self._runs[run_id] = msgspec.structs.replace(stored, lease_expires_at=until)
+                held.add(run_id)
+        return held
+
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
+        """Unfinished runs with no lease or an expired one at ``now``, oldest first."""
+        if limit <= 0:
+            return []
+        runs = [
+            r
+            for r in self._runs.values()
+            if r.status in _UNFINISHED
+            and (r.lease_expires_at is None or r.lease_expires_at <= now)
+            and (workflows is None or r.workflow in workflows)
+        ]
+        runs.sort(key=_run_order)
+        return [_copy(r) for r in runs[:limit]]
 
     async def list_runs(
         self,
@@ -204,12 +290,13 @@ class MemoryStorage(Storage):
 
     async def unfinished_runs(self) -> list[RunRecord]:
         """Runs still ``pending`` or ``running``, oldest first."""
-        runs = [r for r in self._runs.values() if r.status in ("pending", "running")]
+        runs = [r for r in self._runs.values() if r.status in _UNFINISHED]
         runs.sort(key=_run_order)
         return [_copy(r) for r in runs]
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
-        """Record a finished node, replacing an earlier record of the same node."""
+        """Record a finished node, replacing an earlier one; fenced (:class:`LeaseLost`)."""
+        self._check_fence(checkpoint.run_id, checkpoint.fence)
         self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(checkpoint)
 
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
@@ -218,29 +305,24 @@ class MemoryStorage(Storage):
 
     # -- events ----------------------------------------------------------------
 
-    async def append_event(self, event: Event) -> None:
-        """Append to the log; an event whose id is already logged is not appended again."""
-        if event.id in self._event_index:
-            return
-        self._event_index[event.id] = len(self._events)
-        self._events.append(_copy(event))
-
-    async def append_events(self, events: Sequence[Event]) -> None:
-        """Append several events in order (no await between them: one atomic step)."""
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append events in order (one atomic step); each gets the id of its log position."""
+        logged: list[Event] = []
         for event in events:
-            if event.id not in self._event_index:
-                self._event_index[event.id] = len(self._events)
-                self._events.append(_copy(event))
+            self._last_seq += 1
+            entry = msgspec.structs.replace(_copy(event), id=event_id(self._last_seq))
+            self._events.append(entry)
+            self._seqs.append(self._last_seq)
+            logged.append(_copy(entry))
+        return logged
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
     ) -> list[Event]:
-        """Events after the one with id ``after`` (from the start if None or unknown)."""
+        """Events after position ``event_seq(after)``, oldest first, at most ``limit``."""
         if limit <= 0:
             return []
-        start = 0
-        if after is not None and after in self._event_index:
-            start = self._event_index[after] + 1
+        start = bisect.bisect_right(self._seqs, event_seq(after))
         out: list[Event] = []
         for event in self._events[start:]:
             if run_id is not None and event.run_id != run_id:
@@ -250,11 +332,15 @@ class MemoryStorage(Storage):
                 break
         return out
 
+    async def last_event_id(self) -> str | None:
+        """The id of the newest event in the log (None when it is empty)."""
+        return event_id(self._seqs[-1]) if self._seqs else None
+
     # -- audit -----------------------------------------------------------------
 
-    async def append_audit(self, record: AuditRecord) -> None:
-        """Append an audit record."""
-        self._audit.append(_copy(record))
+    async def append_audits(self, records: Sequence[AuditRecord]) -> None:
+        """Append audit records, in order."""
+        self._audit.extend(_copy(record) for record in records)
 
     async def query_audit(
         self,
@@ -284,10 +370,10 @@ class MemoryStorage(Storage):
     # -- credentials -----------------------------------------------------------
 
     async def put_credential(self, record: CredentialRecord) -> None:
-        """Store a new credential; a used id or ``(kind, token_hash)`` raises ``ValueError``."""
+        """Store a new credential; a used id or ``(kind, token_hash)``: :class:`AlreadyExists`."""
         key = (record.kind, record.token_hash)
         if record.id in self._credentials or key in self._credential_hashes:
-            raise ValueError(f"credential {record.id!r} (or its token) already exists")
+            raise AlreadyExists(f"credential {record.id!r} (or its token) already exists")
         self._credentials[record.id] = _copy(record)
         self._credential_hashes[key] = record.id
 
@@ -379,20 +465,19 @@ class MemoryStorage(Storage):
         self._blobs.pop(key, None)
 
     async def list_blobs(self, prefix: str = "") -> list[str]:
-        """Keys starting with ``prefix``, sorted."""
+        """Keys starting with ``prefix`` (plain text), sorted by code point."""
         return sorted(k for k in self._blobs if k.startswith(prefix))
 
     # -- retention -------------------------------------------------------------
 
-    async def prune(self, before: float, *, limit: int = 500) -> int:
-        """Delete one batch of finished runs, events and audit records older than ``before``."""
+    async def prune_runs(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` finished runs older than ``before``, with their checkpoints."""
         if limit <= 0:
             return 0
         old = [
             run
             for run in self._runs.values()
-            if run.status not in ("pending", "running")
-            and (run.finished_at or run.created_at) < before
+            if run.status not in _UNFINISHED and (run.finished_at or run.created_at) < before
         ]
         old.sort(key=_run_order)
         for run in old[:limit]:
@@ -400,12 +485,20 @@ class MemoryStorage(Storage):
             self._checkpoints.pop(run.id, None)
             if run.idempotency_key is not None and self._idempotency.get(_key_of(run)) == run.id:
                 del self._idempotency[_key_of(run)]
+        return min(len(old), limit)
+
+    async def prune_events(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` of the oldest events whose ``time`` is before ``before``."""
         cut = 0
         while cut < min(limit, len(self._events)) and self._events[cut].time < before:
             cut += 1
         if cut:
             del self._events[:cut]
-            self._event_index = {event.id: index for index, event in enumerate(self._events)}
+            del self._seqs[:cut]
+        return cut
+
+    async def prune_audit(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` audit records whose ``time`` is before ``before``."""
         kept: list[AuditRecord] = []
         audits = 0
         for record in self._audit:
@@ -414,4 +507,4 @@ class MemoryStorage(Storage):
             else:
                 kept.append(record)
         self._audit = kept
-        return min(len(old), limit) + cut + audits
+        return audits

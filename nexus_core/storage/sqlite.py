@@ -38,7 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
@@ -50,12 +50,16 @@ from .._batching import Batcher
 from ..events import Event
 from ._migrations import MIGRATIONS, Migration
 from .base import (
+    AlreadyExists,
     AuditRecord,
     CredentialRecord,
+    LeaseLost,
     NodeCheckpoint,
     RunRecord,
     SessionRecord,
     Storage,
+    event_id,
+    event_seq,
 )
 
 __all__ = ["SQLiteStorage", "SchemaVersionError"]
@@ -91,10 +95,12 @@ _COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE expires_at > ?"
 
 _RUN_COLS = (
     "id, workflow, status, tenant, principal, session_id, channel, inputs, output, error,"
-    " created_at, started_at, finished_at, idempotency_key, input_hash, owner"
+    " created_at, started_at, finished_at, idempotency_key, input_hash, owner, fence,"
+    " lease_expires_at"
 )
 _INSERT_RUN = (
-    f"INSERT INTO runs ({_RUN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({_RUN_COLS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, ifnull(principal, ''), idempotency_key)"
     " WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
@@ -103,24 +109,55 @@ _SELECT_RUN_BY_KEY = (
     f"SELECT {_RUN_COLS} FROM runs"
     " WHERE tenant = ? AND ifnull(principal, '') = ? AND idempotency_key = ?"
 )
+# Fenced writes: the condition holds when the stored run has the writer's token.
+_FENCE_IS = "(SELECT fence FROM runs WHERE id = ?) = ?"
+_SELECT_FENCE = "SELECT fence FROM runs WHERE id = ?"
+# A fenced update: ``{fences}`` is one _FENCE_IS per (run, token) the write depends on.
 _UPDATE_RUN = (
-    "UPDATE runs SET status = ?, output = ?, error = ?, started_at = ?, finished_at = ?,"
-    " owner = ? WHERE id = ?"
+    "UPDATE runs SET status = ?, output = ?, error = ?, started_at = ?, finished_at = ?"
+    " WHERE id = ? AND {fences}"
 )
-_UNFINISHED_RUNS = (
-    f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+_UNFINISHED = "status IN ('pending', 'running')"
+_UNFINISHED_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at, id"
+# One statement: atomic against every other writer, in this process or another.
+_CLAIM_RUN = (
+    "UPDATE runs SET owner = ?, fence = fence + 1, lease_expires_at = ?"
+    f" WHERE id = ? AND {_UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+    f" RETURNING {_RUN_COLS}"
+)
+_RENEW_LEASE = (
+    "UPDATE runs SET lease_expires_at = ?"
+    f" WHERE id = ? AND owner = ? AND fence = ? AND {_UNFINISHED}"
+)
+_CLAIMABLE_RUNS = (
+    f"SELECT {_RUN_COLS} FROM runs WHERE {_UNFINISHED}"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?){workflows}"
+    " ORDER BY created_at, id LIMIT ?"
 )
 
+# A fenced upsert (the WHERE also settles SQLite's upsert-after-SELECT parsing ambiguity).
 _UPSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (run_id, node_id, data) VALUES (?, ?, ?)"
+    "INSERT INTO checkpoints (run_id, node_id, data) SELECT ?, ?, ? WHERE {fences}"
     " ON CONFLICT (run_id, node_id) DO UPDATE SET data = excluded.data"
 )
 _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = ?"
 
-_INSERT_EVENT = "INSERT INTO events (id, run_id, data) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
-_AFTER = "seq > coalesce((SELECT seq FROM events WHERE id = ?), 0)"
-_READ_EVENTS = f"SELECT data FROM events WHERE {_AFTER} ORDER BY seq LIMIT ?"
-_READ_RUN_EVENTS = f"SELECT data FROM events WHERE {_AFTER} AND run_id = ? ORDER BY seq LIMIT ?"
+# The log gives positions itself: one statement appends a burst after the last
+# position ever handed out (sqlite_sequence keeps it when the tail is pruned),
+# and stores each event's id as event_id(seq). ``{rows}`` is one "(n, ?, ?)" per event.
+_APPEND_EVENTS = (
+    "WITH last (seq) AS (SELECT max("
+    " ifnull((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+    " ifnull((SELECT max(seq) FROM events), 0))),"
+    " burst (n, run_id, data) AS (VALUES {rows})"
+    " INSERT INTO events (seq, id, run_id, data)"
+    " SELECT last.seq + n, printf('%016d', last.seq + n), burst.run_id, burst.data"
+    " FROM last, burst WHERE true ORDER BY n RETURNING seq"
+)
+_APPEND_CHUNK = 500  # events per statement: 2 parameters each, far below SQLite's limit
+_READ_EVENTS = "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+_READ_RUN_EVENTS = "SELECT seq, data FROM events WHERE seq > ? AND run_id = ? ORDER BY seq LIMIT ?"
+_LAST_EVENT = "SELECT max(seq) FROM events"
 
 _INSERT_AUDIT = "INSERT INTO audit (time, tenant, principal, workflow, data) VALUES (?, ?, ?, ?, ?)"
 
@@ -235,6 +272,11 @@ def _session(row: Sequence[Any]) -> SessionRecord:
     )
 
 
+def _real(value: float | None) -> float | None:
+    # RETURNING gives a REAL column's value as stored: an integral one as an int.
+    return None if value is None else float(value)
+
+
 def _run(row: Sequence[Any]) -> RunRecord:
     return RunRecord(
         id=row[0],
@@ -247,29 +289,47 @@ def _run(row: Sequence[Any]) -> RunRecord:
         inputs=_decode_dict(row[7]),
         output=_decode_any(row[8]),
         error=None if row[9] is None else _decode_dict(row[9]),
-        created_at=row[10],
-        started_at=row[11],
-        finished_at=row[12],
+        created_at=float(row[10]),
+        started_at=_real(row[11]),
+        finished_at=_real(row[12]),
         idempotency_key=row[13],
         input_hash=row[14],
         owner=row[15],
+        fence=row[16],
+        lease_expires_at=_real(row[17]),
     )
 
 
-def _update_run_params(run: RunRecord) -> tuple[Any, ...]:
-    return (
+def _fenced(sql: str, fences: Sequence[tuple[str, int]]) -> tuple[str, tuple[Any, ...]]:
+    """``sql`` with its ``{fences}`` condition: every (run, token) of ``fences`` is current."""
+    condition = " AND ".join([_FENCE_IS] * len(fences))
+    return sql.format(fences=condition), tuple(v for pair in fences for v in pair)
+
+
+def _update_run(run: RunRecord, fences: Sequence[tuple[str, int]]) -> tuple[str, tuple[Any, ...]]:
+    sql, fence_params = _fenced(_UPDATE_RUN, fences)
+    params = (
         run.status,
         _encode(run.output),
         None if run.error is None else _encode(run.error),
         run.started_at,
         run.finished_at,
-        run.owner,
         run.id,
+        *fence_params,
     )
+    return sql, params
 
 
-def _checkpoint_params(checkpoint: NodeCheckpoint) -> tuple[Any, ...]:
-    return (checkpoint.run_id, checkpoint.node_id, _encode(checkpoint))
+def _upsert_checkpoint(
+    checkpoint: NodeCheckpoint, fences: Sequence[tuple[str, int]]
+) -> tuple[str, tuple[Any, ...]]:
+    sql, fence_params = _fenced(_UPSERT_CHECKPOINT, fences)
+    return sql, (checkpoint.run_id, checkpoint.node_id, _encode(checkpoint), *fence_params)
+
+
+def _event(seq: int, data: bytes) -> Event:
+    """A logged event: its id is its position (whatever id the stored JSON holds)."""
+    return msgspec.structs.replace(_decode_event(data), id=event_id(seq))
 
 
 def _audit_params(record: AuditRecord) -> tuple[Any, ...]:
@@ -294,6 +354,8 @@ def _run_params(run: RunRecord) -> tuple[Any, ...]:
         run.idempotency_key,
         run.input_hash,
         run.owner,
+        run.fence,
+        run.lease_expires_at,
     )
 
 
@@ -484,7 +546,7 @@ class SQLiteStorage(Storage):
     # -- sessions --------------------------------------------------------------
 
     async def create_session(self, session: SessionRecord) -> None:
-        """Store a new session; an id already in use raises ``ValueError``."""
+        """Store a new session; an id already in use raises :class:`AlreadyExists`."""
         params = (
             session.id,
             session.tenant,
@@ -499,7 +561,7 @@ class SQLiteStorage(Storage):
         try:
             await self._write(_INSERT_SESSION, params)
         except sqlite3.IntegrityError as exc:
-            raise ValueError(f"session {session.id!r} already exists") from exc
+            raise AlreadyExists(f"session {session.id!r} already exists") from exc
 
     async def get_session(
         self, session_id: str, *, tenant: str | None = None
@@ -549,7 +611,7 @@ class SQLiteStorage(Storage):
         try:
             changed = await self._write(_INSERT_RUN, _run_params(run))
         except sqlite3.IntegrityError as exc:
-            raise ValueError(f"run {run.id!r} already exists") from exc
+            raise AlreadyExists(f"run {run.id!r} already exists") from exc
         if changed:
             # Return what a later get_run returns (values through JSON).
             return _decode_run(_encode(run)), True
@@ -570,14 +632,86 @@ class SQLiteStorage(Storage):
         return run
 
     async def save_run(self, run: RunRecord) -> None:
-        """Replace the mutable fields of a stored run; an unknown id does nothing."""
-        await self._write(_UPDATE_RUN, _update_run_params(run))
+        """Replace the mutable fields of a stored run when its fence is ``run.fence``.
+
+        One conditional ``UPDATE``; a stale token raises :class:`LeaseLost`, an
+        unknown id does nothing.
+        """
+        if not await self._write(*_update_run(run, [(run.id, run.fence)])):
+            current = await self._fence_of(run.id)
+            if current is not None:
+                raise LeaseLost(run.id, run.fence, current)
+
+    async def _fence_of(self, run_id: str) -> int | None:
+        """The stored fencing token of a run (None: no such run)."""
+        rows = await self._read(_SELECT_FENCE, (run_id,))
+        return int(rows[0][0]) if rows else None
+
+    async def _lease_lost(self, fences: Sequence[tuple[str, int]]) -> LeaseLost:
+        """The error of a refused fenced write: names the first (run, token) that is stale."""
+        for run_id, fence in fences:
+            current = await self._fence_of(run_id)
+            if current != fence:
+                return LeaseLost(run_id, fence, current)
+        run_id, fence = fences[0]  # pragma: no cover - taken over and back: cannot happen
+        return LeaseLost(run_id, fence, fence)
 
     async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
-        """The last checkpoints and the run's final state in one trip to the writer."""
-        statements = [(_UPSERT_CHECKPOINT, _checkpoint_params(c)) for c in checkpoints]
-        statements.append((_UPDATE_RUN, _update_run_params(run)))
-        await self._write_many(statements)
+        """The last checkpoints and the run's final state: one trip, one transaction, fenced.
+
+        Every statement holds the same condition (each run and token involved is
+        current), so they land together or are refused together (:class:`LeaseLost`).
+        """
+        fences = list(
+            dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
+        )
+        statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
+        statements.append(_update_run(run, fences))
+        counts = await self._write_many(statements)
+        if not counts[-1]:
+            if not checkpoints and await self._fence_of(run.id) is None:
+                return  # an unknown run, as save_run
+            raise await self._lease_lost(fences)
+
+    async def claim_run(
+        self, run_id: str, owner: str, *, lease: float, now: float
+    ) -> RunRecord | None:
+        """Take an unfinished run whose lease is None or expired at ``now``; fence + 1.
+
+        One ``UPDATE ... RETURNING``: of concurrent claimers (tasks or
+        processes), SQLite's write lock lets one through.
+        """
+        rows = await self._write_fetch(_CLAIM_RUN, (owner, float(now + lease), run_id, now))
+        return _run(rows[0]) if rows else None
+
+    async def renew_leases(
+        self, owner: str, fences: Mapping[str, int], *, until: float
+    ) -> set[str]:
+        """Extend to ``until`` the leases ``owner`` holds with these tokens (one transaction)."""
+        items = list(fences.items())
+        if not items:
+            return set()
+        counts = await self._write_many(
+            [(_RENEW_LEASE, (until, run_id, owner, fence)) for run_id, fence in items]
+        )
+        return {run_id for (run_id, _), count in zip(items, counts, strict=True) if count}
+
+    async def claimable_runs(
+        self, now: float, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
+        """Unfinished runs with no lease or an expired one at ``now``, oldest first."""
+        if limit <= 0:
+            return []
+        names: tuple[str, ...] = ()
+        if workflows is None:
+            sql = _CLAIMABLE_RUNS.format(workflows="")
+        else:
+            names = tuple(workflows)
+            if not names:
+                return []
+            marks = ", ".join("?" * len(names))
+            sql = _CLAIMABLE_RUNS.format(workflows=f" AND workflow IN ({marks})")
+        return [_run(row) for row in await self._read(sql, (now, *names, limit))]
 
     async def list_runs(
         self,
@@ -625,8 +759,14 @@ class SQLiteStorage(Storage):
         return [_run(row) for row in await self._read(_UNFINISHED_RUNS)]
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
-        """Record a finished node (replacing an earlier record); committed on return."""
-        await self._write(_UPSERT_CHECKPOINT, _checkpoint_params(checkpoint))
+        """Record a finished node (replacing an earlier record); committed on return.
+
+        A conditional upsert: written only while the run's fence is the
+        checkpoint's, else :class:`LeaseLost` (an unknown run too).
+        """
+        fences = [(checkpoint.run_id, checkpoint.fence)]
+        if not await self._write(*_upsert_checkpoint(checkpoint, fences)):
+            raise await self._lease_lost(fences)
 
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
         """Every recorded node of a run, by node id."""
@@ -635,35 +775,64 @@ class SQLiteStorage(Storage):
 
     # -- events ----------------------------------------------------------------
 
-    async def append_event(self, event: Event) -> None:
-        """Append to the log; an event whose id is already logged is not appended again."""
-        await self._write(_INSERT_EVENT, (event.id, event.run_id, _encode(event)))
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append events in order; each gets the id of its log position.
 
-    async def append_events(self, events: Sequence[Event]) -> None:
-        """Append several events in order, in one trip to the writer (one transaction)."""
-        if events:
-            await self._write_many([(_INSERT_EVENT, (e.id, e.run_id, _encode(e))) for e in events])
+        One ``INSERT ... RETURNING`` per 500 events (a larger burst: several, in
+        one transaction), so the positions of a burst are consecutive and
+        every process's appends are in one order.
+        """
+        if not events:
+            return []
+        if self._writer is None or self._lock is None:
+            raise self._closed()
+        encoded = [(e.run_id, _encode(e)) for e in events]
+        chunks = [encoded[i : i + _APPEND_CHUNK] for i in range(0, len(encoded), _APPEND_CHUNK)]
+        conn = self._writer
+        seqs: list[int] = []
+        async with self._lock:
+            if len(chunks) > 1:
+                await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for chunk in chunks:
+                    rows = ", ".join(f"({n}, ?, ?)" for n in range(1, len(chunk) + 1))
+                    params = [v for pair in chunk for v in pair]
+                    returned = await conn.execute_fetchall(_APPEND_EVENTS.format(rows=rows), params)
+                    seqs.extend(sorted(int(row[0]) for row in returned))
+                if len(chunks) > 1:
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if len(chunks) > 1:
+                    await _rollback(conn)
+                raise
+        # Decoded from what was stored: copies, equal to what read_events returns.
+        return [_event(seq, data) for (_, data), seq in zip(encoded, seqs, strict=True)]
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
     ) -> list[Event]:
-        """Events after the one with id ``after`` (from the start if None or unknown)."""
+        """Events after position ``event_seq(after)``, oldest first, at most ``limit``."""
         if limit <= 0:
             return []
+        position = event_seq(after)
         if run_id is None:
-            rows = await self._read(_READ_EVENTS, (after, limit))
+            rows = await self._read(_READ_EVENTS, (position, limit))
         else:
-            rows = await self._read(_READ_RUN_EVENTS, (after, run_id, limit))
-        return [_decode_event(row[0]) for row in rows]
+            rows = await self._read(_READ_RUN_EVENTS, (position, run_id, limit))
+        return [_event(seq, data) for seq, data in rows]
+
+    async def last_event_id(self) -> str | None:
+        """The id of the newest event in the log (None when it is empty)."""
+        rows = await self._read(_LAST_EVENT)
+        return None if rows[0][0] is None else event_id(int(rows[0][0]))
 
     # -- retention -------------------------------------------------------------
 
-    async def prune(self, before: float, *, limit: int = 500) -> int:
-        """Delete one batch of finished runs, events and audit records older than ``before``.
+    async def prune_runs(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` finished runs older than ``before``, with their checkpoints.
 
-        Each kind is one short statement on an index (runs by ``created_at``,
-        events by sequence, audit by ``time``), applied with the other writes
-        of its group commit, so requests wait at most for one batch.
+        Short statements on an index, applied with the other writes of their
+        group commit, so requests wait at most for one batch.
         """
         if limit <= 0:
             return 0
@@ -672,7 +841,22 @@ class SQLiteStorage(Storage):
             " AND coalesce(finished_at, created_at) < ? ORDER BY created_at, id LIMIT ?",
             (before, before, limit),
         )
-        run_ids = [row[0] for row in rows]
+        run_ids = tuple(row[0] for row in rows)
+        if not run_ids:
+            return 0
+        marks = ", ".join("?" * len(run_ids))
+        counts = await self._write_many(
+            [
+                (f"DELETE FROM checkpoints WHERE run_id IN ({marks})", run_ids),
+                (f"DELETE FROM runs WHERE id IN ({marks})", run_ids),
+            ]
+        )
+        return counts[1]
+
+    async def prune_events(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` of the oldest events whose ``time`` is before ``before``."""
+        if limit <= 0:
+            return 0
         # The log's oldest events: a prefix whose times are before the cut-off.
         events = await self._read("SELECT seq, data FROM events ORDER BY seq LIMIT ?", (limit,))
         last_seq = None
@@ -680,32 +864,21 @@ class SQLiteStorage(Storage):
             if _decode_event(data).time >= before:
                 break
             last_seq = seq
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        if run_ids:
-            marks = ", ".join("?" * len(run_ids))
-            statements.append(
-                (f"DELETE FROM checkpoints WHERE run_id IN ({marks})", tuple(run_ids))
-            )
-            statements.append((f"DELETE FROM runs WHERE id IN ({marks})", tuple(run_ids)))
-        if last_seq is not None:
-            statements.append(("DELETE FROM events WHERE seq <= ?", (last_seq,)))
-        statements.append(
-            (
-                "DELETE FROM audit WHERE seq IN"
-                " (SELECT seq FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
-                (before, limit),
-            )
+        if last_seq is None:
+            return 0
+        return await self._write("DELETE FROM events WHERE seq <= ?", (last_seq,))
+
+    async def prune_audit(self, before: float, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` audit records whose ``time`` is before ``before``."""
+        if limit <= 0:
+            return 0
+        return await self._write(
+            "DELETE FROM audit WHERE seq IN"
+            " (SELECT seq FROM audit WHERE time < ? ORDER BY time LIMIT ?)",
+            (before, limit),
         )
-        counts = await self._write_many(statements)
-        deleted_runs = counts[1] if run_ids else 0
-        deleted_events = counts[-2] if last_seq is not None else 0
-        return deleted_runs + deleted_events + counts[-1]
 
     # -- audit -----------------------------------------------------------------
-
-    async def append_audit(self, record: AuditRecord) -> None:
-        """Append an audit record."""
-        await self._write(_INSERT_AUDIT, _audit_params(record))
 
     async def append_audits(self, records: Sequence[AuditRecord]) -> None:
         """Append several audit records in order, in one trip to the writer (one transaction)."""
@@ -747,7 +920,7 @@ class SQLiteStorage(Storage):
     # -- credentials -----------------------------------------------------------
 
     async def put_credential(self, record: CredentialRecord) -> None:
-        """Store a new credential; a used id or ``(kind, token_hash)`` raises ``ValueError``."""
+        """Store a new credential; a used id or ``(kind, token_hash)``: :class:`AlreadyExists`."""
         params = (
             record.id,
             record.kind,
@@ -761,7 +934,7 @@ class SQLiteStorage(Storage):
         try:
             await self._write(_INSERT_CREDENTIAL, params)
         except sqlite3.IntegrityError as exc:
-            raise ValueError(f"credential {record.id!r} (or its token) already exists") from exc
+            raise AlreadyExists(f"credential {record.id!r} (or its token) already exists") from exc
 
     async def get_credential(self, kind: str, token_hash: str) -> CredentialRecord | None:
         """The credential of that kind with that token hash, or None."""

@@ -105,7 +105,7 @@ def _check(app: Nexus) -> ConfigCheck:
     try:
         if config.path is not None:
             config = load_config(config.path, env=os.environ, sections=app.host.config_sections())
-        url = config.nexus.storage
+        url = config.storage_url
         Nexus(config=config, env=os.environ).check_startup()  # what start-up would refuse
     except ConfigError as exc:
         return ConfigCheck(ok=False, errors=[_issue(exc)])

@@ -35,7 +35,6 @@ import contextlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -83,7 +82,6 @@ from .models import (
 from .openapi import build_openapi
 from .problems import (
     PROBLEM_JSON,
-    Conflict,
     Unsupported,
     problem_body,
     problem_from_exception,
@@ -290,11 +288,6 @@ def _routes(api: ApiState) -> list[Any]:
 
     authenticate = api.authenticate
 
-    async def _runs_here(run_id: str) -> bool:
-        storage = app.storage
-        record = await storage.get_run(run_id) if storage is not None else None
-        return record is not None and record.owner in (None, app.instance_id)
-
     def session_headers(info: RequestInfo, session_id: str | None) -> dict[str, str] | None:
         if session_id is None:
             if cookie and info.cookie_session and info.header_session is None:
@@ -399,21 +392,11 @@ def _routes(api: ApiState) -> list[Any]:
         run = await app.get_run(run_id, principal=who)
         if run.status in _TERMINAL:
             return _json(run)
-        cancelled = await app.cancel(run_id, principal=who)
-        # A run accepted here may not have started executing yet: try again briefly.
-        deadline = time.monotonic() + 1.0
-        while not cancelled and time.monotonic() < deadline and await _runs_here(run_id):
-            await anyio.sleep(0.02)
-            run = await app.get_run(run_id, principal=who)
-            if run.status in _TERMINAL:
-                return _json(run)
-            cancelled = await app.cancel(run_id, principal=who)
-        if not cancelled:
-            raise Conflict(f"run {run_id!r} is {run.status} on another server; cancel it there")
-        deadline = time.monotonic() + 2.0
-        while run.status not in _TERMINAL and time.monotonic() < deadline:
-            await anyio.sleep(0.02)
-            run = await app.get_run(run_id, principal=who)
+        # Wherever it executes: this process, another worker or gateway on the same storage.
+        await app.cancel(run_id, principal=who)
+        with anyio.move_on_after(2.0):
+            await app.wait(run_id)
+        run = await app.get_run(run_id, principal=who)
         return _json(run, 200 if run.status in _TERMINAL else 202)
 
     # -- sessions ------------------------------------------------------------------

@@ -244,7 +244,8 @@ async def test_config_needs_admin_and_masks_secrets() -> None:
             "errors": [],
             "file": None,
             "environment": "development",
-            "storage": "sqlite:///nexus.db",  # the configuration's (the host was given another)
+            # The configuration's default, resolved (not the storage the host was given).
+            "storage": app.config.storage_url,
         }
 
 

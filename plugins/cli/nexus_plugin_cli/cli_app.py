@@ -27,6 +27,11 @@ BUILTIN_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("batch", _P + "batch:batch_command", "Run a JSON Lines file of invocations, N at a time."),
     ("shell", _P + "shell:shell_command", "An interactive shell with completion and history."),
     ("session", _P + "session:app", "Start a session, choose the current one, or show it."),
+    (
+        "worker",
+        _P + "worker:worker_command",
+        "Execute the runs gateways queue for workers: worker APP [--concurrency N].",
+    ),
     ("plugins", _P + "plugins:plugins_command", "List the plugins, their versions and hooks."),
     ("config", _P + "config:app", "Show the configuration with its sources, or check it."),
     ("plugin", _P + "plugin:app", "Start a new plugin: plugin new NAME --kind KIND."),

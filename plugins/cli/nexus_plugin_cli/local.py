@@ -6,10 +6,12 @@ the same as on every other channel. The host (storage, events, sessions) is
 started only for the commands that need it: listing workflows does not open
 the database.
 
-Each ``nexus`` process runs the host as its own instance
-(``HOST/cli-PID``), so starting one never resumes the runs another process
-(a gateway, another ``nexus run``) is executing; ``nexus runs resume`` takes
-over a run whose process is gone.
+Which process executes a run is told by its lease (see
+:mod:`nexus_core.engine`): a run is executing somewhere while it is unfinished
+and its ``lease_expires_at`` is in the future. A ``nexus`` command never takes
+a run over by itself; ``nexus runs resume`` claims a run whose lease expired
+(its process is gone) and finishes it here, and ``nexus runs cancel`` cancels
+a run wherever it executes.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from nexus_core import Nexus
     from nexus_core.security import Credentials, Principal
 
-__all__ = ["LocalBackend", "cli_instance_id", "interrupted_runs", "owner_state"]
+__all__ = ["LocalBackend", "executing_elsewhere", "interrupted_runs"]
 
 log = logging.getLogger("nexus.cli")
 
@@ -60,37 +60,30 @@ def interrupted_runs() -> dict[str, str]:
     return dict(_INTERRUPTED)
 
 
-def cli_instance_id() -> str:
-    """The host instance id of this ``nexus`` process: ``HOST/cli-PID``."""
-    return f"{socket.gethostname()}/cli-{os.getpid()}"
-
-
-def owner_state(owner: str | None) -> tuple[str, str]:
-    """Who executes a run: ``("gone" | "alive" | "here" | "gateway", description)``."""
-    if not owner:
-        return "gone", "no process"
-    host, _, rest = owner.partition("/cli-")
-    if not rest:
-        return "gateway", f"gateway instance {owner!r}"
-    if host != socket.gethostname():
-        return "alive", f"`nexus` process {rest} on {host}"
-    try:
-        pid = int(rest)
-    except ValueError:
-        return "gone", owner
-    if pid == os.getpid():
-        return "here", "this process"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "gone", f"`nexus` process {pid} (exited)"
-    except OSError:
-        return "alive", f"`nexus` process {pid}"
-    return "alive", f"`nexus` process {pid}"
+def executing_elsewhere(record: Any, now: float | None = None) -> bool:
+    """Whether a run is executing in some process: unfinished, with a lease not yet expired."""
+    if record.status in TERMINAL or record.lease_expires_at is None:
+        return False
+    return bool(record.lease_expires_at > (time.time() if now is None else now))
 
 
 def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
+
+
+def _executing_elsewhere(record: Any) -> CliError:
+    """The conflict of resuming a run another process holds the lease of."""
+    from .render import when
+
+    return CliError(
+        Problem(
+            code="conflict",
+            message=f"run {record.id} is executing elsewhere (its lease runs until "
+            f"{when(record.lease_expires_at)}, renewed while its process lives); it finishes there",
+            hint=f"follow it with: {nexus_command('runs', 'show', record.id)}; "
+            "resume it once its process is gone and the lease expired",
+        )
+    )
 
 
 class LocalBackend(Backend):
@@ -162,7 +155,6 @@ class LocalBackend(Backend):
         """The application with its host started, without authenticating (``nexus login``)."""
         app = self.nexus
         if self._host is None:
-            app.instance_id = cli_instance_id()
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(app.running())
             self._host = stack
@@ -311,62 +303,74 @@ class LocalBackend(Backend):
         return record
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
-        """Cancel a run of this process, or mark cancelled a run whose process is gone."""
+        """Cancel a run wherever it executes, and wait briefly for its final status.
+
+        ``app.cancel`` cancels it here, asks its live owner to (a
+        ``run.cancel_requested`` event on the shared log), or records it
+        cancelled when nobody holds its lease. A run whose owner died keeps
+        its lease until it expires: it is cancelled here once it has.
+        """
         app = await self._running()
         record = await self._record(run_id)
         if record.status in TERMINAL:
             return {"run_id": run_id, "cancelled": False, "status": record.status}
-        if await app.cancel(run_id, principal=self._principal):
-            result = await app.wait(run_id)
-            return {"run_id": run_id, "cancelled": True, "status": result.status}
-        where, who = owner_state(record.owner)
-        if where in ("alive", "gateway"):
-            raise CliError(
-                Problem(
-                    code="conflict",
-                    message=f"run {run_id} is executing in {who}; it can only be cancelled there",
-                    hint=f"cancel it through its gateway: nexus --url URL runs cancel {run_id}"
-                    if where == "gateway"
-                    else "stop that process (Ctrl-C) to interrupt the run",
-                )
-            )
-        # Its process is gone: nothing executes it, so record it as cancelled.
-        from nexus_core.events import EventType
+        if not await app.cancel(run_id, principal=self._principal):
+            record = await self._record(run_id)
+            return {"run_id": run_id, "cancelled": False, "status": record.status}
+        status = await self._final_status(run_id)
+        if status in TERMINAL:
+            return {"run_id": run_id, "cancelled": status == "cancelled", "status": status}
+        return {"run_id": run_id, "cancelled": True, "status": status, "requested": True}
 
-        assert app.storage is not None
-        record.status = "cancelled"
-        record.finished_at = time.time()
-        record.error = {"type": "Cancelled", "message": "cancelled from the command line"}
-        await app.storage.save_run(record)
-        await app.emit(EventType.RUN_CANCELLED, run=record, data={"workflow": record.workflow})
-        return {"run_id": run_id, "cancelled": True, "status": "cancelled"}
+    async def _final_status(self, run_id: str, patience: float = 10.0) -> str:
+        """The run's status once it ended, or as it stands after ``patience`` seconds.
+
+        While waiting, a run whose lease expired (its owner is gone, so the
+        cancel request went unheard) is cancelled here.
+        """
+        app = self.nexus
+        deadline = time.monotonic() + patience
+        record = await self._record(run_id)
+        if record.lease_expires_at is not None:  # wait out a dead owner's lease too
+            deadline += max(0.0, record.lease_expires_at - time.time())
+        step = app.engine.heartbeat
+        while True:
+            with anyio.move_on_after(min(step, max(0.0, deadline - time.monotonic()))):
+                return (await app.wait(run_id)).status
+            record = await self._record(run_id)
+            if record.status in TERMINAL or time.monotonic() >= deadline:
+                return str(record.status)
+            if not executing_elsewhere(record):
+                await app.cancel(run_id, principal=self._principal)
 
     async def resume(self, run_id: str, *, on_event: EventCallback | None = None) -> dict[str, Any]:
-        """Finish an interrupted run from its checkpoints (or show a finished one)."""
+        """Finish an interrupted run here from its checkpoints (or show a finished one).
+
+        Only a run whose lease expired (its process is gone) is claimed and
+        executed here; one still leased is executing elsewhere (a conflict).
+        With an executor that uses workers, the workers resume it: this
+        follows it to its end.
+        """
         record = await self._record(run_id)
         if record.status in TERMINAL:
             return await self.run(run_id)
-        where, who = owner_state(record.owner)
-        if where in ("alive", "gateway"):
-            raise CliError(
-                Problem(
-                    code="conflict",
-                    message=f"run {run_id} is executing in {who}; it resumes there",
-                    hint=f"follow it with: {nexus_command('runs', 'show', run_id)}"
-                    if where == "alive"
-                    else "it resumes when that gateway restarts; follow it with --url URL",
-                )
-            )
-        # Restart the host as the run's owner: the core resumes the owner's
-        # unfinished runs from their last checkpoints at start-up.
-        await self._stop_host()
         app = self.nexus
-        stack = contextlib.AsyncExitStack()
-        app.instance_id = record.owner or cli_instance_id()
-        await stack.enter_async_context(app.running())
-        self._host = stack
+        if app.engine.executor.needs_workers:
+            claimed = None
+        elif executing_elsewhere(record):
+            raise _executing_elsewhere(record)
+        else:
+            claimed = await app.engine.claim(run_id)
+            if claimed is None:  # another process was first, or it ended meanwhile
+                record = await self._record(run_id)
+                if record.status in TERMINAL:
+                    return await self.run(run_id)
+                raise _executing_elsewhere(record)
+        # Subscribed before it resumes: none of its events is missed.
         sub = app.subscribe(("run.*", "node.*"), filter=lambda event: event.run_id == run_id)
-        self._waiting.add(run_id)
+        if claimed is not None:
+            self._waiting.add(run_id)
+            await app.engine.resume(claimed)
         return await self._settled(run_id, await self._follow(run_id, sub, on_event))
 
     # -- sessions ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def test_help_lists_every_command(cli: Cli) -> None:
         "batch",
         "shell",
         "session",
+        "worker",
         "plugins",
         "config",
         "login",

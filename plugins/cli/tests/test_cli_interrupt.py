@@ -159,18 +159,38 @@ def test_sigterm_cancels_the_run_too(cli: Cli, app_path: Path, tmp_path: Path) -
     assert shown["status"] == "cancelled"
 
 
-def test_a_killed_run_resumes_from_its_checkpoints(
+#: A short lease, so a killed process's run is free to resume soon.
+SHORT_LEASE = {"NEXUS_SERVICES__RUNS__LEASE": "3", "NEXUS_SERVICES__RUNS__HEARTBEAT": "0.5"}
+
+
+def test_a_killed_run_resumes_from_its_checkpoints_once_its_lease_expired(
     cli: Cli, app_path: Path, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    process = cli.popen("--app", str(app_path), "run", "gated", "--gate", str(gate))
+    process = cli.popen(
+        "--app", str(app_path), "run", "gated", "--gate", str(gate), env=SHORT_LEASE
+    )
     wait_for_line(process, "node gated started")
-    process.kill()  # no chance to record anything: the run stays "running"
+    process.kill()  # no chance to record anything: the run stays "running", leased
     process.communicate(timeout=60)
     runs = json.loads(cli("--app", str(app_path), "-o", "json", "runs").stdout)
     run_id = runs[0]["run_id"]
     assert runs[0]["status"] == "running"  # interrupted: nothing executes it now
     gate.touch()
-    resumed = cli("--app", str(app_path), "runs", "resume", run_id)
+    # Until its lease expires, the run counts as executing elsewhere: left alone.
+    early = cli("--app", str(app_path), "runs", "resume", run_id, env=SHORT_LEASE)
+    if early.returncode != 0:
+        assert "is executing elsewhere" in early.stderr and "lease runs until" in early.stderr
+        deadline = time.monotonic() + 60
+        while True:  # a condition (the lease has expired), not a fixed wait
+            resumed = cli("--app", str(app_path), "runs", "resume", run_id, env=SHORT_LEASE)
+            if resumed.returncode == 0 or time.monotonic() > deadline:
+                break
+            assert "is executing elsewhere" in resumed.stderr, resumed.stderr
+    else:
+        resumed = early  # the lease had already expired (a slow machine)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout) == "done"
+    shown = json.loads(cli("--app", str(app_path), "-o", "json", "runs", "show", run_id).stdout)
+    assert shown["status"] == "completed"
+    assert shown["nodes"]["gated"]["attempts"] == 2  # the killed process's execution counts

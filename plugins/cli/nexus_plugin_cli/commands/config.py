@@ -123,7 +123,7 @@ def check_config(*, g: Globals | None = None) -> int:
         if target.remote:
             return await _check_remote(target, out)
         config, _host, where = _load()
-        url = config.nexus.storage
+        url = config.storage_url
         Nexus(config=config).check_startup()  # exactly what start-up would refuse
         report = {
             "ok": True,

@@ -97,7 +97,11 @@ def show_run(run_id: RunId, /, *, g: Globals | None = None) -> int:
 
 @app.command(name="cancel")
 def cancel_run(run_id: RunId, /, *, g: Globals | None = None) -> int:
-    """Cancel a run that has not finished.
+    """Cancel a run that has not finished, wherever it executes.
+
+    A run executing in another process (a gateway, a worker, another `nexus
+    run`) is asked to stop through the shared event log; this waits briefly
+    for it to be recorded cancelled.
 
     Parameters
     ----------
@@ -121,6 +125,8 @@ def cancel_run(run_id: RunId, /, *, g: Globals | None = None) -> int:
             )
         if out.json:
             out.result(outcome)
+        elif outcome.get("requested"):  # its process has not answered yet
+            out.line(f"asked the process executing run {run_id} to cancel it")
         else:
             out.line(f"cancelled run {run_id}")
         return OK if outcome["cancelled"] else FAILURE
@@ -132,9 +138,11 @@ def cancel_run(run_id: RunId, /, *, g: Globals | None = None) -> int:
 def resume_run(run_id: RunId, /, *, g: Globals | None = None) -> int:
     """Follow a run to its end, resuming it from its checkpoints if it was interrupted.
 
-    In process, a run whose `nexus` process is gone (Ctrl-C, a crash) is taken
-    over and finished from its last completed node. On a gateway, the gateway
-    resumes interrupted runs itself; this follows the run and prints its result.
+    In process, a run whose process is gone (a crash, kill -9) is taken over
+    once its lease has expired and finished here from its last completed node;
+    a run still leased is executing elsewhere and is left alone. With an
+    executor that uses workers, and on a gateway, interrupted runs are resumed
+    there; this follows the run and prints its result.
 
     Parameters
     ----------

@@ -1,0 +1,661 @@
+"""The run engine: how an accepted run is executed, recorded and recovered, under a lease.
+
+The host (:class:`~nexus_core.app.Nexus`) decides *whether* a call may run
+(authentication, validation, authorization, limits); the engine decides *how*
+it runs, and keeps the promises the many-process tiers depend on:
+
+* **Leases with fencing.** A run executes under a lease held by one process
+  incarnation (:attr:`RunEngine.owner_id`, unique per process start, never the
+  hostname). A heartbeat renews the leases of the runs this process executes.
+  Only a run whose lease has expired is taken over, by whichever process
+  claims it first; every claim raises the run's fencing token, and every
+  checkpoint and final write carries the token, so a process that lost its
+  lease can never overwrite the new owner's work (it stops executing the run
+  instead).
+* **Recovery.** Processes that serve (``nexus serve``, workers) look for
+  expired leases every heartbeat and resume those runs from their last
+  checkpoints (``services.runs.recover``); processes that only read (admin
+  scripts, ``nexus runs``) never take a run over.
+* **Attempts.** A node's ``attempts`` counts every execution: the retries of
+  this process plus one for each earlier owner that started the node before
+  losing the run.
+* **Waiting** for a run executed elsewhere listens for its final event on the
+  bus (which, on a shared log, hears every process) and rereads the store
+  now and then; nothing polls in a tight loop.
+
+How a run is handed to a process is the executor's business
+(:mod:`nexus_core.executors`): the default executes it in the process that
+accepted it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from .config import ConfigError
+from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
+from .events import EventType
+from .security import Principal
+from .sessions import Session
+from .storage.base import LeaseLost, NodeCheckpoint, RunRecord
+from .workflows.runtime import NodeResult, RunControl, RunError, RunResult
+
+if TYPE_CHECKING:
+    from .app import Nexus
+    from .executors import Executor
+    from .workflows.model import Workflow
+
+__all__ = ["ActiveRun", "RunEngine", "new_owner_id"]
+
+log = logging.getLogger("nexus.runs")
+
+#: The events that end a run.
+FINAL_EVENTS = (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED)
+#: Asks the process executing a run to cancel it (any channel, any process).
+CANCEL_REQUESTED = "run.cancel_requested"
+
+
+def new_owner_id(instance_id: str) -> str:
+    """A lease owner id for this process incarnation: ``instance/pid/random``.
+
+    Unique per process start, so two processes on one host, or a process and
+    its restarted successor with the same pid, never take each other for the
+    owner of a run.
+    """
+    return f"{instance_id}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+class ActiveRun:
+    """A run executing in this process: its cancel handle, its lease and, once done, its result."""
+
+    __slots__ = ("_done", "_result", "control", "fence", "lost", "run_id")
+
+    def __init__(self, run_id: str, fence: int) -> None:
+        self.run_id = run_id
+        self.fence = fence
+        #: Set when another process took the run over: this one stopped executing it.
+        self.lost = False
+        self.control = RunControl()
+        self._done = anyio.Event()
+        self._result: RunResult | None = None
+
+    def lose(self) -> None:
+        """The lease is gone: stop executing (nothing more of this run is written here)."""
+        if not self.lost:
+            self.lost = True
+            self.control.cancel()
+
+    def finish(self, result: RunResult) -> None:
+        """Hand the run's result to its waiters."""
+        self._result = result
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._done.is_set()
+
+    async def result(self) -> RunResult:
+        """Wait for the run's result (status ``running`` if it stopped executing here)."""
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
+
+
+class RunEngine:
+    """Executes a host's runs under leases, records them, and recovers expired ones.
+
+    One per host (``app.engine``). The lease length, heartbeat and recovery
+    policy come from ``services.runs``.
+    """
+
+    def __init__(self, app: Nexus) -> None:
+        self.app = app
+        settings = app.config.nexus.services.runs
+        #: This process incarnation's lease owner id.
+        self.owner_id = new_owner_id(app.instance_id)
+        #: Seconds a lease lasts unless renewed.
+        self.lease = settings.lease
+        #: Seconds between renewals (and between looks for expired leases).
+        self.heartbeat = settings.heartbeat
+        #: Whether this process takes over runs whose lease expired (set at start).
+        self.recovering = False
+        #: Runs executing in this process, by id (gone once finished: nothing leaks).
+        self.active: dict[str, ActiveRun] = {}
+        self._last_renewal = 0.0
+        self._parents: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._executor: Executor | None = None
+        # Cancel requests heard for runs not executing here (yet): run id -> when.
+        # A run claimed soon after (a worker between claim and start, a
+        # takeover of a dead owner's run) starts cancelled.
+        self._cancel_requested: dict[str, float] = {}
+
+    @property
+    def executor(self) -> Executor:
+        """The executor runs are handed to (``services.runs.executor``), built on first use."""
+        if self._executor is None:
+            self._executor = self.load_executor()
+        return self._executor
+
+    def prepare(self) -> None:
+        """Build the configured executor anew (the host calls this at every start)."""
+        self._executor = self.load_executor()
+
+    def load_executor(self) -> Executor:
+        """Build the configured executor; an unknown name is a ``ConfigError`` naming the known."""
+        name = self.app.config.nexus.services.runs.executor
+        specs = self.app.host.executors()
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(
+                f"no executor named {name!r} (installed: {', '.join(sorted(specs))})",
+                key="nexus.services.runs.executor",
+            )
+        try:
+            executor: Executor = spec.load().from_app(self.app)
+        except Exception as exc:
+            raise PluginLoadFailed(
+                f"executor {spec.name!r} of plugin {spec.plugin!r} could not be created: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return executor
+
+    # -- starting runs ------------------------------------------------------------
+
+    def lease_new(self, record: RunRecord, now: float) -> None:
+        """Make ``record`` (not yet stored) leased by this process: it executes here."""
+        record.owner = self.owner_id
+        record.fence = 1
+        record.lease_expires_at = now + self.lease
+
+    def start(
+        self,
+        wf: Workflow,
+        values: Any,
+        record: RunRecord,
+        sess: Session | None,
+        who: Principal,
+        completed: dict[str, NodeCheckpoint] | None = None,
+    ) -> ActiveRun:
+        """Execute a run this process holds the lease of, in the host's task group."""
+        # The handle exists before the task starts, so a cancel that arrives
+        # between acceptance and the first node still finds the run.
+        active = self.active[record.id] = ActiveRun(record.id, record.fence)
+        if self._cancel_requested.pop(record.id, None) is not None:
+            active.control.cancel()
+        self.app._services().task_group.start_soon(
+            self._execute, wf, values, record, sess, who, completed, active
+        )
+        return active
+
+    async def claim(self, run_id: str) -> RunRecord | None:
+        """Take over ``run_id`` if its lease has expired: the claimed record, or None."""
+        storage = self.app._services().storage
+        return await storage.claim_run(run_id, self.owner_id, lease=self.lease, now=time.time())
+
+    async def resume(self, record: RunRecord) -> ActiveRun | None:
+        """Execute a run this process has just claimed, from its checkpoints.
+
+        Follows ``services.runs.on_restart``: ``"fail"`` records it failed
+        instead, as does a workflow this host does not have. Returns the
+        executing run, or None when it was failed.
+        """
+        app = self.app
+        services = app._services()
+        wf = app._workflows.get(record.workflow)
+        if app.config.nexus.services.runs.on_restart == "fail" or wf is None:
+            reason = "the host restarted" if wf else "its workflow is no longer registered"
+            record.status = "failed"
+            record.finished_at = time.time()
+            record.error = {"type": "Interrupted", "message": f"run interrupted: {reason}"}
+            try:
+                await services.storage.save_run(record)
+            except LeaseLost:
+                return None
+            await app.emit(EventType.RUN_FAILED, run=record, data={"error": record.error})
+            return None
+        checkpoints = await services.storage.get_checkpoints(record.id)
+        sess = None
+        if record.session_id:
+            with contextlib.suppress(SessionNotFound):
+                sess = await services.sessions.get(record.session_id)
+        who = Principal(id=record.principal or "anonymous", tenant=record.tenant)
+        if record.fence > 1:  # an earlier owner held it: a takeover, not a first claim
+            log.info(
+                "run %s of workflow %r taken over (fencing token %d)",
+                record.id,
+                record.workflow,
+                record.fence,
+                extra={"run_id": record.id, "workflow": record.workflow},
+            )
+            app.metrics.record_takeover(record.workflow)
+        return self.start(wf, wf.validate(record.inputs), record, sess, who, checkpoints)
+
+    async def recover_forever(self) -> None:
+        """Take over expired runs every heartbeat, until cancelled (what serving processes do)."""
+        # Spread the processes' looks over the interval, so they rarely race for one run.
+        while True:
+            await anyio.sleep(self.heartbeat * (0.75 + secrets.randbelow(500) / 1000))
+            try:
+                await self.recover_once()
+            except Exception as exc:
+                log.warning("looking for runs to take over failed: %s", exc)
+
+    async def recover_once(self) -> int:
+        """Claim and resume every run whose lease has expired; how many were claimed."""
+        storage = self.app._services().storage
+        claimed = 0
+        for record in await storage.claimable_runs(time.time()):
+            if record.id in self.active:
+                continue
+            mine = await self.claim(record.id)
+            if mine is None:
+                continue  # another process was first
+            claimed += 1
+            await self.resume(mine)
+        return claimed
+
+    # -- background work ------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The engine's background work in the host: heartbeat, cancel requests, the executor's.
+
+        Recovery is the executor's (:meth:`Executor.run`): the default takes
+        over the runs whose lease expired before it reports started; a queue
+        executor leaves them to its workers.
+        """
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._listen_for_cancels)
+            tg.start_soon(self._heartbeat_forever)
+            await tg.start(self.executor.run, self)
+            task_status.started()
+
+    async def _heartbeat_forever(self) -> None:
+        self._last_renewal = time.monotonic()
+        while True:
+            await anyio.sleep(self.heartbeat)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Renew the leases of every run executing here; stop those another process took."""
+        fences = {run_id: active.fence for run_id, active in self.active.items() if not active.done}
+        if not fences:
+            self._last_renewal = time.monotonic()
+            return
+        storage = self.app._services().storage
+        try:
+            held = await storage.renew_leases(self.owner_id, fences, until=time.time() + self.lease)
+        except Exception as exc:
+            log.warning("renewing %d run leases failed: %s", len(fences), exc)
+            if time.monotonic() - self._last_renewal < self.lease:
+                return
+            held = set()  # the leases have run out meanwhile: others may own the runs now
+        else:
+            self._last_renewal = time.monotonic()
+        for run_id in fences.keys() - held:
+            active = self.active.get(run_id)
+            if active is not None and not active.done:
+                log.warning("run %s: lease lost to another process; stopping it here", run_id)
+                active.lose()
+
+    async def _listen_for_cancels(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        bus = self.app._services().events
+        async with bus.subscribe((CANCEL_REQUESTED,)) as requests:
+            task_status.started()
+            async for event in requests:
+                active = self.active.get(event.run_id or "")
+                if active is not None:
+                    active.control.cancel()
+                elif event.run_id:
+                    now = time.monotonic()
+                    keep = 2 * self.lease  # long enough for a dead owner's lease to run out
+                    self._cancel_requested = {
+                        run_id: heard
+                        for run_id, heard in self._cancel_requested.items()
+                        if now - heard < keep
+                    }
+                    self._cancel_requested[event.run_id] = now
+
+    async def request_cancel(self, record: RunRecord) -> bool:
+        """Cancel a run wherever it executes; whether it was (or was asked to be) cancelled.
+
+        Here: at once. In another live process: a ``run.cancel_requested``
+        event, which that process acts on. Not executing anywhere (its lease
+        expired): it is claimed and recorded cancelled.
+        """
+        active = self.active.get(record.id)
+        if active is not None and not active.done:
+            active.control.cancel()
+            return True
+        if record.status not in ("pending", "running"):
+            return False
+        claimed = await self.claim(record.id)
+        if claimed is None:
+            await self.app.emit(CANCEL_REQUESTED, run=record, data={"workflow": record.workflow})
+            return True
+        claimed.status = "cancelled"
+        claimed.finished_at = time.time()
+        claimed.error = {"type": "Cancelled", "message": "run cancelled"}
+        try:
+            await self.app._services().storage.save_run(claimed)
+        except LeaseLost:
+            return False
+        await self.app.emit(
+            EventType.RUN_CANCELLED, run=claimed, data={"workflow": claimed.workflow}
+        )
+        return True
+
+    async def drain(self, grace: float) -> None:
+        """Let runs in flight finish, for ``grace`` seconds at most."""
+        with anyio.move_on_after(grace):
+            while self.active:
+                await next(iter(self.active.values())).result()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    async def wait_for(self, run_id: str) -> RunResult:
+        """Wait until a run finishes, wherever it executes; its result as stored.
+
+        A run executing here is awaited directly. Otherwise the engine listens
+        for the run's final event (the bus hears every process sharing the
+        event log) and rereads the run every heartbeat, in case the bus missed
+        it or this process claims the run meanwhile.
+        """
+        app = self.app
+        services = app._services()
+        keep = lambda event: event.run_id == run_id  # noqa: E731 - a one-line filter
+        async with services.events.subscribe(FINAL_EVENTS, filter=keep) as finals:
+            while True:
+                active = self.active.get(run_id)
+                if active is not None:
+                    result = await active.result()
+                    if not active.lost:
+                        return result
+                record = await services.storage.get_run(run_id)
+                if record is None:
+                    raise RunNotFound(f"no run {run_id!r}")
+                if record.status not in ("pending", "running"):
+                    break
+                with anyio.move_on_after(self.heartbeat):
+                    await finals.__anext__()
+        return await app.get_run(run_id)
+
+    # -- executing --------------------------------------------------------------------
+
+    def _prior_attempts(
+        self, wf: Workflow, record: RunRecord, checkpoints: dict[str, NodeCheckpoint]
+    ) -> dict[str, int]:
+        """How many earlier owners started each unfinished node (see the module docstring).
+
+        A node starts as soon as its parents' checkpoints are stored (roots at
+        once), so every owner since the one that stored its last parent's
+        checkpoint started it: ``fence - that owner's fence`` executions.
+        """
+        parents = self._parents.get(wf.name)
+        if parents is None:
+            found: dict[str, list[str]] = {node: [] for node in wf.nodes}
+            for parent, children in wf.plan.children.items():
+                for child in children:
+                    found[child].append(parent)
+            parents = self._parents[wf.name] = {n: tuple(p) for n, p in found.items()}
+        prior: dict[str, int] = {}
+        for node, node_parents in parents.items():
+            if node in checkpoints and checkpoints[node].status == "completed":
+                continue
+            fences = [checkpoints[p].fence for p in node_parents if p in checkpoints]
+            if len(fences) < len(node_parents):
+                continue  # a parent never finished: nobody started this node
+            since = max(fences, default=1)
+            if record.fence > since:
+                prior[node] = record.fence - max(since, 1)
+        return prior
+
+    async def _execute(
+        self,
+        wf: Workflow,
+        values: Any,
+        record: RunRecord,
+        sess: Session | None,
+        who: Principal,
+        checkpoints: dict[str, NodeCheckpoint] | None,
+        active: ActiveRun,
+    ) -> None:
+        app = self.app
+        services = app._services()
+        if record.started_at is None:
+            record.started_at = time.time()
+        completed = None
+        prior: dict[str, int] = {}
+        if checkpoints is not None:
+            completed = {n: c.output for n, c in checkpoints.items() if c.status == "completed"}
+            prior = self._prior_attempts(wf, record, checkpoints)
+        recorder = _Recorder(app, record, active, len(wf.nodes) - len(completed or ()), prior)
+        try:
+            if record.status != "running" or checkpoints is not None:
+                record.status = "running"
+                await services.storage.save_run(record)
+            await app.emit(
+                EventType.RUN_STARTED,
+                run=record,
+                # Resumed: an earlier owner started it (a first claim from a queue is not).
+                data={"workflow": wf.name, "resumed": record.fence > 1},
+            )
+            result = await app.runtime.run(
+                wf,
+                values,
+                run_id=record.id,
+                observer=recorder,
+                control=active.control,
+                completed=completed,
+                state={Session: sess} if sess is not None else None,
+                timeout=app.config.nexus.services.runs.default_timeout,
+            )
+        except LeaseLost:
+            active.lose()
+            self._stopped_here(wf, record, active)
+            return
+        except BaseException:
+            # The host is stopping (or storage failed): the run stays "running"
+            # with its checkpoints; its lease is released so another process
+            # (or the next start) resumes it at once. Waiters learn it is
+            # still running instead of hanging.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                if recorder.last is not None and not active.lost:
+                    await services.storage.save_checkpoint(recorder.last[0])
+                await services.storage.renew_leases(
+                    self.owner_id, {record.id: record.fence}, until=0
+                )
+            self._stopped_here(wf, record, active)
+            raise
+        if active.lost:
+            self._stopped_here(wf, record, active)
+            return
+        for node_id, extra in prior.items():
+            node = result.nodes.get(node_id)
+            if node is not None and node.status in ("completed", "failed"):
+                node.attempts += extra
+        if completed:
+            # Nodes an earlier owner finished: as their checkpoints say (what get_run shows).
+            assert checkpoints is not None
+            for node_id in completed:
+                done = checkpoints[node_id]
+                result.nodes[node_id] = NodeResult(
+                    status="completed",
+                    output=done.output,
+                    started_at=done.started_at,
+                    duration_ms=done.duration_ms,
+                    attempts=done.attempts,
+                )
+        result.session_id = record.session_id
+        record.status = result.status
+        record.output = msgspec.to_builtins(result.output)
+        # Every channel sees the same plain JSON data, in-process callers too.
+        result.output = record.output
+        for node in result.nodes.values():
+            node.output = msgspec.to_builtins(node.output)
+        record.error = msgspec.to_builtins(result.error) if result.error else None
+        record.finished_at = result.finished_at
+        with anyio.CancelScope(shield=True):
+            last = recorder.last
+            try:
+                await services.storage.finish_run(record, () if last is None else (last[0],))
+            except LeaseLost:
+                active.lose()
+                self._stopped_here(wf, record, active)
+                return
+            if sess is not None and result.status == "completed":
+                await app.sessions_manager().save(sess)
+            await app.security.audit(
+                action="invoke",
+                outcome=result.status,
+                principal=who,
+                channel=record.channel or "python",
+                workflow=wf.name,
+                run_id=record.id,
+                reason=result.error.message if result.error else None,
+                input_hash=record.input_hash,
+            )
+            if last is not None:
+                await app.emit(last[1], run=record, data=last[2])
+            await app.emit(
+                f"run.{result.status}",
+                run=record,
+                # Subscribers see the error without its traceback (runs:debug reads the run).
+                data={
+                    "workflow": wf.name,
+                    "output": record.output,
+                    "error": msgspec.to_builtins(result.error.public()) if result.error else None,
+                },
+            )
+            # The run's events and audit record went behind; its caller hears
+            # the answer once they are stored (and the events delivered).
+            await services.events.flush()
+            await app.security.flush_audit()
+        if result.status == "failed":
+            app.metrics.record_error(record.channel or "python", "run_failed")
+            _log_failed_run(record, result.error)
+        self.active.pop(record.id, None)
+        active.finish(result)
+
+    def _stopped_here(self, wf: Workflow, record: RunRecord, active: ActiveRun) -> None:
+        """The run stopped executing in this process unfinished: answer its local waiters."""
+        self.active.pop(record.id, None)
+        active.finish(
+            RunResult(
+                run_id=record.id,
+                workflow=wf.name,
+                status="running",
+                session_id=record.session_id,
+                started_at=record.started_at,
+            )
+        )
+
+
+def _log_failed_run(record: RunRecord, error: RunError | None) -> None:
+    """One ERROR line per failed run (run id, workflow, node, error), then its traceback."""
+    node = error.node if error is not None else None
+    summary = f"{error.type}: {error.message}" if error is not None else "failed"
+    tb = error.traceback if error is not None else None
+    log.error(
+        "run %s of workflow %r failed%s: %s%s",
+        record.id,
+        record.workflow,
+        f" at node {node!r}" if node else "",
+        summary,
+        f"\n{tb.rstrip()}" if tb else "",
+        extra={"run_id": record.id, "workflow": record.workflow, "node": node, "traceback": tb},
+    )
+
+
+class _Recorder:
+    """The runtime observer of host runs: checkpoint, then events, then metrics.
+
+    A node's checkpoint is stored before the next node starts, with the run's
+    fencing token (a stale owner's checkpoint is refused: the run is then
+    stopped here). The run's last node has no next: its checkpoint and event
+    are kept in :attr:`last` and written with the run's final record in one
+    trip (``RunStore.finish_run``).
+    """
+
+    __slots__ = ("active", "app", "last", "left", "prior", "record")
+
+    def __init__(
+        self, app: Nexus, record: RunRecord, active: ActiveRun, left: int, prior: dict[str, int]
+    ) -> None:
+        self.app = app
+        self.record = record
+        self.active = active
+        self.left = left  # nodes of this run still to finish
+        self.prior = prior  # executions of unfinished nodes by earlier owners
+        self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
+
+    async def node_started(self, run_id: str, node_id: str) -> None:
+        await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
+
+    async def node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
+        app = self.app
+        self.left -= 1
+        if self.active.lost:
+            return
+        if result.status == "completed":
+            checkpoint = NodeCheckpoint(
+                run_id=run_id,
+                node_id=node_id,
+                status="completed",
+                output=msgspec.to_builtins(output),
+                started_at=result.started_at,
+                duration_ms=result.duration_ms,
+                attempts=result.attempts + self.prior.get(node_id, 0),
+                fence=self.record.fence,
+            )
+            node = app._workflows[self.record.workflow].nodes[node_id].node
+            if result.duration_ms is not None:
+                app.metrics.observe_node(node.type_name, result.duration_ms / 1000)
+            event: tuple[str, dict[str, Any]] = (
+                EventType.NODE_FINISHED,
+                {"node": node_id, "status": "completed", "duration_ms": result.duration_ms},
+            )
+        elif result.status == "failed":
+            checkpoint = NodeCheckpoint(
+                run_id=run_id,
+                node_id=node_id,
+                status="failed",
+                error=result.error,
+                started_at=result.started_at,
+                duration_ms=result.duration_ms,
+                attempts=result.attempts + self.prior.get(node_id, 0),
+                fence=self.record.fence,
+            )
+            event = (EventType.NODE_FAILED, {"node": node_id, "error": result.error})
+        else:
+            await app.emit(
+                EventType.NODE_FINISHED,
+                run=self.record,
+                data={"node": node_id, "status": result.status},
+            )
+            return
+        if self.left == 0:
+            self.last = (checkpoint, *event)  # nothing runs after it: stored with the run
+            return
+        try:
+            await app._services().storage.save_checkpoint(checkpoint)
+        except LeaseLost:
+            # Another process owns the run now: stop here, write nothing more.
+            self.active.lose()
+            return
+        await app.emit(event[0], run=self.record, data=event[1])

@@ -1,0 +1,1 @@
+"""Multi-process tests: real processes sharing one SQLite file (issue #13)."""

@@ -1,0 +1,191 @@
+"""Runs under leases, seen from the host: two hosts on one SQLite file stand for two processes.
+
+Each host has its own storage object, connections and event bus, as two
+processes would; what they share is the database file. Real process kills are
+in tests/multiprocess; the storage side of the protocol is in the contract
+suites (``RunStoreContract``, ``lease_state_machine``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from nexus_core import Nexus, WorkflowBuilder
+from nexus_core.workflows import FunctionNode
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Gate:
+    """Nodes that record each execution and may wait for the test to open a gate."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, str]] = []  # (host title, node)
+        self.entered = anyio.Event()
+        self.open = anyio.Event()
+
+
+def make_host(
+    path: Path, title: str, gate: Gate, *, recover: str = "never", lease: float = 30.0
+) -> Nexus:
+    runs = {"lease": lease, "heartbeat": lease / 4, "recover": recover}
+    app = Nexus(
+        title,
+        storage=f"sqlite:///{path}",
+        autoload=False,
+        env={},
+        config={"services": {"runs": runs, "events": {"poll_interval": 0.02}}},
+    )
+
+    def first(x: int) -> int:
+        gate.ran.append((title, "first"))
+        return x + 1
+
+    async def second(y: int) -> int:
+        gate.ran.append((title, "second"))
+        gate.entered.set()
+        await gate.open.wait()
+        return y * 2
+
+    def third(z: int) -> int:
+        gate.ran.append((title, "third"))
+        return z + 100
+
+    wb = WorkflowBuilder("pipeline")
+    wb.add_node(FunctionNode, "first", {"function": first})
+    wb.add_node(FunctionNode, "second", {"function": second})
+    wb.add_node(FunctionNode, "third", {"function": third})
+    wb.add_connection("first", "result", "second", "y")
+    wb.add_connection("second", "result", "third", "z")
+    wb.add_workflow_inputs("first", {"x": "x"})
+    wb.set_output("third", "result")
+    app.register(wb)
+    return app
+
+
+async def test_a_stale_owner_cannot_overwrite_the_new_owners_work(tmp_path: Path) -> None:
+    gate = Gate()
+    db = tmp_path / "runs.db"
+    a = make_host(db, "a", gate)
+    async with a:
+        started = await a.invoke("pipeline", {"x": 1}, wait=False)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        assert a.executes_here(started.run_id)
+        active = a.engine.active[started.run_id]
+        # Another process takes the run over (as if a's lease had expired meanwhile).
+        storage = a.storage
+        assert storage is not None
+        taken = await storage.claim_run(
+            started.run_id, "intruder", lease=3600, now=time.time() + 3600
+        )
+        assert taken is not None and taken.fence == 2
+        gate.open.set()  # a's node finishes; its checkpoint carries token 1
+        with anyio.fail_after(10):
+            assert (await active.result()).status == "running"  # stopped here, unfinished
+        assert active.lost and not a.executes_here(started.run_id)
+        record = await storage.get_run(started.run_id)
+        assert record is not None
+        # Nothing a wrote after losing the run landed: no checkpoint of "second",
+        # no final state; the run is the intruder's, as it claimed it.
+        assert (record.status, record.owner, record.fence) == ("running", "intruder", 2)
+        assert set(await storage.get_checkpoints(started.run_id)) == {"first"}
+        assert ("a", "third") not in gate.ran
+
+
+async def test_a_lost_lease_stops_the_run_at_the_next_heartbeat(tmp_path: Path) -> None:
+    gate = Gate()
+    a = make_host(tmp_path / "runs.db", "a", gate, lease=0.4)
+    async with a:
+        started = await a.invoke("pipeline", {"x": 1}, wait=False)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        assert a.storage is not None
+        active = a.engine.active[started.run_id]
+        await a.storage.claim_run(started.run_id, "intruder", lease=3600, now=time.time() + 3600)
+        # The heartbeat finds the lease gone and cancels the node that still runs here.
+        with anyio.fail_after(10):
+            assert (await active.result()).status == "running"
+        assert active.lost and not a.executes_here(started.run_id)
+        assert not gate.open.is_set()
+        record = await a.storage.get_run(started.run_id)
+        assert record is not None and record.status == "running" and record.owner == "intruder"
+
+
+async def test_only_recovering_hosts_take_over_and_attempts_count_every_execution(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    db = tmp_path / "runs.db"
+    a = make_host(db, "a", gate, lease=0.6)
+    async with a:
+        started = await a.invoke("pipeline", {"x": 1}, wait=False)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        # a stops without finishing: shutdown_grace is over, so it cancels the node
+        # and releases the lease (claimable at once).
+        a.config.nexus.services.runs.shutdown_grace = 0
+    reader = make_host(db, "reader", gate)  # an admin script: never takes runs over
+    async with reader:
+        with anyio.move_on_after(0.5):
+            await reader.wait(started.run_id)
+        assert (await reader.get_run(started.run_id)).status == "running"
+        assert not reader.executes_here(started.run_id)
+    gate.open.set()
+    b = make_host(db, "b", gate, recover="always")
+    async with b:
+        with anyio.fail_after(15):
+            result = await b.wait(started.run_id)
+    assert result.status == "completed" and result.output == 104
+    assert gate.ran == [("a", "first"), ("a", "second"), ("b", "second"), ("b", "third")]
+    assert {n: r.attempts for n, r in result.nodes.items()} == {
+        "first": 1,
+        "second": 2,  # a's execution and b's
+        "third": 1,
+    }
+
+
+async def test_waiting_and_cancelling_reach_the_process_that_executes_the_run(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    db = tmp_path / "runs.db"
+    a = make_host(db, "a", gate)
+    b = make_host(db, "b", gate)
+    results: dict[str, Any] = {}
+    heard = anyio.Event()
+    async with a, b, anyio.create_task_group() as tg:
+        first = await a.invoke("pipeline", {"x": 1}, wait=False)
+
+        async def wait_in_b(run_id: str) -> None:
+            results[run_id] = await b.wait(run_id)
+            heard.set()
+
+        tg.start_soon(wait_in_b, first.run_id)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        gate.open.set()
+        with anyio.fail_after(10):  # b hears a's run.completed through the shared log
+            await heard.wait()
+        assert results[first.run_id].output == 104
+
+        gate.entered, gate.open = anyio.Event(), anyio.Event()
+        second = await a.invoke("pipeline", {"x": 2}, wait=False)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        assert not b.executes_here(second.run_id)
+        assert await b.cancel(second.run_id)  # a cancel request, carried by the log to a
+        with anyio.fail_after(10):
+            cancelled = await b.wait(second.run_id)
+    assert cancelled.status == "cancelled"
+    assert ("a", "third") not in gate.ran[3:]
