@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ._writebehind import WriteBehind
+from ._batching import Batcher
 from .errors import NexusError
 
 _log = logging.getLogger("nexus.events")
@@ -551,7 +551,7 @@ class LocalEventBus(EventBus):
         self._someone = anyio.Event()  # set while anyone subscribes
         # While run() runs (in the host), publish only queues: one task logs
         # and delivers in batches and no publisher waits for a round trip.
-        self._behind: WriteBehind[Event] = WriteBehind(self._log_and_deliver, what="events")
+        self._behind: Batcher[Event, None] = Batcher(self._log_and_deliver, what="events")
 
     @classmethod
     def from_app(cls, app: Any) -> Self:

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from .._writebehind import WriteBehind
+from .._batching import Batcher
 from ..config import ConfigError, SecurityConfig
 from ..errors import AuthenticationError, NexusError, PermissionDenied, RateLimited
 from ..storage.base import AuditRecord, CredentialRecord, RunRecord, SessionRecord, Storage
@@ -90,7 +90,8 @@ class SecurityLayer:
         self._tally = RefusalTally(60.0, clock=lambda: self.clock())
         # While the host runs, audit records are written behind: nobody on the
         # request path waits for them; readers and the host flush first.
-        self._audit: WriteBehind[AuditRecord] = WriteBehind(self._write_audit, what="audit records")
+        # Otherwise concurrent records are appended together (group commit).
+        self._audit: Batcher[AuditRecord, None] = Batcher(self._write_audit, what="audit records")
 
     # -- configuration ---------------------------------------------------------------
 
@@ -707,7 +708,7 @@ class SecurityLayer:
         if self._audit.running:
             self._audit.put(record)
         else:
-            await storage.append_audit(record)
+            await self._audit.submit(record)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

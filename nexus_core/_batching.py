@@ -1,0 +1,250 @@
+"""One batching engine: items queued in order, applied a batch at a time.
+
+Three places need the same thing: SQLite's group commit (concurrent writes go
+to the writer thread together, in one transaction), the event bus (events
+published meanwhile are appended to the log in one call, then delivered) and
+the audit log (records written behind the request path). A :class:`Batcher`
+queues items in order, and one flusher at a time applies everything queued so
+far in one call of ``apply(batch)``.
+
+Two ways to hand it an item:
+
+* ``await batcher.submit(item)``: wait for the item's own outcome (its result,
+  or its exception: one failing item fails only its caller).
+* ``batcher.put(item)``: never wait (write-behind); ``await batcher.flush()``
+  later waits for everything put or submitted before it. A put item whose
+  apply fails is logged and counted in :attr:`Batcher.failed`.
+
+And two ways to flush:
+
+* Background: :meth:`Batcher.run` (started in a task group) applies batches
+  until cancelled; submitters and flushers only wait.
+* Inline (whenever :meth:`Batcher.run` is not running): the first submitter
+  flushes, and those arriving meanwhile queue for the next batch. A flusher
+  applies one batch only and then hands the next batch to its own submitters,
+  the first of whom applies it: nobody waits behind batches queued after theirs.
+
+A batch taken off the queue is applied under a cancellation shield and its
+waiters hear the outcome. A submitter cancelled before its batch was taken
+withdraws its item (it is not applied).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar, cast
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+__all__ = ["Batcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("nexus")
+
+#: ``apply(batch)``: one outcome per item (a result, or an exception instance for
+#: an item that failed alone), or None when every item succeeded with None. An
+#: exception raised by ``apply`` fails every item of the batch.
+Apply = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
+
+
+class _Batch(Generic[T, R]):
+    """Items applied together, and what came of each."""
+
+    __slots__ = ("done", "items", "outcomes", "put", "taken", "wake", "withdrawn")
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self.put: set[int] = set()  # indices of items nobody waits for
+        self.withdrawn: set[int] = set()  # indices of submitters cancelled before the take
+        self.outcomes: list[R | BaseException | None] = []
+        self.taken = False  # a flusher has it
+        self.done = anyio.Event()  # applied: every item has its outcome
+        self.wake = anyio.Event()  # done, handed over to its submitters, or the runner stopped
+
+    def signal(self) -> None:
+        """Wake everyone waiting on :attr:`wake` (each then looks again)."""
+        wake, self.wake = self.wake, anyio.Event()
+        wake.set()
+
+
+class Batcher(Generic[T, R]):
+    """Items applied in order, in batches, by one flusher at a time (see the module doc).
+
+    ``apply`` receives each batch in queue order; ``what`` names the items in
+    log messages (``"events"``, ``"audit records"``).
+    """
+
+    def __init__(self, apply: Apply[T, R], *, what: str = "items") -> None:
+        self._apply = apply
+        self.what = what
+        self._open: _Batch[T, R] | None = None  # accepting items
+        self._inflight: _Batch[T, R] | None = None  # being applied
+        self._flushing = False
+        self._wakeup: anyio.Event | None = None  # the runner waits for work
+        #: Whether :meth:`run` is applying batches in the background.
+        self.running = False
+        #: Put items whose apply failed (logged, not retried).
+        self.failed = 0
+
+    @property
+    def pending(self) -> int:
+        """How many items are queued and not yet taken by a flusher."""
+        batch = self._open
+        return 0 if batch is None else len(batch.items) - len(batch.withdrawn)
+
+    # -- queueing ----------------------------------------------------------------
+
+    def _enqueue(self, item: T) -> tuple[_Batch[T, R], int]:
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+        batch.items.append(item)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+        return batch, len(batch.items) - 1
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` and return at once; :meth:`flush` waits for it.
+
+        Without :meth:`run` it is applied with the next batch a submitter or
+        :meth:`flush` applies.
+        """
+        batch, index = self._enqueue(item)
+        batch.put.add(index)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait until its batch is applied: its result, or its exception."""
+        batch, index = self._enqueue(item)
+        try:
+            await self._wait(batch)
+        except BaseException:
+            if not batch.taken:  # cancelled before anyone took it: not applied
+                batch.withdrawn.add(index)
+            raise
+        outcome = batch.outcomes[index]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return cast(R, outcome)
+
+    async def flush(self) -> None:
+        """Wait until every item queued before this call is applied (or failed).
+
+        Without :meth:`run` the caller applies what is queued itself.
+        """
+        batch = self._open or self._inflight
+        if batch is not None:
+            await self._wait(batch)
+
+    async def _wait(self, batch: _Batch[T, R]) -> None:
+        while not batch.done.is_set():
+            if batch.taken:
+                await batch.done.wait()  # applied under a shield: always set
+            elif self._flushing or self.running:
+                await batch.wake.wait()  # taken next, handed over, or the runner stopped
+            else:
+                await self._flush()  # inline: nobody is flushing, so this caller does
+
+    # -- flushing ----------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Apply the open batch, then hand the next one (if any) to its own waiters."""
+        self._flushing = True
+        try:
+            # Shielded: a batch taken off the queue is applied whatever happens
+            # to this task, and its other waiters must hear the outcome.
+            with anyio.CancelScope(shield=True):
+                # Let tasks that are ready to run queue up first, so that
+                # items submitted together share one batch.
+                await anyio.lowlevel.checkpoint()
+                batch, self._open = self._open, None
+                if batch is None:
+                    return
+                batch.taken = True
+                self._inflight = batch
+                try:
+                    await self._apply_batch(batch)
+                finally:
+                    self._inflight = None
+                    batch.done.set()
+                    batch.signal()
+        finally:
+            self._flushing = False
+            following = self._open
+            if following is not None:
+                following.signal()
+                wakeup = self._wakeup
+                if wakeup is not None:
+                    self._wakeup = None
+                    wakeup.set()
+
+    async def _apply_batch(self, batch: _Batch[T, R]) -> None:
+        live = [i for i in range(len(batch.items)) if i not in batch.withdrawn]
+        outcomes: list[R | BaseException | None] = [None] * len(batch.items)
+        batch.outcomes = outcomes
+        if not live:
+            return
+        items = batch.items if not batch.withdrawn else [batch.items[i] for i in live]
+        try:
+            results = await self._apply(items)
+            if results is not None and len(results) != len(items):
+                raise RuntimeError(
+                    f"applying {len(items)} {self.what} gave {len(results)} outcomes"
+                )
+        except Exception as exc:
+            results = [exc] * len(items)
+        except BaseException as exc:
+            # Not the waiters' own cancellation: tell them, then let it go on.
+            failure = RuntimeError(f"applying {len(items)} {self.what} was interrupted")
+            failure.__cause__ = exc
+            for i in live:
+                outcomes[i] = failure
+            raise
+        if results is None:
+            return
+        failures = [
+            outcome
+            for i, outcome in zip(live, results, strict=True)
+            if i in batch.put and isinstance(outcome, BaseException)
+        ]
+        for i, outcome in zip(live, results, strict=True):
+            outcomes[i] = outcome
+        if failures:
+            self.failed += len(failures)
+            error = failures[0]
+            log.error(
+                "writing %d queued %s failed",
+                len(failures),
+                self.what,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply queued batches in the background until cancelled.
+
+        Flush before cancelling to leave nothing queued; waiters of a batch
+        still queued when it stops apply it themselves (inline).
+        """
+        self.running = True
+        task_status.started()
+        try:
+            while True:
+                await anyio.lowlevel.checkpoint_if_cancelled()  # a batch is taken shielded
+                if self._flushing or not self.pending:
+                    wakeup = self._wakeup = anyio.Event()
+                    await wakeup.wait()
+                    continue
+                await self._flush()
+        finally:
+            self.running = False
+            self._wakeup = None
+            if self._open is not None:
+                self._open.signal()  # its waiters apply it themselves now
