@@ -475,27 +475,6 @@ class _LocalSubscription(Subscription):
         return f"<Subscription {list(self.patterns)} queued={len(self._queue)}>"
 
 
-class _Batch:
-    """Publishers waiting for the batch their events went into."""
-
-    __slots__ = ("_done", "_error")
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self._error: BaseException | None = None
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-
-    def release(self) -> None:
-        self._done.set()
-
-    async def wait(self) -> None:
-        await self._done.wait()
-        if self._error is not None:
-            raise RuntimeError(f"the event log refused the batch: {self._error}") from self._error
-
-
 class LocalEventBus(EventBus):
     """The in-process bus: fan-out to bounded per-subscriber queues, in log order.
 
@@ -536,21 +515,16 @@ class LocalEventBus(EventBus):
         self.poll_interval = poll_interval
         self._subs: dict[_LocalSubscription, None] = {}
         self._by_type: dict[str, tuple[_LocalSubscription, ...]] = {}
-        # Group logging: events published while a batch is being appended go
-        # in the next batch, appended in one storage call, then delivered in
-        # the same order. Log order is delivery order; publishers never wait
-        # on one another's round trips one by one.
-        self._pending: list[Event] = []
-        self._next_batch: _Batch | None = None  # made when someone has to wait for it
-        self._flushing = False
         #: The log position delivered up to: events at or below it were delivered
         #: (or logged while nobody subscribed).
         self._position = 0
         self._delivering = anyio.Lock()
         self._subscribed = 0  # subscriptions made so far (a change means: do not skip ahead)
         self._someone = anyio.Event()  # set while anyone subscribes
-        # While run() runs (in the host), publish only queues: one task logs
-        # and delivers in batches and no publisher waits for a round trip.
+        # Group logging: events published while a batch is being appended go
+        # in the next batch, appended in one storage call, then delivered in
+        # log order. While run() runs (in the host), publish only queues and one
+        # task logs and delivers; otherwise a publisher applies its batch.
         self._behind: Batcher[Event, None] = Batcher(self._log_and_deliver, what="events")
 
     @classmethod
@@ -666,38 +640,9 @@ class LocalEventBus(EventBus):
         if self._behind.running:
             self._behind.put(event)
             return
-        self._pending.append(event)
-        if self._flushing:
-            # The flushing publisher logs and delivers it with the next batch.
-            if self._next_batch is None:
-                self._next_batch = _Batch()
-            await self._next_batch.wait()
-            return
-        self._flushing = True
-        try:
-            with anyio.CancelScope(shield=True):  # an event logged is an event delivered
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    waiters, self._next_batch = self._next_batch, None
-                    try:
-                        await self._log_and_deliver(batch)
-                    except BaseException as exc:
-                        if waiters is not None:
-                            waiters.fail(exc)
-                        raise
-                    finally:
-                        if waiters is not None:
-                            waiters.release()
-        except BaseException as exc:
-            # Events queued behind a failed batch were not logged: say so to their publishers.
-            self._pending = []
-            if self._next_batch is not None:
-                self._next_batch.fail(exc)
-                self._next_batch.release()
-                self._next_batch = None
-            raise
-        finally:
-            self._flushing = False
+        # Inline: logged with the events published meanwhile, one batch per
+        # call; a failing batch fails its own publishers only (the log's error).
+        await self._behind.submit(event)
 
     async def _log_and_deliver(self, batch: list[Event]) -> None:
         """Append ``batch`` to the log in one call, then deliver it in log order.
