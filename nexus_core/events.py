@@ -331,9 +331,6 @@ class _LocalSubscription(Subscription):
         self._resync = False
         #: Events at or below this log position were read from the log: never again live.
         self._floor = 0
-        #: A live-only subscription does not take other processes' events published
-        #: before it (the bus reads the log behind by up to a poll interval).
-        self._since = time.time() if not self._replaying else None
 
     @property
     def last_event_id(self) -> str | None:
@@ -582,13 +579,18 @@ class LocalEventBus(EventBus):
                 if last is None:
                     await self._someone.wait()
                     continue
-                # Nobody listens: move the position to the log's end, so the
-                # first subscriber is not handed what came before it.
+                # Nobody listens: keep the position at the log's end (one cheap
+                # read a poll), so the first subscriber is handed at most a poll
+                # interval of what came before it. A subscription made during
+                # the read keeps the position where it was: nothing skipped.
                 seen = self._subscribed
-                head = event_seq(await last())
+                try:
+                    head = event_seq(await last())
+                except Exception as exc:  # the log is unreachable: try again at the next poll
+                    _log.warning("reading the event log's end failed: %s", exc)
+                    continue
                 if not self._subs and seen == self._subscribed:
                     self._position = max(self._position, head)
-                    await self._someone.wait()
                 continue
             try:
                 await self._catch_up(None)
@@ -606,17 +608,15 @@ class LocalEventBus(EventBus):
                     seq = event_seq(event.id)
                     if upto is not None and seq > upto:
                         return
-                    self._deliver_at(event, seq, foreign=True)
+                    self._deliver_at(event, seq)
                 if len(page) < self.page_size:
                     return
 
-    def _deliver_at(self, event: Event, seq: int, *, foreign: bool = False) -> None:
+    def _deliver_at(self, event: Event, seq: int) -> None:
         if seq <= self._position:
             return  # delivered already (by the tail, or by the publisher's own batch)
         self._position = seq
         for sub in self._targets(event.type):
-            if foreign and sub._since is not None and event.time < sub._since:
-                continue  # another process published it before this subscription began
             sub._push(event)
 
     async def flush(self) -> None:
@@ -694,8 +694,10 @@ class LocalEventBus(EventBus):
         logged event after that id (an unknown id replays the whole log), then
         live events, with no gap and no duplicate. While replaying, overflow of
         the live queue is absorbed by reading on from the log. Without
-        ``last_event_id`` the stream is live only: this process's events logged
-        from now on, and other processes' events published from now on.
+        ``last_event_id`` the stream is live: everything logged after the
+        position this bus has delivered up to, which for other processes'
+        events trails the log by up to ``poll_interval`` seconds (so a new
+        subscriber may also get such events from just before it subscribed).
         """
         size = self.queue_size if queue_size is None else queue_size
         policy = self.overflow if overflow is None else overflow

@@ -153,9 +153,10 @@ async def test_live_subscribers_hear_every_process_once_in_log_order(
         assert ids == sorted(set(ids)), ids  # log order, each once
         by_id = {e.id: e for e in mine}
         assert got == [by_id[i] for i in ids]  # the logged events, field for field
-        # Nothing published after it subscribed is missing (those are a suffix of what it got).
-        after = [e for e in mine if e.data["k"] >= first]
-        assert got[len(got) - len(after) :] == after, (ids, pattern, first)
+        # Nothing published after it subscribed is missing. (Write-behind may log an
+        # event published before it after one published after: not a suffix, a subset.)
+        after = {e.id for e in mine if e.data["k"] >= first}
+        assert after <= set(ids), (ids, pattern, first)
 
 
 # -- (b) replay: reconnecting with Last-Event-ID, to any process ------------------
@@ -388,13 +389,15 @@ async def test_a_new_live_subscriber_is_not_handed_what_others_logged_while_nobo
     None
 ):
     """Process A serves with nobody subscribed while B logs; A's first live subscriber
-    afterwards receives what is logged after it, not B's backlog."""
+    after A's next look at the log's end receives what is logged after it, not B's
+    backlog (at most a poll interval of it: A reads the end every poll)."""
     log = HeadCountingLog()
     a, b = process_bus(log), LocalEventBus(log)
     async with serving(a):
         assert await log.next_head_read()  # A is idle: it keeps its place at the head
         for n in range(20):
             await b.publish(Event(type="run.started", data={"old": n}))
+        assert await log.next_head_read()  # and moves it past B's backlog at the next poll
         sub = a.subscribe()
         await b.publish(Event(type="run.completed", data={"new": True}))
         with anyio.fail_after(5):
@@ -405,10 +408,6 @@ async def test_a_new_live_subscriber_is_not_handed_what_others_logged_while_nobo
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("when", ["built before", "stamped by its source"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a live subscription skips other processes' events by Event.time (bug reported)",
-)
 async def test_an_event_published_by_another_process_after_subscribing_is_received(
     when: str,
 ) -> None:
