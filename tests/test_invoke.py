@@ -472,7 +472,8 @@ async def test_runs_past_the_grace_are_left_to_resume(tmp_path: Path) -> None:
             await anyio.wait_all_tasks_blocked()
     assert waiter["result"].status == "running"  # the waiter was answered, not left hanging
     # The stopping host released the run's lease: a recovering host takes it over at once.
-    async with make_app(url, services={"runs": {"on_restart": "fail", "recover": "always"}}) as again:
+    runs = {"on_restart": "fail", "recover": "always"}
+    async with make_app(url, services={"runs": runs}) as again:
         stored = await again.get_run(pending.run_id)
     assert stored.status == "failed"
     assert "interrupted" in stored.error.message
