@@ -406,6 +406,7 @@ def test_a_killed_host_resumes_from_the_last_finished_node(tmp_path: Path, polic
         assert outcome == {"status": "completed", "output": 104, "error": None}
         # "first" finished before the crash, so it never runs again.
         assert ran == ["first", "second", "second", "third"]
+
         # Both executions of "second" count, the killed process's and the new owner's.
         async def attempts() -> dict[str, int]:
             async with Nexus(storage=env["DB_URL"], autoload=False, env={}) as reader:
