@@ -510,24 +510,34 @@ class RunEngine:
         record.finished_at = result.finished_at
         with anyio.CancelScope(shield=True):
             last = recorder.last
+
+            # The audit record first: queued now, it is written alongside the
+            # run's final write instead of in a trip after it.
+            async def audit(outcome: str, reason: str | None) -> None:
+                await app.security.audit(
+                    action="invoke",
+                    outcome=outcome,
+                    principal=who,
+                    channel=record.channel or "python",
+                    workflow=wf.name,
+                    run_id=record.id,
+                    reason=reason,
+                    input_hash=record.input_hash,
+                )
+
+            await audit(result.status, result.error.message if result.error else None)
             try:
                 await services.storage.finish_run(record, () if last is None else (last[0],))
-            except LeaseLost:
+            except LeaseLost as exc:
+                # Executed here, but another process owns the run now: the
+                # audit trail says this result was refused, and nothing else
+                # of it is written.
+                await audit("lease_lost", str(exc))
                 active.lose()
                 self._stopped_here(wf, record, active)
                 return
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
-            await app.security.audit(
-                action="invoke",
-                outcome=result.status,
-                principal=who,
-                channel=record.channel or "python",
-                workflow=wf.name,
-                run_id=record.id,
-                reason=result.error.message if result.error else None,
-                input_hash=record.input_hash,
-            )
             if last is not None:
                 await app.emit(last[1], run=record, data=last[2])
             await app.emit(

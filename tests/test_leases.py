@@ -101,6 +101,9 @@ async def test_a_stale_owner_cannot_overwrite_the_new_owners_work(tmp_path: Path
         assert (record.status, record.owner, record.fence) == ("running", "intruder", 2)
         assert set(await storage.get_checkpoints(started.run_id)) == {"first"}
         assert ("a", "third") not in gate.ran
+        # The audit trail says what a did with the run: it never finished it here.
+        outcomes = [r.outcome for r in await a.security.query_audit(workflow="pipeline")]
+        assert "completed" not in outcomes
 
 
 async def test_a_lost_lease_stops_the_run_at_the_next_heartbeat(tmp_path: Path) -> None:
