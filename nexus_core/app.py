@@ -462,29 +462,22 @@ class Nexus:
         if not created:
             return self._for_caller(await self._existing(record, wait), who)
         self.metrics.record_execution(wf.name, channel)
-        if not executor.inline:
+        active = None
+        if executor.inline:
+            active = self.engine.start(wf, values, record, sess, who)
+        else:
             await executor.submit(self.engine, record)
-            if not wait:
-                elapsed = time.perf_counter() - started
-                self.metrics.record_request(channel, wf.name, "accepted", elapsed)
-                return RunResult(
-                    run_id=record.id,
-                    workflow=wf.name,
-                    status="pending",
-                    session_id=record.session_id,
-                )
-            result = await self.engine.wait_for(record.id)
-            elapsed = time.perf_counter() - started
-            self.metrics.record_request(channel, wf.name, result.status, elapsed)
-            return self._for_caller(result, who)
-        active = self.engine.start(wf, values, record, sess, who)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(
-                run_id=record.id, workflow=wf.name, status="running", session_id=record.session_id
+                run_id=record.id,
+                workflow=wf.name,
+                status=record.status,  # running here, or pending for a worker
+                session_id=record.session_id,
             )
-        result = await active.result()
-        if active.lost:  # another process took it over: its answer comes from there
+        if active is not None:
+            result = await active.result()
+        if active is None or active.lost:  # executed elsewhere: its answer comes from there
             result = await self.engine.wait_for(record.id)
         self.metrics.record_request(channel, wf.name, result.status, time.perf_counter() - started)
         return self._for_caller(result, who)

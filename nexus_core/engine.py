@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -46,7 +47,7 @@ from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
 from .events import EventType
 from .security import Principal
 from .sessions import Session
-from .storage.base import LeaseLost, NodeCheckpoint, RunRecord
+from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
 from .workflows.runtime import NodeResult, RunControl, RunError, RunResult
 
 if TYPE_CHECKING:
@@ -214,14 +215,8 @@ class RunEngine:
         wf = app._workflows.get(record.workflow)
         if app.config.nexus.services.runs.on_restart == "fail" or wf is None:
             reason = "the host restarted" if wf else "its workflow is no longer registered"
-            record.status = "failed"
-            record.finished_at = time.time()
-            record.error = {"type": "Interrupted", "message": f"run interrupted: {reason}"}
-            try:
-                await services.storage.save_run(record)
-            except LeaseLost:
-                return None
-            await app.emit(EventType.RUN_FAILED, run=record, data={"error": record.error})
+            error = {"type": "Interrupted", "message": f"run interrupted: {reason}"}
+            await self._end_claimed(record, "failed", error)
             return None
         checkpoints = await services.storage.get_checkpoints(record.id)
         sess = None
@@ -250,19 +245,33 @@ class RunEngine:
             except Exception as exc:
                 log.warning("looking for runs to take over failed: %s", exc)
 
-    async def recover_once(self) -> int:
-        """Claim and resume every run whose lease has expired; how many were claimed."""
+    async def claim_claimable(
+        self, *, limit: int = 100, workflows: Collection[str] | None = None
+    ) -> list[RunRecord]:
+        """Claim up to ``limit`` claimable runs (unleased or expired), oldest first.
+
+        Only runs of ``workflows`` when given. A run another process claims
+        first is skipped; the returned records are this process's now.
+        """
         storage = self.app._services().storage
-        claimed = 0
-        for record in await storage.claimable_runs(time.time()):
+        found = await storage.claimable_runs(time.time(), limit=100, workflows=workflows)
+        claimed: list[RunRecord] = []
+        for record in found:
+            if len(claimed) >= limit:
+                break
             if record.id in self.active:
                 continue
             mine = await self.claim(record.id)
-            if mine is None:
-                continue  # another process was first
-            claimed += 1
-            await self.resume(mine)
+            if mine is not None:  # else another process was first
+                claimed.append(mine)
         return claimed
+
+    async def recover_once(self) -> int:
+        """Claim and resume every run whose lease has expired; how many were claimed."""
+        claimed = await self.claim_claimable()
+        for record in claimed:
+            await self.resume(record)
+        return len(claimed)
 
     # -- background work ------------------------------------------------------------
 
@@ -346,16 +355,26 @@ class RunEngine:
         if claimed is None:
             await self.app.emit(CANCEL_REQUESTED, run=record, data={"workflow": record.workflow})
             return True
-        claimed.status = "cancelled"
-        claimed.finished_at = time.time()
-        claimed.error = {"type": "Cancelled", "message": "run cancelled"}
+        error = {"type": "Cancelled", "message": "run cancelled"}
+        return await self._end_claimed(claimed, "cancelled", error)
+
+    async def _end_claimed(
+        self, record: RunRecord, status: RunStatus, error: dict[str, Any]
+    ) -> bool:
+        """Record the end of a run this process claimed but will not execute; whether it landed.
+
+        Emits ``run.<status>``; a lease lost meanwhile (another process owns the
+        run now) writes and emits nothing.
+        """
+        record.status = status
+        record.finished_at = time.time()
+        record.error = error
         try:
-            await self.app._services().storage.save_run(claimed)
+            await self.app._services().storage.save_run(record)
         except LeaseLost:
             return False
-        await self.app.emit(
-            EventType.RUN_CANCELLED, run=claimed, data={"workflow": claimed.workflow}
-        )
+        data = {"workflow": record.workflow, "error": error}
+        await self.app.emit(f"run.{status}", run=record, data=data)
         return True
 
     async def drain(self, grace: float) -> None:

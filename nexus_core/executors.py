@@ -24,7 +24,6 @@ hears the result through the event log, wherever the run executed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -206,25 +205,15 @@ class _WorkLoop:
 
     async def _fill(self, tg: anyio.abc.TaskGroup) -> None:
         """Claim claimable runs, oldest first, while there are free slots."""
-        engine = self.engine
-        storage = engine.app._services().storage
         while self.free > 0:
-            found = await storage.claimable_runs(
-                time.time(), limit=100, workflows=self.queues or None
+            claimed = await self.engine.claim_claimable(
+                limit=self.free, workflows=self.queues or None
             )
-            candidates = [r for r in found if r.id not in engine.active and self.wanted(r.workflow)]
-            claimed = 0
-            for record in candidates:
-                if self.free == 0:
-                    return
-                mine = await engine.claim(record.id)
-                if mine is None:
-                    continue  # another worker was first
-                claimed += 1
-                self.free -= 1
-                tg.start_soon(self._execute, mine)
             if not claimed:
                 return
+            for record in claimed:
+                self.free -= 1
+                tg.start_soon(self._execute, record)
 
     async def _execute(self, record: RunRecord) -> None:
         """Execute one claimed run; the slot is free again once it stopped here."""
