@@ -670,7 +670,11 @@ class _Recorder:
                 attempts=result.attempts + self.prior.get(node_id, 0),
                 fence=self.record.fence,
             )
-            event = (EventType.NODE_FAILED, {"node": node_id, "error": result.error})
+            # Event data is plain JSON data: what subscribers get, in-process too.
+            event = (
+                EventType.NODE_FAILED,
+                {"node": node_id, "error": msgspec.to_builtins(result.error)},
+            )
         else:
             await app.emit(
                 EventType.NODE_FINISHED,

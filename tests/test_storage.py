@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from nexus_core.events import Event
+from nexus_core.events import Event, event_id
 from nexus_core.storage.base import AlreadyExists, NodeCheckpoint, RunRecord, Storage
 from nexus_core.storage.memory import MemoryStorage
 from nexus_core.storage.sqlite import SchemaVersionError, SQLiteStorage
@@ -390,8 +390,8 @@ async def test_migration_4_adds_leases_and_log_event_ids(db_path: Path) -> None:
         await store.close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(SQLiteStorage.migrations)
-        ids = [row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq")]
-        assert ids == ["0000000000000001", "0000000000000002", "0000000000000003"]
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
+        assert seqs == [1, 2, 3]
         indexes = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
@@ -632,5 +632,61 @@ async def test_many_writes_stay_fast(db_path: Path) -> None:
         for i in range(200):
             await store.save_checkpoint(NodeCheckpoint(run_id="r", node_id=f"n{i}", status="ok"))
         assert time.perf_counter() - start < 10  # generous: catches an fsync per write on CI
+    finally:
+        await store.close()
+
+
+class _BeforeEventRebuild(SQLiteStorage):
+    """The schema with a stored event id column (steps 1-4)."""
+
+    migrations = SQLiteStorage.migrations[:4]
+
+
+async def test_migration_5_drops_the_event_id_and_never_reuses_a_position(
+    db_path: Path,
+) -> None:
+    old = _BeforeEventRebuild(_url(db_path))
+    await old.open()
+    await old.close()
+    with sqlite3.connect(db_path) as conn:  # as step 4's code appended them
+        for seq, kind in enumerate("abc", 1):
+            data = f'{{"type": "{kind}", "run_id": "r1", "time": 1.0}}'
+            conn.execute(
+                "INSERT INTO events (seq, id, run_id, data) VALUES (?, ?, 'r1', ?)",
+                (seq, event_id(seq), data),
+            )
+        conn.execute("DELETE FROM events WHERE seq = 3")  # the newest pruned away
+
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        kept = await store.read_events()
+        assert [(e.type, e.id, e.run_id) for e in kept] == [
+            ("a", event_id(1), "r1"),
+            ("b", event_id(2), "r1"),
+        ]
+        assert [e.type for e in await store.read_events(run_id="r1")] == ["a", "b"]
+        [new] = await store.append_events([Event(type="d")])
+        assert new.id == event_id(4)  # position 3 was handed out once: never again
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+        assert columns == ["seq", "run_id", "data"]
+        indexes = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "events_run" in indexes
+
+
+async def test_positions_are_not_reused_after_the_whole_log_is_pruned(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:
+        await store.append_events([Event(type="a"), Event(type="b")])
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("DELETE FROM events")
+        [new] = await store.append_events([Event(type="c")])
+        assert new.id == event_id(3)
     finally:
         await store.close()

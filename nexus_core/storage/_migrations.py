@@ -156,4 +156,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         " WHERE status IN ('pending', 'running')",
         "UPDATE events SET id = printf('%016d', seq)",
     ),
+    # 5: the event id column goes: an id is its position (seq), so a second
+    # unique index on the same value only made every append dearer. The table
+    # is rebuilt (SQLite cannot drop a UNIQUE column) and keeps the highest
+    # position ever handed out, so positions are never reused.
+    (
+        """CREATE TABLE events_v5 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT,
+            data BLOB NOT NULL
+        )""",
+        "INSERT INTO events_v5 (seq, run_id, data) SELECT seq, run_id, data FROM events",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'events_v5', 0"
+        " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events_v5')",
+        "UPDATE sqlite_sequence SET seq = max(seq, ifnull("
+        "(SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)) WHERE name = 'events_v5'",
+        "DROP TABLE events",
+        "ALTER TABLE events_v5 RENAME TO events",
+        "CREATE INDEX events_run ON events (run_id, seq)",
+    ),
 )

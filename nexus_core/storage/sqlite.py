@@ -142,18 +142,10 @@ _UPSERT_CHECKPOINT = (
 )
 _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = ?"
 
-# The log gives positions itself: one statement appends a burst after the last
-# position ever handed out (sqlite_sequence keeps it when the tail is pruned),
-# and stores each event's id as event_id(seq). ``{rows}`` is one "(n, ?, ?)" per event.
-_APPEND_EVENTS = (
-    "WITH last (seq) AS (SELECT max("
-    " ifnull((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
-    " ifnull((SELECT max(seq) FROM events), 0))),"
-    " burst (n, run_id, data) AS (VALUES {rows})"
-    " INSERT INTO events (seq, id, run_id, data)"
-    " SELECT last.seq + n, printf('%016d', last.seq + n), burst.run_id, burst.data"
-    " FROM last, burst WHERE true ORDER BY n RETURNING seq"
-)
+# The log gives positions itself (AUTOINCREMENT: after the highest position ever
+# handed out, even when the tail was pruned); one statement appends a burst, so
+# its positions are consecutive. ``{rows}`` is one "(?, ?)" per event.
+_APPEND_EVENTS = "INSERT INTO events (run_id, data) VALUES {rows} RETURNING seq"
 _APPEND_CHUNK = 500  # events per statement: 2 parameters each, far below SQLite's limit
 _READ_EVENTS = "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 _READ_RUN_EVENTS = "SELECT seq, data FROM events WHERE seq > ? AND run_id = ? ORDER BY seq LIMIT ?"
@@ -778,35 +770,27 @@ class SQLiteStorage(Storage):
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
         """Append events in order; each gets the id of its log position.
 
-        One ``INSERT ... RETURNING`` per 500 events (a larger burst: several, in
-        one transaction), so the positions of a burst are consecutive and
+        One ``INSERT ... RETURNING`` per 500 events, group-committed with the
+        other writes queued meanwhile (a caller's statements run back to back
+        in one transaction), so the positions of a burst are consecutive and
         every process's appends are in one order.
         """
         if not events:
             return []
-        if self._writer is None or self._lock is None:
-            raise self._closed()
         encoded = [(e.run_id, _encode(e)) for e in events]
-        chunks = [encoded[i : i + _APPEND_CHUNK] for i in range(0, len(encoded), _APPEND_CHUNK)]
-        conn = self._writer
-        seqs: list[int] = []
-        async with self._lock:
-            if len(chunks) > 1:
-                await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for chunk in chunks:
-                    rows = ", ".join(f"({n}, ?, ?)" for n in range(1, len(chunk) + 1))
-                    params = [v for pair in chunk for v in pair]
-                    returned = await conn.execute_fetchall(_APPEND_EVENTS.format(rows=rows), params)
-                    seqs.extend(sorted(int(row[0]) for row in returned))
-                if len(chunks) > 1:
-                    await conn.execute("COMMIT")
-            except BaseException:
-                if len(chunks) > 1:
-                    await _rollback(conn)
-                raise
-        # Decoded from what was stored: copies, equal to what read_events returns.
-        return [_event(seq, data) for (_, data), seq in zip(encoded, seqs, strict=True)]
+        ops = []
+        for start in range(0, len(encoded), _APPEND_CHUNK):
+            chunk = encoded[start : start + _APPEND_CHUNK]
+            sql = _APPEND_EVENTS.format(rows=", ".join(["(?, ?)"] * len(chunk)))
+            ops.append(_Write(sql, tuple(v for pair in chunk for v in pair), fetch=True))
+        await self._submit(ops)
+        seqs = sorted(int(row[0]) for op in ops for row in op.rows)
+        # The caller's events with their ids: equal to what read_events returns
+        # for JSON-native data (events are frozen; nothing here is shared state).
+        return [
+            msgspec.structs.replace(e, id=event_id(seq))
+            for e, seq in zip(events, seqs, strict=True)
+        ]
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
