@@ -368,6 +368,20 @@ def run_wrk(
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": int(bad.group(1)) if bad else 0}
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its descendants, from /proc."""
+    total = 0
+    todo = [pid]
+    while todo:
+        each = todo.pop()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+            for task in Path(f"/proc/{each}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure_throughput(
     scratch: Path,
     connections: int,
@@ -400,12 +414,19 @@ def measure_throughput(
         for round_ in range(rounds):
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 server = targets[name]
+                assert server.process is not None
+                cpu_before = tree_cpu_seconds(server.process.pid)
                 result = run_wrk(
                     server.url, server.cwd / "load.lua", connections, duration, threads
                 )
+                # CPU per request: what a request costs, whatever else loads the machine.
+                spent = tree_cpu_seconds(server.process.pid) - cpu_before
+                requests = result["rps"] * max(1, round(duration))  # wrk runs whole seconds
+                result["cpu_us"] = spent / max(1.0, requests) * 1e6
                 results[name].append(result)
                 print(
                     f"round {round_ + 1} {name:19} {result['rps']:8.0f} req/s "
+                    f"cpu {result['cpu_us']:5.0f} us/req "
                     f"p50 {result['p50_ms']:7.2f} ms p99 {result['p99_ms']:7.2f} ms "
                     f"non-2xx {result['non_2xx']:.0f}",
                     file=sys.stderr,
@@ -415,6 +436,7 @@ def measure_throughput(
             "rps": statistics.median(r["rps"] for r in rs),
             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+            "cpu_us": statistics.median(r["cpu_us"] for r in rs),
             "non_2xx": sum(int(r["non_2xx"]) for r in rs),
             "rounds": rs,
         }
@@ -465,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios["workers 1 / baseline workers 1"] = (
                 throughput["workers-1"]["rps"] / throughput["baseline-workers-1"]["rps"]  # type: ignore[operator]
             )
+            ratios["CPU per request, workers 1 / baseline workers 1"] = (
+                throughput["workers-1"]["cpu_us"] / throughput["baseline-workers-1"]["cpu_us"]  # type: ignore[operator]
+            )
         report["ratios"] = ratios
     if args.json:
         print(json.dumps(report, indent=2))
@@ -491,11 +516,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Throughput on SQLite, trivial greet: {args.connections} connections, "
             f"{args.duration:g} s x {args.rounds} rounds (medians)"
         )
-        print(f"{'server':20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        print(
+            f"{'server':20} {'req/s':>9} {'CPU us/req':>11} {'p50 ms':>8} {'p99 ms':>8}"
+            f" {'non-2xx':>8}"
+        )
         for name, row in throughput.items():
             print(
-                f"{name:20} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-                f"{row['non_2xx']:8d}"
+                f"{name:20} {row['rps']:9.0f} {row['cpu_us']:11.0f} {row['p50_ms']:8.2f}"
+                f" {row['p99_ms']:8.2f} {row['non_2xx']:8d}"
             )
         for label, value in report["ratios"].items():  # type: ignore[union-attr]
             print(f"{label:32} {value:6.2f}x")
