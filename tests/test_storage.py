@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from nexus_core.events import Event, event_id
 from nexus_core.storage.base import AlreadyExists, NodeCheckpoint, RunRecord, Storage
@@ -690,3 +693,37 @@ async def test_positions_are_not_reused_after_the_whole_log_is_pruned(db_path: P
         assert new.id == event_id(3)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "pragma"), [("", 1), ("?synchronous=normal", 1), ("?synchronous=FULL", 2)]
+)
+async def test_synchronous_is_chosen_in_the_url(db_path: Path, query: str, pragma: int) -> None:
+    store = SQLiteStorage(_url(db_path) + query)
+    await store.open()
+    try:
+        assert store.path == str(db_path)
+        assert store._writer is not None
+        [[value]] = await store._writer.execute_fetchall("PRAGMA synchronous")
+        assert value == pragma  # 1: NORMAL, 2: FULL
+        await store.append_events([Event(type="a")])
+        assert [e.type for e in await store.read_events()] == ["a"]
+    finally:
+        await store.close()
+
+
+@given(
+    query=st.dictionaries(
+        st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=12),
+        st.text(max_size=8),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_bad_sqlite_url_option_names_itself(query: dict[str, str]) -> None:
+    good = query.get("synchronous", "normal").lower() in ("normal", "full")
+    assume(not (set(query) == {"synchronous"} and good))
+    url = "sqlite:///x.db?" + urllib.parse.urlencode(query)
+    with pytest.raises(ValueError, match="synchronous") as error:
+        SQLiteStorage(url)
+    assert url in str(error.value)

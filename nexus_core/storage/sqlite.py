@@ -1,16 +1,19 @@
 """``sqlite:///path.db``: the embedded default, a local SQLite file in WAL mode.
 
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory),
-``sqlite:////abs/path.db`` and ``sqlite:///:memory:`` (not persistent).
+``sqlite:////abs/path.db`` and ``sqlite:///:memory:`` (not persistent). One
+option: ``?synchronous=normal`` (the default: a commit survives the process
+being killed, not a power loss) or ``?synchronous=full`` (a commit survives a
+power loss too, at the price of an fsync per commit).
 
 How it is built:
 
 * One writer connection, in autocommit mode: each single-statement write is
   its own transaction and is committed when the call returns. With
   ``journal_mode=WAL`` and ``synchronous=NORMAL`` a committed write survives the
-  process being killed (though not the machine losing power).
-* The writer is a stdlib ``sqlite3`` connection used from worker threads
-  (``anyio.to_thread``), one call at a time. Concurrent writes are committed
+  process being killed (though not the machine losing power; ``FULL`` does).
+* The writer is a stdlib ``sqlite3`` connection driven by a thread of its
+  own, one call at a time. Concurrent writes are committed
   together (group commit, :class:`~nexus_core._batching.Batcher`): one trip
   to a thread and one transaction per batch.
 * An ``anyio.Lock`` serialises writes of this object, so a multi-statement
@@ -38,6 +41,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -218,17 +222,44 @@ class SchemaVersionError(RuntimeError):
     """The database was written by a newer Nexus (its schema version is unknown here)."""
 
 
-def _parse_url(url: str) -> str:
-    """The database path of a ``sqlite:///...`` URL (``":memory:"`` for memory)."""
+#: ``?synchronous=`` of a SQLite URL: what a commit survives (PRAGMA synchronous, in WAL).
+_SYNCHRONOUS: dict[str, str] = {
+    # A commit survives the process being killed (kill -9, a crash); the last
+    # commits before a power loss or OS crash may be lost (the database stays intact).
+    "normal": "NORMAL",
+    # A commit survives a power loss too: every commit waits for an fsync of the WAL.
+    "full": "FULL",
+}
+
+
+def _parse_url(url: str) -> tuple[str, str]:
+    """The path (``":memory:"`` for memory) and ``synchronous`` setting of a SQLite URL.
+
+    ``?synchronous=normal|full`` is the only option; normal by default.
+    """
     if not url.startswith(_PREFIX):
         raise ValueError(
             f"not a SQLite URL: {url!r}; use sqlite:///relative/path.db, "
             "sqlite:////absolute/path.db or sqlite:///:memory:"
         )
-    path = url[len(_PREFIX) :]
-    if not path or "?" in path:
-        raise ValueError(f"SQLite URL {url!r} needs a file path (and takes no query string)")
-    return path
+    path, _, query = url[len(_PREFIX) :].partition("?")
+    if not path:
+        raise ValueError(f"SQLite URL {url!r} needs a file path")
+    options = urllib.parse.parse_qs(query, keep_blank_values=True) if query else {}
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise ValueError(
+            f"SQLite URL {url!r}: unknown option {unknown[0]!r} (the only option is "
+            "synchronous=normal|full)"
+        )
+    values = options.get("synchronous", ["normal"])
+    synchronous = _SYNCHRONOUS.get(values[-1].lower()) if len(values) == 1 else None
+    if synchronous is None:
+        raise ValueError(
+            f"SQLite URL {url!r}: synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+            f"got {', '.join(map(repr, values))}"
+        )
+    return path, synchronous
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -362,7 +393,7 @@ class SQLiteStorage(Storage):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self.path = _parse_url(url)
+        self.path, self.synchronous = _parse_url(url)
         self._writer: _Connection | None = None
         self._reader: aiosqlite.Connection | _Connection | None = None
         self._lock: anyio.Lock | None = None
@@ -392,7 +423,8 @@ class SQLiteStorage(Storage):
         writer = await _Connection.connect(self.path)
         try:
             await self._enable_wal(writer)
-            await writer.execute_fetchall("PRAGMA synchronous = NORMAL")
+            # Only the writer commits: its setting is what a commit survives.
+            await writer.execute_fetchall(f"PRAGMA synchronous = {self.synchronous}")
             await self._migrate(writer)
             reader: aiosqlite.Connection | _Connection = writer
             if self.persistent:
