@@ -20,12 +20,14 @@ import msgspec
 from .config import Config, check_production, load_config
 from .engine import RunEngine
 from .errors import (
+    FieldError,
     IdempotencyConflict,
     NexusError,
     PermissionDenied,
     PluginLoadFailed,
     RunNotFound,
     SessionNotFound,
+    ValidationError,
     WorkflowDefinitionError,
     WorkflowNotFound,
 )
@@ -207,6 +209,7 @@ class Nexus:
         read_only: bool = False,
         destructive: bool = False,
         idempotent: bool = False,
+        durable: bool = True,
         timeout: float | None = None,
         retries: int = 0,
         blocking: bool = True,
@@ -224,6 +227,7 @@ class Nexus:
         read_only: bool = False,
         destructive: bool = False,
         idempotent: bool = False,
+        durable: bool = True,
         timeout: float | None = None,
         retries: int = 0,
         blocking: bool = True,
@@ -235,7 +239,10 @@ class Nexus:
         return annotation. ``read_only``/``destructive``/``idempotent`` become
         MCP tool annotations. A sync function runs in a worker thread unless
         ``blocking=False`` says it is quick, pure code that may run on the event
-        loop (saving the thread hop). The function itself is returned unchanged.
+        loop (saving the thread hop). ``durable=False`` makes it ephemeral: no
+        run record, no checkpoints, events to live subscribers only (see
+        :class:`~nexus_core.workflows.model.WorkflowMeta`). The function itself
+        is returned unchanged.
         """
         meta = WorkflowMeta(
             title=title,
@@ -243,6 +250,7 @@ class Nexus:
             read_only=read_only,
             destructive=destructive,
             idempotent=idempotent,
+            durable=durable,
         )
         policy = NodePolicy(timeout=timeout, retries=retries)
 
@@ -421,6 +429,17 @@ class Nexus:
             await security.authorize(who, action, workflow=wf, channel=channel, inputs=plain)
             await security.rate_limit(who, channel, wf.name, credentials)
             sess = await self._session_for(session, channel, who, wf)
+            durable = wf.meta.durable
+            if not durable and idempotency_key is not None:
+                raise ValidationError(
+                    [
+                        FieldError(
+                            "idempotency_key",
+                            f"workflow {wf.name!r} keeps no run record (durable=False), "
+                            "so it cannot replay a run by its idempotency key",
+                        )
+                    ]
+                )
             digest = hash_inputs(plain)
             now = time.time()
             record = RunRecord(
@@ -437,12 +456,16 @@ class Nexus:
                 input_hash=digest,
             )
             executor = self.engine.executor
-            if executor.inline:
+            created = True
+            if not durable:
+                pass  # never stored: it executes here, now
+            elif executor.inline:
                 self.engine.lease_new(record, now)  # it executes here, under this process's lease
             else:
                 record.status = "pending"  # stored unleased: a worker claims it
             # The key is scoped to (tenant, principal): only the caller's own run comes back.
-            record, created = await services.storage.create_run(record)
+            if durable:
+                record, created = await services.storage.create_run(record)
             if not created and (record.workflow != wf.name or record.input_hash != digest):
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used with other inputs or another workflow"
@@ -462,6 +485,22 @@ class Nexus:
         if not created:
             return self._for_caller(await self._existing(record, wait), who)
         self.metrics.record_execution(wf.name, channel)
+        if not durable:
+            if not wait:
+                services.task_group.start_soon(
+                    self.engine.execute_live, wf, values, record, sess, who
+                )
+                return RunResult(
+                    run_id=record.id,
+                    workflow=wf.name,
+                    status="running",
+                    session_id=record.session_id,
+                )
+            result = await self.engine.execute_live(wf, values, record, sess, who)
+            self.metrics.record_request(
+                channel, wf.name, result.status, time.perf_counter() - started
+            )
+            return self._for_caller(result, who)
         active = None
         if executor.inline:
             active = self.engine.start(wf, values, record, sess, who)

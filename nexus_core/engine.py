@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,7 +44,7 @@ import msgspec
 
 from .config import ConfigError
 from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
-from .events import EventType
+from .events import Event, EventType
 from .security import Principal
 from .sessions import Session
 from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
@@ -579,6 +579,77 @@ class RunEngine:
         self.active.pop(record.id, None)
         active.finish(result)
 
+    async def execute_live(
+        self, wf: Workflow, values: Any, record: RunRecord, sess: Session | None, who: Principal
+    ) -> RunResult:
+        """Execute a run of an ephemeral workflow (``durable=False``) in the caller's task.
+
+        No run record, checkpoint or lease is written, and no task is started:
+        the run is the caller's own work, cancelled with it. Its events go to
+        live subscribers only (:meth:`EventBus.publish_live`); its audit
+        record is written as a durable run's is.
+        """
+        app = self.app
+        bus = app._services().events
+        record.started_at = time.time()
+
+        async def emit(kind: str, data: dict[str, Any]) -> None:
+            if bus.has_subscribers(kind):
+                await bus.publish_live(
+                    Event(
+                        type=kind,
+                        channel=record.channel,
+                        session_id=record.session_id,
+                        run_id=record.id,
+                        tenant=record.tenant,
+                        data=data,
+                    )
+                )
+
+        async def audit(outcome: str, reason: str | None) -> None:
+            await app.security.audit(
+                action="invoke",
+                outcome=outcome,
+                principal=who,
+                channel=record.channel or "python",
+                workflow=wf.name,
+                run_id=record.id,
+                reason=reason,
+                input_hash=record.input_hash,
+            )
+
+        await emit(EventType.RUN_STARTED, {"workflow": wf.name, "resumed": False})
+        try:
+            result = await app.runtime.run(
+                wf,
+                values,
+                run_id=record.id,
+                observer=_LiveObserver(emit) if bus.has_subscribers("node.*") else None,
+                state={Session: sess} if sess is not None else None,
+                timeout=app.config.nexus.services.runs.default_timeout,
+            )
+        except BaseException:
+            # The caller went away (or the host is stopping): the run goes with it.
+            with anyio.CancelScope(shield=True):
+                await audit("cancelled", "the caller's task was cancelled")
+            raise
+        result.session_id = record.session_id
+        result.output = msgspec.to_builtins(result.output)
+        for node in result.nodes.values():
+            node.output = msgspec.to_builtins(node.output)
+        await audit(result.status, result.error.message if result.error else None)
+        if sess is not None and result.status == "completed":
+            await app.sessions_manager().save(sess)
+        error = msgspec.to_builtins(result.error.public()) if result.error else None
+        await emit(
+            f"run.{result.status}", {"workflow": wf.name, "output": result.output, "error": error}
+        )
+        if result.status == "failed":
+            app.metrics.record_error(record.channel or "python", "run_failed")
+            record.error = msgspec.to_builtins(result.error) if result.error else None
+            _log_failed_run(record, result.error)
+        return result
+
     def _stopped_here(self, wf: Workflow, record: RunRecord, active: ActiveRun) -> None:
         """The run stopped executing in this process unfinished: answer its local waiters."""
         self.active.pop(record.id, None)
@@ -591,6 +662,28 @@ class RunEngine:
                 started_at=record.started_at,
             )
         )
+
+
+class _LiveObserver:
+    """Node events of an ephemeral run, to live subscribers only (nothing is stored)."""
+
+    __slots__ = ("emit",)
+
+    def __init__(self, emit: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
+        self.emit = emit
+
+    async def node_started(self, run_id: str, node_id: str) -> None:
+        await self.emit(EventType.NODE_STARTED, {"node": node_id})
+
+    async def node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
+        if result.status == "failed":
+            error = msgspec.to_builtins(result.error)
+            await self.emit(EventType.NODE_FAILED, {"node": node_id, "error": error})
+            return
+        data = {"node": node_id, "status": result.status, "duration_ms": result.duration_ms}
+        await self.emit(EventType.NODE_FINISHED, data)
 
 
 def _log_failed_run(record: RunRecord, error: RunError | None) -> None:

@@ -240,6 +240,19 @@ class EventBus(abc.ABC):
     async def publish(self, event: Event) -> None:
         """Log (when the bus keeps a log) and deliver ``event`` to every matching subscriber."""
 
+    async def publish_live(self, event: Event) -> None:
+        """Deliver ``event`` to matching subscribers without logging it.
+
+        For the events of an ephemeral run (a workflow with ``durable=False``):
+        they keep their provisional id (not a log position), are never
+        replayed and never delay a durable event. The default logs them like
+        :meth:`publish`, which loses nothing; a bus that can deliver without
+        logging overrides it.
+
+        .. versionadded:: 0.2
+        """
+        await self.publish(event)
+
     @abc.abstractmethod
     def subscribe(
         self,
@@ -664,6 +677,12 @@ class LocalEventBus(EventBus):
         async with self._delivering:
             for each in logged:
                 self._deliver_at(each, event_seq(each.id))
+
+    async def publish_live(self, event: Event) -> None:
+        """Hand ``event`` (not logged: an ephemeral run's) to matching subscribers at once."""
+        if self._subs:
+            for sub in self._targets(event.type):
+                sub._push(event)
 
     def deliver(self, event: Event) -> None:
         """Hand ``event`` to local subscribers without logging it.

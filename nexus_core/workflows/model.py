@@ -43,13 +43,21 @@ class NodePolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkflowMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What channels publish besides the schemas (MCP tool annotations, tags, a title)."""
+    """How a workflow is published (MCP tool annotations, tags, a title) and recorded.
+
+    ``durable=False`` makes an ephemeral workflow: its runs keep no run record
+    and no checkpoints, execute in the caller's task, and their events go to
+    live subscribers only (not to the event log); their audit records are
+    still written. Such a run cannot be looked up, resumed after a crash or
+    replayed with an idempotency key.
+    """
 
     title: str | None = None
     tags: tuple[str, ...] = ()
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    durable: bool = True
 
 
 class PlacedNode:

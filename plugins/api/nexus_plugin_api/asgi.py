@@ -319,7 +319,10 @@ def _routes(api: ApiState) -> list[Any]:
         # The hot path: headers read once, body decoded once, one invoke, one encode.
         info = read_request(request.scope, cookie)
         inputs = decode_object(await request.body())
-        respond_async = info.respond_async
+        workflow = app.workflows.get(name)
+        durable = workflow is None or workflow.meta.durable
+        # An ephemeral run has no resource to poll: the preference is not applied.
+        respond_async = info.respond_async and durable
         session = info.session
         try:
             result = await app.invoke(
@@ -344,7 +347,8 @@ def _routes(api: ApiState) -> list[Any]:
                 wait=not respond_async,
             )
         headers = session_headers(info, result.session_id) or {}
-        headers["Location"] = f"/runs/{result.run_id}"
+        if durable:
+            headers["Location"] = f"/runs/{result.run_id}"
         if respond_async and result.status in ("pending", "running"):
             headers["Preference-Applied"] = "respond-async"
             return _json(result, 202, headers)

@@ -104,7 +104,9 @@ WS_CREDENTIALS_ENDED = 1008
 def _frame(event: Event) -> bytes:
     kind = event.type.replace("\r", " ").replace("\n", " ").encode()
     data = _encode(event)
-    if event.type == _LAGGED:
+    if event.type == _LAGGED or not event.id.isdigit():
+        # No log position (a lag marker, an ephemeral run's event): no id line,
+        # so the client's Last-Event-ID stays on the last logged event.
         return b"event: " + kind + b"\ndata: " + data + b"\n\n"
     return b"id: " + event.id.encode() + b"\nevent: " + kind + b"\ndata: " + data + b"\n\n"
 

@@ -231,6 +231,11 @@ class LocalBackend(Backend):
             "session": session,
             "idempotency_key": idempotency_key,
         }
+        workflow = app.workflows.get(name)
+        if workflow is not None and not workflow.meta.durable:
+            # Ephemeral: no run record to wait on; it runs in this task, and
+            # Ctrl-C (cancelling the task) stops it.
+            return run_view(_builtins(await app.invoke(name, inputs, wait=wait, **options)))
         started = await app.invoke(name, inputs, wait=False, **options)
         if not wait or started.status in TERMINAL:
             return run_view(_builtins(started))

@@ -253,7 +253,9 @@ class RemoteBackend(Backend):
         run = response.json() if response.content else {}
         run_id = _run_id(run, response)
         if run.get("status") in TERMINAL:
-            return await self._wait(run_id, on_event)
+            # Answered at once (an ephemeral workflow's run has nothing to poll).
+            await _report(run_view({**run, "run_id": run_id}), {}, on_event)
+            return run_view(run)
         return await self._follow(run_id, on_event)
 
     async def _follow(self, run_id: str, on_event: EventCallback | None) -> dict[str, Any]:
@@ -285,28 +287,7 @@ class RemoteBackend(Backend):
         delay = _POLL / 2
         while True:
             run = await self.run(run_id)
-            if on_event is not None:
-                for node_id, node in run["nodes"].items():
-                    status = node.get("status") or ""
-                    if seen.get(node_id) != status:
-                        seen[node_id] = status
-                        kind = "node.failed" if status == "failed" else "node.finished"
-                        await _call(
-                            on_event,
-                            {
-                                "type": kind,
-                                "run_id": run_id,
-                                "data": {
-                                    "node": node_id,
-                                    "status": status,
-                                    "duration_ms": node.get("duration_ms"),
-                                    "error": node.get("error"),
-                                },
-                            },
-                        )
-            if run["status"] in TERMINAL:
-                if on_event is not None:
-                    await _call(on_event, {"type": f"run.{run['status']}", "run_id": run_id})
+            if await _report(run, seen, on_event):
                 return run
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 2.0)
@@ -546,3 +527,34 @@ def _run_id(run: dict[str, Any], response: httpx.Response) -> str:
             Problem(code="gateway_error", message="the gateway accepted the run but sent no run id")
         )
     return str(run_id)
+
+
+async def _report(
+    run: dict[str, Any], seen: dict[str, str], on_event: EventCallback | None
+) -> bool:
+    """Report a polled run's node changes (and its end) to ``on_event``; whether it ended."""
+    run_id = run["run_id"]
+    if on_event is not None:
+        for node_id, node in run["nodes"].items():
+            status = node.get("status") or ""
+            if seen.get(node_id) != status:
+                seen[node_id] = status
+                kind = "node.failed" if status == "failed" else "node.finished"
+                await _call(
+                    on_event,
+                    {
+                        "type": kind,
+                        "run_id": run_id,
+                        "data": {
+                            "node": node_id,
+                            "status": status,
+                            "duration_ms": node.get("duration_ms"),
+                            "error": node.get("error"),
+                        },
+                    },
+                )
+    if run["status"] in TERMINAL:
+        if on_event is not None:
+            await _call(on_event, {"type": f"run.{run['status']}", "run_id": run_id})
+        return True
+    return False
