@@ -80,7 +80,9 @@ class LazyASGI:
                 return self.target
             module_name, _, attr = self.factory.partition(":")
             module = await anyio.to_thread.run_sync(importlib.import_module, module_name)
-            target = getattr(module, attr)(self.app)
+            target: Callable[[Scope, Receive, Send], Awaitable[None]] = getattr(module, attr)(
+                self.app
+            )
             enter: Callable[[], Any] | None = getattr(target, "lifespan", None)
             if callable(enter):
                 if self._tasks is None:
