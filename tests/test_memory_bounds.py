@@ -69,10 +69,10 @@ def _audit(n: int) -> AuditRecord:
 def test_bounds_from_url() -> None:
     assert MemoryStorage().bounds == MemoryBounds()
     assert MemoryBounds().max_runs == 10_000
-    assert MemoryBounds().max_events == MemoryBounds().max_audit == 100_000
+    assert (MemoryBounds().max_events, MemoryBounds().max_audit) == (50_000, 20_000)
     assert MemoryBounds().max_age is None
     bounds = MemoryBounds.from_url("memory://?max_runs=5&max_events=none&max_age=2.5")
-    assert bounds == MemoryBounds(max_runs=5, max_events=None, max_audit=100_000, max_age=2.5)
+    assert bounds == MemoryBounds(max_runs=5, max_events=None, max_audit=20_000, max_age=2.5)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ an age, the oldest finished runs (with their checkpoints), events and audit
 records are dropped, as retention would prune them. The bounds come from the
 URL's query string (:class:`MemoryBounds`)::
 
-    memory://                                   # 10,000 runs, 100,000 events and audit records
+    memory://                                   # 10,000 runs, 50,000 events, 20,000 audit records
     memory://?max_runs=1000&max_events=20000    # tighter
     memory://?max_age=600                       # also nothing older than 10 minutes
     memory://?max_runs=none&max_events=none&max_audit=none   # keep everything
@@ -94,8 +94,8 @@ class MemoryBounds(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     max_runs: int | None = 10_000
-    max_events: int | None = 100_000
-    max_audit: int | None = 100_000
+    max_events: int | None = 50_000
+    max_audit: int | None = 20_000
     max_age: float | None = None
 
     @classmethod
