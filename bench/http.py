@@ -19,8 +19,8 @@ The servers answer the same trivial function, ``greet(name, excited=False)``:
   awaited by the handler, its system database on SQLite (WAL, ``synchronous=NORMAL``,
   as Nexus sets them) or on PostgreSQL (``--postgres-url``, default
   ``$NEXUS_POSTGRES_URL`` or ``postgresql://postgres@127.0.0.1:5432/test``, in a schema
-  of its own, ``nexus_bench_dbos``). Left out, with a note, when ``dbos`` is not
-  installed or PostgreSQL does not answer.
+  of its own, ``nexus_bench_dbos``, dropped before and after the run). Left out, with a
+  note, when ``dbos`` is not installed or PostgreSQL does not answer.
 * ``kailash``: Kailash Nexus (``kailash-nexus`` from PyPI, run from its own venv,
   ``--kailash-python``, default ``$NEXUS_BENCH_KAILASH_PYTHON``, else the
   ``.nox/kailash-nexus`` venv that ``nox -s bench`` makes) serving the same function
@@ -176,6 +176,8 @@ app = Litestar([run], on_startup=[DBOS.launch], openapi_config=None, logging_con
 
 #: What DBOS's PostgreSQL connections call themselves (their backends' CPU is counted).
 DBOS_PG_APPLICATION = "nexus-bench-dbos"
+#: The schema DBOS keeps its tables in on PostgreSQL (dropped before and after a run).
+DBOS_PG_SCHEMA = "nexus_bench_dbos"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 KAILASH_APP = """
@@ -324,6 +326,16 @@ def postgres_answers(url: str) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}".strip()
     return None
+
+
+def drop_dbos_schema(url: str) -> None:
+    """Drop DBOS's schema of earlier runs, so every run starts from empty tables as SQLite does."""
+    try:
+        import psycopg
+    except ImportError:
+        return
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {DBOS_PG_SCHEMA} CASCADE")
 
 
 class CpuMeter:
@@ -612,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(dbos_target("dbos-sqlite", sqlite_url))
             why = postgres_answers(args.postgres_url)
             if why is None:
+                drop_dbos_schema(args.postgres_url)
                 targets.append(dbos_target("dbos-postgres", args.postgres_url, args.postgres_url))
             else:
                 notes.append(f"DBOS ON POSTGRESQL NOT MEASURED: {args.postgres_url}: {why}")
@@ -699,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
     load_after = load_average()
+    if any(t.postgres_url for t in targets):
+        drop_dbos_schema(args.postgres_url)
     hello_rss = idle_rss_of_example(scratch, clean_env, "api-only")
     hello_rss_all = idle_rss_of_example(scratch, {}, "all-plugins")
 
