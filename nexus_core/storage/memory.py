@@ -8,7 +8,10 @@ an ``await`` in the middle, so concurrent tasks of one event loop never see a
 half-made change.
 
 It is bounded, so a long-lived process on ``memory://`` stays flat in memory
-(and in garbage-collection pauses) under sustained load: beyond a count, or
+(and in garbage-collection pauses) under sustained load. Events, audit
+records and checkpoints, the bulk of it, are kept as their JSON bytes (with
+the few fields the queries filter on beside them), which the garbage collector
+never has to walk; runs are kept as records. Beyond a count, or
 an age, the oldest finished runs (with their checkpoints), events and audit
 records are dropped, as retention would prune them. The bounds come from the
 URL's query string (:class:`MemoryBounds`)::
@@ -59,6 +62,16 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
 def _copy(record: _T) -> _T:
     """A deep copy of a record through JSON, as a persistent backend would return it."""
     return _decoders[type(record)].decode(_encoder.encode(record))  # type: ignore[no-any-return]
+
+
+_encode = _encoder.encode
+_decode_event = _decoders[Event].decode
+_decode_audit = _decoders[AuditRecord].decode
+_decode_checkpoint = _decoders[NodeCheckpoint].decode
+
+#: An audit record as kept: (when the store took it, its time, tenant, principal,
+#: workflow, its JSON). Atomic values only, so the garbage collector skips it.
+_StoredAudit = tuple[float, float, str, str | None, str | None, bytes]
 
 
 def _key_of(run: RunRecord) -> tuple[str, str, str]:
@@ -155,15 +168,17 @@ class MemoryStorage(Storage):
         self._finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         # (tenant, principal, key) -> run id: a key is its principal's own.
         self._idempotency: dict[tuple[str, str, str], str] = {}
-        self._checkpoints: dict[str, dict[str, NodeCheckpoint]] = {}
-        # The log: events (ids already given), their positions and when they were
-        # appended, all in order; the live part starts at _head (the rest was dropped).
-        self._events: list[Event] = []
+        self._checkpoints: dict[str, dict[str, bytes]] = {}  # run -> node -> JSON
+        # The log: events (JSON, ids already given), their positions, runs, times and
+        # when they were appended, all in order; the live part starts at _head.
+        self._events: list[bytes] = []
         self._seqs: list[int] = []
+        self._event_runs: list[str | None] = []
+        self._event_times: list[float] = []
         self._stamps: list[float] = []
         self._head = 0
         self._last_seq = 0  # the last position handed out (never reused, pruned or not)
-        self._audit: collections.deque[tuple[float, AuditRecord]] = collections.deque()
+        self._audit: collections.deque[_StoredAudit] = collections.deque()
         self._cache: dict[str, tuple[bytes, float | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self._blobs: dict[str, bytes] = {}
@@ -227,6 +242,8 @@ class MemoryStorage(Storage):
         if head >= _COMPACT_AFTER or head * 2 >= len(self._events):
             del self._events[:head]
             del self._seqs[:head]
+            del self._event_runs[:head]
+            del self._event_times[:head]
             del self._stamps[:head]
             head = 0
         self._head = head
@@ -358,7 +375,7 @@ class MemoryStorage(Storage):
             self._check_fence(checkpoint.run_id, checkpoint.fence)
         assert stored is not None
         for checkpoint in checkpoints:
-            self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(
+            self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _encode(
                 checkpoint
             )
         self._replace_run(stored, run)
@@ -454,12 +471,14 @@ class MemoryStorage(Storage):
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node, replacing an earlier one; fenced (:class:`LeaseLost`)."""
         self._check_fence(checkpoint.run_id, checkpoint.fence)
-        self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(checkpoint)
+        self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _encode(
+            checkpoint
+        )
 
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
         """Every recorded node of a run, by node id."""
         self._trim_runs()
-        return {k: _copy(v) for k, v in self._checkpoints.get(run_id, {}).items()}
+        return {k: _decode_checkpoint(v) for k, v in self._checkpoints.get(run_id, {}).items()}
 
     # -- events ----------------------------------------------------------------
 
@@ -469,11 +488,14 @@ class MemoryStorage(Storage):
         now = self._clock()
         for event in events:
             self._last_seq += 1
-            entry = msgspec.structs.replace(_copy(event), id=event_id(self._last_seq))
-            self._events.append(entry)
+            data = _encode(msgspec.structs.replace(event, id=event_id(self._last_seq)))
+            entry = _decode_event(data)
+            self._events.append(data)
             self._seqs.append(self._last_seq)
+            self._event_runs.append(entry.run_id)
+            self._event_times.append(entry.time)
             self._stamps.append(now)
-            logged.append(_copy(entry))
+            logged.append(entry)
         self._trim_events()
         return logged
 
@@ -484,14 +506,13 @@ class MemoryStorage(Storage):
         if limit <= 0:
             return []
         self._trim_events()
-        events = self._events
+        events, runs = self._events, self._event_runs
         start = bisect.bisect_right(self._seqs, event_seq(after), self._head)
         out: list[Event] = []
         for index in range(start, len(events)):
-            event = events[index]
-            if run_id is not None and event.run_id != run_id:
+            if run_id is not None and runs[index] != run_id:
                 continue
-            out.append(_copy(event))
+            out.append(_decode_event(events[index]))
             if len(out) >= limit:
                 break
         return out
@@ -506,7 +527,9 @@ class MemoryStorage(Storage):
     async def append_audits(self, records: Sequence[AuditRecord]) -> None:
         """Append audit records, in order."""
         now = self._clock()
-        self._audit.extend((now, _copy(record)) for record in records)
+        self._audit.extend(
+            (now, r.time, r.tenant, r.principal, r.workflow, _encode(r)) for r in records
+        )
         self._trim_audit()
 
     async def query_audit(
@@ -524,16 +547,16 @@ class MemoryStorage(Storage):
             return []
         self._trim_audit()
         matches = [
-            r
-            for _, r in self._audit
-            if (tenant is None or r.tenant == tenant)
-            and (principal is None or r.principal == principal)
-            and (workflow is None or r.workflow == workflow)
-            and (since is None or r.time >= since)
-            and (until is None or r.time < until)
+            entry
+            for entry in self._audit
+            if (tenant is None or entry[2] == tenant)
+            and (principal is None or entry[3] == principal)
+            and (workflow is None or entry[4] == workflow)
+            and (since is None or entry[1] >= since)
+            and (until is None or entry[1] < until)
         ]
-        matches.sort(key=lambda r: r.time)  # stable: append order breaks ties
-        return [_copy(r) for r in matches[:limit]]
+        matches.sort(key=lambda entry: entry[1])  # stable: append order breaks ties
+        return [_decode_audit(entry[5]) for entry in matches[:limit]]
 
     # -- credentials -----------------------------------------------------------
 
@@ -657,17 +680,17 @@ class MemoryStorage(Storage):
         head = self._head
         end = min(head + max(limit, 0), len(self._events))
         cut = head
-        while cut < end and self._events[cut].time < before:
+        while cut < end and self._event_times[cut] < before:
             cut += 1
         self._set_head(cut)
         return cut - head
 
     async def prune_audit(self, before: float, *, limit: int = 500) -> int:
         """Delete at most ``limit`` audit records whose ``time`` is before ``before``."""
-        kept: collections.deque[tuple[float, AuditRecord]] = collections.deque()
+        kept: collections.deque[_StoredAudit] = collections.deque()
         audits = 0
         for entry in self._audit:
-            if audits < limit and entry[1].time < before:
+            if audits < limit and entry[1] < before:
                 audits += 1
             else:
                 kept.append(entry)
