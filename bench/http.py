@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
                 soak.append(result)
                 print(
                     f"soak {run + 1} memory:// {result['rps']:9.0f} req/s "
-                    f"p99 {result['p99_ms']:7.2f} ms RSS {result['rss_mb']:6.0f} MB",
+                    f"p99 {result['p99_ms']:7.2f} ms CPU {result['cpu_us']:6.0f} us/req "
+                    f"RSS {result['rss_mb']:6.0f} MB",
                     file=sys.stderr,
                 )
     load_after = load_average()
@@ -819,9 +820,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"memory:// soak, {len(soak)} consecutive {args.soak_duration:g}-s runs: p99 "
             + " -> ".join(f"{r['p99_ms']:.1f}" for r in soak)
-            + " ms; RSS "
+            + " ms; CPU "
+            + " -> ".join(f"{r['cpu_us']:.0f}" for r in soak)
+            + " us/req; RSS "
             + " -> ".join(f"{r['rss_mb']:.0f}" for r in soak)
-            + " MB"
+            + " MB (a p99 that rises while CPU per request and RSS stay flat is the machine)"
         )
     for label, got, bound, target in checks:
         met = got >= target if bound == "min" else got <= target
