@@ -117,23 +117,53 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side with the peers; peers are installed only here."""
+    """Benchmarks side by side with the peers; peers are installed only here.
+
+    Every venv holds compiled bytecode, as a peer installed by pip does: uv
+    compiles what it installs (``UV_COMPILE_BYTECODE=1``), ``compileall`` does
+    the project's editable sources and the Kailash venv. Without it the first
+    process to import a module pays for compiling it (``nexus serve`` took
+    2.8 s to ready instead of 0.96 s), and nothing is written at all where
+    ``PYTHONDONTWRITEBYTECODE`` is set.
+    """
+    session.env["UV_COMPILE_BYTECODE"] = "1"
     _install_core(session)
     for name in PLUGINS:
         session.install("-e", f"plugins/{name}")
     session.install("-r", "bench/requirements.txt")
+    sources = ["nexus_core", "sdk_nodes", *(f"plugins/{name}" for name in PLUGINS)]
+    session.run("python", "-m", "compileall", "-q", "-j", "0", *sources, silent=True)
     env = {"NEXUS_BENCH_KAILASH_PYTHON": _kailash_nexus_python(session)}
     scripts = session.posargs or sorted(str(p) for p in ROOT.glob("bench/*.py"))
     for script in scripts:
         session.run("python", script, env=env)
 
 
+#: Compile every module of a venv's site-packages (what pip does at install; again here in
+#: case the venv was made without it).
+_COMPILE_SITE = (
+    "import compileall, sysconfig; "
+    "compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
+)
+
+
 def _kailash_nexus_python(session: nox.Session) -> str:
-    """A venv of its own for Kailash Nexus: it pins mcp 1.x, we run on 2.x."""
+    """A venv of its own for Kailash Nexus: it pins mcp 1.x, we run on 2.x. Compiled bytecode."""
     venv = ROOT / ".nox" / "kailash-nexus"
     python = venv / "bin" / "python"
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(venv), external=True)
     requirements = ROOT / "bench" / "requirements-kailash-nexus.txt"
-    session.run(str(python), "-m", "pip", "install", "-q", "-r", str(requirements), external=True)
+    session.run(
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--compile",
+        "-r",
+        str(requirements),
+        external=True,
+    )
+    session.run(str(python), "-c", _COMPILE_SITE, external=True, silent=True)
     return str(python)

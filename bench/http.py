@@ -1,6 +1,6 @@
-"""HTTP invoke throughput: Nexus REST vs a bare Litestar handler vs Kailash Nexus.
+"""HTTP invoke throughput and CPU per request: Nexus REST vs bare Litestar, DBOS and Kailash.
 
-Three servers answer the same trivial function, ``greet(name, excited=False)``:
+The servers answer the same trivial function, ``greet(name, excited=False)``:
 
 * ``nexus``: ``python -m nexus_plugin_api app.py`` (uvicorn, httptools, uvloop) with the
   default embedded storage on (``sqlite:///nexus.db`` in a scratch directory): every
@@ -9,8 +9,18 @@ Three servers answer the same trivial function, ``greet(name, excited=False)``:
   the bare handler and Kailash run theirs. ``nexus-def`` is the same server and
   function written as a plain ``def``, which Nexus runs in a worker thread (the
   price of that safety, shown on its own line).
+* ``nexus-memory``: the ``nexus`` server on ``NEXUS_STORAGE=memory://`` (bounded: see
+  docs/how-to/configure.md), the cost of the invoke path without SQL.
 * ``litestar``: a bare Litestar handler (msgspec-validated body, call, JSON answer) on
   the same uvicorn settings and worker count.
+* ``dbos-sqlite``, ``dbos-postgres``: DBOS Transact (PyPI ``dbos``, installed by
+  ``nox -s bench`` only), the closest peer for durable execution, behind the same bare
+  Litestar handler: a workflow of one step (``@DBOS.workflow`` calling ``@DBOS.step``),
+  awaited by the handler, its system database on SQLite (WAL, ``synchronous=NORMAL``,
+  as Nexus sets them) or on PostgreSQL (``--postgres-url``, default
+  ``$NEXUS_POSTGRES_URL`` or ``postgresql://postgres@127.0.0.1:5432/test``, in a schema
+  of its own, ``nexus_bench_dbos``, dropped before and after the run). Left out, with a
+  note, when ``dbos`` is not installed or PostgreSQL does not answer.
 * ``kailash``: Kailash Nexus (``kailash-nexus`` from PyPI, run from its own venv,
   ``--kailash-python``, default ``$NEXUS_BENCH_KAILASH_PYTHON``, else the
   ``.nox/kailash-nexus`` venv that ``nox -s bench`` makes) serving the same function
@@ -24,9 +34,24 @@ burst of load elsewhere on the machine hits every server alike. Non-2xx answers 
 counted and reported. Also measured: the idle RSS of each server (before any load) and
 of ``python -m nexus_plugin_api examples/hello.py``.
 
+CPU per request: the utime + stime of each server's process tree (``/proc/<pid>/stat``)
+before and after every round, divided by the requests answered in it (medians over the
+rounds). For ``dbos-postgres`` the PostgreSQL backends serving it (found by their
+``application_name``) are counted on their own line. Beside it, ``bench/sqlite_floor.py``
+(the SQL of one durable run, no server) is run once, so the floor argument can be rerun:
+a durable run cannot cost less than bare Litestar's CPU plus that.
+
+The ratios of issue #20 are printed: ``nexus`` (durable, SQLite) over bare Litestar in
+req/s (target at least 0.30x), its CPU per request over bare Litestar's plus the SQLite
+floor (target at most 1.25x), its req/s over DBOS on SQLite (target at least 15x); and
+the memory soak: a fresh ``nexus-memory`` server under ``--soak-runs`` consecutive
+``--soak-duration`` runs (default five of 10 s, at ``--connections``), p99 and RSS after
+each, the last run's p99 over the first's (target at most 1.5x).
+
     python bench/http.py                       # defaults: 16 connections, 10 s, 3 rounds
     python bench/http.py --workers 2 --duration 5 --rounds 2
     python bench/http.py --skip-kailash --json
+    python bench/http.py --only nexus,litestar --duration 3 --rounds 1 --soak-runs 0
 
 Needs ``wrk`` on PATH (``apt-get install wrk``) and nexus-plugin-api installed.
 """
@@ -35,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -95,6 +121,65 @@ async def run(data: GreetInput) -> dict[str, str]:
 app = Litestar([run], openapi_config=None, logging_config=None)
 """
 
+DBOS_APP = """
+import os
+
+import msgspec
+import sqlalchemy as sa
+from dbos import DBOS, DBOSConfig
+from litestar import Litestar, post
+
+URL = os.environ["NEXUS_BENCH_DBOS_URL"]
+config: DBOSConfig = {"name": "nexus-bench", "system_database_url": URL, "log_level": "WARNING"}
+if URL.startswith("sqlite"):
+    # As Nexus's SQLite backend: WAL, synchronous=NORMAL (DBOS's own engine keeps the defaults).
+    engine = sa.create_engine(URL)
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        dbapi_conn.isolation_level = "IMMEDIATE"  # as DBOS's own SQLite engine
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    config["system_database_engine"] = engine
+else:
+    config["dbos_system_schema"] = "nexus_bench_dbos"
+    config["db_engine_kwargs"] = {"connect_args": {"application_name": "nexus-bench-dbos"}}
+
+DBOS(config=config)
+
+
+class GreetInput(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    excited: bool = False
+
+
+@DBOS.step()
+async def greet(name: str, excited: bool) -> str:
+    return f"Hello, {name}{'!' if excited else '.'}"
+
+
+@DBOS.workflow()
+async def greet_workflow(name: str, excited: bool) -> str:
+    return await greet(name, excited)
+
+
+@post("/workflows/greet/runs", status_code=200)
+async def run(data: GreetInput) -> dict[str, str]:
+    return {"output": await greet_workflow(data.name, data.excited)}
+
+
+app = Litestar([run], on_startup=[DBOS.launch], openapi_config=None, logging_config=None)
+"""
+
+#: What DBOS's PostgreSQL connections call themselves (their backends' CPU is counted).
+DBOS_PG_APPLICATION = "nexus-bench-dbos"
+#: The schema DBOS keeps its tables in on PostgreSQL (dropped before and after a run).
+DBOS_PG_SCHEMA = "nexus_bench_dbos"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
 KAILASH_APP = """
 import sys
 
@@ -139,6 +224,8 @@ class Target:
     process: subprocess.Popen[bytes] | None = None
     idle_rss_mb: float | None = None
     results: list[dict[str, float]] = field(default_factory=list)
+    #: A PostgreSQL URL whose backends (``application_name`` DBOS_PG_APPLICATION) serve it.
+    postgres_url: str | None = None
 
 
 def free_port() -> int:
@@ -171,6 +258,122 @@ def tree_rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total / 1024
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parts = fh.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(parts[1]), []).append(int(entry))
+        except (OSError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each live process of ``pids``, in seconds (children reaped count too)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
+        seconds[pid] = sum(int(v) for v in fields[11:15]) / _TICK
+    return seconds
+
+
+def postgres_backends(url: str) -> list[int]:
+    """The pids of the PostgreSQL backends of DBOS's connections (empty if unknown)."""
+    try:
+        import psycopg
+    except ImportError:
+        return []
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (DBOS_PG_APPLICATION,),
+            ).fetchall()
+    except Exception:
+        return []
+    return [int(row[0]) for row in rows]
+
+
+def postgres_answers(url: str) -> str | None:
+    """None if PostgreSQL at ``url`` answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+def drop_dbos_schema(url: str) -> None:
+    """Drop DBOS's schema of earlier runs, so every run starts from empty tables as SQLite does."""
+    try:
+        import psycopg
+    except ImportError:
+        return
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {DBOS_PG_SCHEMA} CASCADE")
+
+
+class CpuMeter:
+    """CPU seconds a server (its process tree, plus its PostgreSQL backends) spends."""
+
+    def __init__(self, target: Target) -> None:
+        assert target.process is not None
+        self.target = target
+        self.server = cpu_of(_tree_pids(target.process.pid))
+        self.postgres = self._postgres()
+
+    def _postgres(self) -> dict[int, float]:
+        url = self.target.postgres_url
+        return cpu_of(postgres_backends(url)) if url else {}
+
+    def spent(self) -> tuple[float, float | None]:
+        """Seconds since this meter was made: the server's, and its PostgreSQL backends'."""
+        assert self.target.process is not None
+        after = cpu_of(_tree_pids(self.target.process.pid))
+        server = sum(after.values()) - sum(self.server.get(pid, 0.0) for pid in after)
+        if self.target.postgres_url is None:
+            return server, None
+        later = self._postgres()
+        postgres = sum(later.values()) - sum(self.postgres.get(pid, 0.0) for pid in later)
+        return server, postgres
+
+
+def sqlite_floor_us() -> float | None:
+    """``bench/sqlite_floor.py``'s median microseconds per run (None if it fails)."""
+    script = Path(__file__).resolve().parent / "sqlite_floor.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--repeat", "3"], capture_output=True, text=True
+    )
+    match = re.search(r"median (\d+) us of CPU per run", done.stdout)
+    if done.returncode != 0 or match is None:
+        print(f"bench/sqlite_floor.py failed: {done.stderr[-500:]}", file=sys.stderr)
+        return None
+    return float(match.group(1))
 
 
 def _standard_http() -> None:
@@ -326,25 +529,56 @@ def main(argv: list[str] | None = None) -> int:
         help="a Python with kailash-nexus installed (never the project's venv)",
     )
     parser.add_argument("--skip-kailash", action="store_true")
+    parser.add_argument("--skip-dbos", action="store_true", help="leave DBOS Transact out")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("NEXUS_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="PostgreSQL for dbos-postgres (default $NEXUS_POSTGRES_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated servers to run (default: every one)"
+    )
+    parser.add_argument(
+        "--soak-runs", type=int, default=5, help="consecutive runs on memory:// (0: none)"
+    )
+    parser.add_argument("--soak-duration", type=float, default=10.0, help="seconds per soak run")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     _standard_http()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
 
     scratch = Path(tempfile.mkdtemp(prefix="nexus-bench-http-"))
-    (scratch / "nexus").mkdir()
-    (scratch / "nexus" / "app.py").write_text(textwrap.dedent(NEXUS_APP))
-    (scratch / "nexus-def").mkdir()
-    (scratch / "nexus-def" / "app.py").write_text(textwrap.dedent(NEXUS_APP))
+    for name in ("nexus", "nexus-def", "nexus-memory", "nexus-soak"):
+        (scratch / name).mkdir()
+        (scratch / name / "app.py").write_text(textwrap.dedent(NEXUS_APP))
     (scratch / "litestar").mkdir()
     (scratch / "litestar" / "bare.py").write_text(textwrap.dedent(LITESTAR_APP))
     (scratch / "kailash").mkdir()
     (scratch / "kailash" / "kserve.py").write_text(textwrap.dedent(KAILASH_APP))
+    for name in ("dbos-sqlite", "dbos-postgres"):
+        (scratch / name).mkdir()
+        (scratch / name / "dbos_app.py").write_text(textwrap.dedent(DBOS_APP))
     clean_env = {"NEXUS_DISABLE_PLUGINS": "nexus-plugin-mcp"}  # HTTP only, like the others
+    memory_env = {**clean_env, "NEXUS_STORAGE": "memory://"}
+    uvicorn = [sys.executable, "-m", "uvicorn"]
+    uvicorn_options = [
+        "--port",
+        "{port}",
+        "--workers",
+        str(args.workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
-    def nexus_target(name: str, workflow: str) -> Target:
+    def nexus_target(name: str, workflow: str, env: dict[str, str]) -> Target:
         command = [sys.executable, "-m", "nexus_plugin_api", "app.py"]
         return Target(
             name=name,
@@ -353,38 +587,47 @@ def main(argv: list[str] | None = None) -> int:
             wrap="inputs",
             port=0,
             cwd=scratch / name,
-            env=clean_env,
+            env=env,
+        )
+
+    def dbos_target(name: str, url: str, postgres_url: str | None = None) -> Target:
+        return Target(
+            name=name,
+            command=[*uvicorn, "dbos_app:app", *uvicorn_options],
+            path="/workflows/greet/runs",
+            wrap="inputs",
+            port=0,
+            cwd=scratch / name,
+            env={"NEXUS_BENCH_DBOS_URL": url},
+            postgres_url=postgres_url,
         )
 
     targets = [
-        nexus_target("nexus", "greet"),
-        nexus_target("nexus-def", "greet_in_thread"),
+        nexus_target("nexus", "greet", clean_env),
+        nexus_target("nexus-def", "greet_in_thread", clean_env),
+        nexus_target("nexus-memory", "greet", memory_env),
         Target(
             name="litestar",
-            command=[
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bare:app",
-                "--port",
-                "{port}",
-                "--workers",
-                str(args.workers),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            command=[*uvicorn, "bare:app", *uvicorn_options],
             path="/workflows/greet/runs",
             wrap="inputs",
             port=0,
             cwd=scratch / "litestar",
         ),
     ]
-    kailash_note = ""
+    notes: list[str] = []
+    if not args.skip_dbos:
+        if importlib.util.find_spec("dbos") is None:
+            notes.append("DBOS NOT MEASURED: `dbos` is not installed (bench/requirements.txt)")
+        else:
+            sqlite_url = f"sqlite:///{scratch / 'dbos-sqlite' / 'dbos.sqlite'}"
+            targets.append(dbos_target("dbos-sqlite", sqlite_url))
+            why = postgres_answers(args.postgres_url)
+            if why is None:
+                drop_dbos_schema(args.postgres_url)
+                targets.append(dbos_target("dbos-postgres", args.postgres_url, args.postgres_url))
+            else:
+                notes.append(f"DBOS ON POSTGRESQL NOT MEASURED: {args.postgres_url}: {why}")
     if not args.skip_kailash:
         if Path(args.kailash_python).exists():
             targets.append(
@@ -398,8 +641,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         else:
-            kailash_note = f"KAILASH NOT MEASURED: no {args.kailash_python}"
-            print(kailash_note, file=sys.stderr)
+            notes.append(f"KAILASH NOT MEASURED: no {args.kailash_python}")
+    if only:
+        unknown = only - {t.name for t in targets}
+        if unknown:
+            print(f"--only: no server named {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        targets = [t for t in targets if t.name in only]
+    for note in notes:
+        print(note, file=sys.stderr)
 
     for index, target in enumerate(targets):
         target.port = free_port()
@@ -407,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         lua = scratch / f"{target.name}.lua"
         lua.write_text(LUA.format(path=target.path, wrap=target.wrap, seed=index))
 
+    floor_us = sqlite_floor_us()
     load_before = load_average()
     with contextlib.ExitStack() as stack:
         for target in targets:
@@ -420,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
             for target in order:
+                meter = CpuMeter(target)
                 result = run_wrk(
                     target,
                     scratch / f"{target.name}.lua",
@@ -427,29 +679,96 @@ def main(argv: list[str] | None = None) -> int:
                     args.duration,
                     args.threads,
                 )
+                server_s, postgres_s = meter.spent()
+                answered = max(1, int(result["requests"]))
+                result["cpu_us"] = server_s * 1e6 / answered
+                if postgres_s is not None:
+                    result["postgres_cpu_us"] = postgres_s * 1e6 / answered
                 target.results.append(result)
                 print(
-                    f"round {round_ + 1} {target.name:9} {result['rps']:9.0f} req/s "
+                    f"round {round_ + 1} {target.name:13} {result['rps']:9.0f} req/s "
                     f"p50 {result['p50_ms']:7.2f} ms p99 {result['p99_ms']:7.2f} ms "
-                    f"non-2xx {result['non_2xx']}",
+                    f"CPU {result['cpu_us']:6.0f} us/req non-2xx {result['non_2xx']}",
+                    file=sys.stderr,
+                )
+    soak: list[dict[str, float]] = []
+    if args.soak_runs > 0 and (not only or "nexus-memory" in only):
+        soaker = nexus_target("nexus-soak", "greet", memory_env)
+        soaker.port = free_port()
+        soaker.command = [part.replace("{port}", str(soaker.port)) for part in soaker.command]
+        lua = scratch / "nexus-soak.lua"
+        lua.write_text(LUA.format(path=soaker.path, wrap=soaker.wrap, seed=99))
+        with running(soaker):
+            assert soaker.process is not None
+            for run in range(args.soak_runs):
+                meter = CpuMeter(soaker)
+                result = run_wrk(soaker, lua, args.connections, args.soak_duration, args.threads)
+                result["cpu_us"] = meter.spent()[0] * 1e6 / max(1, int(result["requests"]))
+                result["rss_mb"] = tree_rss_mb(soaker.process.pid)
+                soak.append(result)
+                print(
+                    f"soak {run + 1} memory:// {result['rps']:9.0f} req/s "
+                    f"p99 {result['p99_ms']:7.2f} ms CPU {result['cpu_us']:6.0f} us/req "
+                    f"RSS {result['rss_mb']:6.0f} MB",
                     file=sys.stderr,
                 )
     load_after = load_average()
+    if any(t.postgres_url for t in targets):
+        drop_dbos_schema(args.postgres_url)
     hello_rss = idle_rss_of_example(scratch, clean_env, "api-only")
     hello_rss_all = idle_rss_of_example(scratch, {}, "all-plugins")
 
-    summary = {}
+    summary: dict[str, dict[str, object]] = {}
     for target in targets:
         rs = target.results
-        summary[target.name] = {
+        row: dict[str, object] = {
             "rps": statistics.median(r["rps"] for r in rs),
             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+            "cpu_us": statistics.median(r["cpu_us"] for r in rs),
             "non_2xx": sum(int(r["non_2xx"]) for r in rs),
             "socket_errors": sum(int(r["socket_errors"]) for r in rs),
             "idle_rss_mb": target.idle_rss_mb,
             "rounds": rs,
         }
+        if all("postgres_cpu_us" in r for r in rs):
+            row["postgres_cpu_us"] = statistics.median(r["postgres_cpu_us"] for r in rs)
+        summary[target.name] = row
+
+    def value(name: str, key: str) -> float | None:
+        got = summary.get(name, {}).get(key)
+        return float(got) if isinstance(got, (int, float)) and got else None
+
+    ratios: dict[str, float] = {}
+    checks: list[tuple[str, float, str, float]] = []  # label, value, "min"/"max", target
+
+    def ratio(label: str, top: float | None, bottom: float | None) -> float | None:
+        if top is None or bottom is None:
+            return None
+        ratios[label] = top / bottom
+        return ratios[label]
+
+    nexus_rps, nexus_cpu = value("nexus", "rps"), value("nexus", "cpu_us")
+    litestar_cpu = value("litestar", "cpu_us")
+    got = ratio("nexus / litestar (req/s)", nexus_rps, value("litestar", "rps"))
+    if got is not None:
+        checks.append(("durable SQLite req/s over bare Litestar", got, "min", 0.30))
+    floor = None if litestar_cpu is None or floor_us is None else litestar_cpu + floor_us
+    got = ratio("nexus CPU / (litestar CPU + SQLite floor)", nexus_cpu, floor)
+    if got is not None:
+        checks.append(("durable SQLite CPU over bare Litestar + floor", got, "max", 1.25))
+    got = ratio("nexus / dbos-sqlite (req/s)", nexus_rps, value("dbos-sqlite", "rps"))
+    if got is not None:
+        checks.append(("durable SQLite req/s over DBOS on SQLite", got, "min", 15.0))
+    ratio("nexus / dbos-postgres (req/s)", nexus_rps, value("dbos-postgres", "rps"))
+    ratio("nexus-memory / litestar (req/s)", value("nexus-memory", "rps"), value("litestar", "rps"))
+    ratio("nexus / kailash (req/s)", nexus_rps, value("kailash", "rps"))
+    ratio("nexus-def / kailash (req/s)", value("nexus-def", "rps"), value("kailash", "rps"))
+    if len(soak) >= 2:
+        got = ratio("memory:// soak p99 last / first", soak[-1]["p99_ms"], soak[0]["p99_ms"])
+        if got is not None:
+            checks.append((f"memory:// p99 of run {len(soak)} over run 1", got, "max", 1.5))
+
     report = {
         "connections": args.connections,
         "duration_s": args.duration,
@@ -457,17 +776,19 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "load_before": load_before,
         "load_after": load_after,
+        "sqlite_floor_us": floor_us,
         "idle_rss_hello_example_mb": hello_rss,
         "idle_rss_hello_example_all_plugins_mb": hello_rss_all,
         "servers": summary,
-        "note": kailash_note,
+        "soak": soak,
+        "ratios": ratios,
+        "targets": [
+            {"what": label, "value": got, "bound": bound, "target": target, "met": met}
+            for label, got, bound, target in checks
+            for met in [got >= target if bound == "min" else got <= target]
+        ],
+        "note": "; ".join(notes),
     }
-    nexus = summary["nexus"]["rps"]
-    ratios = {"nexus / litestar": nexus / summary["litestar"]["rps"]}
-    if "kailash" in summary and summary["kailash"]["rps"]:
-        ratios["nexus / kailash"] = nexus / summary["kailash"]["rps"]
-        ratios["nexus-def / kailash"] = summary["nexus-def"]["rps"] / summary["kailash"]["rps"]
-    report["ratios"] = ratios
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -475,18 +796,40 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"HTTP invoke of a trivial function: {args.connections} connections, "
         f"{args.duration:g} s x {args.rounds} rounds (medians), {args.workers} worker(s); "
-        f"load {load_before} -> {load_after}"
+        f"load {load_before} -> {load_after} (2 cores, shared: a busy machine moves every row)"
     )
-    if kailash_note:
-        print(kailash_note)
-    print(f"{'server':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'idle RSS':>9}")
+    for note in notes:
+        print(note)
+    print(
+        f"{'server':14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
+        f"{'non-2xx':>8} {'idle RSS':>9}"
+    )
     for name, row in summary.items():
+        cpu_text = f"{row['cpu_us']:.0f}"
+        if "postgres_cpu_us" in row:
+            cpu_text += f" +{row['postgres_cpu_us']:.0f} pg"
         print(
-            f"{name:10} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{row['non_2xx']:8d} {row['idle_rss_mb']:7.0f}MB"
+            f"{name:14} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
+            f"{cpu_text:>11} {row['non_2xx']:8d} {row['idle_rss_mb']:7.0f}MB"
         )
-    for label, value in ratios.items():
-        print(f"{label:20} {value:6.2f}x")
+    if floor_us is not None:
+        print(f"SQLite floor (bench/sqlite_floor.py): {floor_us:.0f} us of CPU per durable run")
+    for label, got in ratios.items():
+        print(f"{label:45} {got:6.2f}x")
+    if soak:
+        print(
+            f"memory:// soak, {len(soak)} consecutive {args.soak_duration:g}-s runs: p99 "
+            + " -> ".join(f"{r['p99_ms']:.1f}" for r in soak)
+            + " ms; CPU "
+            + " -> ".join(f"{r['cpu_us']:.0f}" for r in soak)
+            + " us/req; RSS "
+            + " -> ".join(f"{r['rss_mb']:.0f}" for r in soak)
+            + " MB (a p99 that rises while CPU per request and RSS stay flat is the machine)"
+        )
+    for label, got, bound, target in checks:
+        met = got >= target if bound == "min" else got <= target
+        sign = ">=" if bound == "min" else "<="
+        print(f"target {label} {sign} {target:g}x: {'met' if met else 'MISSED'} ({got:.2f}x)")
     print(
         f"idle RSS of `python -m nexus_plugin_api examples/hello.py`: {hello_rss:.0f} MB "
         f"(every installed plugin loaded: {hello_rss_all:.0f} MB)"

@@ -6,15 +6,31 @@ mutating a returned record cannot corrupt the store, and a value that could not
 be stored in SQLite fails here too), and every read-modify-write happens without
 an ``await`` in the middle, so concurrent tasks of one event loop never see a
 half-made change.
+
+It is bounded, so a long-lived process on ``memory://`` stays flat in memory
+(and in garbage-collection pauses) under sustained load. Events, audit
+records and checkpoints, the bulk of it, are kept as their JSON bytes (with
+the few fields the queries filter on beside them), which the garbage collector
+never has to walk; runs are kept as records. Beyond a count, or
+an age, the oldest finished runs (with their checkpoints), events and audit
+records are dropped, as retention would prune them. The bounds come from the
+URL's query string (:class:`MemoryBounds`)::
+
+    memory://                                   # 10,000 runs, 50,000 events, 20,000 audit records
+    memory://?max_runs=1000&max_events=20000    # tighter
+    memory://?max_age=600                       # also nothing older than 10 minutes
+    memory://?max_runs=none&max_events=none&max_audit=none   # keep everything
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -32,7 +48,7 @@ from .base import (
     event_seq,
 )
 
-__all__ = ["MemoryStorage"]
+__all__ = ["MemoryBounds", "MemoryStorage"]
 
 _T = TypeVar("_T")
 
@@ -48,6 +64,16 @@ def _copy(record: _T) -> _T:
     return _decoders[type(record)].decode(_encoder.encode(record))  # type: ignore[no-any-return]
 
 
+_encode = _encoder.encode
+_decode_event = _decoders[Event].decode
+_decode_audit = _decoders[AuditRecord].decode
+_decode_checkpoint = _decoders[NodeCheckpoint].decode
+
+#: An audit record as kept: (when the store took it, its time, tenant, principal,
+#: workflow, its JSON). Atomic values only, so the garbage collector skips it.
+_StoredAudit = tuple[float, float, str, str | None, str | None, bytes]
+
+
 def _key_of(run: RunRecord) -> tuple[str, str, str]:
     """What an idempotency key is unique within: its tenant and principal."""
     assert run.idempotency_key is not None
@@ -61,6 +87,61 @@ def _run_order(run: RunRecord) -> tuple[float, str]:
 
 _UNFINISHED = ("pending", "running")
 
+#: Past this many entries dropped from the front, a list is compacted (amortised O(1)).
+_COMPACT_AFTER = 4096
+
+
+class MemoryBounds(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``memory://`` store keeps, read from its URL's query string.
+
+    ``max_runs``: finished runs kept (the oldest finished first go, with their
+    checkpoints and idempotency keys); runs still pending or running are never
+    dropped. ``max_events``: events kept in the log (the oldest go; ids keep
+    growing, so replay after a dropped id still works). ``max_audit``: audit
+    records kept (the oldest go). ``max_age``: seconds; a finished run, event
+    or audit record that the store took in longer ago than that is dropped.
+    Age is measured on the store's own clock from when it recorded the record
+    (a run: when it finished), not from the record's timestamps. ``None``
+    means no bound. Dropping happens on every write and read of that kind, so
+    the bounds hold whenever the store is looked at.
+    """
+
+    max_runs: int | None = 10_000
+    max_events: int | None = 50_000
+    max_audit: int | None = 20_000
+    max_age: float | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBounds:
+        """The bounds named in ``url``'s query; defaults for those not named.
+
+        Raises ``ValueError`` naming the parameter for an unknown one or a value
+        that is not a positive number (or ``none``).
+        """
+        values: dict[str, int | float | None] = {}
+        known = ("max_runs", "max_events", "max_audit", "max_age")
+        for name, raw in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            if name not in known:
+                raise ValueError(
+                    f"memory:// URL {url!r}: unknown parameter {name!r} (known: {', '.join(known)})"
+                )
+            text = raw.strip().lower()
+            if text == "none":
+                values[name] = None
+                continue
+            try:
+                number: int | float = float(text) if name == "max_age" else int(text)
+            except ValueError:
+                number = 0
+            if not number > 0 or (isinstance(number, float) and not math.isfinite(number)):
+                kind = "a number of seconds" if name == "max_age" else "a whole number"
+                raise ValueError(
+                    f"memory:// URL {url!r}: {name} must be {kind} greater than 0, "
+                    f"or 'none' for no bound (got {raw!r})"
+                )
+            values[name] = number
+        return cls(**values)  # type: ignore[arg-type]
+
 
 class MemoryStorage(Storage):
     """Storage in this process's memory (``memory://``). Not persistent; for tests.
@@ -69,18 +150,35 @@ class MemoryStorage(Storage):
     reading and writing its state.
     """
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(
+        self, url: str = "memory://", *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """A store bounded as ``url``'s query says (:class:`MemoryBounds`).
+
+        ``clock`` is what ``max_age`` is measured with (seconds, never going
+        back); tests pass their own.
+        """
         super().__init__(url)
+        #: What this store keeps (from the URL).
+        self.bounds = MemoryBounds.from_url(url)
+        self._clock = clock
         self._sessions: dict[str, SessionRecord] = {}
         self._runs: dict[str, RunRecord] = {}
+        # Finished run id -> when the store saw it finish, in that order (oldest first).
+        self._finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         # (tenant, principal, key) -> run id: a key is its principal's own.
         self._idempotency: dict[tuple[str, str, str], str] = {}
-        self._checkpoints: dict[str, dict[str, NodeCheckpoint]] = {}
-        # The log: events (ids already given) and their positions, both in order.
-        self._events: list[Event] = []
+        self._checkpoints: dict[str, dict[str, bytes]] = {}  # run -> node -> JSON
+        # The log: events (JSON, ids already given), their positions, runs, times and
+        # when they were appended, all in order; the live part starts at _head.
+        self._events: list[bytes] = []
         self._seqs: list[int] = []
+        self._event_runs: list[str | None] = []
+        self._event_times: list[float] = []
+        self._stamps: list[float] = []
+        self._head = 0
         self._last_seq = 0  # the last position handed out (never reused, pruned or not)
-        self._audit: list[AuditRecord] = []
+        self._audit: collections.deque[_StoredAudit] = collections.deque()
         self._cache: dict[str, tuple[bytes, float | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self._blobs: dict[str, bytes] = {}
@@ -91,6 +189,76 @@ class MemoryStorage(Storage):
     def persistent(self) -> bool:
         """False: everything is lost when the process exits."""
         return False
+
+    # -- bounds ----------------------------------------------------------------
+
+    def _drop_run(self, run_id: str) -> None:
+        """Forget a run: its record, checkpoints and idempotency key."""
+        run = self._runs.pop(run_id, None)
+        self._finished.pop(run_id, None)
+        self._checkpoints.pop(run_id, None)
+        if run is not None and run.idempotency_key is not None:
+            key = _key_of(run)
+            if self._idempotency.get(key) == run_id:
+                del self._idempotency[key]
+
+    def _note_status(self, run: RunRecord) -> None:
+        """Track whether a stored run is finished (and since when); then apply the bounds."""
+        if run.status in _UNFINISHED:
+            self._finished.pop(run.id, None)
+        elif run.id not in self._finished:
+            self._finished[run.id] = self._clock()
+        self._trim_runs()
+
+    def _trim_runs(self) -> None:
+        """Drop the oldest finished runs beyond ``max_runs`` or older than ``max_age``."""
+        bounds = self.bounds
+        finished = self._finished
+        if bounds.max_runs is not None:
+            while len(finished) > bounds.max_runs:
+                self._drop_run(next(iter(finished)))
+        if bounds.max_age is not None and finished:
+            cut = self._clock() - bounds.max_age
+            while finished:
+                run_id = next(iter(finished))
+                if finished[run_id] >= cut:
+                    break
+                self._drop_run(run_id)
+
+    def _trim_events(self) -> None:
+        """Drop the oldest events beyond ``max_events`` or older than ``max_age``."""
+        bounds = self.bounds
+        head, end = self._head, len(self._events)
+        if bounds.max_events is not None and end - head > bounds.max_events:
+            head = end - bounds.max_events
+        if bounds.max_age is not None:
+            head = bisect.bisect_left(self._stamps, self._clock() - bounds.max_age, head, end)
+        self._set_head(head)
+
+    def _set_head(self, head: int) -> None:
+        """Make ``head`` the first live event, freeing the dropped ones now and then."""
+        if head == self._head:
+            return
+        if head >= _COMPACT_AFTER or head * 2 >= len(self._events):
+            del self._events[:head]
+            del self._seqs[:head]
+            del self._event_runs[:head]
+            del self._event_times[:head]
+            del self._stamps[:head]
+            head = 0
+        self._head = head
+
+    def _trim_audit(self) -> None:
+        """Drop the oldest audit records beyond ``max_audit`` or older than ``max_age``."""
+        bounds = self.bounds
+        audit = self._audit
+        if bounds.max_audit is not None:
+            while len(audit) > bounds.max_audit:
+                audit.popleft()
+        if bounds.max_age is not None:
+            cut = self._clock() - bounds.max_age
+            while audit and audit[0][0] < cut:
+                audit.popleft()
 
     # -- sessions --------------------------------------------------------------
 
@@ -145,6 +313,7 @@ class MemoryStorage(Storage):
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
         """Store a new run, or return the run already holding its idempotency key."""
+        self._trim_runs()
         if run.idempotency_key is not None:
             existing = self._idempotency.get(_key_of(run))
             if existing is not None:
@@ -154,10 +323,13 @@ class MemoryStorage(Storage):
         self._runs[run.id] = _copy(run)
         if run.idempotency_key is not None:
             self._idempotency[_key_of(run)] = run.id
+        if run.status not in _UNFINISHED:
+            self._note_status(run)
         return _copy(run), True
 
     async def get_run(self, run_id: str, *, tenant: str | None = None) -> RunRecord | None:
         """The run, or None if unknown or of another tenant."""
+        self._trim_runs()
         run = self._runs.get(run_id)
         if run is None or (tenant is not None and run.tenant != tenant):
             return None
@@ -185,6 +357,7 @@ class MemoryStorage(Storage):
             started_at=new.started_at,
             finished_at=new.finished_at,
         )
+        self._note_status(new)
 
     def _check_fence(self, run_id: str, fence: int) -> None:
         """Raise :class:`LeaseLost` unless the run exists with this fencing token."""
@@ -202,7 +375,7 @@ class MemoryStorage(Storage):
             self._check_fence(checkpoint.run_id, checkpoint.fence)
         assert stored is not None
         for checkpoint in checkpoints:
-            self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(
+            self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _encode(
                 checkpoint
             )
         self._replace_run(stored, run)
@@ -269,6 +442,7 @@ class MemoryStorage(Storage):
         """Runs newest first (by ``created_at``, then id), filtered; paged with ``before``."""
         if limit <= 0:
             return []
+        self._trim_runs()
         cursor: tuple[float, str] | None = None
         if before is not None:
             anchor = self._runs.get(before)
@@ -297,23 +471,32 @@ class MemoryStorage(Storage):
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node, replacing an earlier one; fenced (:class:`LeaseLost`)."""
         self._check_fence(checkpoint.run_id, checkpoint.fence)
-        self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _copy(checkpoint)
+        self._checkpoints.setdefault(checkpoint.run_id, {})[checkpoint.node_id] = _encode(
+            checkpoint
+        )
 
     async def get_checkpoints(self, run_id: str) -> dict[str, NodeCheckpoint]:
         """Every recorded node of a run, by node id."""
-        return {k: _copy(v) for k, v in self._checkpoints.get(run_id, {}).items()}
+        self._trim_runs()
+        return {k: _decode_checkpoint(v) for k, v in self._checkpoints.get(run_id, {}).items()}
 
     # -- events ----------------------------------------------------------------
 
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
         """Append events in order (one atomic step); each gets the id of its log position."""
         logged: list[Event] = []
+        now = self._clock()
         for event in events:
             self._last_seq += 1
-            entry = msgspec.structs.replace(_copy(event), id=event_id(self._last_seq))
-            self._events.append(entry)
+            data = _encode(msgspec.structs.replace(event, id=event_id(self._last_seq)))
+            entry = _decode_event(data)
+            self._events.append(data)
             self._seqs.append(self._last_seq)
-            logged.append(_copy(entry))
+            self._event_runs.append(entry.run_id)
+            self._event_times.append(entry.time)
+            self._stamps.append(now)
+            logged.append(entry)
+        self._trim_events()
         return logged
 
     async def read_events(
@@ -322,25 +505,32 @@ class MemoryStorage(Storage):
         """Events after position ``event_seq(after)``, oldest first, at most ``limit``."""
         if limit <= 0:
             return []
-        start = bisect.bisect_right(self._seqs, event_seq(after))
+        self._trim_events()
+        events, runs = self._events, self._event_runs
+        start = bisect.bisect_right(self._seqs, event_seq(after), self._head)
         out: list[Event] = []
-        for event in self._events[start:]:
-            if run_id is not None and event.run_id != run_id:
+        for index in range(start, len(events)):
+            if run_id is not None and runs[index] != run_id:
                 continue
-            out.append(_copy(event))
+            out.append(_decode_event(events[index]))
             if len(out) >= limit:
                 break
         return out
 
     async def last_event_id(self) -> str | None:
         """The id of the newest event in the log (None when it is empty)."""
-        return event_id(self._seqs[-1]) if self._seqs else None
+        self._trim_events()
+        return event_id(self._seqs[-1]) if len(self._seqs) > self._head else None
 
     # -- audit -----------------------------------------------------------------
 
     async def append_audits(self, records: Sequence[AuditRecord]) -> None:
         """Append audit records, in order."""
-        self._audit.extend(_copy(record) for record in records)
+        now = self._clock()
+        self._audit.extend(
+            (now, r.time, r.tenant, r.principal, r.workflow, _encode(r)) for r in records
+        )
+        self._trim_audit()
 
     async def query_audit(
         self,
@@ -355,17 +545,18 @@ class MemoryStorage(Storage):
         """Audit records oldest first (by time, then append order), filtered."""
         if limit <= 0:
             return []
+        self._trim_audit()
         matches = [
-            r
-            for r in self._audit
-            if (tenant is None or r.tenant == tenant)
-            and (principal is None or r.principal == principal)
-            and (workflow is None or r.workflow == workflow)
-            and (since is None or r.time >= since)
-            and (until is None or r.time < until)
+            entry
+            for entry in self._audit
+            if (tenant is None or entry[2] == tenant)
+            and (principal is None or entry[3] == principal)
+            and (workflow is None or entry[4] == workflow)
+            and (since is None or entry[1] >= since)
+            and (until is None or entry[1] < until)
         ]
-        matches.sort(key=lambda r: r.time)  # stable: append order breaks ties
-        return [_copy(r) for r in matches[:limit]]
+        matches.sort(key=lambda entry: entry[1])  # stable: append order breaks ties
+        return [_decode_audit(entry[5]) for entry in matches[:limit]]
 
     # -- credentials -----------------------------------------------------------
 
@@ -481,30 +672,27 @@ class MemoryStorage(Storage):
         ]
         old.sort(key=_run_order)
         for run in old[:limit]:
-            del self._runs[run.id]
-            self._checkpoints.pop(run.id, None)
-            if run.idempotency_key is not None and self._idempotency.get(_key_of(run)) == run.id:
-                del self._idempotency[_key_of(run)]
+            self._drop_run(run.id)
         return min(len(old), limit)
 
     async def prune_events(self, before: float, *, limit: int = 500) -> int:
         """Delete at most ``limit`` of the oldest events whose ``time`` is before ``before``."""
-        cut = 0
-        while cut < min(limit, len(self._events)) and self._events[cut].time < before:
+        head = self._head
+        end = min(head + max(limit, 0), len(self._events))
+        cut = head
+        while cut < end and self._event_times[cut] < before:
             cut += 1
-        if cut:
-            del self._events[:cut]
-            del self._seqs[:cut]
-        return cut
+        self._set_head(cut)
+        return cut - head
 
     async def prune_audit(self, before: float, *, limit: int = 500) -> int:
         """Delete at most ``limit`` audit records whose ``time`` is before ``before``."""
-        kept: list[AuditRecord] = []
+        kept: collections.deque[_StoredAudit] = collections.deque()
         audits = 0
-        for record in self._audit:
-            if audits < limit and record.time < before:
+        for entry in self._audit:
+            if audits < limit and entry[1] < before:
                 audits += 1
             else:
-                kept.append(record)
+                kept.append(entry)
         self._audit = kept
         return audits

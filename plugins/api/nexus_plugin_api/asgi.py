@@ -166,6 +166,24 @@ _DOCS_HTML = """<!doctype html>
 """
 
 
+class _Litestar(Litestar):
+    """Litestar without the plugins it adds for pydantic and attrs models when they are installed.
+
+    The API's routes take and give msgspec types and raw ASGI mounts only, so
+    those plugins have nothing to do here; importing pydantic for them was a
+    tenth of a second of ``nexus serve``'s start-up wherever pydantic is
+    installed (the ``mcp`` package needs it). Should Litestar rename this
+    hook, the override is simply never called: slower, never wrong.
+    """
+
+    @staticmethod
+    def _get_default_plugins(plugins: list[Any]) -> list[Any]:
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        plugins.append(MsgspecDIPlugin())
+        return plugins
+
+
 class Mount(msgspec.Struct, kw_only=True):
     """An ASGI application another plugin mounts, ready to serve."""
 
@@ -675,7 +693,7 @@ def create_app(
             ],
             allow_credentials=not wildcard,
         )
-    litestar = Litestar(
+    litestar = _Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers={Exception: _exception_handler},

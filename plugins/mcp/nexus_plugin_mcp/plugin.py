@@ -71,13 +71,17 @@ def nexus_node_types() -> list[NodeTypeSpec]:
 
 @hookimpl(optionalhook=True)
 def nexus_api_mounts(app: Nexus) -> list[HttpMountSpec]:
-    """Mount the streamable HTTP endpoint at ``/mcp`` and its OAuth metadata on the API server."""
+    """Mount the streamable HTTP endpoint at ``/mcp`` and its OAuth metadata on the API server.
+
+    Both are built on their first request (:mod:`nexus_plugin_mcp.lazy`), so
+    the ``mcp`` package is not imported while the server starts.
+    """
     return [
-        HttpMountSpec(name="mcp", path="/mcp", factory="nexus_plugin_mcp.http:make_asgi"),
+        HttpMountSpec(name="mcp", path="/mcp", factory="nexus_plugin_mcp.lazy:make_lazy_asgi"),
         HttpMountSpec(
             name="mcp-oauth-protected-resource",
             path="/.well-known/oauth-protected-resource/mcp",
-            factory="nexus_plugin_mcp.http:make_metadata_asgi",
+            factory="nexus_plugin_mcp.lazy:make_lazy_metadata_asgi",
         ),
     ]
 

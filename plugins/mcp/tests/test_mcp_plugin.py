@@ -29,6 +29,7 @@ from nexus_plugin_mcp import plugin
 from nexus_plugin_mcp.cli import mcp_command
 from nexus_plugin_mcp.config import MCPConfig
 from nexus_plugin_mcp.http import MCPHttpApp, make_asgi, metadata_url
+from nexus_plugin_mcp.lazy import LazyASGI, make_lazy_asgi
 from nexus_plugin_mcp.prompts import Prompt, prompts_of
 from nexus_plugin_mcp.server import output_schema, tool_definition
 
@@ -67,7 +68,7 @@ def test_cross_plugin_specs() -> None:
     mounts = plugin.nexus_api_mounts(Nexus("t"))
     assert all(isinstance(m, HttpMountSpec) for m in mounts)
     assert (mounts[0].name, mounts[0].path) == ("mcp", "/mcp")
-    assert import_string(mounts[0].factory) is make_asgi
+    assert import_string(mounts[0].factory) is make_lazy_asgi
     assert mounts[1].path == "/.well-known/oauth-protected-resource/mcp"
     [command] = plugin.nexus_cli_commands()
     assert isinstance(command, CommandSpec) and command.name == "mcp"
@@ -152,6 +153,89 @@ async def test_make_asgi_is_a_mountable_app_with_a_lifespan(example_app: Path) -
                 assert response.status_code == 200
                 assert response.headers["mcp-session-id"]
                 assert '"protocolVersion":"2025-11-25"' in response.text
+
+
+@pytest.mark.anyio
+async def test_the_mounted_endpoint_is_built_on_its_first_request(example_app: Path) -> None:
+    """The API mounts a stand-in; its first request builds the real endpoint and its lifespan."""
+    app = load_example(example_app)
+    asgi = make_lazy_asgi(app)
+    assert isinstance(asgi, LazyASGI) and asgi.target is None
+    async with app:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            early = await http.post("/mcp", json=INIT, headers=ACCEPT)
+            assert early.status_code == 503  # as the real one: lifespan not entered yet
+            assert asgi.target is None  # built for that request only
+            async with asgi.lifespan():
+                assert asgi.target is None  # nothing built until a request comes
+                first, second = [
+                    await http.post("/mcp", json=INIT, headers=ACCEPT) for _ in range(2)
+                ]
+                assert isinstance(asgi.target, MCPHttpApp)
+                for response in (first, second):
+                    assert response.status_code == 200
+                    assert '"protocolVersion":"2025-11-25"' in response.text
+            assert asgi.target is None  # the lifespan ended with the stand-in's
+
+
+@pytest.mark.anyio
+async def test_a_stand_in_that_cannot_build_answers_503_and_tries_again(
+    example_app: Path,
+) -> None:
+    app = load_example(example_app)
+    asgi = LazyASGI(app, "nexus_plugin_mcp.no_such_module:make_asgi")
+    transport = httpx.ASGITransport(app=asgi)
+    client = httpx.AsyncClient(transport=transport, base_url="http://api")
+    async with app, asgi.lifespan(), client as http:
+        for _ in range(2):
+            response = await http.post("/mcp", json=INIT, headers=ACCEPT)
+            assert response.status_code == 503
+            assert "No module named 'nexus_plugin_mcp.no_such_module'" in response.text
+        asgi.factory = "nexus_plugin_mcp.http:make_asgi"
+        response = await http.post("/mcp", json=INIT, headers=ACCEPT)
+        assert response.status_code == 200
+
+
+_UNTIL_READY = """
+import sys, anyio, contextlib, httpx
+from nexus_core.loader import load_app
+from nexus_plugin_api.asgi import collect_mounts
+
+INIT = %r
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+async def main():
+    app = load_app(sys.argv[1])
+    async with app, contextlib.AsyncExitStack() as stack:
+        mounts = {m.path: m.app for m in collect_mounts(app)}
+        for mounted in mounts.values():
+            await stack.enter_async_context(mounted.lifespan())
+        print("ready, mcp imported:", "mcp" in sys.modules)
+        transport = httpx.ASGITransport(app=mounts["/mcp"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            response = await http.post("/mcp", json=INIT, headers=ACCEPT)
+        print("first request:", response.status_code, "mcp imported:", "mcp" in sys.modules)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.slow
+def test_serving_imports_mcp_only_on_the_first_mcp_request(example_app: Path) -> None:
+    """The API server's mounts are ready without the ``mcp`` package (half a second saved)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _UNTIL_READY % (INIT,), str(example_app)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "ready, mcp imported: False",
+        "first request: 200 mcp imported: True",
+    ]
 
 
 async def _until_notifications_arrive(conn: Any, updated: list[str]) -> None:
