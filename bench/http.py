@@ -11,6 +11,10 @@ The servers answer the same trivial function, ``greet(name, excited=False)``:
   price of that safety, shown on its own line).
 * ``nexus-memory``: the ``nexus`` server on ``NEXUS_STORAGE=memory://`` (bounded: see
   docs/how-to/configure.md), the cost of the invoke path without SQL.
+* ``nexus-full``: the ``nexus`` server with ``?synchronous=full`` (a commit survives a
+  power loss: an fsync per group commit), the price of that durability.
+* ``nexus-ephemeral``: the same function declared ``durable=False`` on the default
+  storage: no run record, events to live subscribers only, audit still written.
 * ``litestar``: a bare Litestar handler (msgspec-validated body, call, JSON answer) on
   the same uvicorn settings and worker count.
 * ``dbos-sqlite``, ``dbos-postgres``: DBOS Transact (PyPI ``dbos``, installed by
@@ -81,6 +85,16 @@ ROOT = Path(__file__).resolve().parent.parent
 #: What `nox -s bench` makes (bench/requirements-kailash-nexus.txt).
 KAILASH_VENV_PYTHON = ROOT / ".nox" / "kailash-nexus" / "bin" / "python"
 
+#: The Nexus servers, each in a scratch folder of its own (its own default database).
+NEXUS_SERVERS = (
+    "nexus",
+    "nexus-def",
+    "nexus-memory",
+    "nexus-full",
+    "nexus-ephemeral",
+    "nexus-soak",
+)
+
 NEXUS_APP = '''
 from nexus_core import Nexus
 
@@ -90,6 +104,12 @@ app = Nexus("bench")
 @app.workflow(read_only=True, idempotent=True)
 async def greet(name: str, excited: bool = False) -> str:
     """Greet someone by name (inline on the event loop, as the peers run it)."""
+    return f"Hello, {name}{'!' if excited else '.'}"
+
+
+@app.workflow(read_only=True, idempotent=True, durable=False)
+async def greet_ephemeral(name: str, excited: bool = False) -> str:
+    """The same, ephemeral: no run record, events to live subscribers only."""
     return f"Hello, {name}{'!' if excited else '.'}"
 
 
@@ -551,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {name.strip() for name in args.only.split(",") if name.strip()}
 
     scratch = Path(tempfile.mkdtemp(prefix="nexus-bench-http-"))
-    for name in ("nexus", "nexus-def", "nexus-memory", "nexus-soak"):
+    for name in NEXUS_SERVERS:
         (scratch / name).mkdir()
         (scratch / name / "app.py").write_text(textwrap.dedent(NEXUS_APP))
     (scratch / "litestar").mkdir()
@@ -563,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         (scratch / name / "dbos_app.py").write_text(textwrap.dedent(DBOS_APP))
     clean_env = {"NEXUS_DISABLE_PLUGINS": "nexus-plugin-mcp"}  # HTTP only, like the others
     memory_env = {**clean_env, "NEXUS_STORAGE": "memory://"}
+    # Power-loss durability: an fsync of the WAL per (group) commit.
+    full_env = {**clean_env, "NEXUS_STORAGE": "sqlite:///.nexus/bench.db?synchronous=full"}
     uvicorn = [sys.executable, "-m", "uvicorn"]
     uvicorn_options = [
         "--port",
@@ -606,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         nexus_target("nexus", "greet", clean_env),
         nexus_target("nexus-def", "greet_in_thread", clean_env),
         nexus_target("nexus-memory", "greet", memory_env),
+        nexus_target("nexus-full", "greet", full_env),
+        nexus_target("nexus-ephemeral", "greet_ephemeral", clean_env),
         Target(
             name="litestar",
             command=[*uvicorn, "bare:app", *uvicorn_options],
@@ -762,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(("durable SQLite req/s over DBOS on SQLite", got, "min", 15.0))
     ratio("nexus / dbos-postgres (req/s)", nexus_rps, value("dbos-postgres", "rps"))
     ratio("nexus-memory / litestar (req/s)", value("nexus-memory", "rps"), value("litestar", "rps"))
+    ratio("nexus-full / nexus (req/s)", value("nexus-full", "rps"), nexus_rps)
+    got = ratio(
+        "nexus-ephemeral / litestar (req/s)",
+        value("nexus-ephemeral", "rps"),
+        value("litestar", "rps"),
+    )
+    if got is not None:
+        checks.append(("ephemeral req/s over bare Litestar", got, "min", 0.70))
     ratio("nexus / kailash (req/s)", nexus_rps, value("kailash", "rps"))
     ratio("nexus-def / kailash (req/s)", value("nexus-def", "rps"), value("kailash", "rps"))
     if len(soak) >= 2:
