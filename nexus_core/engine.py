@@ -45,6 +45,7 @@ import msgspec
 from .config import ConfigError
 from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
 from .events import EventType
+from .payloads import has_blob_refs
 from .security import Principal
 from .sessions import Session
 from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
@@ -233,7 +234,8 @@ class RunEngine:
                 extra={"run_id": record.id, "workflow": record.workflow},
             )
             app.metrics.record_takeover(record.workflow)
-        return self.start(wf, wf.validate(record.inputs), record, sess, who, checkpoints)
+        inputs = await services.payloads.load(record.inputs)
+        return self.start(wf, wf.validate(inputs), record, sess, who, checkpoints)
 
     async def recover_forever(self) -> None:
         """Take over expired runs every heartbeat, until cancelled (what serving processes do)."""
@@ -459,7 +461,11 @@ class RunEngine:
         completed = None
         prior: dict[str, int] = {}
         if checkpoints is not None:
-            completed = {n: c.output for n, c in checkpoints.items() if c.status == "completed"}
+            completed = {
+                n: await services.payloads.load(c.output)
+                for n, c in checkpoints.items()
+                if c.status == "completed"
+            }
             prior = self._prior_attempts(wf, record, checkpoints)
         recorder = _Recorder(app, record, active, len(wf.nodes) - len(completed or ()), prior)
         try:
@@ -520,11 +526,17 @@ class RunEngine:
                 )
         result.session_id = record.session_id
         record.status = result.status
-        record.output = msgspec.to_builtins(result.output)
-        # Every channel sees the same plain JSON data, in-process callers too.
+        # A large output is stored by reference (the last node's blob when it is the same).
+        record.output = await services.payloads.store(
+            msgspec.to_builtins(result.output),
+            f"runs/{record.tenant}/{record.id}/output",
+            reuse=recorder.refs.values(),
+        )
+        # Every channel sees the same plain JSON data (or reference), in-process callers too.
         result.output = record.output
-        for node in result.nodes.values():
-            node.output = msgspec.to_builtins(node.output)
+        for node_id, node in result.nodes.items():
+            stored = recorder.refs.get(node_id)
+            node.output = stored if stored is not None else msgspec.to_builtins(node.output)
         record.error = msgspec.to_builtins(result.error) if result.error else None
         record.finished_at = result.finished_at
         with anyio.CancelScope(shield=True):
@@ -619,7 +631,7 @@ class _Recorder:
     trip (``RunStore.finish_run``).
     """
 
-    __slots__ = ("active", "app", "last", "left", "prior", "record")
+    __slots__ = ("active", "app", "last", "left", "prior", "record", "refs")
 
     def __init__(
         self, app: Nexus, record: RunRecord, active: ActiveRun, left: int, prior: dict[str, int]
@@ -630,6 +642,7 @@ class _Recorder:
         self.left = left  # nodes of this run still to finish
         self.prior = prior  # executions of unfinished nodes by earlier owners
         self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
+        self.refs: dict[str, Any] = {}  # node id -> its output's reference (large outputs)
 
     async def node_started(self, run_id: str, node_id: str) -> None:
         await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
@@ -642,11 +655,17 @@ class _Recorder:
         if self.active.lost:
             return
         if result.status == "completed":
+            record = self.record
+            stored = await app._services().payloads.store(
+                msgspec.to_builtins(output), f"runs/{record.tenant}/{run_id}/nodes/{node_id}"
+            )
+            if has_blob_refs(stored):
+                self.refs[node_id] = stored
             checkpoint = NodeCheckpoint(
                 run_id=run_id,
                 node_id=node_id,
                 status="completed",
-                output=msgspec.to_builtins(output),
+                output=stored,
                 started_at=result.started_at,
                 duration_ms=result.duration_ms,
                 attempts=result.attempts + self.prior.get(node_id, 0),
