@@ -531,6 +531,7 @@ class RunEngine:
             msgspec.to_builtins(result.output),
             f"runs/{record.tenant}/{record.id}/output",
             reuse=recorder.refs.values(),
+            whole=True,
         )
         # Every channel sees the same plain JSON data (or reference), in-process callers too.
         result.output = record.output

@@ -11,7 +11,7 @@ the record holds a reference in its place::
 
 An object keeps its keys, its large fields replaced by references (run
 inputs stay an object; a node's ``{"result": ...}`` and the run output taken
-from it share one blob).
+from it share one blob); a run's output is either itself or one reference.
 
 The reference is what :meth:`Nexus.get_run <nexus_core.app.Nexus.get_run>`,
 run events and channels see; :meth:`Nexus.open_output
@@ -83,7 +83,9 @@ class Payloads:
         self.blobs = blobs
         self.limit = limit
 
-    async def store(self, value: Any, key: str, *, reuse: Iterable[Any] = ()) -> Any:
+    async def store(
+        self, value: Any, key: str, *, reuse: Iterable[Any] = (), whole: bool = False
+    ) -> Any:
         """``value`` itself when small enough, else with its large parts stored by reference.
 
         ``value`` is plain JSON data (``msgspec.to_builtins`` output) whose
@@ -94,6 +96,8 @@ class Payloads:
         Anything else is stored under ``key``. A reference in ``reuse`` (or
         in an object of ``reuse``) to the same bytes (size and SHA-256) is
         used instead of storing them again. A reference is returned as is.
+        ``whole``: an object too goes by reference as one (a run's output, so
+        a channel sees either the value or one reference).
         """
         if self.limit is None or value is None or is_blob_ref(value):
             return value
@@ -101,7 +105,7 @@ class Payloads:
         if data is None:
             return value
         known = [ref for other in reuse for ref in _refs_in(other)]
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not whole:
             fields: dict[str, Any] = {}
             for n, (name, field) in enumerate(value.items()):
                 part = self._encoded_if_large(field)

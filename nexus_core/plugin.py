@@ -38,7 +38,9 @@ Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
     :class:`Subscription`, :class:`RunRecord`, :class:`NodeCheckpoint`,
     :class:`AuditRecord`, :class:`SessionRecord`, :class:`CredentialRecord`,
-    :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
+    :class:`RunResult`, :class:`HealthReport`; :class:`BlobRef` and
+    :func:`blob_ref` (a run value stored by reference, see
+    :mod:`nexus_core.payloads`); :func:`header_extras` (the
     request headers a channel passes in ``Credentials.extras``);
     :func:`event_id` and :func:`event_seq` (event ids are log positions).
 Errors
@@ -112,6 +114,7 @@ if TYPE_CHECKING:
     from .health import HealthReport, liveness
     from .loader import AppNotFound, load_app
     from .logs import JsonFormatter, LogFormat, configure_logging
+    from .payloads import BlobRef, blob_ref
     from .plugins import PluginHost, PluginInfo, PluginLoadError, install_command
     from .prompts import Prompt, PromptArgument, PromptMessage
     from .security import AuthProvider, Credentials, Principal, header_extras
@@ -184,6 +187,7 @@ __all__ = [
     "AuthProviderSpec",
     "AuthenticationError",
     "Backend",
+    "BlobRef",
     "BlobStore",
     "BlobStoreContract",
     "Cache",
@@ -251,6 +255,7 @@ __all__ = [
     "SubscriberLagged",
     "Subscription",
     "ValidationError",
+    "blob_ref",
     "collect_specs",
     "configure_logging",
     "convert",
@@ -273,6 +278,7 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "blob_ref": ".payloads",
     "AlreadyExists": ".storage.base",
     "AppNotFound": ".loader",
     "AuditLog": ".storage.base",
@@ -282,6 +288,7 @@ _EXPORTS = {
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
     "Backend": ".storage.base",
+    "BlobRef": ".payloads",
     "BlobStore": ".storage.base",
     "BlobStoreContract": ".testing.storage",
     "Cache": ".storage.base",

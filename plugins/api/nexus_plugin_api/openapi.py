@@ -327,6 +327,22 @@ def _static_paths() -> dict[str, Any]:
                 },
             },
         },
+        "/runs/{run_id}/result": {
+            "get": {
+                "operationId": "get_run_result",
+                "summary": "A completed run's output as JSON, streamed.",
+                "description": "An output over `services.runs.inline_limit` is stored by "
+                'reference (the run shows `{"$blob": ...}`) and streamed from the blob store '
+                "here; `Content-Length` and `X-Content-SHA256` (hex) describe it then. 404 until "
+                "the run has completed.",
+                "tags": ["runs"],
+                "parameters": [run_id],
+                "responses": {
+                    "200": _json({}, "The run's output."),
+                    **_problems(401, 403, 404),
+                },
+            }
+        },
         "/runs/{run_id}/events": {
             "get": {
                 "operationId": "run_events",
