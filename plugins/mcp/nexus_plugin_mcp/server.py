@@ -652,7 +652,22 @@ class NexusMCP:
                 with anyio.CancelScope(shield=True):
                     await app.cancel(run_id)
             raise
-        return self._tool_result(self._entry(app.get_workflow(name)), result)
+        return self._tool_result(self._entry(app.get_workflow(name)), result, self._rest_base(ctx))
+
+    def _rest_base(self, ctx: Any) -> str | None:
+        """The gateway's address as this HTTP request reached it, when the API channel runs here.
+
+        A large output is then also linked at ``GET /runs/{id}/result``, which
+        streams it: MCP messages carry no 50 MB values well.
+        """
+        request = ctx.request
+        if request is None or "api" not in self.app.channels:
+            return None
+        scope = request.scope
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not host:
+            return None
+        return f"{scope.get('scheme', 'http')}://{host}"
 
     async def _wait_with_progress(self, ctx: Any, run_id: str, workflow: Workflow) -> RunResult:
         """Wait for the run, reporting progress per node from its events."""
@@ -685,7 +700,9 @@ class NexusMCP:
         return result
 
     @staticmethod
-    def _tool_result(entry: _ToolEntry, result: RunResult) -> dict[str, Any]:
+    def _tool_result(
+        entry: _ToolEntry, result: RunResult, rest_base: str | None = None
+    ) -> dict[str, Any]:
         run_meta: dict[str, Any] = {RUN_ID_META: result.run_id}
         if result.session_id:
             run_meta[SESSION_META] = result.session_id
@@ -694,17 +711,21 @@ class NexusMCP:
             structured = {"result": output} if entry.wrapped else output
             ref = blob_ref(output)
             if ref is not None:
-                # Too large to send inline: a link to the resource that holds it.
+                # Too large to send inline: links to where it is read (HTTP streams it).
+                uris = [f"{RUN_URI}{result.run_id}{_RESULT}"]
+                if rest_base is not None:
+                    uris.insert(0, f"{rest_base}/runs/{result.run_id}{_RESULT}")
                 content: list[dict[str, Any]] = [
                     {
                         "type": "resource_link",
-                        "uri": f"{RUN_URI}{result.run_id}/result",
+                        "uri": uri,
                         "name": f"{entry.workflow.name}-{result.run_id}-result.json",
                         "description": f"The output of run {result.run_id} ({ref.size} bytes "
                         "of JSON, sha256 " + ref.sha256 + ").",
                         "mimeType": _JSON,
                         "size": ref.size,
                     }
+                    for uri in uris
                 ]
             else:
                 content = [{"type": "text", "text": _encoder.encode(structured).decode()}]
