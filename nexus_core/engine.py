@@ -485,7 +485,7 @@ class RunEngine:
                 observer=recorder,
                 control=active.control,
                 completed=completed,
-                state={Session: sess} if sess is not None else None,
+                state=self._run_state(sess, who),
                 timeout=app.config.nexus.services.runs.default_timeout,
             )
         except LeaseLost:
@@ -591,6 +591,15 @@ class RunEngine:
             _log_failed_run(record, result.error)
         self.active.pop(record.id, None)
         active.finish(result)
+
+    def _run_state(self, sess: Session | None, who: Principal) -> dict[type, Any]:
+        """What a run's nodes find in ``context.state``: the host, the principal, the session."""
+        from .app import Nexus
+
+        state: dict[type, Any] = {Nexus: self.app, Principal: who}
+        if sess is not None:
+            state[Session] = sess
+        return state
 
     def _stopped_here(self, wf: Workflow, record: RunRecord, active: ActiveRun) -> None:
         """The run stopped executing in this process unfinished: answer its local waiters."""

@@ -32,7 +32,9 @@ Base classes and protocols
     :class:`CredentialStore`, :class:`SessionStore`, :class:`Cache`,
     :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus`,
     :class:`Executor` (+ :class:`InlineExecutor`; a queue executor drives
-    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`),
+    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`,
+    :func:`current_context`), :class:`Injectable` (a parameter type the host
+    fills in),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
@@ -173,8 +175,9 @@ if TYPE_CHECKING:
         write_token,
     )
     from .workflows import Node, NodeContext, RunResult
+    from .workflows.node import current_context
     from .workflows.runtime import RunStatus
-    from .workflows.schema import convert
+    from .workflows.schema import Injectable, convert
 
 __all__ = [
     "ROLES",
@@ -213,6 +216,7 @@ __all__ = [
     "ExecutorSpec",
     "HealthReport",
     "HttpMountSpec",
+    "Injectable",
     "InlineExecutor",
     "JsonFormatter",
     "LeaseLost",
@@ -259,6 +263,7 @@ __all__ = [
     "collect_specs",
     "configure_logging",
     "convert",
+    "current_context",
     "delete_token",
     "describe",
     "event_id",
@@ -278,6 +283,8 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "Injectable": ".workflows.schema",
+    "current_context": ".workflows.node",
     "blob_ref": ".payloads",
     "AlreadyExists": ".storage.base",
     "AppNotFound": ".loader",
