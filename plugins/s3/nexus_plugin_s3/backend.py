@@ -300,8 +300,13 @@ class S3BlobStore(BlobStore):
     # -- the BlobStore contract ---------------------------------------------------
 
     async def put_blob(self, key: str, data: bytes) -> None:
-        """Store bytes under ``key`` (replacing); multipart above the threshold."""
-        await self.put_blob_stream(key, data)
+        """Store bytes under ``key`` (replacing); multipart above the threshold.
+
+        No checksum is computed here: the blob role's callers keep their own
+        (the core's references hold the SHA-256), and hashing would cost a
+        tenth of the upload's time. :meth:`put_blob_stream` stores one.
+        """
+        await self.put_blob_stream(key, data, checksum=False)
 
     async def get_blob(self, key: str) -> bytes | None:
         """The bytes under ``key``, or None."""
@@ -367,13 +372,16 @@ class S3BlobStore(BlobStore):
         *,
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        checksum: bool = True,
     ) -> BlobInfo:
         """Upload ``data`` (bytes or an async iterable of chunks) under ``key``.
 
         Multipart when larger than ``multipart_threshold`` (or streamed), the
         parts uploaded concurrently; a failure (of the source or the store)
-        aborts the upload, so no partial object is left. The SHA-256 of the
-        bytes is stored in the object's metadata (``sha256``).
+        aborts the upload, so no partial object is left. With ``checksum``
+        the SHA-256 of the bytes is returned, and for bytes also stored in the
+        object's metadata (``sha256``; a stream's is known only at its end).
+        Hashing runs in a worker thread.
         """
         import obstore
 
@@ -382,9 +390,11 @@ class S3BlobStore(BlobStore):
         size = 0
         source: Any
         if isinstance(data, bytes | bytearray | memoryview):
-            digest.update(data)
+            if checksum:
+                await _hash(digest, data)
             size = len(data)
-            attributes = self._attributes(content_type, metadata, digest.hexdigest())
+            stored = digest.hexdigest() if checksum else None
+            attributes = self._attributes(content_type, metadata, stored)
             source = data
             multipart = size > self.settings.multipart_threshold
         else:
@@ -393,7 +403,8 @@ class S3BlobStore(BlobStore):
 
             async def hashed() -> AsyncIterator[bytes]:
                 async for chunk in data:
-                    digest.update(chunk)
+                    if checksum:
+                        await _hash(digest, chunk)
                     counted[0] += len(chunk)
                     yield chunk
 
@@ -417,7 +428,7 @@ class S3BlobStore(BlobStore):
             key=key,
             size=size,
             content_type=content_type,
-            sha256=digest.hexdigest(),
+            sha256=digest.hexdigest() if checksum else None,
             etag=result.get("e_tag"),
         )
 
@@ -496,6 +507,16 @@ class S3BlobStore(BlobStore):
             )
         except Exception as exc:
             raise self._error("presign", key, exc) from exc
+
+
+async def _hash(digest: Any, data: bytes | bytearray | memoryview) -> None:
+    """Feed ``data`` to ``digest``; off the event loop when it is large."""
+    if len(data) < 256 * 1024:
+        digest.update(data)
+    else:
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(digest.update, data)
 
 
 async def _rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
