@@ -3,10 +3,16 @@
 Starts ``moto_server`` on 127.0.0.1 (an ephemeral port), then, for 1 MB and
 100 MB of random bytes, times uploads and downloads through
 
-* ``obstore``: ``obstore.put_async`` / ``get_async`` + ``bytes_async`` with the
-  same store settings (8 MiB parts, concurrent), nothing else;
-* ``plugin``: ``S3BlobStore.put_blob`` / ``get_blob`` (key checks, SHA-256 and
-  content metadata, error wrapping, a copy to ``bytes``);
+* ``obstore``: ``obstore.put_async`` / ``get_async`` with the same store
+  settings (8 MiB parts, concurrent), nothing else;
+* ``plugin``: ``S3BlobStore.put_blob`` / ``get_blob`` / ``iter_blob`` (key
+  checks, error wrapping, ``bytes`` as the blob contract returns).
+
+Rows: ``up`` (put); ``down`` (get into Python ``bytes``, what ``get_blob``
+returns, against obstore's ``bytes(bytes_async())``); ``down*`` (the same
+``get_blob`` against obstore's own ``Bytes`` buffer, no copy: the price of
+the contract's ``bytes``); ``stream`` (``iter_blob`` against obstore's
+``stream()``: how ``GET /runs/{id}/result`` reads).
 
 alternating the two, and prints median MB/s and the ratio plugin / obstore
 (target: within 10%, a ratio of at least 0.90). Run: ``python bench/blobs.py``
@@ -95,7 +101,8 @@ async def main(sizes: list[int], repeat: int) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for size in sizes:
             data = os.urandom(size * MB)
-            times: dict[str, list[float]] = {k: [] for k in ("oup", "odown", "pup", "pdown")}
+            keys = ("oup", "odown", "obytes", "ostream", "pup", "pdown", "pstream")
+            times: dict[str, list[float]] = {k: [] for k in keys}
 
             async def obstore_up(data: bytes = data) -> None:
                 await obstore.put_async(
@@ -104,17 +111,38 @@ async def main(sizes: list[int], repeat: int) -> list[dict[str, object]]:
 
             async def obstore_down() -> None:
                 result = await obstore.get_async(alone, "alone/k")
-                await result.bytes_async()
+                await result.bytes_async()  # obstore's Bytes: no copy into Python bytes
+
+            async def obstore_bytes() -> None:
+                result = await obstore.get_async(alone, "alone/k")
+                bytes(await result.bytes_async())  # what get_blob must return: bytes
+
+            async def obstore_stream() -> None:
+                result = await obstore.get_async(alone, "alone/k")
+                async for _chunk in result.stream(min_chunk_size=MB):
+                    pass
+
+            async def plugin_stream() -> None:
+                async for _chunk in plugin.iter_blob("k", MB):
+                    pass
 
             rounds = max(repeat, min(50, 100 // size))  # small objects: more rounds, less noise
             for _ in range(rounds):
                 times["oup"].append(await _time(obstore_up))
-                times["odown"].append(await _time(obstore_down))
                 times["pup"].append(await _time(lambda d=data: plugin.put_blob("k", d)))
+                times["odown"].append(await _time(obstore_down))
+                times["obytes"].append(await _time(obstore_bytes))
                 times["pdown"].append(await _time(lambda: plugin.get_blob("k")))
+                times["ostream"].append(await _time(obstore_stream))
+                times["pstream"].append(await _time(plugin_stream))
             assert await plugin.get_blob("k") == data
             med = {k: statistics.median(v) for k, v in times.items()}
-            for direction, o, p in (("up", "oup", "pup"), ("down", "odown", "pdown")):
+            for direction, o, p in (
+                ("up", "oup", "pup"),
+                ("down", "obytes", "pdown"),
+                ("down*", "odown", "pdown"),
+                ("stream", "ostream", "pstream"),
+            ):
                 rows.append(
                     {
                         "size_mb": size,

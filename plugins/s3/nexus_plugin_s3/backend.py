@@ -316,7 +316,10 @@ class S3BlobStore(BlobStore):
         check_key(key)
         try:
             result = await obstore.get_async(self.store, key)
-            return bytes(await result.bytes_async())
+            # The body's chunks as they came, joined once: one copy, as the client's own
+            # bytes_async() makes (bytes() of that would be a second).
+            chunks = [chunk async for chunk in result.stream(min_chunk_size=4 * _MIB)]
+            return b"".join(chunks)
         except (NotFoundError, FileNotFoundError):
             return None
         except Exception as exc:
