@@ -33,7 +33,7 @@ from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
-from .payloads import BlobRef, Payloads, blob_ref
+from .payloads import BlobRef, Payloads, blob_ref, run_blob_prefix
 from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
@@ -426,7 +426,8 @@ class Nexus:
             digest = hash_inputs(plain)
             now = time.time()
             run_id = new_run_id()
-            stored = await services.payloads.store(plain, f"runs/{who.tenant}/{run_id}/inputs")
+            blobs = run_blob_prefix(who.tenant, run_id, now)
+            stored = await services.payloads.store(plain, f"{blobs}inputs")
             record = RunRecord(
                 id=run_id,
                 workflow=wf.name,
@@ -449,7 +450,7 @@ class Nexus:
             record, created = await services.storage.create_run(record)
             if not created and stored is not plain:
                 # The caller's earlier run holds its own copy: this one is not referred to.
-                await services.storage.delete_blob(f"runs/{who.tenant}/{run_id}/inputs")
+                await services.storage.delete_blob(f"{blobs}inputs")
             if not created and (record.workflow != wf.name or record.input_hash != digest):
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used with other inputs or another workflow"

@@ -45,7 +45,7 @@ import msgspec
 from .config import ConfigError
 from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
 from .events import EventType
-from .payloads import has_blob_refs
+from .payloads import has_blob_refs, run_blob_prefix
 from .security import Principal
 from .sessions import Session
 from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
@@ -529,7 +529,7 @@ class RunEngine:
         # A large output is stored by reference (the last node's blob when it is the same).
         record.output = await services.payloads.store(
             msgspec.to_builtins(result.output),
-            f"runs/{record.tenant}/{record.id}/output",
+            run_blob_prefix(record.tenant, record.id, record.created_at) + "output",
             reuse=recorder.refs.values(),
             whole=True,
         )
@@ -666,8 +666,9 @@ class _Recorder:
             return
         if result.status == "completed":
             record = self.record
+            prefix = run_blob_prefix(record.tenant, run_id, record.created_at)
             stored = await app._services().payloads.store(
-                msgspec.to_builtins(output), f"runs/{record.tenant}/{run_id}/nodes/{node_id}"
+                msgspec.to_builtins(output), f"{prefix}nodes/{node_id}"
             )
             if has_blob_refs(stored):
                 self.refs[node_id] = stored

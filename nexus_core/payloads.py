@@ -24,6 +24,7 @@ size.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -32,7 +33,16 @@ import msgspec
 
 from .storage.base import BlobStore
 
-__all__ = ["BLOB_REF", "BlobRef", "Payloads", "blob_ref", "has_blob_refs", "is_blob_ref"]
+__all__ = [
+    "BLOB_REF",
+    "BlobRef",
+    "Payloads",
+    "blob_ref",
+    "has_blob_refs",
+    "is_blob_ref",
+    "prune_run_blobs",
+    "run_blob_prefix",
+]
 
 #: The one key of a reference dict: ``{"$blob": {...BlobRef fields}}``.
 BLOB_REF = "$blob"
@@ -48,6 +58,39 @@ class BlobRef(msgspec.Struct, kw_only=True, frozen=True):
     size: int
     sha256: str
     media_type: str = "application/json"
+
+
+#: Where runs' values go in the blob store: ``runs/<UTC day>/<tenant>/<run id>/...``.
+RUNS = "runs/"
+
+
+def run_blob_prefix(tenant: str, run_id: str, created_at: float) -> str:
+    """The blob key prefix of a run's values (by the day it was created, for pruning)."""
+    day = time.strftime("%Y%m%d", time.gmtime(created_at))
+    return f"{RUNS}{day}/{tenant}/{run_id}/"
+
+
+async def prune_run_blobs(storage: Any, before: float) -> int:
+    """Delete the blobs of runs created before ``before``'s day that the run store no longer has.
+
+    ``storage`` serves the runs and blobs roles. Runs of the day before
+    ``before`` and later are left alone (a run stores its inputs just before
+    its record). Returns the number of blobs deleted.
+    """
+    last_day = time.strftime("%Y%m%d", time.gmtime(before - 86400))
+    gone: dict[str, bool] = {}
+    deleted = 0
+    for key in await storage.list_blobs(RUNS):
+        parts = key[len(RUNS) :].split("/", 3)
+        if len(parts) < 4 or parts[0] >= last_day:
+            continue
+        run_id = parts[2]
+        if run_id not in gone:
+            gone[run_id] = await storage.get_run(run_id) is None
+        if gone[run_id]:
+            await storage.delete_blob(key)
+            deleted += 1
+    return deleted
 
 
 def is_blob_ref(value: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,21 @@ def test_sqlite_run_rows_stay_small(tmp_path: Path) -> None:
                     f"SELECT max(length(CAST({column} AS BLOB))) FROM {table}"
                 ).fetchone()[0]
                 assert biggest is None or biggest < 10_000, (table, column, biggest)
+
+
+async def test_retention_prunes_the_blobs_of_pruned_runs(storage_url: str) -> None:
+    from nexus_core.housekeeping import DAY, prune_old_records
+
+    app = make_app(storage_url)
+    app.config.nexus.services.monitoring.retention_days = 1.0
+    async with app:
+        old = await app.invoke("blow_up", {"text": "o", "times": 20_000})
+        keep = await app.invoke("measure", {"text": "k" * 30_000})
+        assert len(await app.storage.list_blobs("runs/")) == 2
+        # A day later nothing is old enough; ten days later both runs and their blobs go.
+        await prune_old_records(app, now=time.time() + DAY)
+        assert len(await app.storage.list_blobs("runs/")) == 2
+        await prune_old_records(app, now=time.time() + 10 * DAY)
+        assert await app.storage.get_run(old.run_id) is None
+        assert await app.storage.get_run(keep.run_id) is None
+        assert await app.storage.list_blobs("runs/") == []
