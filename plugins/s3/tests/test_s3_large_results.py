@@ -98,6 +98,7 @@ async def test_50mb_output_by_reference_over_rest_mcp_and_cli(
     await _check_mcp(url + "/mcp", expected)
 
     # CLI: nexus run --output-file, against the gateway and in process.
+    pytest.importorskip("nexus_plugin_cli")
     for target in (["--url", url], ["--app", str(app_file)]):
         out = tmp_path / f"out-{target[0].strip('-')}.json"
         proc = await _nexus(*target, "run", "big", "--megabytes", "50", "--output-file", str(out))
