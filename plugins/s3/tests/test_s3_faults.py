@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import anyio.abc
 import httpx
 import pytest
 from nexus_core import Nexus, Principal, WorkflowBuilder
+from nexus_core.workflows import FunctionNode
 from s3_support import MotoServer, new_bucket
 
 from nexus_plugin_s3.backend import ObjectStoreError, S3BlobStore
@@ -170,3 +172,47 @@ async def test_health_ready_reports_the_blob_store(own_moto: MotoServer, tmp_pat
         finally:
             channel.stop()
             await channel.wait_stopped()
+
+
+async def test_server_stopped_while_a_node_uploads(own_moto: MotoServer) -> None:
+    """A run whose S3Put is cut off mid-upload fails naming the node and the bucket."""
+    bucket = new_bucket(own_moto)
+    url = own_moto.url(bucket, "data") + "&multipart_threshold=5242880&part_size=5242880"
+    app = Nexus(
+        "midway",
+        storage="memory://",
+        config={"plugins": {"s3": {"url": url}}, "services": {"runs": {"inline_limit": None}}},
+        env={"NEXUS_PLUGINS": "nexus-plugin-s3"},
+    )
+
+    def archive(megabytes: int) -> str:
+        return "z" * (megabytes * MIB)
+
+    wb = WorkflowBuilder("save")
+    wb.add_node(FunctionNode, "make", {"function": archive})
+    wb.add_node("S3Put", "store_archive", {})
+    wb.add_workflow_inputs("make", {"megabytes": "megabytes"})
+    wb.add_workflow_inputs("store_archive", {"key": "key"})
+    wb.add_connection("make", "result", "store_archive", "text")
+    wb.set_output("store_archive", "key")
+    app.register(wb)
+
+    def stop_once_uploading() -> None:
+        # The condition, not a delay: the multipart upload exists, then the server goes.
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if "<Upload>" in own_moto.multipart_uploads(bucket):
+                own_moto.stop()
+                return
+        raise AssertionError("the upload never started")
+
+    async with app, anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, stop_once_uploading)
+        with anyio.fail_after(90):
+            result = await app.invoke_as(
+                Principal(id="a"), "save", {"key": "archive.txt", "megabytes": 60}
+            )
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.node == "store_archive"
+    assert f"s3://{bucket}/data/tenants/default/archive.txt" in result.error.message
