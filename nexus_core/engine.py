@@ -525,14 +525,22 @@ class RunEngine:
                     attempts=done.attempts,
                 )
         result.session_id = record.session_id
+        if recorder.failure is not None:  # a node's output could not be stored: failed there
+            result.status, result.error, result.output = "failed", recorder.failure, None
+        try:
+            # A large output is stored by reference (the last node's blob when it is the same).
+            record.output = await services.payloads.store(
+                msgspec.to_builtins(result.output),
+                run_blob_prefix(record.tenant, record.id, record.created_at) + "output",
+                reuse=recorder.refs.values(),
+                whole=True,
+            )
+        except Exception as exc:
+            message = f"the run's output could not be stored: {exc}"
+            result.status, result.output = "failed", None
+            result.error = RunError(type=type(exc).__name__, message=message)
+            record.output = None
         record.status = result.status
-        # A large output is stored by reference (the last node's blob when it is the same).
-        record.output = await services.payloads.store(
-            msgspec.to_builtins(result.output),
-            run_blob_prefix(record.tenant, record.id, record.created_at) + "output",
-            reuse=recorder.refs.values(),
-            whole=True,
-        )
         # Every channel sees the same plain JSON data (or reference), in-process callers too.
         result.output = record.output
         for node_id, node in result.nodes.items():
@@ -641,7 +649,7 @@ class _Recorder:
     trip (``RunStore.finish_run``).
     """
 
-    __slots__ = ("active", "app", "last", "left", "prior", "record", "refs")
+    __slots__ = ("active", "app", "failure", "last", "left", "prior", "record", "refs")
 
     def __init__(
         self, app: Nexus, record: RunRecord, active: ActiveRun, left: int, prior: dict[str, int]
@@ -653,6 +661,7 @@ class _Recorder:
         self.prior = prior  # executions of unfinished nodes by earlier owners
         self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
         self.refs: dict[str, Any] = {}  # node id -> its output's reference (large outputs)
+        self.failure: RunError | None = None  # a node output the blob store refused
 
     async def node_started(self, run_id: str, node_id: str) -> None:
         await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
@@ -660,16 +669,33 @@ class _Recorder:
     async def node_finished(
         self, run_id: str, node_id: str, result: NodeResult, output: Any
     ) -> None:
+        failed = self.failure
+        await self._node_finished(run_id, node_id, result, output)
+        if self.failure is not failed:
+            self.active.control.cancel()  # once its failure is written: the run stops here
+
+    async def _node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
         app = self.app
         self.left -= 1
         if self.active.lost:
             return
+        stored: Any = None
         if result.status == "completed":
             record = self.record
             prefix = run_blob_prefix(record.tenant, run_id, record.created_at)
-            stored = await app._services().payloads.store(
-                msgspec.to_builtins(output), f"{prefix}nodes/{node_id}"
-            )
+            try:
+                stored = await app._services().payloads.store(
+                    msgspec.to_builtins(output), f"{prefix}nodes/{node_id}"
+                )
+            except Exception as exc:
+                # The blob store failed: the node fails, named, and the run stops (failed).
+                message = f"its output could not be stored: {exc}"
+                self.failure = RunError(type=type(exc).__name__, message=message, node=node_id)
+                result.status, result.output = "failed", None
+                result.error = f"{type(exc).__name__}: {message}"
+        if result.status == "completed":
             if has_blob_refs(stored):
                 self.refs[node_id] = stored
             checkpoint = NodeCheckpoint(

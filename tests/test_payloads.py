@@ -240,3 +240,48 @@ async def test_retention_prunes_the_blobs_of_pruned_runs(storage_url: str) -> No
         assert await app.storage.get_run(old.run_id) is None
         assert await app.storage.get_run(keep.run_id) is None
         assert await app.storage.list_blobs("runs/") == []
+
+
+class _BrokenBlobs(MemoryStorage):
+    """Memory storage whose blob store is down."""
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        raise OSError(f"blob store down (putting {key})")
+
+
+async def test_a_blob_store_failure_fails_the_run_at_its_node_not_the_host() -> None:
+    app = Nexus(
+        "broken",
+        storage=_BrokenBlobs("memory://"),
+        autoload=False,
+        config={"services": {"runs": {"inline_limit": LIMIT}}},
+        env={},
+    )
+    ran: list[str] = []
+
+    def make(n: int) -> str:
+        return "m" * n
+
+    def after(text: str) -> int:
+        ran.append("after")
+        return len(text)
+
+    wb = WorkflowBuilder("chain")
+    wb.add_node(FunctionNode, "make", {"function": make})
+    wb.add_node(FunctionNode, "after", {"function": after})
+    wb.add_connection("make", "result", "after", "text")
+    wb.add_workflow_inputs("make", {"n": "n"})
+    wb.set_output("after", "result")
+    app.register(wb)
+    async with app:
+        failed = await app.invoke("chain", {"n": 50_000})
+        assert failed.status == "failed"
+        assert failed.error is not None
+        assert failed.error.node == "make"
+        assert failed.error.type == "OSError"
+        assert "its output could not be stored: blob store down" in failed.error.message
+        assert ran == []  # the run stopped at the node
+        stored = await app.get_run(failed.run_id)
+        assert stored.status == "failed" and stored.nodes["make"].status == "failed"
+        small = await app.invoke("chain", {"n": 5})  # the host goes on
+        assert small.status == "completed" and small.output == 5
