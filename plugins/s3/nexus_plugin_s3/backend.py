@@ -190,9 +190,10 @@ class S3BlobStore(BlobStore):
 
     roles: ClassVar[frozenset[Role]] = frozenset({"blobs"})
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, settings: S3Settings | None = None) -> None:
         super().__init__(url)
-        self.settings = parse_s3_url(url)
+        #: Where and how to reach the bucket (``settings`` given, else from ``url``).
+        self.settings = settings if settings is not None else parse_s3_url(url)
         self._store: S3Store | None = None
 
     # -- lifecycle ------------------------------------------------------------

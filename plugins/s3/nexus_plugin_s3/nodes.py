@@ -85,9 +85,8 @@ class S3Client(Injectable):
         base = parse_s3_url(url, key="nexus.plugins.s3.url")
         self.tenant = _tenant_segment(tenant)
         prefix = "/".join(p for p in (base.prefix, _TENANTS, self.tenant) if p)
-        scoped = msgspec.structs.replace(base, prefix=prefix)
-        self.store = S3BlobStore(url)
-        self.store.settings = scoped
+        #: The blob store of this tenant's objects (its key prefix is the tenant's).
+        self.store = S3BlobStore(url, settings=msgspec.structs.replace(base, prefix=prefix))
         #: The bucket's name (errors name it).
         self.bucket = base.bucket
         #: The key prefix of this tenant's objects in the bucket.
