@@ -35,6 +35,7 @@ from .events import Event, EventBus, EventType, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
+from .payloads import BlobRef, Payloads, blob_ref, run_blob_prefix
 from .plugins import PluginHost, PluginInfo, PluginLoadError
 from .prompts import Prompt
 from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inputs
@@ -43,6 +44,7 @@ from .serving import DEFAULT_SIGNALS, serve_host, start_channel
 from .sessions import Session, SessionManager
 from .specs import NodeTypeSpec
 from .storage.base import ROLES, RunRecord, Storage
+from .storage.router import StorageRouter
 from .storage.select import create_storage, select_storage
 from .workflows.builder import WorkflowBuilder
 from .workflows.function import workflow_from_function
@@ -442,14 +444,18 @@ class Nexus:
                 )
             digest = hash_inputs(plain)
             now = time.time()
+            run_id = new_run_id()
+            blobs = run_blob_prefix(who.tenant, run_id, now)
+            # Large inputs of a recorded run go to the blob store (an ephemeral run keeps none).
+            stored = await services.payloads.store(plain, f"{blobs}inputs") if durable else plain
             record = RunRecord(
-                id=new_run_id(),
+                id=run_id,
                 workflow=wf.name,
                 tenant=who.tenant,
                 principal=who.id,
                 session_id=sess.id if sess else None,
                 channel=channel,
-                inputs=plain,
+                inputs=stored,
                 status="running",  # it starts at once: no separate "running" write
                 created_at=now,
                 idempotency_key=idempotency_key,
@@ -466,6 +472,9 @@ class Nexus:
             # The key is scoped to (tenant, principal): only the caller's own run comes back.
             if durable:
                 record, created = await services.storage.create_run(record)
+                if not created and stored is not plain:
+                    # The caller's earlier run holds its own copy: this one is not referred to.
+                    await services.storage.delete_blob(f"{blobs}inputs")
             if not created and (record.workflow != wf.name or record.input_hash != digest):
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used with other inputs or another workflow"
@@ -612,6 +621,25 @@ class Nexus:
             session_id=record.session_id,
         )
         return self._for_caller(result, principal)
+
+    async def open_output(
+        self, run_id: str, *, principal: Principal | None = None, chunk_size: int = 1 << 20
+    ) -> tuple[BlobRef | None, AsyncIterator[bytes]]:
+        """A completed run's output as JSON bytes, streamed: its reference, if any, and chunks.
+
+        The output of a run over ``services.runs.inline_limit`` is read from
+        the blob store as it is sent, never whole in memory; a small one is
+        encoded. Visibility is :meth:`get_run`'s (``principal``); a run that
+        has not completed is :class:`~nexus_core.errors.RunNotFound` for its
+        output, with its status in the message.
+
+        .. versionadded:: 0.2
+        """
+        result = await self.get_run(run_id, principal=principal)
+        if result.status != "completed":
+            raise RunNotFound(f"run {run_id!r} has no output: it is {result.status}")
+        payloads = self._services().payloads
+        return blob_ref(result.output), payloads.open(result.output, chunk_size=chunk_size)
 
     async def list_runs(
         self,
@@ -777,7 +805,13 @@ class Nexus:
     async def readiness(self) -> HealthReport:
         """Storage and every started channel answer."""
         services = self._services()
-        checks: dict[str, Callable[[], Any]] = {"storage": services.storage.ping}
+        storage = services.storage
+        checks: dict[str, Callable[[], Any]] = {"storage": storage.ping}
+        if isinstance(storage, StorageRouter):
+            blobs = storage.backends["blobs"]
+            if blobs is not storage.backends["runs"]:
+                checks["storage"] = storage.backends["runs"].ping
+                checks["storage:blobs"] = blobs.ping
         for name, channel in self.channels.items():
             checks[f"channel:{name}"] = channel.ready
         return await readiness(checks)
@@ -866,7 +900,8 @@ class Nexus:
                 sessions = SessionManager(
                     storage, ttl=self.config.nexus.services.security.session_timeout
                 )
-                self._running = _Services(storage, bus, sessions, tg)
+                payloads = Payloads(storage, self.config.nexus.services.runs.inline_limit)
+                self._running = _Services(storage, bus, sessions, tg, payloads)
                 try:
                     await self.security.start()
                     await self.host.startup(self)
@@ -958,7 +993,7 @@ async def _single_errors() -> AsyncIterator[None]:
 class _Services:
     """What exists only while the host runs."""
 
-    __slots__ = ("events", "sessions", "storage", "task_group")
+    __slots__ = ("events", "payloads", "sessions", "storage", "task_group")
 
     def __init__(
         self,
@@ -966,8 +1001,11 @@ class _Services:
         events: EventBus,
         sessions: SessionManager,
         task_group: anyio.abc.TaskGroup,
+        payloads: Payloads,
     ) -> None:
         self.storage = storage
         self.events = events
         self.sessions = sessions
         self.task_group = task_group
+        #: Large run values by reference, in the blob role (``services.runs.inline_limit``).
+        self.payloads = payloads

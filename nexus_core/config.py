@@ -448,6 +448,11 @@ class RunsConfig(ConfigStruct, kw_only=True):
     scripts or ``nexus`` commands; ``"always"``; ``"never"``. ``executor``
     names how runs are executed (``"inline"``: in the process that accepted
     them; plugins add others, see ``nexus plugins``).
+
+    ``inline_limit`` (bytes): a run's inputs, output or node output whose
+    JSON is larger goes to the blob store (``nexus.storage.blobs``) and the
+    run record holds a reference to it (see :mod:`nexus_core.payloads`);
+    ``None`` keeps every value inline.
     """
 
     on_restart: Literal["resume", "fail"] = "resume"
@@ -457,6 +462,7 @@ class RunsConfig(ConfigStruct, kw_only=True):
     heartbeat: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     recover: Literal["auto", "always", "never"] = "auto"
     executor: str = "inline"
+    inline_limit: Annotated[int, msgspec.Meta(ge=0)] | None = 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.heartbeat >= self.lease:

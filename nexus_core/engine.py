@@ -45,6 +45,7 @@ import msgspec
 from .config import ConfigError
 from .errors import PluginLoadFailed, RunNotFound, SessionNotFound
 from .events import Event, EventType
+from .payloads import has_blob_refs, run_blob_prefix
 from .security import Principal
 from .sessions import Session
 from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
@@ -233,7 +234,8 @@ class RunEngine:
                 extra={"run_id": record.id, "workflow": record.workflow},
             )
             app.metrics.record_takeover(record.workflow)
-        return self.start(wf, wf.validate(record.inputs), record, sess, who, checkpoints)
+        inputs = await services.payloads.load(record.inputs)
+        return self.start(wf, wf.validate(inputs), record, sess, who, checkpoints)
 
     async def recover_forever(self) -> None:
         """Take over expired runs every heartbeat, until cancelled (what serving processes do)."""
@@ -459,7 +461,11 @@ class RunEngine:
         completed = None
         prior: dict[str, int] = {}
         if checkpoints is not None:
-            completed = {n: c.output for n, c in checkpoints.items() if c.status == "completed"}
+            completed = {
+                n: await services.payloads.load(c.output)
+                for n, c in checkpoints.items()
+                if c.status == "completed"
+            }
             prior = self._prior_attempts(wf, record, checkpoints)
         recorder = _Recorder(app, record, active, len(wf.nodes) - len(completed or ()), prior)
         try:
@@ -479,7 +485,7 @@ class RunEngine:
                 observer=recorder,
                 control=active.control,
                 completed=completed,
-                state={Session: sess} if sess is not None else None,
+                state=self._run_state(sess, who),
                 timeout=app.config.nexus.services.runs.default_timeout,
             )
         except LeaseLost:
@@ -519,12 +525,27 @@ class RunEngine:
                     attempts=done.attempts,
                 )
         result.session_id = record.session_id
+        if recorder.failure is not None:  # a node's output could not be stored: failed there
+            result.status, result.error, result.output = "failed", recorder.failure, None
+        try:
+            # A large output is stored by reference (the last node's blob when it is the same).
+            record.output = await services.payloads.store(
+                msgspec.to_builtins(result.output),
+                run_blob_prefix(record.tenant, record.id, record.created_at) + "output",
+                reuse=recorder.refs.values(),
+                whole=True,
+            )
+        except Exception as exc:
+            message = f"the run's output could not be stored: {exc}"
+            result.status, result.output = "failed", None
+            result.error = RunError(type=type(exc).__name__, message=message)
+            record.output = None
         record.status = result.status
-        record.output = msgspec.to_builtins(result.output)
-        # Every channel sees the same plain JSON data, in-process callers too.
+        # Every channel sees the same plain JSON data (or reference), in-process callers too.
         result.output = record.output
-        for node in result.nodes.values():
-            node.output = msgspec.to_builtins(node.output)
+        for node_id, node in result.nodes.items():
+            stored = recorder.refs.get(node_id)
+            node.output = stored if stored is not None else msgspec.to_builtins(node.output)
         record.error = msgspec.to_builtins(result.error) if result.error else None
         record.finished_at = result.finished_at
         with anyio.CancelScope(shield=True):
@@ -624,8 +645,8 @@ class RunEngine:
                 wf,
                 values,
                 run_id=record.id,
-                observer=_LiveObserver(emit) if bus.has_subscribers("node.*") else None,
-                state={Session: sess} if sess is not None else None,
+                observer=_LiveObserver(emit),
+                state=self._run_state(sess, who),
                 timeout=app.config.nexus.services.runs.default_timeout,
             )
         except BaseException:
@@ -649,6 +670,15 @@ class RunEngine:
             record.error = msgspec.to_builtins(result.error) if result.error else None
             _log_failed_run(record, result.error)
         return result
+
+    def _run_state(self, sess: Session | None, who: Principal) -> dict[type, Any]:
+        """What a run's nodes find in ``context.state``: the host, the principal, the session."""
+        from .app import Nexus
+
+        state: dict[type, Any] = {Nexus: self.app, Principal: who}
+        if sess is not None:
+            state[Session] = sess
+        return state
 
     def _stopped_here(self, wf: Workflow, record: RunRecord, active: ActiveRun) -> None:
         """The run stopped executing in this process unfinished: answer its local waiters."""
@@ -712,7 +742,7 @@ class _Recorder:
     trip (``RunStore.finish_run``).
     """
 
-    __slots__ = ("active", "app", "last", "left", "prior", "record")
+    __slots__ = ("active", "app", "failure", "last", "left", "prior", "record", "refs")
 
     def __init__(
         self, app: Nexus, record: RunRecord, active: ActiveRun, left: int, prior: dict[str, int]
@@ -723,6 +753,8 @@ class _Recorder:
         self.left = left  # nodes of this run still to finish
         self.prior = prior  # executions of unfinished nodes by earlier owners
         self.last: tuple[NodeCheckpoint, str, dict[str, Any]] | None = None
+        self.refs: dict[str, Any] = {}  # node id -> its output's reference (large outputs)
+        self.failure: RunError | None = None  # a node output the blob store refused
 
     async def node_started(self, run_id: str, node_id: str) -> None:
         await self.app.emit(EventType.NODE_STARTED, run=self.record, data={"node": node_id})
@@ -730,16 +762,40 @@ class _Recorder:
     async def node_finished(
         self, run_id: str, node_id: str, result: NodeResult, output: Any
     ) -> None:
+        failed = self.failure
+        await self._node_finished(run_id, node_id, result, output)
+        if self.failure is not failed:
+            self.active.control.cancel()  # once its failure is written: the run stops here
+
+    async def _node_finished(
+        self, run_id: str, node_id: str, result: NodeResult, output: Any
+    ) -> None:
         app = self.app
         self.left -= 1
         if self.active.lost:
             return
+        stored: Any = None
         if result.status == "completed":
+            record = self.record
+            prefix = run_blob_prefix(record.tenant, run_id, record.created_at)
+            try:
+                stored = await app._services().payloads.store(
+                    msgspec.to_builtins(output), f"{prefix}nodes/{node_id}"
+                )
+            except Exception as exc:
+                # The blob store failed: the node fails, named, and the run stops (failed).
+                message = f"its output could not be stored: {exc}"
+                self.failure = RunError(type=type(exc).__name__, message=message, node=node_id)
+                result.status, result.output = "failed", None
+                result.error = f"{type(exc).__name__}: {message}"
+        if result.status == "completed":
+            if has_blob_refs(stored):
+                self.refs[node_id] = stored
             checkpoint = NodeCheckpoint(
                 run_id=run_id,
                 node_id=node_id,
                 status="completed",
-                output=msgspec.to_builtins(output),
+                output=stored,
                 started_at=result.started_at,
                 duration_ms=result.duration_ms,
                 attempts=result.attempts + self.prior.get(node_id, 0),

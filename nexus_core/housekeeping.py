@@ -4,7 +4,8 @@ Started by :meth:`Nexus.running <nexus_core.Nexus.running>` in the host's task
 group, stopped with it. Both read ``services.monitoring``:
 
 * ``retention_days``: every ``retention_interval`` seconds, runs (finished,
-  with their checkpoints), events and audit records older than that are
+  with their checkpoints and the blobs of their values stored by reference),
+  events and audit records older than that are
   deleted through :meth:`Storage.prune <nexus_core.storage.base.Storage.prune>`,
   ``retention_batch`` rows of each kind per call, yielding to requests between
   calls;
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
+
+from .payloads import prune_run_blobs
 
 if TYPE_CHECKING:
     from .app import Nexus
@@ -60,8 +63,10 @@ async def prune_old_records(app: Nexus, *, now: float | None = None) -> int:
         deleted = await app.storage.prune(before, limit=monitoring.retention_batch)
         total += deleted
         if deleted == 0:
-            return total
+            break
         await anyio.lowlevel.checkpoint()  # between batches, requests go first
+    # Values of pruned runs stored by reference (services.runs.inline_limit) go too.
+    return total + await prune_run_blobs(app.storage, before)
 
 
 async def prune_forever(app: Nexus) -> None:

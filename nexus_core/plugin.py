@@ -32,13 +32,17 @@ Base classes and protocols
     :class:`CredentialStore`, :class:`SessionStore`, :class:`Cache`,
     :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus`,
     :class:`Executor` (+ :class:`InlineExecutor`; a queue executor drives
-    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`),
+    :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`,
+    :func:`current_context`), :class:`Injectable` (a parameter type the host
+    fills in),
     :class:`ConfigStruct` (a config section).
 Records and values
     :class:`Credentials`, :class:`Principal`, :class:`Event`, :class:`EventType`,
     :class:`Subscription`, :class:`RunRecord`, :class:`NodeCheckpoint`,
     :class:`AuditRecord`, :class:`SessionRecord`, :class:`CredentialRecord`,
-    :class:`RunResult`, :class:`HealthReport`; :func:`header_extras` (the
+    :class:`RunResult`, :class:`HealthReport`; :class:`BlobRef` and
+    :func:`blob_ref` (a run value stored by reference, see
+    :mod:`nexus_core.payloads`); :func:`header_extras` (the
     request headers a channel passes in ``Credentials.extras``);
     :func:`event_id` and :func:`event_seq` (event ids are log positions).
 Errors
@@ -112,6 +116,7 @@ if TYPE_CHECKING:
     from .health import HealthReport, liveness
     from .loader import AppNotFound, load_app
     from .logs import JsonFormatter, LogFormat, configure_logging
+    from .payloads import BlobRef, blob_ref
     from .plugins import PluginHost, PluginInfo, PluginLoadError, install_command
     from .prompts import Prompt, PromptArgument, PromptMessage
     from .security import AuthProvider, Credentials, Principal, header_extras
@@ -170,8 +175,9 @@ if TYPE_CHECKING:
         write_token,
     )
     from .workflows import Node, NodeContext, RunResult
+    from .workflows.node import current_context
     from .workflows.runtime import RunStatus
-    from .workflows.schema import convert
+    from .workflows.schema import Injectable, convert
 
 __all__ = [
     "ROLES",
@@ -184,6 +190,7 @@ __all__ = [
     "AuthProviderSpec",
     "AuthenticationError",
     "Backend",
+    "BlobRef",
     "BlobStore",
     "BlobStoreContract",
     "Cache",
@@ -209,6 +216,7 @@ __all__ = [
     "ExecutorSpec",
     "HealthReport",
     "HttpMountSpec",
+    "Injectable",
     "InlineExecutor",
     "JsonFormatter",
     "LeaseLost",
@@ -251,9 +259,11 @@ __all__ = [
     "SubscriberLagged",
     "Subscription",
     "ValidationError",
+    "blob_ref",
     "collect_specs",
     "configure_logging",
     "convert",
+    "current_context",
     "delete_token",
     "describe",
     "event_id",
@@ -273,6 +283,9 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "Injectable": ".workflows.schema",
+    "current_context": ".workflows.node",
+    "blob_ref": ".payloads",
     "AlreadyExists": ".storage.base",
     "AppNotFound": ".loader",
     "AuditLog": ".storage.base",
@@ -282,6 +295,7 @@ _EXPORTS = {
     "AuthProviderSpec": ".specs",
     "AuthenticationError": ".errors",
     "Backend": ".storage.base",
+    "BlobRef": ".payloads",
     "BlobStore": ".storage.base",
     "BlobStoreContract": ".testing.storage",
     "Cache": ".storage.base",

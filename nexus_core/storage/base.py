@@ -46,7 +46,7 @@ suites of the roles it declares, or it is not done.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -583,6 +583,20 @@ class BlobStore(Backend):
     @abc.abstractmethod
     async def list_blobs(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (plain text, no patterns), sorted by code point."""
+
+    async def iter_blob(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The bytes under ``key`` as chunks of at most ``chunk_size``; ``KeyError`` when absent.
+
+        By default :meth:`get_blob` sliced; a backend that can stream (S3)
+        overrides it so a large blob never sits in memory whole.
+
+        .. versionadded:: 0.2
+        """
+        data = await self.get_blob(key)
+        if data is None:
+            raise KeyError(key)
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
 
 
 class Storage(SessionStore, RunStore, EventLog, AuditLog, CredentialStore, Cache, BlobStore):

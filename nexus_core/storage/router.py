@@ -11,7 +11,7 @@ backend itself and no router is made (see
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import cast
 
 from ..events import Event
@@ -344,3 +344,8 @@ class StorageRouter(Storage):
     async def list_blobs(self, prefix: str = "") -> list[str]:
         """See :meth:`BlobStore.list_blobs`."""
         return await self._blobs.list_blobs(prefix)
+
+    async def iter_blob(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """See :meth:`BlobStore.iter_blob`."""
+        async for chunk in self._blobs.iter_blob(key, chunk_size):
+            yield chunk

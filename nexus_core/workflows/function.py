@@ -65,7 +65,7 @@ class FunctionNode(Node):
         if self.injected:
             state = context.state or {}
             for param, kind in self.injected.items():
-                kwargs[param] = state.get(kind)
+                kwargs[param] = state[kind] if kind in state else kind.inject(context)
         if self.is_async:
             return self._await(kwargs)
         return {"result": self.function(**kwargs)}

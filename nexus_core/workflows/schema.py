@@ -41,8 +41,22 @@ class Injectable:
     """Marker base for parameters the host injects instead of reading them from input.
 
     A workflow function parameter annotated with a subclass (``Session``) is left
-    out of the input schema and filled in by the host for each run.
+    out of the input schema and filled in by the host for each run: the value
+    the run's state holds for that type, else what :meth:`inject` builds.
     """
+
+    @classmethod
+    def inject(cls, context: Any) -> Any:
+        """The value for a parameter of this type in the run of ``context`` (a ``NodeContext``).
+
+        Called when the run's state holds none. A plugin's injectable type
+        (the S3 plugin's client) builds it from ``context.state``, where a host
+        run has its :class:`~nexus_core.security.Principal` and its
+        :class:`~nexus_core.app.Nexus` under those types. None by default.
+
+        .. versionadded:: 0.2
+        """
+        return None
 
 
 # msgspec says "Expected `int`, got `str` - at `$.items[2].qty`"; names may hold backticks.

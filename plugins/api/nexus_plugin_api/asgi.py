@@ -408,6 +408,17 @@ def _routes(api: ApiState) -> list[Any]:
         who = await authenticate(read_request(request.scope, cookie))
         return _json(await app.get_run(run_id, principal=who))
 
+    @get("/runs/{run_id:str}/result", name="get_run_result")
+    async def get_run_result(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Stream:
+        # The output's JSON, streamed from the blob store when it was stored by reference.
+        who = await authenticate(read_request(request.scope, cookie))
+        ref, chunks = await app.open_output(run_id, principal=who)
+        headers = {"Cache-Control": "no-store"}
+        if ref is not None:
+            headers["Content-Length"] = str(ref.size)
+            headers["X-Content-SHA256"] = ref.sha256
+        return Stream(chunks, media_type="application/json", headers=headers)
+
     @delete("/runs/{run_id:str}", name="cancel_run", status_code=200)
     async def cancel_run(request: Request[Any, Any, Any], run_id: FromPath[str]) -> Response[bytes]:
         who = await authenticate(read_request(request.scope, cookie))
@@ -557,6 +568,7 @@ def _routes(api: ApiState) -> list[Any]:
         run_workflow,
         list_runs,
         get_run,
+        get_run_result,
         cancel_run,
         create_session,
         get_session,

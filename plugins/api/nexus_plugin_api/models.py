@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from nexus_core.plugin import HealthReport, PluginInfo, PluginLoadError, RunResult, RunStatus
+from nexus_core.plugin import (
+    BlobRef,
+    HealthReport,
+    PluginInfo,
+    PluginLoadError,
+    RunResult,
+    RunStatus,
+)
 
 __all__ = [
+    "BlobReference",
     "ChannelInfo",
     "CliToken",
     "CliTokenRequest",
@@ -28,6 +36,15 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowList",
 ]
+
+
+class BlobReference(msgspec.Struct, kw_only=True):
+    """A run value stored by reference (over ``services.runs.inline_limit``).
+
+    ``GET /runs/{id}/result`` streams a run output given this way.
+    """
+
+    blob: BlobRef = msgspec.field(name="$blob")
 
 
 class WorkflowInfo(msgspec.Struct, kw_only=True):

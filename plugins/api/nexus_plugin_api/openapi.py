@@ -19,6 +19,7 @@ import msgspec
 import nexus_core
 
 from .models import (
+    BlobReference,
     CliToken,
     CliTokenRequest,
     CliTokenRevoked,
@@ -43,6 +44,7 @@ __all__ = ["build_openapi", "lift_defs"]
 
 _REF = "#/components/schemas/"
 _STATIC_TYPES = (
+    BlobReference,
     WorkflowList,
     WorkflowInfo,
     RunResult,
@@ -151,10 +153,12 @@ _SESSION_PARAM = {
 
 
 def _run_operation(
-    wf: Workflow, components: dict[str, Any], seen: dict[str, Any]
+    wf: Workflow, components: dict[str, Any], seen: dict[str, Any], by_reference: bool = False
 ) -> dict[str, Any]:
     input_schema = lift_defs(wf.input_schema, components, wf.name, seen)
     output_schema = lift_defs(wf.output_schema, components, wf.name, seen)
+    if by_reference:  # a large output comes as a reference (GET /runs/{id}/result reads it)
+        output_schema = {"anyOf": [output_schema, _ref("BlobReference")]}
     run_schema = {
         "allOf": [_ref("RunResult"), {"type": "object", "properties": {"output": output_schema}}]
     }
@@ -326,6 +330,22 @@ def _static_paths() -> dict[str, Any]:
                     **_problems(401, 403, 404, 409),
                 },
             },
+        },
+        "/runs/{run_id}/result": {
+            "get": {
+                "operationId": "get_run_result",
+                "summary": "A completed run's output as JSON, streamed.",
+                "description": "An output over `services.runs.inline_limit` is stored by "
+                'reference (the run shows `{"$blob": ...}`) and streamed from the blob store '
+                "here; `Content-Length` and `X-Content-SHA256` (hex) describe it then. 404 until "
+                "the run has completed.",
+                "tags": ["runs"],
+                "parameters": [run_id],
+                "responses": {
+                    "200": _json({}, "The run's output."),
+                    **_problems(401, 403, 404),
+                },
+            }
         },
         "/runs/{run_id}/events": {
             "get": {
@@ -517,9 +537,11 @@ def build_openapi(
     components = _static_components()
     seen: dict[str, Any] = {}
     paths = _static_paths()
+    by_reference = app.config.nexus.services.runs.inline_limit is not None
     chosen = {wf.name: wf for wf in (app.workflows.values() if workflows is None else workflows)}
     for name in sorted(chosen):
-        paths[f"/workflows/{name}/runs"] = {"post": _run_operation(chosen[name], components, seen)}
+        operation = _run_operation(chosen[name], components, seen, by_reference)
+        paths[f"/workflows/{name}/runs"] = {"post": operation}
     security: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     if not app.config.nexus.auth_required:
         security.insert(0, {})

@@ -132,6 +132,20 @@ async def test_a_failed_run_is_a_200_with_status_failed(client: httpx.AsyncClien
     assert "kaput" in run["error"]["message"]
 
 
+async def test_run_result_streams_the_output(client: httpx.AsyncClient) -> None:
+    response = await client.post("/workflows/greet/runs", json={"name": "Ünï"})
+    run_id = response.json()["run_id"]
+    result = await client.get(f"/runs/{run_id}/result")
+    assert result.status_code == 200
+    assert result.headers["content-type"].startswith("application/json")
+    assert result.json() == "Hello, Ünï."
+    assert (await client.get("/runs/nope/result")).status_code == 404
+    failed = await client.post("/workflows/boom/runs", json={"message": "kaput"})
+    gone = await client.get(f"/runs/{failed.json()['run_id']}/result")
+    assert gone.status_code == 404
+    assert "it is failed" in gone.json()["detail"]
+
+
 async def test_idempotency_key(client: httpx.AsyncClient) -> None:
     headers = {"Idempotency-Key": "order-1"}
     first = await client.post("/workflows/add/runs", json={"a": 1, "b": 2}, headers=headers)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -164,6 +164,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def run(self, run_id: str) -> dict[str, Any]:
         """A run with its nodes; ``run_not_found`` if unknown."""
+
+    @abc.abstractmethod
+    def output_chunks(self, run_id: str) -> AsyncIterator[bytes]:
+        """A completed run's output as JSON bytes, streamed (a large one from the blob store)."""
 
     @abc.abstractmethod
     async def runs(

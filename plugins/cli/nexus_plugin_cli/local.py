@@ -21,7 +21,7 @@ import fnmatch
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -285,6 +285,13 @@ class LocalBackend(Backend):
         """A run with its nodes."""
         app = await self._running()
         return run_view(_builtins(await app.get_run(run_id, principal=self._principal)))
+
+    async def output_chunks(self, run_id: str) -> AsyncIterator[bytes]:
+        """The run's output as JSON bytes (``Nexus.open_output``)."""
+        app = await self._running()
+        _ref, chunks = await app.open_output(run_id, principal=self._principal)
+        async for chunk in chunks:
+            yield chunk
 
     async def runs(
         self, *, workflow: str | None = None, status: str | None = None, limit: int = 20

@@ -55,7 +55,17 @@ Kind = Literal["flag", "text", "list", "value"]
 
 #: Options of ``nexus run`` itself that take a value (global ones included).
 RUN_OPTIONS: frozenset[str] = frozenset(
-    {"--json", "--session", "--idempotency-key", "--app", "--url", "--token", "--output", "-o"}
+    {
+        "--json",
+        "--session",
+        "--idempotency-key",
+        "--app",
+        "--url",
+        "--token",
+        "--output",
+        "-o",
+        "--output-file",
+    }
 )
 #: Options of ``nexus run`` itself that take no value.
 RUN_FLAGS: frozenset[str] = frozenset(

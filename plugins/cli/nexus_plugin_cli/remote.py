@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -295,6 +295,16 @@ class RemoteBackend(Backend):
     async def run(self, run_id: str) -> dict[str, Any]:
         """``GET /runs/{id}``."""
         return run_view(await self._json("GET", f"/runs/{quote(run_id, safe='')}"))
+
+    async def output_chunks(self, run_id: str) -> AsyncIterator[bytes]:
+        """``GET /runs/{id}/result``, streamed."""
+        path = f"/runs/{quote(run_id, safe='')}/result"
+        async with self.client.stream("GET", path) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise CliError(problem_from_response(response))
+            async for chunk in response.aiter_bytes():
+                yield chunk
 
     async def runs(
         self, *, workflow: str | None = None, status: str | None = None, limit: int = 20

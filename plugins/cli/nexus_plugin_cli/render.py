@@ -80,7 +80,14 @@ def render_run(out: Console, run: Mapping[str, Any]) -> int:
         _debug_traceback(out, run)
         return FAILURE
     if status == "completed":
-        out.result(run.get("output"))
+        output = run.get("output")
+        out.result(output)
+        if isinstance(output, dict) and set(output) == {"$blob"}:
+            size = output["$blob"].get("size")
+            out.note(
+                f"the output ({size} bytes) is stored by reference; write it to a file with "
+                "--output-file FILE"
+            )
         return OK
     run_id = run.get("run_id")
     out.line(str(run_id))

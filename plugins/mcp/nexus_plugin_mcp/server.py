@@ -53,6 +53,7 @@ from nexus_core.errors import (
     WorkflowNotFound,
 )
 from nexus_core.events import SubscriberLagged
+from nexus_core.plugin import blob_ref
 from nexus_core.security import Credentials, Principal
 
 from . import __version__
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from nexus_core.plugin import RunResult
 
 __all__ = [
+    "BLOB_REF_SCHEMA",
     "CREDENTIALS_SCOPE_KEY",
     "ERROR_META",
     "FORBIDDEN",
@@ -92,6 +94,7 @@ CREDENTIALS_SCOPE_KEY = "nexus.credentials"
 #: Resource URI prefixes.
 WORKFLOW_URI = "nexus://workflows/"
 RUN_URI = "nexus://runs/"
+_RESULT = "/result"
 #: JSON-RPC error code for a missing or bad token on stdio (implementation-defined band).
 UNAUTHENTICATED = -32010
 #: JSON-RPC error code for a request the principal may not make (a subscription without
@@ -120,7 +123,28 @@ _T = TypeVar("_T")
 _NO_RECHECK = object()
 
 
-def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
+#: The schema of a run output stored by reference (``services.runs.inline_limit``).
+BLOB_REF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The output, too large to send inline: read the resource linked in the "
+    "result's content (nexus://runs/<run id>/result).",
+    "properties": {
+        "$blob": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string"},
+                "size": {"type": "integer"},
+                "sha256": {"type": "string"},
+                "media_type": {"type": "string"},
+            },
+            "required": ["key", "size", "sha256"],
+        }
+    },
+    "required": ["$blob"],
+}
+
+
+def output_schema(workflow: Workflow, *, by_reference: bool = False) -> tuple[dict[str, Any], bool]:
     """The tool ``outputSchema`` of ``workflow`` and whether its output is wrapped.
 
     MCP wants an object at the root. An object schema is used as it is; any
@@ -128,14 +152,22 @@ def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
     ``{"type": "object", "properties": {"result": <schema>}, "required": ["result"]}``
     and the structured content is wrapped the same way (``{"result": value}``).
     Shared ``$defs`` stay at the root so their ``$ref`` still resolve.
+    ``by_reference`` (the host stores large outputs by reference): the
+    output may also be a reference (:data:`BLOB_REF_SCHEMA`).
     """
     schema = workflow.output_schema
-    if schema.get("type") == "object":
-        return schema, False
+    defs = schema.get("$defs")
     inner = {key: value for key, value in schema.items() if key != "$defs"}
+    if schema.get("type") == "object":
+        if not by_reference:
+            return schema, False
+        either: dict[str, Any] = {"type": "object", "anyOf": [inner, BLOB_REF_SCHEMA]}
+        if defs is not None:
+            either["$defs"] = defs
+        return either, False
     wrapped: dict[str, Any] = {
         "type": "object",
-        "properties": {"result": inner},
+        "properties": {"result": {"anyOf": [inner, BLOB_REF_SCHEMA]} if by_reference else inner},
         "required": ["result"],
     }
     if "$defs" in schema:
@@ -143,10 +175,13 @@ def output_schema(workflow: Workflow) -> tuple[dict[str, Any], bool]:
     return wrapped, True
 
 
-def tool_definition(workflow: Workflow) -> dict[str, Any]:
-    """The MCP ``Tool`` (wire form) of a workflow: schemas, description, annotations."""
+def tool_definition(workflow: Workflow, *, by_reference: bool = False) -> dict[str, Any]:
+    """The MCP ``Tool`` (wire form) of a workflow: schemas, description, annotations.
+
+    ``by_reference``: see :func:`output_schema`.
+    """
     meta = workflow.meta
-    out_schema, _ = output_schema(workflow)
+    out_schema, _ = output_schema(workflow, by_reference=by_reference)
     annotations: dict[str, Any] = {
         "readOnlyHint": meta.read_only,
         "destructiveHint": meta.destructive,
@@ -173,9 +208,9 @@ class _ToolEntry:
 
     __slots__ = ("definition", "workflow", "wrapped")
 
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(self, workflow: Workflow, by_reference: bool = False) -> None:
         self.workflow = workflow
-        self.definition = tool_definition(workflow)
+        self.definition = tool_definition(workflow, by_reference=by_reference)
         self.wrapped = output_schema(workflow)[1]
 
 
@@ -542,7 +577,8 @@ class NexusMCP:
     def _entry(self, workflow: Workflow) -> _ToolEntry:
         entry = self._tools.get(workflow.name)
         if entry is None or entry.workflow is not workflow:
-            entry = self._tools[workflow.name] = _ToolEntry(workflow)
+            by_reference = self.app.config.nexus.services.runs.inline_limit is not None
+            entry = self._tools[workflow.name] = _ToolEntry(workflow, by_reference)
         return entry
 
     def _remember_reader(self, ctx: Any) -> None:
@@ -616,7 +652,22 @@ class NexusMCP:
                 with anyio.CancelScope(shield=True):
                     await app.cancel(run_id)
             raise
-        return self._tool_result(self._entry(app.get_workflow(name)), result)
+        return self._tool_result(self._entry(app.get_workflow(name)), result, self._rest_base(ctx))
+
+    def _rest_base(self, ctx: Any) -> str | None:
+        """The gateway's address as this HTTP request reached it, when the API channel runs here.
+
+        A large output is then also linked at ``GET /runs/{id}/result``, which
+        streams it: MCP messages carry no 50 MB values well.
+        """
+        request = ctx.request
+        if request is None or "api" not in self.app.channels:
+            return None
+        scope = request.scope
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not host:
+            return None
+        return f"{scope.get('scheme', 'http')}://{host}"
 
     async def _wait_with_progress(self, ctx: Any, run_id: str, workflow: Workflow) -> RunResult:
         """Wait for the run, reporting progress per node from its events."""
@@ -649,15 +700,37 @@ class NexusMCP:
         return result
 
     @staticmethod
-    def _tool_result(entry: _ToolEntry, result: RunResult) -> dict[str, Any]:
+    def _tool_result(
+        entry: _ToolEntry, result: RunResult, rest_base: str | None = None
+    ) -> dict[str, Any]:
         run_meta: dict[str, Any] = {RUN_ID_META: result.run_id}
         if result.session_id:
             run_meta[SESSION_META] = result.session_id
         if result.status == "completed":
             output = msgspec.to_builtins(result.output)
             structured = {"result": output} if entry.wrapped else output
+            ref = blob_ref(output)
+            if ref is not None:
+                # Too large to send inline: links to where it is read (HTTP streams it).
+                uris = [f"{RUN_URI}{result.run_id}{_RESULT}"]
+                if rest_base is not None:
+                    uris.insert(0, f"{rest_base}/runs/{result.run_id}{_RESULT}")
+                content: list[dict[str, Any]] = [
+                    {
+                        "type": "resource_link",
+                        "uri": uri,
+                        "name": f"{entry.workflow.name}-{result.run_id}-result.json",
+                        "description": f"The output of run {result.run_id} ({ref.size} bytes "
+                        "of JSON, sha256 " + ref.sha256 + ").",
+                        "mimeType": _JSON,
+                        "size": ref.size,
+                    }
+                    for uri in uris
+                ]
+            else:
+                content = [{"type": "text", "text": _encoder.encode(structured).decode()}]
             return {
-                "content": [{"type": "text", "text": _encoder.encode(structured).decode()}],
+                "content": content,
                 "structuredContent": structured,
                 "isError": False,
                 "resultType": "complete",
@@ -718,6 +791,14 @@ class NexusMCP:
                     mime_type=_JSON,
                 ),
                 types.ResourceTemplate(
+                    uri_template=f"{RUN_URI}{{run_id}}{_RESULT}",
+                    name="run-result",
+                    title="Workflow run output",
+                    description="A completed run's output as JSON (a large one is linked here "
+                    "from the tool result instead of sent inline).",
+                    mime_type=_JSON,
+                ),
+                types.ResourceTemplate(
                     uri_template=f"{WORKFLOW_URI}{{name}}",
                     name="workflow",
                     title="Workflow definition",
@@ -741,6 +822,14 @@ class NexusMCP:
         if uri.startswith(WORKFLOW_URI):
             workflow = await self._workflow_for(principal, uri.removeprefix(WORKFLOW_URI))
             return _encoder.encode(self._describe(workflow)).decode()
+        if uri.startswith(RUN_URI) and uri.endswith(_RESULT):
+            run_id = uri.removeprefix(RUN_URI).removesuffix(_RESULT)
+            try:
+                _ref, chunks = await self.app.open_output(run_id, principal=principal)
+                data = b"".join([chunk async for chunk in chunks])
+            except NotFound as exc:
+                raise MCPError(INVALID_PARAMS, f"Resource not found: {exc.message}") from None
+            return data.decode()
         if uri.startswith(RUN_URI):
             try:
                 run = await self.app.get_run(uri.removeprefix(RUN_URI), principal=principal)

@@ -23,6 +23,7 @@ from nexus_core.loader import load_app
 
 from nexus_plugin_mcp.config import MCPConfig
 from nexus_plugin_mcp.http import serve_http
+from nexus_plugin_mcp.server import BLOB_REF_SCHEMA
 
 MODES = ["legacy", "modern"]
 VERSIONS = {"legacy": "2025-11-25", "modern": "2026-07-28"}
@@ -120,8 +121,11 @@ async def check_tools(conn: Any, app: Nexus) -> None:
     assert set(tools) == set(app.workflows)
     for name, workflow in app.workflows.items():
         assert tools[name].input_schema == workflow.input_schema, name
-    assert tools["add"].output_schema == app.workflows["add"].output_schema
-    assert tools["greet"].output_schema == wrapped(app.workflows["greet"].output_schema)
+    # The host stores large outputs by reference: each schema also allows a reference.
+    add = tools["add"].output_schema
+    assert add["anyOf"] == [app.workflows["add"].output_schema, BLOB_REF_SCHEMA]
+    greet_result = tools["greet"].output_schema["properties"]["result"]
+    assert greet_result == {"anyOf": [app.workflows["greet"].output_schema, BLOB_REF_SCHEMA]}
     greet = tools["greet"]
     assert greet.title == "Greeter"
     assert greet.description == "Greet someone by name."

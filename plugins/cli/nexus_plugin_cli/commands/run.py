@@ -15,7 +15,7 @@ from cyclopts import Parameter
 
 from .. import context, state
 from ..backends import HIDDEN, Backend, Target, open_backend
-from ..errors import OK, CliError, problem_from
+from ..errors import OK, CliError, Problem, problem_from
 from ..options import (
     ParsedRun,
     RunUsageError,
@@ -45,6 +45,7 @@ RUN_OPTIONS_HELP = [
     ("--idempotency-key KEY", "the same key never runs twice: it returns the first run"),
     ("--no-wait", "print the run id and return at once"),
     ("-o, --output text|json", "text: the output as JSON (default); json: the whole run"),
+    ("--output-file FILE", "write the output's JSON to FILE (streamed; for large outputs)"),
     ("-q, --quiet", "no progress on stderr"),
     ("--app APP / --url URL", "in process, or on a gateway (before the workflow name)"),
 ]
@@ -231,7 +232,56 @@ async def execute_run(
         if problem.code in ("validation_error", "input_limit"):
             problem.hint = f"nexus run {name} --help lists its options"
         raise CliError(problem) from None
+    target = parsed.options.get("output_file")
+    if target is not None and wait and result.get("status") == "completed":
+        size = await save_output(backend, str(result["run_id"]), str(target))
+        out.note(f"run {result['run_id']}: output written to {target} ({size} bytes)")
+        if out.json:
+            out.result({**result, "output": None, "output_file": str(target)})
+        return OK
     return render_run(out, result)
+
+
+async def save_output(backend: Backend, run_id: str, target: str) -> int:
+    """Write a completed run's output (its JSON) to the file ``target``, streamed; its size.
+
+    Written to a temporary file beside it, then renamed: a failure leaves no
+    partial file. ``-`` writes to stdout.
+    """
+    import os
+
+    import anyio
+
+    if target == "-":
+        size = 0
+        async for chunk in backend.output_chunks(run_id):
+            await anyio.to_thread.run_sync(sys.stdout.buffer.write, chunk)
+            size += len(chunk)
+        await anyio.to_thread.run_sync(sys.stdout.buffer.flush)
+        return size
+    path = anyio.Path(target)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    size = 0
+    try:
+        async with await anyio.open_file(partial, "wb") as fh:
+            async for chunk in backend.output_chunks(run_id):
+                await fh.write(chunk)
+                size += len(chunk)
+        await partial.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            await partial.unlink()
+        raise CliError(
+            Problem(
+                code="output_file",
+                message=f"--output-file {target}: {exc.strerror or exc}",
+            )
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            await partial.unlink()
+        raise
+    return size
 
 
 def print_workflow_help(out: Console, workflow: Mapping[str, Any]) -> None:
