@@ -23,11 +23,11 @@ bad tokens grows the audit log by a few records per window, not one per request.
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .._ids import token_hex
 from ..config import RateLimitConfig, RateLimitRule
 from ..errors import RateLimited
 from ..storage.base import AuditRecord, Storage
@@ -158,7 +158,7 @@ class RefusalTally:
         top = max(tally.outcomes, key=lambda o: tally.outcomes[o])
         self._ready.append(
             AuditRecord(
-                id=secrets.token_hex(12),
+                id=token_hex(12),
                 time=time.time(),
                 action=tally.action,
                 outcome=top,

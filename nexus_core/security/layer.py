@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import difflib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ import anyio.abc
 import msgspec
 
 from .._batching import Batcher
+from .._ids import token_hex
 from ..config import ConfigError, SecurityConfig
 from ..errors import AuthenticationError, NexusError, PermissionDenied, RateLimited
 from ..storage.base import AuditRecord, CredentialRecord, RunRecord, SessionRecord, Storage
@@ -693,7 +693,7 @@ class SecurityLayer:
             _tallied.set(None)  # already counted in aggregate (or written) by the layer
             return
         record = AuditRecord(
-            id=secrets.token_hex(12),
+            id=token_hex(12),
             time=time.time(),
             action=action,
             outcome=outcome,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import time
 import traceback
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from .._ids import token_urlsafe
 from ..errors import ValidationError
 from .model import Workflow, follow
 from .node import _CURRENT, NodeContext
@@ -57,12 +57,12 @@ def new_run_id() -> str:
 
 
 def new_token(nbytes: int) -> str:
-    """``secrets.token_urlsafe(nbytes)`` that starts with a letter or digit.
+    """A URL-safe token of ``nbytes`` random bytes that starts with a letter or digit.
 
     A leading "-" would read as an option on any command line.
     """
     while True:
-        token = secrets.token_urlsafe(nbytes)
+        token = token_urlsafe(nbytes)  # no system call per token
         if token[0].isalnum():
             return token
 
