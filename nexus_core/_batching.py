@@ -55,7 +55,7 @@ Apply = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
 class _Batch(Generic[T, R]):
     """Items applied together, and what came of each."""
 
-    __slots__ = ("done", "items", "outcomes", "put", "taken", "wake", "withdrawn")
+    __slots__ = ("_done", "_wake", "applied", "items", "outcomes", "put", "taken", "withdrawn")
 
     def __init__(self) -> None:
         self.items: list[T] = []
@@ -63,13 +63,38 @@ class _Batch(Generic[T, R]):
         self.withdrawn: set[int] = set()  # indices of submitters cancelled before the take
         self.outcomes: list[R | BaseException | None] = []
         self.taken = False  # a flusher has it
-        self.done = anyio.Event()  # applied: every item has its outcome
-        self.wake = anyio.Event()  # done, handed over to its submitters, or the runner stopped
+        self.applied = False  # every item has its outcome
+        # Events are made only when someone waits: most batches of put items
+        # (events, audit records) are never waited on one by one.
+        self._done: anyio.Event | None = None
+        self._wake: anyio.Event | None = None
+
+    async def wait_applied(self) -> None:
+        """Wait until the batch is applied."""
+        if self.applied:
+            return
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    async def wait_wake(self) -> None:
+        """Wait until the batch is applied, handed over to its waiters, or the runner stops."""
+        if self._wake is None:
+            self._wake = anyio.Event()
+        await self._wake.wait()
+
+    def finish(self) -> None:
+        """Mark the batch applied and wake its waiters."""
+        self.applied = True
+        if self._done is not None:
+            self._done.set()
+        self.signal()
 
     def signal(self) -> None:
-        """Wake everyone waiting on :attr:`wake` (each then looks again)."""
-        wake, self.wake = self.wake, anyio.Event()
-        wake.set()
+        """Wake everyone waiting in :meth:`wait_wake` (each then looks again)."""
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.set()
 
 
 class Batcher(Generic[T, R]):
@@ -143,11 +168,11 @@ class Batcher(Generic[T, R]):
             await self._wait(batch)
 
     async def _wait(self, batch: _Batch[T, R]) -> None:
-        while not batch.done.is_set():
+        while not batch.applied:
             if batch.taken:
-                await batch.done.wait()  # applied under a shield: always set
+                await batch.wait_applied()  # applied under a shield: always finished
             elif self._flushing or self.running:
-                await batch.wake.wait()  # taken next, handed over, or the runner stopped
+                await batch.wait_wake()  # taken next, handed over, or the runner stopped
             else:
                 await self._flush()  # inline: nobody is flushing, so this caller does
 
@@ -172,8 +197,7 @@ class Batcher(Generic[T, R]):
                     await self._apply_batch(batch)
                 finally:
                     self._inflight = None
-                    batch.done.set()
-                    batch.signal()
+                    batch.finish()
         finally:
             self._flushing = False
             following = self._open

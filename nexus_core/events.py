@@ -674,6 +674,12 @@ class LocalEventBus(EventBus):
             return
         if first > self._position + 1:
             await self._catch_up(first - 1)
+        if not self._delivering.locked():
+            # Nobody is catching up: delivery has no await, so nothing can
+            # come between (the lock's acquire and release would only cost).
+            for each in logged:
+                self._deliver_at(each, event_seq(each.id))
+            return
         async with self._delivering:
             for each in logged:
                 self._deliver_at(each, event_seq(each.id))
