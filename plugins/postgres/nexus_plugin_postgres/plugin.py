@@ -6,9 +6,11 @@ when a configuration uses it.
 
 from __future__ import annotations
 
-from nexus_core import StorageBackendSpec, hookimpl
+from nexus_core import ConfigSectionSpec, ExecutorSpec, StorageBackendSpec, hookimpl
 
-__all__ = ["nexus_storage_backends"]
+from . import worker_config
+
+__all__ = ["nexus_config_sections", "nexus_executors", "nexus_storage_backends"]
 
 
 @hookimpl
@@ -22,3 +24,15 @@ def nexus_storage_backends() -> list[StorageBackendSpec]:
             description="Every record role on PostgreSQL (psycopg 3 with a connection pool).",
         )
     ]
+
+
+@hookimpl
+def nexus_executors() -> list[ExecutorSpec]:
+    """``procrastinate``: runs are Procrastinate jobs; ``nexus worker`` executes them."""
+    return worker_config.executors()
+
+
+@hookimpl
+def nexus_config_sections() -> list[ConfigSectionSpec]:
+    """``nexus.plugins.procrastinate``: the procrastinate executor's settings."""
+    return worker_config.config_sections()
