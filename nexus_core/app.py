@@ -403,7 +403,7 @@ class Nexus:
         idempotency_key: str | None,
         wait: bool,
     ) -> RunResult:
-        services = self._services()
+        self._services()  # a host that is not running says so here
         started = time.perf_counter()
         who = principal or ANONYMOUS
         security = self.security
@@ -442,7 +442,8 @@ class Nexus:
             else:
                 record.status = "pending"  # stored unleased: a worker claims it
             # The key is scoped to (tenant, principal): only the caller's own run comes back.
-            record, created = await services.storage.create_run(record)
+            # Stored (and, for a queue executor, handed to its workers) by the executor.
+            record, created = await executor.accept(self.engine, record)
             if not created and (record.workflow != wf.name or record.input_hash != digest):
                 raise IdempotencyConflict(
                     "this Idempotency-Key was already used with other inputs or another workflow"
@@ -465,8 +466,6 @@ class Nexus:
         active = None
         if executor.inline:
             active = self.engine.start(wf, values, record, sess, who)
-        else:
-            await executor.submit(self.engine, record)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(
