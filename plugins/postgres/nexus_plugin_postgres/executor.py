@@ -137,8 +137,11 @@ class ProcrastinateExecutor(Executor):
     def _build_queue(self) -> procrastinate.App:
         import procrastinate
 
+        from .storage import parse_url
+
+        # The storage URL's own settings (schema=, pool sizes) become libpq's search_path.
         connector = procrastinate.PsycopgConnector(
-            conninfo=self.url, min_size=1, max_size=self.settings.pool_size
+            conninfo=parse_url(self.url).conninfo, min_size=1, max_size=self.settings.pool_size
         )
         queue = procrastinate.App(connector=connector)
         queue.task(name=TASK_NAME, pass_context=True, retry=_RetryStrategy(self))(self._job)

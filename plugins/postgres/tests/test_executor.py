@@ -335,3 +335,40 @@ async def test_a_stopped_worker_hands_its_run_to_another(store_url: str, queue_u
         record = await gateway.storage.get_run(run.run_id)  # type: ignore[union-attr]
     assert result.status == "completed"
     assert record is not None and record.owner == second.engine.owner_id and record.fence == 2
+
+
+# -- the run store on the same PostgreSQL database: one transaction --------------------------
+
+
+async def test_with_postgres_storage_the_run_and_its_job_commit_together(queue_url: str) -> None:
+    gateway, worker = make_app(queue_url, queue_url), make_app(queue_url, queue_url)
+    async with gateway, worker:
+        executor = gateway.engine.executor
+        assert isinstance(executor, ProcrastinateExecutor)
+        assert executor._transactional_store(gateway.engine) is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work(worker, concurrency=2))
+            with anyio.fail_after(30):
+                result = await gateway.invoke("double", {"x": 8})
+            tg.cancel_scope.cancel()
+    assert result.status == "completed" and result.output == 16
+    assert job_statuses(queue_url, result.run_id) == ["succeeded"]
+
+
+async def test_a_failed_enqueue_leaves_no_run_behind(queue_url: str) -> None:
+    async with make_app(queue_url, queue_url) as gateway:
+        executor = gateway.engine.executor
+        assert isinstance(executor, ProcrastinateExecutor)
+        real = executor.defer
+
+        async def broken(record: Any, connection: Any | None = None) -> int:
+            await real(record, connection)  # the job row is written, then the transaction fails
+            raise RuntimeError("the queue refused the job")
+
+        executor.defer = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="the queue refused the job"):
+            await gateway.invoke("double", {"x": 1}, wait=False)
+        executor.defer = real  # type: ignore[method-assign]
+        runs = await gateway.list_runs()
+    assert runs == []
+    assert queue_rows(queue_url, "SELECT count(*) FROM procrastinate_jobs") == [(0,)]
