@@ -1,4 +1,4 @@
-"""The event bus on LISTEN/NOTIFY: live events across gateways with PostgreSQL alone.
+r"""The event bus on LISTEN/NOTIFY: live events across gateways with PostgreSQL alone.
 
 Every append to the PostgreSQL event log sends ``NOTIFY`` on the log's channel
 (:attr:`~nexus_plugin_postgres.storage.PostgresStorage.events_channel`) with
@@ -27,9 +27,8 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import psycopg
-from psycopg import sql
-
 from nexus_core.plugin import LocalEventBus
+from psycopg import sql
 
 from .storage import PostgresStorage
 

@@ -8,6 +8,9 @@ plus settings of this backend, taken out of the query string before libpq sees i
     normally ``public``). Several deployments, or tests, can share one database.
 ``pool_min``, ``pool_max``
     The connection pool's size per process (default 1 and 10).
+``pool_timeout``
+    Seconds a call waits for a connection (default 10): while the server is
+    unreachable, calls fail with :class:`DatabaseUnavailable` after that long.
 ``migrate``
     ``true`` (default): :meth:`PostgresStorage.open` applies pending schema
     migrations. ``false``: it refuses a database that is behind
@@ -59,10 +62,6 @@ import anyio
 import msgspec
 import psycopg
 import psycopg.errors
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
 from nexus_core.plugin import (
     AlreadyExists,
     AuditRecord,
@@ -76,6 +75,9 @@ from nexus_core.plugin import (
     event_id,
     event_seq,
 )
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ._migrations import MIGRATIONS, Migration
 
@@ -85,9 +87,10 @@ _T = TypeVar("_T")
 Connection = psycopg.AsyncConnection[Any]
 
 _SCHEMES = ("postgresql://", "postgres://")
-_OWN_PARAMS = ("schema", "pool_min", "pool_max", "migrate")
+_OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout", "migrate")
 _CACHE_PURGE_EVERY = 512
 _CONNECT_TIMEOUT = 10.0  # seconds to wait for the first connection at open
+_PING_TIMEOUT = 2.0  # readiness answers within this, database down or not
 
 _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder().decode
@@ -126,6 +129,7 @@ class _Url(msgspec.Struct, frozen=True):
     schema: str | None
     pool_min: int
     pool_max: int
+    pool_timeout: float
     migrate: bool
     where: str  # host:port/database, for messages
 
@@ -136,9 +140,7 @@ def parse_url(url: str) -> _Url:
     Raises ``ValueError`` naming the setting that is wrong.
     """
     if not url.startswith(_SCHEMES):
-        raise ValueError(
-            f"not a PostgreSQL URL: {url!r}; use postgresql://user@host:5432/database"
-        )
+        raise ValueError(f"not a PostgreSQL URL: {url!r}; use postgresql://user@host:5432/database")
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_PARAMS}
@@ -156,6 +158,13 @@ def parse_url(url: str) -> _Url:
             raise ValueError(f"{name}={raw!r} in {_redact(url)}: not a whole number") from None
         if sizes[name] < (0 if name == "pool_min" else 1):
             raise ValueError(f"{name}={raw!r} in {_redact(url)}: too small")
+    raw_timeout = own.get("pool_timeout")
+    try:
+        pool_timeout = 10.0 if raw_timeout is None else float(raw_timeout)
+    except ValueError:
+        raise ValueError(f"pool_timeout={raw_timeout!r} in {_redact(url)}: not a number") from None
+    if not 0 < pool_timeout < math.inf:
+        raise ValueError(f"pool_timeout={raw_timeout!r} in {_redact(url)}: must be above 0")
     if sizes["pool_min"] > sizes["pool_max"]:
         raise ValueError(f"pool_min is above pool_max in {_redact(url)}")
     migrate_raw = own.get("migrate", "true").lower()
@@ -171,12 +180,15 @@ def parse_url(url: str) -> _Url:
         quoted = schema.replace("\\", "\\\\").replace(" ", "\\ ")
         info["options"] = f"{options} -csearch_path={quoted}".strip()
         conninfo = make_conninfo("", **info)
-    where = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    where = (
+        f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    )
     return _Url(
         conninfo=conninfo,
         schema=schema,
         pool_min=sizes["pool_min"],
         pool_max=sizes["pool_max"],
+        pool_timeout=pool_timeout,
         migrate=migrate_raw in ("true", "1", "yes"),
         where=where,
     )
@@ -193,7 +205,9 @@ def _redact(url: str) -> str:
 
 def _lock_key(name: str) -> int:
     """A signed 64-bit advisory lock key for ``name``."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
 
 
 # -- statements -----------------------------------------------------------------
@@ -233,7 +247,7 @@ _UPDATE_RUN = (
 _SELECT_FENCE = "SELECT fence FROM runs WHERE id = %s"
 # Fenced checkpoints and final state, in one statement: lock every run involved
 # whose token is the writer's; write only when all of them are.
-_FENCED_WRITE = f"""
+_FENCED_WRITE = """
 WITH want AS (
     SELECT * FROM unnest(%(fids)s::text[], %(ffences)s::bigint[]) AS w (id, fence)
 ), held AS (
@@ -243,7 +257,8 @@ WITH want AS (
 ), cps AS (
     INSERT INTO checkpoints (run_id, node_id, data)
     SELECT c.run_id, c.node_id, c.data
-    FROM unnest(%(crun)s::text[], %(cnode)s::text[], %(cdata)s::bytea[]) AS c (run_id, node_id, data)
+    FROM unnest(%(crun)s::text[], %(cnode)s::text[], %(cdata)s::bytea[])
+        AS c (run_id, node_id, data)
     WHERE (SELECT ok FROM ok)
     ON CONFLICT (run_id, node_id) DO UPDATE SET data = excluded.data
     RETURNING 1
@@ -290,6 +305,11 @@ WITH head AS (
 )
 SELECT head.seq, pg_notify(%(channel)s, head.seq::text) FROM head
 """
+# Did an append whose connection broke commit? Its last event, among the newest.
+_FIND_LOGGED = (
+    "SELECT seq FROM events WHERE seq > (SELECT seq - 10000 FROM event_head) AND data = %s"
+    " ORDER BY seq DESC LIMIT 1"
+)
 _READ_EVENTS = "SELECT seq, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
 _READ_RUN_EVENTS = (
     "SELECT seq, data FROM events WHERE seq > %s AND run_id = %s ORDER BY seq LIMIT %s"
@@ -315,9 +335,7 @@ _REVOKE_CREDENTIAL = (
     " WHERE id = %s AND (revoked_at IS NULL OR revoked_at > %s)"
 )
 
-_SELECT_CACHE = (
-    "SELECT value FROM cache WHERE key = %s AND (expires_at IS NULL OR expires_at > %s)"
-)
+_SELECT_CACHE = "SELECT value FROM cache WHERE key = %s AND (expires_at IS NULL OR expires_at > %s)"
 _UPSERT_CACHE = (
     "INSERT INTO cache (key, value, expires_at) VALUES (%s, %s, %s)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
@@ -455,7 +473,7 @@ class PostgresStorage(Storage):
 
     @property
     def conninfo(self) -> str:
-        """libpq's connection string (this backend's settings removed, the schema applied)."""
+        """Libpq's connection string (this backend's settings removed, the schema applied)."""
         return self.settings.conninfo
 
     @property
@@ -482,6 +500,7 @@ class PostgresStorage(Storage):
             min_size=self.settings.pool_min,
             max_size=self.settings.pool_max,
             kwargs={"autocommit": True},
+            timeout=self.settings.pool_timeout,
             open=False,
             name=f"nexus:{self.where}",
         )
@@ -504,13 +523,23 @@ class PostgresStorage(Storage):
 
     async def ping(self) -> bool:
         """Whether ``SELECT 1`` answers now (a fresh connection if a pooled one broke)."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return False
-        try:
-            rows = await self._fetch("SELECT 1", (), retry=True)
-        except (psycopg.Error, DatabaseUnavailable, PoolTimeout):
-            return False
-        return rows == [(1,)]
+        for attempt in range(2):  # a pooled connection may have broken: then a fresh one
+            if attempt:
+                await self._drop_broken(pool)
+            try:
+                async with pool.connection(
+                    timeout=min(self.settings.pool_timeout, _PING_TIMEOUT)
+                ) as conn:
+                    cur = await conn.execute(b"SELECT 1")
+                    return await cur.fetchall() == [(1,)]
+            except PoolTimeout:
+                return False
+            except psycopg.Error:
+                continue
+        return False
 
     async def _direct(self) -> Connection:
         """A connection outside the pool (migrations, before the pool opens)."""
@@ -519,7 +548,9 @@ class PostgresStorage(Storage):
                 self.conninfo, autocommit=True, connect_timeout=int(_CONNECT_TIMEOUT)
             )
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {self.where}: {exc}") from exc
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {self.where}: {exc}"
+            ) from exc
 
     async def schema_version(self) -> int:
         """How many migration steps the database has (0: none, or no Nexus schema yet)."""
@@ -619,9 +650,24 @@ class PostgresStorage(Storage):
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self._unavailable(exc) from exc
 
+    @staticmethod
+    async def _drop_broken(pool: AsyncConnectionPool[Connection]) -> None:
+        """Check the idle connections (one round trip each) and drop the broken ones.
+
+        After one connection broke, the others may have too (the server
+        restarted, an administrator terminated them): a retry then gets a
+        working one, or a new one.
+        """
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            await pool.check()
+
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         if isinstance(exc, PoolTimeout):
-            return DatabaseUnavailable(f"PostgreSQL at {self.where}: no connection available ({exc})")
+            return DatabaseUnavailable(
+                f"no connection to PostgreSQL at {self.where} within"
+                f" {self.settings.pool_timeout:g}s (the server is unreachable, or every pooled"
+                " connection is busy: see pool_max)"
+            )
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return DatabaseUnavailable(f"lost the connection to PostgreSQL at {self.where}: {reason}")
 
@@ -645,7 +691,9 @@ class PostgresStorage(Storage):
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if not _connection_lost(exc, conn):
                     raise
-                if attempt + 1 == attempts:
+                if not isinstance(exc, PoolTimeout):
+                    await self._drop_broken(pool)  # the next call gets a working connection
+                if attempt + 1 == attempts or isinstance(exc, PoolTimeout):
                     raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -679,9 +727,16 @@ class PostgresStorage(Storage):
             _encode(session.state),
         )
         try:
-            await self._execute(_INSERT_SESSION, params, retry=False)
+            await self._execute(_INSERT_SESSION, params, retry=True)
         except psycopg.errors.UniqueViolation as exc:
+            # A retry after a lost connection finding the very session it inserted: ours.
+            if _AMBIENT.get() is None and await self._stored_session(session.id) == session:
+                return
             raise AlreadyExists(f"session {session.id!r} already exists") from exc
+
+    async def _stored_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._fetch(_SELECT_SESSION, (session_id,))
+        return _session(rows[0]) if rows else None
 
     async def get_session(
         self, session_id: str, *, tenant: str | None = None
@@ -717,9 +772,7 @@ class PostgresStorage(Storage):
 
     async def expire_sessions(self, now: float) -> list[str]:
         """Delete the sessions with ``expires_at <= now``; return their ids."""
-        rows = await self._fetch(
-            "DELETE FROM sessions WHERE expires_at <= %s RETURNING id", (now,), retry=False
-        )
+        rows = await self._fetch("DELETE FROM sessions WHERE expires_at <= %s RETURNING id", (now,))
         return [row[0] for row in rows]
 
     async def count_sessions(self, now: float) -> int:
@@ -792,7 +845,10 @@ class PostgresStorage(Storage):
     async def _fenced_write(
         self, run: RunRecord | None, checkpoints: Sequence[NodeCheckpoint]
     ) -> bool:
-        """Checkpoints (and the run's final state) in one statement, all or none: written?"""
+        """Write checkpoints (and the run's final state) in one statement, all or none.
+
+        Returns whether they were written.
+        """
         anchor = [(run.id, run.fence)] if run is not None else []
         fences = list(dict.fromkeys([*anchor, *((c.run_id, c.fence) for c in checkpoints)]))
         latest = {(c.run_id, c.node_id): c for c in checkpoints}  # one write per node
@@ -845,9 +901,7 @@ class PostgresStorage(Storage):
         retried after a lost connection (a claim that committed would count
         twice); the run stays claimable by whoever asks next once the lease ends.
         """
-        rows = await self._fetch(
-            _CLAIM_RUN, (owner, float(now + lease), run_id, now), retry=False
-        )
+        rows = await self._fetch(_CLAIM_RUN, (owner, float(now + lease), run_id, now), retry=False)
         return _run(rows[0]) if rows else None
 
     async def renew_leases(
@@ -857,9 +911,7 @@ class PostgresStorage(Storage):
         if not fences:
             return set()
         ids = list(fences)
-        rows = await self._fetch(
-            _RENEW_LEASES, (until, ids, [fences[i] for i in ids], owner)
-        )
+        rows = await self._fetch(_RENEW_LEASES, (until, ids, [fences[i] for i in ids], owner))
         return {row[0] for row in rows}
 
     async def claimable_runs(
@@ -931,8 +983,10 @@ class PostgresStorage(Storage):
         The statement takes consecutive positions from the counter row and
         holds its lock until it commits, so appends commit in position order
         (see the module's documentation); it notifies :attr:`events_channel`.
-        Not retried after a lost connection (it may have committed: an event
-        is never logged twice).
+        After a lost connection, the newest events are searched for the
+        batch's last event (byte for byte: its provisional id and time make it
+        unique): found, the append had committed and its positions are
+        returned; not found, it is appended again. An event is logged once.
         """
         if not events:
             return []
@@ -944,7 +998,14 @@ class PostgresStorage(Storage):
             "datas": datas,
             "channel": self.events_channel,
         }
-        rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
+        try:
+            rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
+        except DatabaseUnavailable:
+            if _AMBIENT.get() is not None:
+                raise  # the caller's transaction is gone: it decides
+            rows = await self._fetch(_FIND_LOGGED, (datas[-1],))
+            if not rows:
+                rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
         last = int(rows[0][0])
         first = last - len(events) + 1
         # Decoded from what was stored: copies, equal to what read_events returns.
@@ -1141,8 +1202,9 @@ class PostgresStorage(Storage):
         """Take ``cost`` tokens from bucket ``key``: 0.0 if taken, else the seconds to wait.
 
         One upsert statement: atomic across tasks, processes and machines (the
-        row lock queues concurrent takes). Times are wall-clock. Not retried
-        after a lost connection (a take that committed would count twice).
+        row lock queues concurrent takes). Times are wall-clock. Retried once
+        after a lost connection: a take whose commit was lost with it then
+        counts twice, which errs on the safe side of a limit.
         """
         capacity, refill, cost = float(capacity), float(refill_per_second), float(cost)
         now = time.time()
@@ -1156,7 +1218,7 @@ class PostgresStorage(Storage):
             "first": capacity - cost if first_taken else capacity,
             "first_taken": first_taken,
         }
-        rows = await self._fetch(_TAKE_TOKENS, params, retry=False)
+        rows = await self._fetch(_TAKE_TOKENS, params)
         taken, tokens, updated = rows[0]
         if taken:
             return 0.0
