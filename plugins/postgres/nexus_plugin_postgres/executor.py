@@ -110,6 +110,9 @@ class ProcrastinateExecutor(Executor):
         self._engine: RunEngine | None = None
         self._ready = anyio.Event()
         self._tags: dict[str, tuple[int | None, int | None]] = {}
+        quiet = logging.getLogger("procrastinate")
+        if quiet.level == logging.NOTSET:  # a line per job deferred and run: unless asked for
+            quiet.setLevel(logging.WARNING)
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
