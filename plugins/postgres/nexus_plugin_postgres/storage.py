@@ -1224,7 +1224,7 @@ class PostgresStorage(Storage):
             return 0.0
         if cost > capacity or refill <= 0:
             return math.inf
-        available = min(capacity, tokens + max(0.0, now - updated) * refill)
+        available = min(capacity, float(tokens) + max(0.0, now - float(updated)) * refill)
         return max((cost - available) / refill, 1e-9)
 
     # -- blobs -----------------------------------------------------------------
