@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import psycopg
 import pytest
-from pg_support import POSTGRES_URL, Schemas
-
 from nexus_core import Nexus
 from nexus_core.plugin import Event, PluginHost, Subscription, event_seq
+from pg_support import POSTGRES_URL, Schemas
+
 from nexus_plugin_postgres.bus import PostgresEventBus
 from nexus_plugin_postgres.plugin import BUS_PRIORITY
 from nexus_plugin_postgres.storage import PostgresStorage
@@ -58,6 +58,15 @@ async def take(sub: Subscription, count: int, within: float = 15.0) -> list[Even
         while len(got) < count:
             got.append(await sub.__anext__())
     return got
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Poll ``predicate`` until true, or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await anyio.sleep(0.01)
 
 
 def test_the_bus_sits_above_the_in_process_one_and_below_redis() -> None:
@@ -124,9 +133,7 @@ async def test_a_broken_listen_connection_reconnects_and_misses_nothing(
                 " WHERE application_name = %s AND query ILIKE 'LISTEN%%'",
                 (name,),
             )
-        with anyio.fail_after(10):
-            while b.listening:
-                await anyio.sleep(0.01)
+        await until(lambda: not b.listening, "the LISTEN connection to break")
         await a.publish(Event(type="during"))
         await a.publish(Event(type="after"))
         assert [e.type for e in await take(sub, 2)] == ["during", "after"]
