@@ -90,7 +90,7 @@ _SCHEMES = ("postgresql://", "postgres://")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout", "migrate")
 _CACHE_PURGE_EVERY = 512
 _CONNECT_TIMEOUT = 10.0  # seconds to wait for the first connection at open
-_PING_TIMEOUT = 2.0  # readiness answers within this, database down or not
+_PING_TIMEOUT = 1.5  # readiness (2 s per check) answers in time, database down or not
 
 _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder().decode
@@ -522,24 +522,31 @@ class PostgresStorage(Storage):
                 await pool.close()
 
     async def ping(self) -> bool:
-        """Whether ``SELECT 1`` answers now (a fresh connection if a pooled one broke)."""
+        """Whether ``SELECT 1`` answers now (a fresh connection if a pooled one broke).
+
+        False when closed. When the server does not answer, raises
+        :class:`DatabaseUnavailable` naming it and why, so ``/health/ready``
+        shows the reason; it waits at most 1.5 s for a connection.
+        """
         pool = self._pool
         if pool is None:
             return False
+        wait = min(self.settings.pool_timeout, _PING_TIMEOUT)
         for attempt in range(2):  # a pooled connection may have broken: then a fresh one
             if attempt:
                 await self._drop_broken(pool)
             try:
-                async with pool.connection(
-                    timeout=min(self.settings.pool_timeout, _PING_TIMEOUT)
-                ) as conn:
+                async with pool.connection(timeout=wait) as conn:
                     cur = await conn.execute(b"SELECT 1")
                     return await cur.fetchall() == [(1,)]
-            except PoolTimeout:
-                return False
-            except psycopg.Error:
-                continue
-        return False
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {self.where} does not answer: no connection within {wait:g}s"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                if attempt:
+                    raise self._unavailable(exc) from exc
+        return False  # pragma: no cover - the loop returns or raises
 
     async def _direct(self) -> Connection:
         """A connection outside the pool (migrations, before the pool opens)."""
