@@ -486,7 +486,7 @@ class RunEngine:
             active.lose()
             self._stopped_here(wf, record, active)
             return
-        except BaseException:
+        except BaseException as exc:
             # The host is stopping (or storage failed): the run stays "running"
             # with its checkpoints; its lease is released so another process
             # (or the next start) resumes it at once. Waiters learn it is
@@ -498,6 +498,12 @@ class RunEngine:
                     self.owner_id, {record.id: record.fence}, until=0
                 )
             self._stopped_here(wf, record, active)
+            if isinstance(exc, Exception):
+                # Storage failed (a database outage): this run stops here and is
+                # resumed from its checkpoints when its lease runs out; the host
+                # and its other runs carry on.
+                _log_storage_failure(record, exc)
+                return
             raise
         if active.lost:
             self._stopped_here(wf, record, active)
@@ -555,6 +561,12 @@ class RunEngine:
                 active.lose()
                 self._stopped_here(wf, record, active)
                 return
+            except Exception as exc:
+                # Storage failed: the result is not kept; the run is executed again
+                # from its checkpoints once its lease runs out (the host carries on).
+                self._stopped_here(wf, record, active)
+                _log_storage_failure(record, exc)
+                return
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
             if last is not None:
@@ -591,6 +603,19 @@ class RunEngine:
                 started_at=record.started_at,
             )
         )
+
+
+def _log_storage_failure(record: RunRecord, exc: Exception) -> None:
+    """One WARNING line: a run stopped in this process because storage failed."""
+    log.warning(
+        "run %s of workflow %r stopped here: storage failed (%s: %s); it resumes from its"
+        " checkpoints when its lease runs out",
+        record.id,
+        record.workflow,
+        type(exc).__name__,
+        exc,
+        extra={"run_id": record.id, "workflow": record.workflow},
+    )
 
 
 def _log_failed_run(record: RunRecord, error: RunError | None) -> None:

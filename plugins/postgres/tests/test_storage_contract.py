@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, settings
+from nexus_core.testing.storage import StorageContract
 from pg_support import Schemas
 
-from nexus_core.testing.storage import StorageContract
 from nexus_plugin_postgres.storage import PostgresStorage
 
 
