@@ -540,6 +540,14 @@ class LocalEventBus(EventBus):
         """How many subscriptions are registered."""
         return len(self._subs)
 
+    @property
+    def position(self) -> int:
+        """The log position this bus has delivered up to (0: none yet).
+
+        .. versionadded:: 0.1
+        """
+        return self._position
+
     async def start(self) -> None:
         """Start delivering after the newest event already logged (by any process)."""
         last = getattr(self.log, "last_event_id", None)

@@ -2,13 +2,15 @@ r"""The event bus on LISTEN/NOTIFY: live events across gateways with PostgreSQL 
 
 Every append to the PostgreSQL event log sends ``NOTIFY`` on the log's channel
 (:attr:`~nexus_plugin_postgres.storage.PostgresStorage.events_channel`) with
-its last position, from the statement that appends, so the notification is
+its last position and the appending storage object's origin, from the
+statement that appends, so the notification is
 delivered when the append commits, and appends commit in position order. This
 bus is the core's :class:`~nexus_core.plugin.LocalEventBus` (which logs, delivers
 in log order, replays from ``Last-Event-ID`` and reads the log for other
 processes' events) with one change: instead of polling the log every
 ``poll_interval`` seconds it holds a connection that ``LISTEN``\\ s and reads the
-log when told. Events themselves are always read from the log, never from the
+log when another process appended (its own appends it delivers itself, as the
+in-process bus does). Events themselves are always read from the log, never from the
 notification, so an event of any size travels the same way (NOTIFY's 8000-byte
 limit never applies), in one order, with no gap and no duplicate: a subscriber
 on any gateway sees what every gateway published.
@@ -101,6 +103,17 @@ class PostgresEventBus(LocalEventBus):
             await self._wake.wait()
         self._wake = anyio.Event()
 
+    def _own(self, payload: str) -> bool:
+        """Whether a notification is of an append this bus delivers itself (nothing to read).
+
+        The payload is ``"<last position> <origin>"``: an append of this bus's
+        own storage object, or one at or below the position delivered already.
+        """
+        seq, _, origin = payload.partition(" ")
+        if self.backend is not None and origin == self.backend.origin:
+            return True
+        return seq.isdigit() and int(seq) <= self.position
+
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -125,9 +138,10 @@ class PostgresEventBus(LocalEventBus):
                     if delay > 0.1:
                         _log.info("listening to %s again", backend.where)
                     delay = 0.1
-                    async for _ in conn.notifies():
+                    async for note in conn.notifies():
                         self.notifications += 1
-                        self._wake.set()
+                        if not self._own(note.payload):
+                            self._wake.set()
             except psycopg.Error as exc:
                 self.listening = False
                 _log.warning(

@@ -53,6 +53,7 @@ import contextlib
 import contextvars
 import hashlib
 import math
+import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -292,7 +293,8 @@ _CLAIMABLE_RUNS = (
 _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = %s"
 
 # Positions from the one counter row, locked until this append commits: appends
-# commit in position order. NOTIFY (sent at commit) carries the last position.
+# commit in position order. NOTIFY (sent at commit) carries the last position
+# and the appending object's origin.
 _APPEND_EVENTS = """
 WITH head AS (
     UPDATE event_head SET seq = seq + %(n)s RETURNING seq
@@ -303,7 +305,7 @@ WITH head AS (
         WITH ORDINALITY AS e (run_id, time, data, ord)
     RETURNING seq
 )
-SELECT head.seq, pg_notify(%(channel)s, head.seq::text) FROM head
+SELECT head.seq, pg_notify(%(channel)s, head.seq::text || ' ' || %(origin)s) FROM head
 """
 # Did an append whose connection broke commit? Its last event, among the newest.
 _FIND_LOGGED = (
@@ -464,6 +466,9 @@ class PostgresStorage(Storage):
             channel = "nexus_events." + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
         #: The NOTIFY channel every append of this log signals (see the bus).
         self.events_channel = channel
+        #: Names this object in its appends' notifications ("<last position> <origin>"),
+        #: so its own bus knows which appends it delivers itself.
+        self.origin = secrets.token_hex(6)
 
     @property
     def where(self) -> str:
@@ -1004,6 +1009,7 @@ class PostgresStorage(Storage):
             "times": [float(e.time) for e in events],
             "datas": datas,
             "channel": self.events_channel,
+            "origin": self.origin,
         }
         try:
             rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
