@@ -178,8 +178,11 @@ def parse_url(url: str) -> _Url:
     if schema is not None:
         # The schema is the whole search_path: no extra round trip per connection.
         options = str(info.get("options") or "")
-        quoted = schema.replace("\\", "\\\\").replace(" ", "\\ ")
-        info["options"] = f"{options} -csearch_path={quoted}".strip()
+        # An identifier in double quotes (case and spaces kept), then escaped for
+        # libpq's options, where a backslash escapes the next character.
+        ident = '"' + schema.replace('"', '""') + '"'
+        escaped = ident.replace("\\", "\\\\").replace(" ", "\\ ")
+        info["options"] = f"{options} -csearch_path={escaped}".strip()
         conninfo = make_conninfo("", **info)
     where = (
         f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"

@@ -19,6 +19,8 @@ import anyio
 import anyio.lowlevel
 import psycopg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from nexus_core.plugin import Event, LeaseLost, NodeCheckpoint, RunRecord, event_seq
 from pg_support import POSTGRES_URL, Schemas, drop_schema, server_url, with_params
 from psycopg import sql
@@ -83,7 +85,7 @@ def _run(rid: str, **fields: object) -> RunRecord:
 def test_url_settings_are_checked_and_never_leak_the_password() -> None:
     parsed = parse_url("postgresql://u:secret@db:5433/nexus?schema=s1&pool_max=3&sslmode=prefer")
     assert (parsed.schema, parsed.pool_min, parsed.pool_max, parsed.migrate) == ("s1", 1, 3, True)
-    assert "search_path=s1" in parsed.conninfo and "sslmode=prefer" in parsed.conninfo
+    assert 'search_path="s1"' in parsed.conninfo and "sslmode=prefer" in parsed.conninfo
     assert parsed.where == "db:5433/nexus"
     for bad, named in (
         ("postgresql://u:secret@db/x?pool_max=lots", "pool_max"),
@@ -344,3 +346,41 @@ async def test_a_lease_that_expires_during_an_outage_is_taken_over_after_it(
     finally:
         admin(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)).as_string(None))
         await store.close()
+
+
+# -- schema names ---------------------------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schema=st.text(
+        alphabet=st.sampled_from('abcXYZ09 _-."\\$é'),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda s: not s.startswith("pg_"))
+)
+@example(schema="My Schema")
+@example(schema='a"b\\c é')
+def test_any_schema_name_is_kept_as_written(schema: str) -> None:
+    """Case, spaces, quotes and backslashes: the schema is created and used by exactly that name."""
+    server_url()
+    url = with_params(POSTGRES_URL, schema=schema)
+
+    async def roundtrip() -> None:
+        store = PostgresStorage(url)
+        await store.open()
+        try:
+            await store.create_run(_run("r1"))
+            assert (await store.get_run("r1")) is not None
+        finally:
+            await store.close()
+
+    try:
+        anyio.run(roundtrip)
+        rows = admin(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = 'runs'",
+            (schema,),
+        )
+        assert rows == [(1,)]
+    finally:
+        drop_schema(schema)
