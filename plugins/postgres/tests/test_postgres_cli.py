@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pg_support import Schemas
 
+pytest.importorskip("nexus_plugin_cli", reason="needs nexus-plugin-cli")
+
 pytestmark = pytest.mark.slow
 
 

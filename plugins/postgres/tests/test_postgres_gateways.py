@@ -32,6 +32,9 @@ from psycopg import sql
 
 from nexus_plugin_postgres.storage import parse_url
 
+pytest.importorskip("nexus_plugin_api", reason="needs nexus-plugin-api")
+pytest.importorskip("nexus_plugin_cli", reason="needs nexus-plugin-cli")
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 APP = '''
@@ -167,6 +170,8 @@ async def test_a_session_made_on_a_continues_on_b_over_other_channels(
     tmp_path: Path, schemas: Schemas
 ) -> None:
     import httpx2
+
+    pytest.importorskip("nexus_plugin_mcp", reason="needs nexus-plugin-mcp")
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
     from websockets.asyncio.client import connect
