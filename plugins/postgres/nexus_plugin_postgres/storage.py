@@ -91,6 +91,8 @@ _SCHEMES = ("postgresql://", "postgres://")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout", "migrate")
 _CACHE_PURGE_EVERY = 512
 _CONNECT_TIMEOUT = 10.0  # seconds to wait for the first connection at open
+#: How long an event or audit append keeps trying through an outage (seconds).
+_APPEND_PATIENCE = 60.0
 _PING_TIMEOUT = 1.5  # readiness (2 s per check) answers in time, database down or not
 
 _encode = msgspec.json.Encoder().encode
@@ -314,6 +316,10 @@ SELECT head.seq, pg_notify(%(channel)s, head.seq::text || ' ' || %(origin)s) FRO
 _FIND_LOGGED = (
     "SELECT seq FROM events WHERE seq > (SELECT seq - 10000 FROM event_head) AND data = %s"
     " ORDER BY seq DESC LIMIT 1"
+)
+_FIND_AUDIT = (
+    "SELECT seq FROM audit WHERE seq > (SELECT coalesce(max(seq), 0) - 10000 FROM audit)"
+    " AND data = %s LIMIT 1"
 )
 _READ_EVENTS = "SELECT seq, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
 _READ_RUN_EVENTS = (
@@ -726,6 +732,42 @@ class PostgresStorage(Storage):
 
         return await self._call(work, retry=retry)
 
+    async def _patiently(
+        self,
+        append: Callable[[], Awaitable[list[Any]]],
+        find: Callable[[], Awaitable[list[Any]]],
+        *,
+        found_empty: bool = False,
+    ) -> list[Any]:
+        """An append that must land once, through an outage of up to ``_APPEND_PATIENCE`` s.
+
+        ``append`` writes; ``find`` says whether an append whose connection
+        broke had committed (its rows, empty: it had not). After a failure the
+        call waits (doubling, up to 2 s) and asks ``find`` first, then appends
+        again. ``found_empty``: ``append`` returns no rows, so a successful one
+        returns ``[(True,)]``. Inside :meth:`transaction` nothing is retried.
+        """
+        try:
+            rows = await append()
+            return [(True,)] if found_empty else rows
+        except DatabaseUnavailable:
+            if _AMBIENT.get() is not None:
+                raise  # the caller's transaction is gone: the caller decides
+            give_up = time.monotonic() + _APPEND_PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                rows = await find()
+                if rows:
+                    return rows
+                rows = await append()
+                return [(True,)] if found_empty else rows
+            except DatabaseUnavailable:
+                if time.monotonic() > give_up:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     # -- sessions --------------------------------------------------------------
 
     async def create_session(self, session: SessionRecord) -> None:
@@ -998,10 +1040,12 @@ class PostgresStorage(Storage):
         The statement takes consecutive positions from the counter row and
         holds its lock until it commits, so appends commit in position order
         (see the module's documentation); it notifies :attr:`events_channel`.
-        After a lost connection, the newest events are searched for the
-        batch's last event (byte for byte: its provisional id and time make it
-        unique): found, the append had committed and its positions are
-        returned; not found, it is appended again. An event is logged once.
+        Through an outage of up to a minute the append waits and tries again
+        (the bus holds the events behind it, in order): after each failure the
+        newest events are searched for the batch's last event (byte for byte:
+        its provisional id and time make it unique); found, the append had
+        committed and its positions are returned; not found, it is appended
+        again. An event is logged once, and none is dropped by a short outage.
         """
         if not events:
             return []
@@ -1014,14 +1058,10 @@ class PostgresStorage(Storage):
             "channel": self.events_channel,
             "origin": self.origin,
         }
-        try:
-            rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
-        except DatabaseUnavailable:
-            if _AMBIENT.get() is not None:
-                raise  # the caller's transaction is gone: it decides
-            rows = await self._fetch(_FIND_LOGGED, (datas[-1],))
-            if not rows:
-                rows = await self._fetch(_APPEND_EVENTS, params, retry=False)
+        rows = await self._patiently(
+            lambda: self._fetch(_APPEND_EVENTS, params, retry=False),
+            lambda: self._fetch(_FIND_LOGGED, (datas[-1],), retry=False),
+        )
         last = int(rows[0][0])
         first = last - len(events) + 1
         # Decoded from what was stored: copies, equal to what read_events returns.
@@ -1088,19 +1128,26 @@ class PostgresStorage(Storage):
     # -- audit -----------------------------------------------------------------
 
     async def append_audits(self, records: Sequence[AuditRecord]) -> None:
-        """Append audit records in order: one statement (not retried: never twice)."""
+        """Append audit records in order, in one statement.
+
+        Through an outage of up to a minute it waits and tries again, looking
+        for its last record first (as :meth:`append_events`): each record is
+        kept once.
+        """
         if not records:
             return
-        await self._execute(
-            _INSERT_AUDITS,
-            (
-                [float(r.time) for r in records],
-                [r.tenant for r in records],
-                [r.principal for r in records],
-                [r.workflow for r in records],
-                [_encode(r) for r in records],
-            ),
-            retry=False,
+        datas = [_encode(r) for r in records]
+        params = (
+            [float(r.time) for r in records],
+            [r.tenant for r in records],
+            [r.principal for r in records],
+            [r.workflow for r in records],
+            datas,
+        )
+        await self._patiently(
+            lambda: self._fetch(_INSERT_AUDITS, params, retry=False),
+            lambda: self._fetch(_FIND_AUDIT, (datas[-1],), retry=False),
+            found_empty=True,
         )
 
     async def query_audit(
