@@ -124,8 +124,16 @@ class PostgresEventBus(LocalEventBus):
         delay = 0.1
         while True:
             try:
+                # TCP keepalives: a connection whose peer vanished without a word
+                # (a partition) is noticed within half a minute, then replaced.
                 conn = await psycopg.AsyncConnection.connect(
-                    backend.conninfo, autocommit=True, connect_timeout=10
+                    backend.conninfo,
+                    autocommit=True,
+                    connect_timeout=10,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
                 )
                 async with conn:
                     listen = sql.SQL("LISTEN {}").format(sql.Identifier(backend.events_channel))

@@ -661,6 +661,7 @@ class PostgresStorage(Storage):
         if ambient is not None and ambient[0] is self:
             yield ambient[1]
             return
+        conn: Connection | None = None
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 token = _AMBIENT.set((self, conn))
@@ -669,6 +670,8 @@ class PostgresStorage(Storage):
                 finally:
                     _AMBIENT.reset(token)
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            if not _connection_lost(exc, conn):
+                raise  # the caller's own statement failed: its error, as it was
             raise self._unavailable(exc) from exc
 
     @staticmethod
