@@ -205,6 +205,16 @@ async def test_transaction_commits_or_rolls_back_with_the_callers_statement(
         cur = await conn.execute("SELECT run_id FROM jobs")
         assert await cur.fetchall() == [("r2",)]
 
+    async def time_out() -> None:
+        async with store.transaction() as conn:
+            await conn.execute("SET LOCAL statement_timeout = 1")
+            await conn.execute("SELECT pg_sleep(1)")
+
+    # The caller's own failing statement keeps its error (not taken for an outage).
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        await time_out()
+    assert await store.ping()
+
 
 # -- migrations -----------------------------------------------------------------------------
 
