@@ -10,9 +10,11 @@ in log order, replays from ``Last-Event-ID`` and reads the log for other
 processes' events) with one change: instead of polling the log every
 ``poll_interval`` seconds it holds a connection that ``LISTEN``\\ s and reads the
 log when another process appended (its own appends it delivers itself, as the
-in-process bus does). Events themselves are always read from the log, never from the
-notification, so an event of any size travels the same way (NOTIFY's 8000-byte
-limit never applies), in one order, with no gap and no duplicate: a subscriber
+in-process bus does). A small batch rides in its notification and is
+delivered from it when it follows what was delivered directly; a larger one
+(NOTIFY carries 8000 bytes at most), or one after a gap, is read from the log
+by its position. Either way every subscriber gets events in one order, with
+no gap and no duplicate: a subscriber
 on any gateway sees what every gateway published.
 
 When the listening connection breaks, the bus polls every ``poll_interval``
@@ -28,8 +30,9 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
+import msgspec
 import psycopg
-from nexus_core.plugin import LocalEventBus
+from nexus_core.plugin import Event, LocalEventBus, event_id
 from psycopg import sql
 
 from .storage import PostgresStorage
@@ -37,6 +40,8 @@ from .storage import PostgresStorage
 __all__ = ["PostgresEventBus"]
 
 _log = logging.getLogger("nexus.postgres.bus")
+
+_decode_event = msgspec.json.Decoder(Event).decode
 
 #: While listening, the log is read at least this often anyway (belt and braces).
 _SAFETY_INTERVAL = 5.0
@@ -103,16 +108,34 @@ class PostgresEventBus(LocalEventBus):
             await self._wake.wait()
         self._wake = anyio.Event()
 
-    def _own(self, payload: str) -> bool:
-        """Whether a notification is of an append this bus delivers itself (nothing to read).
+    def _heard(self, payload: str) -> bool:
+        """Act on a notification; whether the log must be read for it.
 
-        The payload is ``"<last position> <origin>"``: an append of this bus's
-        own storage object, or one at or below the position delivered already.
+        The payload is ``"<last position> <origin>"``, then, for a small
+        batch, one line of JSON per event. Nothing to read for an append of
+        this bus's own storage object (it delivers those itself) or one at or
+        below the position delivered already. A batch that follows the
+        delivered position directly is delivered from the notification; any
+        other (a gap before it, or no events in it) is read from the log, so
+        events always arrive in log order, each once.
         """
-        seq, _, origin = payload.partition(" ")
-        if self.backend is not None and origin == self.backend.origin:
+        head, *lines = payload.split("\n")
+        seq_text, _, origin = head.partition(" ")
+        if not seq_text.isdigit():
             return True
-        return seq.isdigit() and int(seq) <= self.position
+        last = int(seq_text)
+        if (self.backend is not None and origin == self.backend.origin) or last <= self.position:
+            return False
+        first = last - len(lines) + 1
+        if not lines or first != self.position + 1:
+            return True
+        try:
+            events = [_decode_event(line) for line in lines]
+        except msgspec.DecodeError:
+            return True
+        for offset, event in enumerate(events):
+            self.deliver(msgspec.structs.replace(event, id=event_id(first + offset)))
+        return False
 
     async def _listen(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -148,7 +171,7 @@ class PostgresEventBus(LocalEventBus):
                     delay = 0.1
                     async for note in conn.notifies():
                         self.notifications += 1
-                        if not self._own(note.payload):
+                        if self._heard(note.payload):
                             self._wake.set()
             except psycopg.Error as exc:
                 self.listening = False

@@ -91,6 +91,8 @@ _SCHEMES = ("postgresql://", "postgres://")
 _OWN_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout", "migrate")
 _CACHE_PURGE_EVERY = 512
 _CONNECT_TIMEOUT = 10.0  # seconds to wait for the first connection at open
+#: Events ride in an append's notification up to this many bytes (NOTIFY's limit: 8000).
+_NOTIFY_INLINE = 7800
 #: How long an event or audit append keeps trying through an outage (seconds).
 _APPEND_PATIENCE = 60.0
 _PING_TIMEOUT = 1.5  # readiness (2 s per check) answers in time, database down or not
@@ -299,7 +301,8 @@ _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = %s"
 
 # Positions from the one counter row, locked until this append commits: appends
 # commit in position order. NOTIFY (sent at commit) carries the last position
-# and the appending object's origin.
+# and the appending object's origin, then the events themselves (one JSON a
+# line) when they fit in a notification.
 _APPEND_EVENTS = """
 WITH head AS (
     UPDATE event_head SET seq = seq + %(n)s RETURNING seq
@@ -310,7 +313,7 @@ WITH head AS (
         WITH ORDINALITY AS e (run_id, time, data, ord)
     RETURNING seq
 )
-SELECT head.seq, pg_notify(%(channel)s, head.seq::text || ' ' || %(origin)s) FROM head
+SELECT head.seq, pg_notify(%(channel)s, head.seq::text || ' ' || %(notice)s) FROM head
 """
 # Did an append whose connection broke commit? Its last event, among the newest.
 _FIND_LOGGED = (
@@ -475,8 +478,9 @@ class PostgresStorage(Storage):
             channel = "nexus_events." + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
         #: The NOTIFY channel every append of this log signals (see the bus).
         self.events_channel = channel
-        #: Names this object in its appends' notifications ("<last position> <origin>"),
-        #: so its own bus knows which appends it delivers itself.
+        #: Names this object in its appends' notifications ("<last position> <origin>",
+        #: then the events when they fit), so its own bus knows which appends it
+        #: delivers itself.
         self.origin = secrets.token_hex(6)
 
     @property
@@ -1059,7 +1063,7 @@ class PostgresStorage(Storage):
             "times": [float(e.time) for e in events],
             "datas": datas,
             "channel": self.events_channel,
-            "origin": self.origin,
+            "notice": self._notice(datas),
         }
         rows = await self._patiently(
             lambda: self._fetch(_APPEND_EVENTS, params, retry=False),
@@ -1069,6 +1073,19 @@ class PostgresStorage(Storage):
         first = last - len(events) + 1
         # Decoded from what was stored: copies, equal to what read_events returns.
         return [_event(first + i, data) for i, data in enumerate(datas)]
+
+    def _notice(self, datas: Sequence[bytes]) -> str:
+        """What an append's notification says after its last position.
+
+        ``"<origin>"``, then, when the whole batch fits in NOTIFY's limit, a
+        line per event (its JSON; msgspec writes no raw newline): listeners
+        deliver small batches from the notification and read the log for the
+        rest.
+        """
+        size = sum(len(d) + 1 for d in datas)
+        if size + len(self.origin) + 24 > _NOTIFY_INLINE:
+            return self.origin
+        return "\n".join([self.origin, *(d.decode() for d in datas)])
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None

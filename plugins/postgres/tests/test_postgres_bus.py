@@ -12,6 +12,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import psycopg
@@ -164,4 +165,33 @@ async def test_two_hosts_on_one_database_share_live_runs(schemas: Schemas) -> No
         assert [e.type for e in events] == ["run.started", "run.completed"]
         assert {e.run_id for e in events} == {result.run_id}
         assert time.monotonic() - started < SLOW_POLL / 2  # NOTIFY, not the poll
+        await sub.aclose()
+
+
+async def test_small_batches_ride_in_the_notification_large_ones_are_read(
+    schemas: Schemas,
+) -> None:
+    """B delivers A's small events from NOTIFY (no read of the log), a 20 kB one by position."""
+    async with gateways(schemas.url(), 2) as (a, b):
+        store = b.backend
+        assert store is not None
+        reads: list[str | None] = []
+        read = store.read_events
+
+        async def counting(**options: Any) -> list[Event]:
+            reads.append(options.get("after"))
+            return await read(**options)
+
+        store.read_events = counting  # type: ignore[method-assign]
+        sub = b.subscribe(("*",))
+        for i in range(20):
+            await a.publish(Event(type="small", data={"i": i}))
+            await a.flush()
+        small = await take(sub, 20)
+        assert [e.data["i"] for e in small] == list(range(20))
+        assert reads == []  # every one came in its notification
+        await a.publish(Event(type="large", data={"blob": "y" * 20_000}))
+        [large] = await take(sub, 1)
+        assert large.data["blob"] == "y" * 20_000
+        assert reads == [small[-1].id]  # read from the log, after the last one delivered
         await sub.aclose()
