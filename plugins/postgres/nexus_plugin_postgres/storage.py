@@ -82,7 +82,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ._migrations import MIGRATIONS, Migration
 
-__all__ = ["DatabaseUnavailable", "PostgresStorage", "SchemaVersionError", "parse_url"]
+__all__ = [
+    "DatabaseUnavailable",
+    "PostgresStorage",
+    "SchemaVersionError",
+    "UrlSettings",
+    "parse_url",
+]
 
 _T = TypeVar("_T")
 Connection = psycopg.AsyncConnection[Any]
@@ -129,17 +135,25 @@ class SchemaVersionError(RuntimeError):
 # -- URLs -----------------------------------------------------------------------
 
 
-class _Url(msgspec.Struct, frozen=True):
+class UrlSettings(msgspec.Struct, frozen=True):
+    """A ``postgresql://`` URL, split: libpq's connection string and this backend's settings."""
+
+    #: libpq's connection string: the URL without this backend's settings, the schema applied.
     conninfo: str
+    #: The ``schema`` setting (None: the server's ``search_path``).
     schema: str | None
+    #: The pool's size per process.
     pool_min: int
     pool_max: int
+    #: Seconds a call waits for a connection.
     pool_timeout: float
+    #: Whether opening the storage applies pending migrations.
     migrate: bool
-    where: str  # host:port/database, for messages
+    #: ``host:port/database``, for messages (never the password).
+    where: str
 
 
-def parse_url(url: str) -> _Url:
+def parse_url(url: str) -> UrlSettings:
     """Split a ``postgresql://`` URL into libpq's conninfo and this backend's settings.
 
     Raises ``ValueError`` naming the setting that is wrong.
@@ -191,7 +205,7 @@ def parse_url(url: str) -> _Url:
     where = (
         f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
     )
-    return _Url(
+    return UrlSettings(
         conninfo=conninfo,
         schema=schema,
         pool_min=sizes["pool_min"],
@@ -469,6 +483,7 @@ class PostgresStorage(Storage):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        #: The URL, split (see :func:`parse_url`).
         self.settings = parse_url(url)
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._cache_sets = 0
