@@ -413,7 +413,7 @@ class Nexus:
         idempotency_key: str | None,
         wait: bool,
     ) -> RunResult:
-        services = self._services()
+        services = self._services()  # a host that is not running says so here
         started = time.perf_counter()
         who = principal or ANONYMOUS
         security = self.security
@@ -471,7 +471,8 @@ class Nexus:
                 record.status = "pending"  # stored unleased: a worker claims it
             # The key is scoped to (tenant, principal): only the caller's own run comes back.
             if durable:
-                record, created = await services.storage.create_run(record)
+                # Stored (and, for a queue executor, handed to its workers) by the executor.
+                record, created = await executor.accept(self.engine, record)
                 if not created and stored is not plain:
                     # The caller's earlier run holds its own copy: this one is not referred to.
                     await services.storage.delete_blob(f"{blobs}inputs")
@@ -513,8 +514,6 @@ class Nexus:
         active = None
         if executor.inline:
             active = self.engine.start(wf, values, record, sess, who)
-        else:
-            await executor.submit(self.engine, record)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(

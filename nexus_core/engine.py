@@ -492,7 +492,7 @@ class RunEngine:
             active.lose()
             self._stopped_here(wf, record, active)
             return
-        except BaseException:
+        except BaseException as exc:
             # The host is stopping (or storage failed): the run stays "running"
             # with its checkpoints; its lease is released so another process
             # (or the next start) resumes it at once. Waiters learn it is
@@ -504,6 +504,12 @@ class RunEngine:
                     self.owner_id, {record.id: record.fence}, until=0
                 )
             self._stopped_here(wf, record, active)
+            if isinstance(exc, Exception):
+                # Storage failed (a database outage): this run stops here and is
+                # resumed from its checkpoints when its lease runs out; the host
+                # and its other runs carry on.
+                _log_storage_failure(record, exc)
+                return
             raise
         if active.lost:
             self._stopped_here(wf, record, active)
@@ -575,6 +581,12 @@ class RunEngine:
                 await audit("lease_lost", str(exc))
                 active.lose()
                 self._stopped_here(wf, record, active)
+                return
+            except Exception as exc:
+                # Storage failed: the result is not kept; the run is executed again
+                # from its checkpoints once its lease runs out (the host carries on).
+                self._stopped_here(wf, record, active)
+                _log_storage_failure(record, exc)
                 return
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
@@ -714,6 +726,19 @@ class _LiveObserver:
             return
         data = {"node": node_id, "status": result.status, "duration_ms": result.duration_ms}
         await self.emit(EventType.NODE_FINISHED, data)
+
+
+def _log_storage_failure(record: RunRecord, exc: Exception) -> None:
+    """One WARNING line: a run stopped in this process because storage failed."""
+    log.warning(
+        "run %s of workflow %r stopped here: storage failed (%s: %s); it resumes from its"
+        " checkpoints when its lease runs out",
+        record.id,
+        record.workflow,
+        type(exc).__name__,
+        exc,
+        extra={"run_id": record.id, "workflow": record.workflow},
+    )
 
 
 def _log_failed_run(record: RunRecord, error: RunError | None) -> None:

@@ -553,6 +553,14 @@ class LocalEventBus(EventBus):
         """How many subscriptions are registered."""
         return len(self._subs)
 
+    @property
+    def position(self) -> int:
+        """The log position this bus has delivered up to (0: none yet).
+
+        .. versionadded:: 0.1
+        """
+        return self._position
+
     async def start(self) -> None:
         """Start delivering after the newest event already logged (by any process)."""
         last = getattr(self.log, "last_event_id", None)
@@ -581,13 +589,24 @@ class LocalEventBus(EventBus):
             tg.start_soon(self._tail)
             task_status.started()
 
+    async def wait_for_others(self) -> None:
+        """Wait until the log may hold events other processes logged; the bus reads it then.
+
+        The default sleeps ``poll_interval`` seconds (polling). A bus that is
+        told when something is logged (PostgreSQL's LISTEN/NOTIFY) overrides it
+        to return when told, so it reads the log only then.
+
+        .. versionadded:: 0.1
+        """
+        await anyio.sleep(self.poll_interval)
+
     async def _tail(self) -> None:
-        """Deliver what other processes log, every ``poll_interval`` s, while anyone listens."""
+        """Deliver what other processes log, whenever :meth:`wait_for_others` returns."""
         log = self.log
         assert log is not None
         last = getattr(log, "last_event_id", None)
         while True:
-            await anyio.sleep(self.poll_interval)
+            await self.wait_for_others()
             if not self._subs:
                 if last is None:
                     await self._someone.wait()

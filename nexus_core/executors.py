@@ -82,11 +82,26 @@ class Executor:
         if engine.recovering:
             await engine.recover_forever()
 
+    async def accept(self, engine: RunEngine, record: RunRecord) -> tuple[RunRecord, bool]:
+        """Store a new run record and, for a queue executor, hand it over: ``(stored, created)``.
+
+        The host calls this once per accepted run. The default stores it with
+        the run store's ``create_run`` (an existing run with the same
+        idempotency key comes back with ``created`` False) and then calls
+        :meth:`submit` for a new run unless :attr:`inline`. A queue executor
+        on the database of the run store may override it to store the run and
+        enqueue it in one transaction, so neither exists without the other.
+        """
+        stored, created = await engine.app._services().storage.create_run(record)
+        if created and not self.inline:
+            await self.submit(engine, stored)
+        return stored, created
+
     async def submit(self, engine: RunEngine, record: RunRecord) -> None:
         """Hand a stored, unleased run to whoever executes it (queue executors).
 
-        Called once per run, after the run record is stored. Inline executors
-        are never asked.
+        Called once per run by :meth:`accept`, after the run record is stored.
+        Inline executors are never asked.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot take runs")
 

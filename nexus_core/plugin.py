@@ -30,7 +30,8 @@ Base classes and protocols
     backend per role), the storage roles a backend may serve alone
     (:class:`Backend`, :class:`RunStore`, :class:`EventLog`, :class:`AuditLog`,
     :class:`CredentialStore`, :class:`SessionStore`, :class:`Cache`,
-    :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus`,
+    :class:`BlobStore`; :data:`ROLES`, :data:`Role`), :class:`EventBus` (+
+    :class:`LocalEventBus`, the in-process one, to build a bus on),
     :class:`Executor` (+ :class:`InlineExecutor`; a queue executor drives
     :class:`RunEngine`), :class:`Node` (+ :class:`NodeContext`,
     :func:`current_context`), :class:`Injectable` (a parameter type the host
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
         Event,
         EventBus,
         EventType,
+        LocalEventBus,
         SubscriberLagged,
         Subscription,
         event_id,
@@ -220,6 +222,7 @@ __all__ = [
     "InlineExecutor",
     "JsonFormatter",
     "LeaseLost",
+    "LocalEventBus",
     "LogFormat",
     "MemoryStorage",
     "Nexus",
@@ -324,6 +327,7 @@ _EXPORTS = {
     "InlineExecutor": ".executors",
     "JsonFormatter": ".logs",
     "LeaseLost": ".storage.base",
+    "LocalEventBus": ".events",
     "LogFormat": ".logs",
     "MemoryStorage": ".storage.memory",
     "Nexus": ".app",
