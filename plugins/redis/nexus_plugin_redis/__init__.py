@@ -1,4 +1,4 @@
-"""nexus-plugin-redis: a cross-instance event bus on Redis Streams, shared rate limits, sessions, cache.
+"""nexus-plugin-redis: an event bus on Redis Streams, shared rate limits, sessions, cache.
 
 Installing the plugin registers:
 

@@ -32,7 +32,7 @@ class RedisConfig(ConfigStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.url is not None:
-            from .connection import parse_url  # noqa: PLC0415 - keep redis out of config loading
+            from .connection import parse_url
 
             try:
                 parse_url(self.url)

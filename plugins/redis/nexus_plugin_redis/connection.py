@@ -40,11 +40,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
+    "UNREACHABLE",
+    "Breaker",
     "ErrorPolicy",
     "RedisSettings",
     "RedisUnavailable",
-    "UNREACHABLE",
-    "Breaker",
     "parse_url",
     "redacted",
 ]
@@ -123,7 +123,7 @@ class RedisSettings:
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         }
         options.update(overrides)  # settings in the URL's query win over both
-        return aioredis.from_url(self.client_url, **options)  # type: ignore[no-any-return]
+        return aioredis.from_url(self.client_url, **options)
 
 
 def _policy(value: str, name: str, url: str) -> ErrorPolicy:
@@ -133,7 +133,7 @@ def _policy(value: str, name: str, url: str) -> ErrorPolicy:
 
 
 def parse_url(url: str) -> RedisSettings:
-    """Parse a ``redis://`` or ``rediss://`` URL; a bad one raises ``ValueError`` naming the part."""
+    """Parse a ``redis://`` or ``rediss://`` URL; a bad one is a ``ValueError`` naming the part."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"{redacted(url)}: not a redis:// or rediss:// URL")
@@ -188,6 +188,11 @@ class Breaker:
     def down(self) -> bool:
         """Whether the last attempt failed (Redis is taken to be unreachable)."""
         return self.last_error is not None
+
+    @property
+    def delay(self) -> float:
+        """The current backoff delay (seconds; 0 while Redis answers)."""
+        return self._delay
 
     def check(self) -> None:
         """Raise :class:`RedisUnavailable` while backing off."""

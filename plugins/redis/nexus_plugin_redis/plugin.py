@@ -23,7 +23,7 @@ def nexus_storage_backends() -> list[StorageBackendSpec]:
             name="redis",
             schemes=("redis", "rediss"),
             factory="nexus_plugin_redis.storage:RedisBackend",
-            description="Redis: shared rate-limit buckets, cache and sessions (roles cache, sessions).",
+            description="Redis: shared rate-limit buckets, cache and sessions.",
         )
     ]
 

@@ -66,7 +66,8 @@ elseif rate <= 0 or cost > capacity then
 else
   wait = string.format('%.17g', (cost - tokens) / rate)
 end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'ts', string.format('%.17g', ts))
 if rate > 0 then
   local full_in = (capacity - tokens) / rate
   if full_in < 1e9 then
@@ -189,12 +190,14 @@ class RedisBackend(Cache, SessionStore):
     async def cache_get(self, key: str) -> bytes | None:
         """The value, or None (also while Redis is down, unless ``cache_errors=closed``)."""
         try:
-            value: bytes | None = await self._call(lambda r: r.get(self._value + key))
+            value = await self._call(lambda r: r.get(self._value + key))
         except RedisUnavailable:
             if self.settings.cache_errors == "closed":
                 raise
             return None
-        return value
+        return (
+            value if value is None else bytes(value, "latin-1") if isinstance(value, str) else value
+        )
 
     async def cache_set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
         """Set a value with Redis's own expiry (dropped while Redis is down, by default)."""

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from redis_support import delete_prefix, new_prefix, redis_url  # noqa: E402
+from redis_support import delete_prefix, new_prefix, redis_url
 
 
 @pytest.fixture
