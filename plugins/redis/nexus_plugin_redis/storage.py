@@ -195,9 +195,9 @@ class RedisBackend(Cache, SessionStore):
             if self.settings.cache_errors == "closed":
                 raise
             return None
-        return (
-            value if value is None else bytes(value, "latin-1") if isinstance(value, str) else value
-        )
+        if isinstance(value, str):  # only with decode_responses=True in the URL
+            return value.encode()
+        return value
 
     async def cache_set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
         """Set a value with Redis's own expiry (dropped while Redis is down, by default)."""
