@@ -158,8 +158,16 @@ class RedisBackend(Cache, SessionStore):
             await client.aclose()
 
     async def ping(self) -> bool:
-        """True when Redis answers; raises naming the server when it does not (readiness)."""
-        await self._call(lambda r: r.ping())
+        """True when Redis answers; raises naming the server when it does not (readiness).
+
+        Tries the server even while other calls back off, and a success ends the backoff.
+        """
+        breaker = self._breaker
+        try:
+            await self._client().ping()
+        except UNREACHABLE as exc:
+            raise breaker.failed(exc) from exc
+        breaker.succeeded()
         return True
 
     @property

@@ -17,6 +17,7 @@ LIMITS = (1, 7, 25, 100)
 _redis = os.environ["GW_REDIS"]
 _limits = {f"limited_{n}": {"per_client": {"requests": n, "per": 86400.0}} for n in LIMITS}
 _limits["per_minute"] = {"per_client": {"requests": 100, "per": 60.0}}
+_limits["metered"] = {"per_client": {"requests": 1e9, "per": 86400.0}}
 
 app = Nexus(
     "gateway",
@@ -29,14 +30,20 @@ app = Nexus(
 
 
 @app.workflow
-def greet(name: str) -> str:
-    """Greet someone."""
+def greet(name: str = "you", n: int = 0) -> str:
+    """Greet someone (not rate-limited)."""
     return f"Hello, {name}."
 
 
 @app.workflow
 def per_minute(n: int = 0) -> int:
     """Limited to 100 a minute per client."""
+    return n
+
+
+@app.workflow
+def metered(n: int = 0) -> int:
+    """Rate-limited (generously): every run takes a token from Redis."""
     return n
 
 
