@@ -46,7 +46,7 @@ import msgspec
 from nexus_core.events import Event, EventLog, LocalEventBus, Overflow, event_seq
 from redis.asyncio import Redis
 
-from .connection import UNREACHABLE, Breaker, RedisSettings, parse_url
+from .connection import UNREACHABLE, Breaker, RedisSettings, RedisUnavailable, parse_url
 
 __all__ = ["RedisEventBus"]
 
@@ -224,7 +224,7 @@ class RedisEventBus(LocalEventBus):
             if self.breaker.down:
                 try:
                     self.breaker.check()
-                except ConnectionError:
+                except RedisUnavailable:
                     self.unsent += len(batch)  # in the log: other instances read it there
                     continue
             try:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from nexus_core.errors import ServiceUnavailable
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError
@@ -65,20 +66,11 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 _OWN_SETTINGS = ("prefix", "rate_limit_errors", "cache_errors")
 
 
-class RedisUnavailable(ConnectionError):
-    """Redis cannot be reached now: the request is answered 503 (``code`` ``unavailable``).
+class RedisUnavailable(ServiceUnavailable):
+    """Redis cannot be reached now: HTTP 503, code ``unavailable``, on every channel.
 
-    ``status_code`` and ``detail`` are what the HTTP channel renders (any
-    exception with a ``status_code`` becomes that status); the message names
-    the server (never its password) and what failed.
+    The message names the server (never its password) and what failed.
     """
-
-    status_code = 503
-    code = "unavailable"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.detail = message
 
 
 class RedisSettings:

@@ -25,7 +25,7 @@ import anyio
 import httpx
 import pytest
 from redis_support import OwnRedis
-from test_redis_gateways import gateway
+from test_redis_gateways import NEXUS, _env, _mcp_call, gateway
 
 pytestmark = [
     pytest.mark.slow,
@@ -113,6 +113,19 @@ async def _scenario(server: OwnRedis, a: str, b: str, db: Path) -> None:
                 storage = next(c for c in ready_report.json()["checks"] if c["name"] == "storage")
                 assert "Redis" in storage["detail"]
                 assert (await http.get(f"{base}/health/live")).status_code == 200
+        # Every channel says so in its own terms: an MCP tool error, a CLI message.
+        if importlib.util.find_spec("nexus_plugin_mcp") is not None:
+            result = await _mcp_call(a, "metered", {"n": 1})
+            assert result.is_error
+            assert result.content[0].text.startswith("unavailable: Redis at ")
+        cli = await anyio.run_process(
+            [NEXUS, "--url", b, "run", "metered", "--n", "1"],
+            env=_env(db.parent),
+            check=False,
+        )
+        assert cli.returncode == 1
+        assert b"Redis at " in cli.stderr and b"unreachable" in cli.stderr
+        assert b"Traceback" not in cli.stderr
 
         server.start()
         phase = "after"
