@@ -67,7 +67,7 @@ def free_port() -> int:
 class OwnRedis:
     """A redis-server of the test's own on an ephemeral port (stop/start it at will)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *args: str, tls: bool = False) -> None:
         server = shutil.which("redis-server")
         if server is None:
             reason = "redis-server is not installed"
@@ -77,7 +77,10 @@ class OwnRedis:
         self.server = server
         self.directory = directory
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.tls = tls
+        scheme = "rediss" if tls else "redis"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -85,8 +88,8 @@ class OwnRedis:
         self.process = subprocess.Popen(
             [
                 self.server,
-                "--port",
-                str(self.port),
+                *(("--port", "0", "--tls-port", str(self.port)) if self.tls else ()),
+                *(() if self.tls else ("--port", str(self.port))),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -95,21 +98,20 @@ class OwnRedis:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         while True:
             try:
-                client.ping()
-                break
-            except (redis.RedisError, OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server on port {self.port} did not start") from None
                 time.sleep(0.02)
-        client.close()
 
     def stop(self) -> None:
         """Stop it (the process this test started, by its pid)."""
