@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
 from nexus_core.events import Event, LocalEventBus
 from nexus_core.plugin import SQLiteStorage
 
@@ -63,7 +64,7 @@ async def subscriber_main(kind: str, db: str, redis_url: str, count: int, expect
         await tg.start(bus.run)
         if kind != "local":
             with anyio.fail_after(10):
-                while not bus.connected:  # type: ignore[attr-defined]
+                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         subs = [bus.subscribe(["bench.*"]) for _ in range(count)]
 
@@ -99,7 +100,7 @@ async def publish(kind: str, db: str, redis_url: str, events: int, rate: float |
         await tg.start(bus.run)
         if kind != "local":
             with anyio.fail_after(10):
-                while not bus.connected:  # type: ignore[attr-defined]
+                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         start = time.perf_counter()
         first = time.time()
@@ -113,7 +114,7 @@ async def publish(kind: str, db: str, redis_url: str, events: int, rate: float |
         await bus.flush()
         if kind != "local":
             with anyio.fail_after(30):  # the stream writer is behind the log: let it finish
-                while bus.sent < events:  # type: ignore[attr-defined]
+                while bus.sent < events:  # type: ignore[attr-defined]  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     await bus.stop()
@@ -166,9 +167,8 @@ def _forget(redis_url: str, prefix: str) -> None:
 def redis_reachable() -> str | None:
     """None when Redis answers and the plugin is installed, else why not."""
     try:
-        import redis
-
         import nexus_plugin_redis  # noqa: F401 - only whether it is installed
+        import redis
     except ImportError as exc:
         return f"not installed: {exc.name}"
     try:
