@@ -122,6 +122,7 @@ class RedisEventBus(LocalEventBus):
         self._outbox_ready = anyio.Event()
         self._redis: Redis | None = None
         self._streaming = False  # the reader has connected (and not failed since)
+        self._stopping = False  # stop() was called: errors from closing are not outages
         self._stream_down = anyio.Event()  # set while the stream is not in use
         self._stream_down.set()
         what = f"Redis event stream at {self.settings.shown}" if self.settings else "-"
@@ -162,6 +163,7 @@ class RedisEventBus(LocalEventBus):
     async def stop(self) -> None:
         """End every subscription, send what is still queued (briefly), close the client."""
         await super().stop()
+        self._stopping = True
         client, self._redis = self._redis, None
         if client is not None:
             with anyio.move_on_after(1.0, shield=True):
@@ -258,6 +260,8 @@ class RedisEventBus(LocalEventBus):
                     {self.stream: cursor}, count=_BATCH, block=self.block_ms
                 )
             except UNREACHABLE as exc:
+                if self._stopping:
+                    return
                 self._down(exc)
                 cursor = None
                 await anyio.sleep(self._backoff())
@@ -283,6 +287,8 @@ class RedisEventBus(LocalEventBus):
 
     def _down(self, exc: BaseException) -> None:
         """The stream failed: back off, and read the log often until it is back."""
+        if self._stopping:
+            return  # the client was closed under a blocked read: shutting down
         self.breaker.failed(exc)
         self._streaming = False
         self._stream_down.set()

@@ -239,3 +239,37 @@ async def test_without_a_url_it_is_the_local_bus(tmp_path: Path) -> None:
             for i in range(3):
                 await bus.publish(Event(type="n", data={"i": i}))
         assert [e.data["i"] for e in got] == [0, 1, 2]
+
+
+async def test_installed_it_takes_over_the_host_s_bus(
+    tmp_path: Path, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook's priority beats the in-process bus; start and stop are quiet."""
+    from nexus_core import Nexus
+
+    app = Nexus(
+        "bus",
+        autoload=False,
+        plugins=["nexus_plugin_redis.plugin"],
+        config={
+            "storage": f"sqlite:///{tmp_path / 'n.db'}",
+            "plugins": {"redis": {"url": url, "stream_maxlen": 500}},
+        },
+        env={},
+    )
+
+    @app.workflow
+    def greet(name: str) -> str:
+        return f"Hello, {name}."
+
+    with caplog.at_level("WARNING", logger="nexus.redis"):
+        async with app:
+            bus = app._services().events  # no public accessor: the host's own bus
+            assert isinstance(bus, RedisEventBus)
+            assert bus.stream_maxlen == 500
+            await wait_connected(bus)
+            result = await app.invoke("greet", {"name": "Ada"})
+            assert result.output == "Hello, Ada."
+            await bus.flush()
+            await wait_for(lambda: bus.sent >= 2, "the run's events on the stream")
+    assert not [r for r in caplog.records if r.name == "nexus.redis"], caplog.text
