@@ -268,10 +268,15 @@ class RedisEventBus(LocalEventBus):
                 continue
             if self.breaker.down:
                 self.breaker.succeeded()
+            events: list[Event] = []
             for _stream, entries in replies or ():
                 for entry_id, fields in entries:
                     cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    await self._received(fields)
+                    event = self._decode(fields)
+                    if event is not None:
+                        events.append(event)
+            if events:
+                await self._received(events)
 
     async def _connect(self, client: Redis) -> str:
         """Where to read the stream from, after catching up from the log (nothing in between)."""
@@ -308,28 +313,51 @@ class RedisEventBus(LocalEventBus):
     def _backoff(self) -> float:
         return min(2.0, max(0.05, self.breaker.delay))
 
-    async def _received(self, fields: dict[bytes, bytes]) -> None:
+    def _decode(self, fields: dict[bytes, bytes]) -> Event | None:
+        """The event of a stream entry; None for this process's own (delivered when logged)."""
         origin = bytes(fields.get(b"o") or b"").decode()
         if origin == self.origin:
-            return  # this process delivered it when it was logged
+            return None
         try:
-            event = _decode(fields[b"e"])
+            return _decode(fields[b"e"])
         except (KeyError, msgspec.DecodeError) as exc:
             _log.warning("ignoring a malformed entry on %s: %s", self.stream, exc)
-            return
-        self.received += 1
+            return None
+
+    async def _received(self, events: list[Event]) -> None:
+        """Deliver other instances' events, in log order, each once.
+
+        A read's events are delivered together under one hold of the delivery
+        lock, so a subscriber wakes once per read, not once per event.
+        """
+        self.received += len(events)
         if self.log is None:
-            self.deliver(event)
-            return
-        seq = event_seq(event.id)
-        if not seq:
+            for event in events:
+                self.deliver(event)
             return
         if not self._subs:
-            self._position = max(self._position, seq)  # nobody to deliver to
+            top = max(event_seq(event.id) for event in events)
+            self._position = max(self._position, top)  # nobody to deliver to
             return
-        if seq > self._position + 1:
-            # Positions between are logged (the log shows positions in order) but
-            # not yet on the stream, or never will be: deliver them from the log.
-            await self._catch_up(seq - 1)
+        run: list[tuple[Event, int]] = []
+        for event in events:
+            seq = event_seq(event.id)
+            if not seq:
+                continue
+            ahead = max(self._position, run[-1][1]) if run else self._position
+            if seq > ahead + 1:
+                # Positions between are logged (the log shows positions in order)
+                # but not on the stream yet, or never will be: deliver what came so
+                # far, then those positions from the log.
+                await self._deliver_run(run)
+                run = []
+                await self._catch_up(seq - 1)
+            run.append((event, seq))
+        await self._deliver_run(run)
+
+    async def _deliver_run(self, run: list[tuple[Event, int]]) -> None:
+        if not run:
+            return
         async with self._delivering:
-            self._deliver_at(event, seq)
+            for event, seq in run:
+                self._deliver_at(event, seq)
