@@ -273,3 +273,29 @@ async def test_installed_it_takes_over_the_host_s_bus(
             await bus.flush()
             await wait_for(lambda: bus.sent >= 2, "the run's events on the stream")
     assert not [r for r in caplog.records if r.name == "nexus.redis"], caplog.text
+
+
+async def test_an_event_missing_from_the_stream_is_read_from_the_log_in_its_place(
+    tmp_path: Path, url: str
+) -> None:
+    """An event logged but never streamed (its publisher lost Redis) still comes, in order."""
+    log = tmp_path / "events.db"
+    async with running_bus(log, url) as a, running_bus(log, url) as b:
+        await wait_connected(a, b)
+        got: list[Event] = []
+        async with b.subscribe() as sub, anyio.create_task_group() as tg:
+            tg.start_soon(collect, sub, got, 3)
+            await a.publish(Event(type="n", data={"i": 0}))
+            await wait_for(lambda: len(got) == 1, "the first event")
+            # Logged by a process whose stream is down: in the log, not on the stream.
+            other = SQLiteStorage(f"sqlite:///{log}")
+            await other.open()
+            try:
+                await other.append_events([Event(type="n", data={"i": 1})])
+            finally:
+                await other.close()
+            await a.publish(Event(type="n", data={"i": 2}))
+            # The log is polled once a minute here: only the gap check can fill it in.
+            await wait_for(lambda: len(got) == 3, "the gap filled from the log")
+        assert [e.data["i"] for e in got] == [0, 1, 2]
+        assert [int(e.id) for e in got] == sorted(int(e.id) for e in got)
