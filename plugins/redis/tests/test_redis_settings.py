@@ -235,3 +235,44 @@ async def test_tls_and_an_acl_user_from_the_url(tmp_path: Path) -> None:
                 await each.close()
     finally:
         server.stop()
+
+
+async def test_the_host_outlives_redis_down_during_its_housekeeping(tmp_path: Path) -> None:
+    """Session expiry runs every second here; Redis down across several ticks kills nothing."""
+    with own_redis(tmp_path) as server:
+        app = Nexus(
+            "house",
+            autoload=False,
+            plugins=["nexus_plugin_redis.plugin"],
+            config={
+                "storage": {
+                    "url": f"sqlite:///{tmp_path / 'n.db'}",
+                    "sessions": server.url,
+                    "cache": server.url,
+                },
+                "plugins": {"redis": {"url": server.url}},
+                "services": {"security": {"session_timeout": 10}},  # expiry every 1 s
+            },
+            env={},
+        )
+
+        @app.workflow
+        def greet(name: str) -> str:
+            return f"Hello, {name}."
+
+        async with app:
+            session = await app.create_session(channel="python")
+            server.stop()
+            deadline = time.monotonic() + 3.5  # three expiry ticks with Redis down
+            while time.monotonic() < deadline:
+                await anyio.sleep(0.1)
+                report = await app.readiness()
+                assert not report.ok
+            server.start()
+            with anyio.fail_after(10):
+                while not (await app.readiness()).ok:  # noqa: ASYNC110 - polls the server
+                    await anyio.sleep(0.05)
+            # Still serving, on the new (empty) server: the old session went with the old one.
+            assert session.id
+            again = await app.create_session(channel="python")
+            assert (await app.invoke("greet", {"name": "Ada"}, session=again.id)).output
