@@ -239,8 +239,8 @@ class RedisEventBus(LocalEventBus):
                             approximate=True,
                         )
                     await pipe.execute()
-            except UNREACHABLE as exc:
-                self.unsent += len(batch)
+            except Exception as exc:  # unreachable, or an error reply (a key of another type)
+                self.unsent += len(batch)  # in the log: other instances read it there
                 self._down(exc)
                 continue
             self.sent += len(batch)
@@ -259,7 +259,7 @@ class RedisEventBus(LocalEventBus):
                 replies: Any = await client.xread(
                     {self.stream: cursor}, count=_BATCH, block=self.block_ms
                 )
-            except UNREACHABLE as exc:
+            except Exception as exc:  # unreachable, an error reply, or the log failing
                 if self._stopping:
                     return
                 self._down(exc)
@@ -276,7 +276,10 @@ class RedisEventBus(LocalEventBus):
                     if event is not None:
                         events.append(event)
             if events:
-                await self._received(events)
+                try:
+                    await self._received(events)
+                except Exception as exc:  # the log failed during a catch-up: its poll retries
+                    _log.warning("delivering from %s failed: %s", self.stream, exc)
 
     async def _connect(self, client: Redis) -> str:
         """Where to read the stream from, after catching up from the log (nothing in between)."""

@@ -299,3 +299,26 @@ async def test_an_event_missing_from_the_stream_is_read_from_the_log_in_its_plac
             await wait_for(lambda: len(got) == 3, "the gap filled from the log")
         assert [e.data["i"] for e in got] == [0, 1, 2]
         assert [int(e.id) for e in got] == sorted(int(e.id) for e in got)
+
+
+async def test_a_broken_stream_key_degrades_to_the_log_and_kills_nothing(
+    tmp_path: Path, url: str, redis_base: str, prefix: str
+) -> None:
+    """The stream's key holds a string (WRONGTYPE on every call): events come over the log."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_base)
+    await client.set(f"{{{prefix}:events}}:stream", b"not a stream")
+    await client.aclose()
+    log = tmp_path / "events.db"
+    fast = {"poll_interval": 0.1, "fallback_poll_interval": SLOW_POLL, "block_ms": 100}
+    async with running_bus(log, url, **fast) as a, running_bus(log, url, **fast) as b:
+        got: list[Event] = []
+        async with b.subscribe() as sub, anyio.create_task_group() as tg:
+            tg.start_soon(collect, sub, got, 5)
+            for i in range(5):
+                await a.publish(Event(type="n", data={"i": i}))
+            await wait_for(lambda: len(got) == 5, "events over the log")
+        assert not a.connected and not b.connected
+        assert "WRONGTYPE" in (b.breaker.last_error or "")
+    assert [e.data["i"] for e in got] == list(range(5))
