@@ -31,6 +31,7 @@ import msgspec
 from nexus_core.plugin import AlreadyExists, Cache, Role, SessionRecord, SessionStore
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from .connection import UNREACHABLE, Breaker, RedisUnavailable, parse_url
 
@@ -190,6 +191,8 @@ class RedisBackend(Cache, SessionStore):
             result = await op(client)
         except UNREACHABLE as exc:
             raise breaker.failed(exc) from exc
+        except ResponseError as exc:  # out of memory, a read-only replica, an ACL refusal...
+            raise RedisUnavailable(f"{breaker.what} refused the command: {exc}") from exc
         breaker.succeeded()
         return result
 

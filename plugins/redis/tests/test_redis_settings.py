@@ -276,3 +276,19 @@ async def test_the_host_outlives_redis_down_during_its_housekeeping(tmp_path: Pa
             assert session.id
             again = await app.create_session(channel="python")
             assert (await app.invoke("greet", {"name": "Ada"}, session=again.id)).output
+
+
+async def test_a_refused_command_is_a_clear_503_not_a_crash(redis_base: str, prefix: str) -> None:
+    """A key of another type (WRONGTYPE), like OOM or an ACL refusal, is ServiceUnavailable."""
+    store = RedisBackend(with_prefix(redis_base, prefix))
+    await store.open()
+    try:
+        client = redis.Redis.from_url(redis_base)
+        client.set(f"{{{prefix}:cache}}:b:bucket", b"a string, not a bucket")
+        client.close()
+        with pytest.raises(RedisUnavailable, match="refused the command: WRONGTYPE"):
+            await store.take_tokens("bucket", capacity=1, refill_per_second=1)
+        assert not store._breaker.down  # the server is up: no backoff
+        assert await store.take_tokens("other", capacity=1, refill_per_second=1) == 0.0
+    finally:
+        await store.close()
