@@ -12,11 +12,13 @@ replay from the log, delivery in log order) plus a Redis Stream:
    ids) are then added to the stream by a writer task (``XADD ... MAXLEN ~
    stream_maxlen``), never on the publisher's path.
 2. One reader task per process (``XREAD BLOCK``) hands the other instances'
-   events to local subscribers. Delivery is gap-free and duplicate-free by
-   log position: an event at or below the position already delivered is
-   dropped; an event beyond the next position (another instance's event
-   reached the stream first, or one never reached it) first delivers what
-   lies between, read from the log (whose positions are visible in order).
+   events to local subscribers through
+   :meth:`~nexus_core.events.LocalEventBus.deliver_logged`: gap-free and
+   duplicate-free by log position. An event at or below the position already
+   delivered is dropped; an event beyond the next position (another
+   instance's event reached the stream first, or one never reached it) first
+   delivers what lies between, read from the log (whose positions are
+   visible in order). One read's events are delivered together.
 3. Replay (``subscribe(last_event_id=...)``) reads the durable log, then joins
    the live stream, deduplicated by log id: the local bus's own replay.
 
@@ -43,7 +45,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import msgspec
-from nexus_core.events import Event, EventLog, LocalEventBus, Overflow, event_seq
+from nexus_core.events import Event, EventLog, LocalEventBus, Overflow
 from redis.asyncio import Redis
 
 from .connection import UNREACHABLE, Breaker, RedisSettings, RedisUnavailable, parse_url
@@ -285,8 +287,7 @@ class RedisEventBus(LocalEventBus):
         """Where to read the stream from, after catching up from the log (nothing in between)."""
         newest: Any = await client.xrevrange(self.stream, count=1)
         cursor = newest[0][0].decode() if newest else "0-0"
-        if self.log is not None:
-            await self._catch_up(None)  # what was logged while the stream was away
+        await self.catch_up()  # what was logged while the stream was away
         self.breaker.succeeded()
         self._streaming = True
         if self._stream_down.is_set():
@@ -307,9 +308,9 @@ class RedisEventBus(LocalEventBus):
             await self._stream_down.wait()
             while not self._streaming:
                 await anyio.sleep(self.log_poll_interval)
-                if self._subs and self.log is not None:
+                if self.subscriber_count:
                     try:
-                        await self._catch_up(None)
+                        await self.catch_up()
                     except Exception as exc:  # the log is unreachable too: try again later
                         _log.warning("reading the event log failed: %s", exc)
 
@@ -328,39 +329,6 @@ class RedisEventBus(LocalEventBus):
             return None
 
     async def _received(self, events: list[Event]) -> None:
-        """Deliver other instances' events, in log order, each once.
-
-        A read's events are delivered together under one hold of the delivery
-        lock, so a subscriber wakes once per read, not once per event.
-        """
+        """Deliver other instances' events: in log order, each once, gaps read from the log."""
         self.received += len(events)
-        if self.log is None:
-            for event in events:
-                self.deliver(event)
-            return
-        if not self._subs:
-            top = max(event_seq(event.id) for event in events)
-            self._position = max(self._position, top)  # nobody to deliver to
-            return
-        run: list[tuple[Event, int]] = []
-        for event in events:
-            seq = event_seq(event.id)
-            if not seq:
-                continue
-            ahead = max(self._position, run[-1][1]) if run else self._position
-            if seq > ahead + 1:
-                # Positions between are logged (the log shows positions in order)
-                # but not on the stream yet, or never will be: deliver what came so
-                # far, then those positions from the log.
-                await self._deliver_run(run)
-                run = []
-                await self._catch_up(seq - 1)
-            run.append((event, seq))
-        await self._deliver_run(run)
-
-    async def _deliver_run(self, run: list[tuple[Event, int]]) -> None:
-        if not run:
-            return
-        async with self._delivering:
-            for event, seq in run:
-                self._deliver_at(event, seq)
+        await self.deliver_logged(events)
