@@ -13,9 +13,8 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 from nexus_core import Nexus
-from nexus_core.config import ConfigError
 from nexus_core.errors import ServiceUnavailable
-from nexus_core.plugin import SessionRecord
+from nexus_core.plugin import ConfigError, SessionRecord
 from redis.crc import key_slot
 from redis_support import OwnRedis, own_redis, with_prefix
 
