@@ -18,7 +18,7 @@ providing one is installed (none is, yet). Target: Redis p99 under 5 ms at
 1,000 events/s.
 
     python bench/bus.py                      # needs Redis (NEXUS_REDIS_URL, default local)
-    python bench/bus.py --events 1000 --subscribers 1,10 --json
+    python bench/bus.py --events 1000 --subscribers 1,10 --repeat 1 --json
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ from nexus_core.events import Event, LocalEventBus
 from nexus_core.plugin import SQLiteStorage
 
 REDIS_URL = os.environ.get("NEXUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: The event loop a gateway runs on: uvloop under ``nexus serve`` (uvicorn), when installed.
+try:
+    import uvloop  # noqa: F401 - only whether it is installed
+
+    LOOP: dict[str, Any] = {"use_uvloop": True}
+except ImportError:
+    LOOP = {}
 
 
 def make_bus(kind: str, storage: SQLiteStorage, redis_url: str) -> LocalEventBus:
@@ -138,7 +146,7 @@ def one(kind: str, subscribers: int, events: int, rate: float | None) -> dict[st
         line = child.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the subscriber process did not start: {line!r}")
-        first = anyio.run(publish, kind, db, redis_url, events, rate)
+        first = anyio.run(publish, kind, db, redis_url, events, rate, backend_options=LOOP)
         out, _ = child.communicate(timeout=120)
         if child.returncode:
             raise RuntimeError(f"the subscriber process failed ({child.returncode})")
@@ -185,6 +193,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--subscribers", default="1,10,100")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; medians are shown")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="local", help=argparse.SUPPRESS)
@@ -193,7 +202,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.role == "subscriber":
         count = int(args.subscribers)
-        anyio.run(subscriber_main, args.kind, args.db, args.redis, count, args.events)
+        anyio.run(
+            subscriber_main,
+            args.kind,
+            args.db,
+            args.redis,
+            count,
+            args.events,
+            backend_options=LOOP,
+        )
         return 0
     kinds = ["local"]
     why = redis_reachable()
@@ -206,15 +223,15 @@ def main() -> int:
     for subscribers in [int(n) for n in args.subscribers.split(",")]:
         for kind in kinds:
             print(f"{kind}, {subscribers} subscriber(s)...", file=sys.stderr)
-            paced = one(kind, subscribers, args.events, args.rate)
-            flat = one(kind, subscribers, args.events, None)
+            paced = [one(kind, subscribers, args.events, args.rate) for _ in range(args.repeat)]
+            flat = [one(kind, subscribers, args.events, None) for _ in range(args.repeat)]
             rows.append(
                 {
                     "bus": kind,
                     "subscribers": subscribers,
-                    "p50_ms": paced["p50_ms"],
-                    "p99_ms": paced["p99_ms"],
-                    "events_per_s": flat["events_per_s"],
+                    "p50_ms": statistics.median(r["p50_ms"] for r in paced),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in paced),
+                    "events_per_s": statistics.median(r["events_per_s"] for r in flat),
                 }
             )
     if args.json:
@@ -222,7 +239,9 @@ def main() -> int:
         return 0
     print(
         f"publish-to-deliver across two processes, {args.events} events at "
-        f"{args.rate:g}/s (latency) and flat out (throughput), one SQLite event log"
+        f"{args.rate:g}/s (latency) and flat out (throughput), one SQLite event log, "
+        f"{'uvloop' if LOOP else 'asyncio'}; medians of {args.repeat} runs; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'bus':<8}{'subs':>6}{'p50 ms':>10}{'p99 ms':>10}{'events/s':>12}{'p99 vs local':>14}")
     local = {r["subscribers"]: r for r in rows if r["bus"] == "local"}
