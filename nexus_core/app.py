@@ -962,8 +962,18 @@ class Nexus:
 
     async def _expire_sessions_forever(self) -> None:
         interval = max(1.0, min(60.0, self.sessions_manager().ttl / 10))
+        failing = False
         while True:
-            await self.expire_sessions()
+            try:
+                await self.expire_sessions()
+            except Exception as exc:  # a session store down for a while must not stop the host
+                if not failing:  # one warning per outage, not one per tick
+                    log.warning("expiring sessions failed (%s: %s)", type(exc).__name__, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("expiring sessions works again")
+                failing = False
             await anyio.sleep(interval)
 
     async def __aenter__(self) -> Nexus:

@@ -26,6 +26,7 @@ __all__ = [
     "PluginLoadFailed",
     "RateLimited",
     "RunNotFound",
+    "ServiceUnavailable",
     "SessionNotFound",
     "ValidationError",
     "WorkflowDefinitionError",
@@ -191,6 +192,18 @@ class PermissionDenied(NexusError):
     """The principal is authenticated but may not do this."""
 
     code = "forbidden"
+
+
+class ServiceUnavailable(NexusError):
+    """A service the host depends on (a storage backend, a broker) cannot be reached now.
+
+    Nothing was done; the same request may succeed later. The message names
+    the service and what failed (never a password). HTTP renders it as 503.
+
+    .. versionadded:: 0.1
+    """
+
+    code = "unavailable"
 
 
 class RateLimited(NexusError):

@@ -332,6 +332,48 @@ async def test_drop_oldest_delivers_a_lagged_marker_before_the_next_real_event()
 
 
 @pytest.mark.anyio
+async def test_deliver_logged_fills_gaps_from_the_log_in_order_and_once() -> None:
+    """What a distributed bus receives, in any order, reaches subscribers in log order, once."""
+    log = ListLog()
+    bus = LocalEventBus(log)
+    sub = bus.subscribe()
+    # Logged by another instance; only some of it reaches this one, out of order.
+    logged = await log.append_events([Event(type="n", data={"n": n}) for n in range(6)])
+    await bus.deliver_logged([logged[2]])  # 1 and 2 come from the log first
+    await bus.deliver_logged([logged[1], logged[2]])  # delivered already: dropped
+    await bus.deliver_logged([logged[4], logged[3]])  # 4 first: 4 fills in before it
+    await bus.deliver_logged([logged[5]])
+    assert [e.data["n"] for e in await available(sub)] == [0, 1, 2, 3, 4, 5]
+    assert log.reads == 2  # one log read per gap, none when the order is right
+
+
+@pytest.mark.anyio
+async def test_deliver_logged_with_nobody_listening_moves_the_position_on() -> None:
+    log = ListLog()
+    bus = LocalEventBus(log)
+    logged = await log.append_events([Event(type="n", data={"n": n}) for n in range(3)])
+    await bus.deliver_logged([logged[1]])  # nobody subscribes: nothing to read
+    sub = bus.subscribe()
+    await bus.deliver_logged([logged[2]])
+    assert [e.data["n"] for e in await available(sub)] == [2]
+    assert log.reads == 0
+
+
+@pytest.mark.anyio
+async def test_catch_up_delivers_what_others_logged() -> None:
+    log = ListLog()
+    bus = LocalEventBus(log)
+    sub = bus.subscribe()
+    await log.append_events([Event(type="n", data={"n": n}) for n in range(3)])
+    assert await available(sub) == []
+    await bus.catch_up()
+    await bus.catch_up()  # again: nothing new, nothing twice
+    assert [e.data["n"] for e in await available(sub)] == [0, 1, 2]
+    assert await available(sub) == []
+    await LocalEventBus().catch_up()  # without a log: nothing to do
+
+
+@pytest.mark.anyio
 async def test_lagged_subscriber_can_catch_up_from_the_log() -> None:
     log = ListLog()
     bus = LocalEventBus(log, queue_size=2)

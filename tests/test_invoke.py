@@ -248,6 +248,41 @@ async def test_sessions_expire_and_slide(storage_url: str) -> None:
         assert event.session_id == session.id
 
 
+async def test_a_session_store_down_does_not_stop_the_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Expiry runs every second here; its store failing across ticks is one warning, no crash."""
+    from nexus_core.plugin import MemoryStorage
+
+    class Flaky(MemoryStorage):
+        down = False
+        failures = 0
+
+        async def expire_sessions(self, now: float) -> list[str]:
+            if self.down:
+                self.failures += 1
+                raise ConnectionError("session store unreachable")
+            return await super().expire_sessions(now)
+
+    store = Flaky("memory://")
+    app = Nexus("test", storage=store, autoload=False, env={})
+    app.config.nexus.services.security.session_timeout = 10.0  # an expiry tick a second
+
+    @app.workflow
+    def greet(name: str) -> str:
+        return f"Hello, {name}."
+
+    with caplog.at_level("WARNING", logger="nexus"):
+        async with app:
+            store.down = True
+            with anyio.fail_after(10):
+                while store.failures < 3:  # noqa: ASYNC110 - three ticks fail in a row
+                    await anyio.sleep(0.05)
+            store.down = False
+            assert (await app.invoke("greet", {"name": "Ada"})).output == "Hello, Ada."
+    assert caplog.text.count("expiring sessions failed (ConnectionError") == 1
+
+
 async def test_every_invocation_is_audited(storage_url: str) -> None:
     app = make_app(storage_url)
     async with app:

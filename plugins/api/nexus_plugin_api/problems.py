@@ -25,6 +25,7 @@ from nexus_core.errors import (
     NotFound,
     PermissionDenied,
     RateLimited,
+    ServiceUnavailable,
     ValidationError,
 )
 
@@ -110,6 +111,8 @@ def status_for(exc: NexusError) -> int:
         return 403
     if isinstance(exc, RateLimited):
         return 429
+    if isinstance(exc, ServiceUnavailable):
+        return 503
     return 400
 
 

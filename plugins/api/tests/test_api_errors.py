@@ -8,7 +8,7 @@ import pytest
 from api_apps import build
 from api_support import serving
 from nexus_core import Nexus
-from nexus_core.errors import FieldError, InputLimitExceeded
+from nexus_core.errors import FieldError, InputLimitExceeded, ServiceUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -166,3 +166,18 @@ async def test_a_handler_bug_is_a_500_problem_without_internals(
     assert body["detail"] == "internal server error"
     with anyio.fail_after(5):
         assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_a_service_that_is_down_is_a_503_problem_naming_it(
+    server: tuple[Nexus, str], client: httpx.AsyncClient
+) -> None:
+    app, _ = server
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise ServiceUnavailable("Redis at redis://cache:6379/0 is unreachable")
+
+    app.list_runs = down  # type: ignore[method-assign]
+    response = await client.get("/runs")
+    body = _problem(response, 503, "unavailable")
+    assert body["detail"] == "Redis at redis://cache:6379/0 is unreachable"
+    assert (await client.get("/health/live")).status_code == 200

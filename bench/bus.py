@@ -1,0 +1,264 @@
+"""Event bus across two processes: in-process bus (log polling) vs the Redis Streams bus.
+
+One process publishes, another subscribes (1, 10 and 100 subscribers); both
+share one SQLite event log, as two gateways do. For each bus and subscriber
+count:
+
+* **latency**: events published at a steady ``--rate`` (default 1,000/s) for
+  ``--events`` events; publish-to-deliver time of every delivery (publisher's
+  clock before ``publish`` to the subscriber's clock on receipt, one machine,
+  one clock), p50 and p99;
+* **throughput**: ``--events`` events published as fast as the bus takes them;
+  events delivered per second to one subscriber, first publish to last delivery.
+
+The in-process bus reaches another process by reading the log every
+``services.events.poll_interval`` (0.1 s); the Redis bus carries logged
+events over a stream. A PostgreSQL LISTEN/NOTIFY bus is listed when a plugin
+providing one is installed (none is, yet). Target: Redis p99 under 5 ms at
+1,000 events/s.
+
+    python bench/bus.py                      # needs Redis (NEXUS_REDIS_URL, default local)
+    python bench/bus.py --events 1000 --subscribers 1,10 --repeat 1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from nexus_core.events import Event, LocalEventBus
+from nexus_core.plugin import SQLiteStorage
+
+REDIS_URL = os.environ.get("NEXUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: The event loop a gateway runs on: uvloop under ``nexus serve`` (uvicorn), when installed.
+try:
+    import uvloop  # noqa: F401 - only whether it is installed
+
+    LOOP: dict[str, Any] = {"use_uvloop": True}
+except ImportError:
+    LOOP = {}
+
+
+def make_bus(kind: str, storage: SQLiteStorage, redis_url: str) -> LocalEventBus:
+    """The bus of ``kind`` over ``storage``'s event log, as a host would build it."""
+    if kind == "local":
+        return LocalEventBus(storage, queue_size=100_000, poll_interval=0.1)
+    from nexus_plugin_redis.bus import RedisEventBus
+
+    return RedisEventBus(storage, url=redis_url, queue_size=100_000, poll_interval=0.1)
+
+
+async def subscriber_main(kind: str, db: str, redis_url: str, count: int, expect: int) -> None:
+    """The subscribing process: ``count`` subscribers, each reads ``expect`` events."""
+    storage = SQLiteStorage(f"sqlite:///{db}")
+    await storage.open()
+    bus = make_bus(kind, storage, redis_url)
+    await bus.start()
+    latencies: list[float] = []
+    finished: list[float] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(bus.run)
+        if kind != "local":
+            with anyio.fail_after(10):
+                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        subs = [bus.subscribe(["bench.*"]) for _ in range(count)]
+
+        async def read(sub: Any) -> None:
+            got = 0
+            async for event in sub:
+                now = time.time_ns()
+                if event.type.startswith("bench."):
+                    latencies.append((now - event.data["t"]) / 1e6)
+                    got += 1
+                    if got >= expect:
+                        finished.append(now / 1e9)
+                        return
+
+        async with anyio.create_task_group() as readers:
+            for sub in subs:
+                readers.start_soon(read, sub)
+            print("ready", flush=True)
+        tg.cancel_scope.cancel()
+    await bus.stop()
+    await storage.close()
+    print(json.dumps({"latencies": latencies, "finished": max(finished)}), flush=True)
+
+
+async def publish(kind: str, db: str, redis_url: str, events: int, rate: float | None) -> float:
+    """Publish ``events`` events (at ``rate`` a second, or flat out); the first publish time."""
+    storage = SQLiteStorage(f"sqlite:///{db}")
+    await storage.open()
+    bus = make_bus(kind, storage, redis_url)
+    await bus.start()
+    first = time.time()
+    async with anyio.create_task_group() as tg:
+        await tg.start(bus.run)
+        if kind != "local":
+            with anyio.fail_after(10):
+                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        start = time.perf_counter()
+        first = time.time()
+        for i in range(events):
+            if rate is not None:
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await anyio.sleep(delay)
+            await bus.publish(Event(type="bench.tick", data={"i": i, "t": time.time_ns()}))
+        await bus.flush()
+        if kind != "local":
+            with anyio.fail_after(30):  # the stream writer is behind the log: let it finish
+                while bus.sent < events:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    await bus.stop()
+    await storage.close()
+    return first
+
+
+def one(kind: str, subscribers: int, events: int, rate: float | None) -> dict[str, float]:
+    """One measurement: a subscriber process, this process publishing."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    redis_url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}"
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "events.db")
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--role", "subscriber", "--kind", kind, "--db", db,
+             "--redis", redis_url, "--subscribers", str(subscribers), "--events", str(events)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the subscriber process did not start: {line!r}")
+        first = anyio.run(publish, kind, db, redis_url, events, rate, backend_options=LOOP)
+        out, _ = child.communicate(timeout=120)
+        if child.returncode:
+            raise RuntimeError(f"the subscriber process failed ({child.returncode})")
+    if kind != "local":
+        _forget(redis_url, prefix)
+    result = json.loads(out.strip().splitlines()[-1])
+    latencies = sorted(result["latencies"])
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "events_per_s": events / max(1e-9, result["finished"] - first),
+    }
+
+
+def _forget(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url.partition("?")[0])
+    try:
+        for key in client.scan_iter(match=f"{{{prefix}:*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def redis_reachable() -> str | None:
+    """None when Redis answers and the plugin is installed, else why not."""
+    try:
+        import nexus_plugin_redis  # noqa: F401 - only whether it is installed
+        import redis
+    except ImportError as exc:
+        return f"not installed: {exc.name}"
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError) as exc:
+        return f"Redis at {REDIS_URL} is not reachable: {exc}"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--subscribers", default="1,10,100")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; medians are shown")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="local", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", default=REDIS_URL, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "subscriber":
+        count = int(args.subscribers)
+        anyio.run(
+            subscriber_main,
+            args.kind,
+            args.db,
+            args.redis,
+            count,
+            args.events,
+            backend_options=LOOP,
+        )
+        return 0
+    kinds = ["local"]
+    why = redis_reachable()
+    if why is None:
+        kinds.append("redis")
+    else:
+        print(f"Redis bus not measured: {why}", file=sys.stderr)
+    print("PostgreSQL LISTEN/NOTIFY bus not measured: no plugin provides one", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    for subscribers in [int(n) for n in args.subscribers.split(",")]:
+        for kind in kinds:
+            print(f"{kind}, {subscribers} subscriber(s)...", file=sys.stderr)
+            paced = [one(kind, subscribers, args.events, args.rate) for _ in range(args.repeat)]
+            flat = [one(kind, subscribers, args.events, None) for _ in range(args.repeat)]
+            rows.append(
+                {
+                    "bus": kind,
+                    "subscribers": subscribers,
+                    "p50_ms": statistics.median(r["p50_ms"] for r in paced),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in paced),
+                    "events_per_s": statistics.median(r["events_per_s"] for r in flat),
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"publish-to-deliver across two processes, {args.events} events at "
+        f"{args.rate:g}/s (latency) and flat out (throughput), one SQLite event log, "
+        f"{'uvloop' if LOOP else 'asyncio'}; medians of {args.repeat} runs; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'bus':<8}{'subs':>6}{'p50 ms':>10}{'p99 ms':>10}{'events/s':>12}{'p99 vs local':>14}")
+    local = {r["subscribers"]: r for r in rows if r["bus"] == "local"}
+    for row in rows:
+        base = local.get(row["subscribers"])
+        ratio = f"{row['p99_ms'] / base['p99_ms']:.2f}x" if base and row is not base else ""
+        print(
+            f"{row['bus']:<8}{row['subscribers']:>6}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
+            f"{row['events_per_s']:>12.0f}{ratio:>14}"
+        )
+    redis_rows = [r for r in rows if r["bus"] == "redis"]
+    if redis_rows:
+        worst = max(r["p99_ms"] for r in redis_rows)
+        verdict = "met" if worst < 5 else "NOT met"
+        print(f"target Redis p99 < 5 ms at {args.rate:g} events/s: {verdict} (worst {worst:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
