@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nexus_core import hookimpl
 from nexus_core.config import ConfigError, load_config
+from nexus_core.errors import PluginLoadFailed
 from nexus_core.events import Event
 from nexus_core.plugins import PluginHost
 from nexus_core.specs import StorageBackendSpec
@@ -29,7 +32,7 @@ from nexus_core.storage.base import (
 )
 from nexus_core.storage.memory import MemoryStorage
 from nexus_core.storage.router import StorageRouter
-from nexus_core.storage.select import create_storage, select_storage
+from nexus_core.storage.select import create_storage, redact_url, select_storage
 from nexus_core.storage.sqlite import SQLiteStorage
 
 pytestmark = pytest.mark.anyio
@@ -95,11 +98,19 @@ class CacheOnly(Toy):
     roles: ClassVar[frozenset[Role]] = frozenset({"cache"})
 
 
+def unreachable(url: str) -> Toy:
+    """A backend whose driver names the whole URL in its error (password included)."""
+    raise ConnectionError(f"cannot reach {url}")
+
+
 class ToyPlugin:
     @hookimpl
     def nexus_storage_backends(self) -> list[StorageBackendSpec]:
         return [
             StorageBackendSpec(name="toy", schemes=("toy",), factory=f"{__name__}:Toy"),
+            StorageBackendSpec(
+                name="unreachable", schemes=("unreachable",), factory=f"{__name__}:unreachable"
+            ),
             StorageBackendSpec(
                 name="cacheonly", schemes=("cacheonly",), factory=f"{__name__}:CacheOnly"
             ),
@@ -327,3 +338,22 @@ def test_the_router_is_exported_and_a_whole_storage() -> None:
     assert StorageRouter.roles == frozenset(ROLES)
     with pytest.raises(ValueError, match="no backend for the roles"):
         StorageRouter({"runs": MemoryStorage()}, url="memory://")
+
+
+@given(
+    user=st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=10),
+    password=st.text(st.characters(categories=["L", "N"]), min_size=4, max_size=16),
+)
+def test_a_storage_url_is_shown_without_its_password(user: str, password: str) -> None:
+    url = f"postgresql://{user}:{password}@db.internal:5432/nexus"
+    shown = redact_url(url)
+    assert password not in shown.replace(user, "").replace("db.internal", "")
+    assert shown == f"postgresql://{user}:***@db.internal:5432/nexus"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_backend_that_fails_to_build_does_not_show_the_password(host: PluginHost) -> None:
+    with pytest.raises(PluginLoadFailed) as error:
+        create_storage(host, "unreachable://nexus:hunter22@db.internal/nexus")
+    assert "hunter22" not in str(error.value)
+    assert "unreachable://nexus:***@db.internal/nexus" in str(error.value)

@@ -12,6 +12,7 @@ URL. Neither opens anything: the host does, at start-up.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 
@@ -21,7 +22,7 @@ from ..plugins import PluginHost, install_command
 from .base import ROLES, Backend, Role, Storage
 from .router import StorageRouter
 
-__all__ = ["STORAGE_PLUGINS", "create_storage", "select_storage"]
+__all__ = ["STORAGE_PLUGINS", "create_storage", "redact_url", "select_storage"]
 
 #: Where the storage backends the core does not ship are found, by URL scheme.
 STORAGE_PLUGINS: dict[str, str] = {
@@ -56,10 +57,30 @@ def create_storage(host: PluginHost, url: str, *, key: str = "nexus.storage") ->
     try:
         return spec.load()(url)  # type: ignore[no-any-return]
     except Exception as exc:
+        password = urllib.parse.urlsplit(url).password if "@" in url else None
+        detail = str(exc).replace(password, "***") if password else str(exc)
         raise PluginLoadFailed(
             f"storage backend {spec.name!r} of plugin {spec.plugin!r} could not be created "
-            f"for {url!r}: {type(exc).__name__}: {exc}"
+            f"for {redact_url(url)!r}: {type(exc).__name__}: {detail}"
         ) from exc
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to log or show.
+
+    >>> redact_url("postgresql://nexus:s3cret@db/nexus")
+    'postgresql://nexus:***@db/nexus'
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show its scheme only
+        return url.partition(":")[0] + "://***"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def select_storage(
