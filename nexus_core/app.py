@@ -31,7 +31,7 @@ from .errors import (
     WorkflowDefinitionError,
     WorkflowNotFound,
 )
-from .events import Event, EventBus, EventType, Subscription
+from .events import Event, EventBus, EventType, LocalEventBus, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
@@ -851,16 +851,21 @@ class Nexus:
         return storage
 
     def _open_bus(self) -> EventBus:
-        buses = self.host.event_buses()
-        spec = max(buses.values(), key=lambda s: s.priority)
-        try:
-            bus: EventBus = spec.load().from_app(self)
-        except Exception as exc:
-            raise PluginLoadFailed(
-                f"event bus {spec.name!r} of plugin {spec.plugin!r} could not be created: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return bus
+        """The usable bus of highest priority (see :meth:`EventBus.usable`)."""
+        buses = sorted(self.host.event_buses().values(), key=lambda s: -s.priority)
+        for spec in buses:
+            try:
+                factory = spec.load()
+                if not factory.usable(self):
+                    continue
+                bus: EventBus = factory.from_app(self)
+            except Exception as exc:
+                raise PluginLoadFailed(
+                    f"event bus {spec.name!r} of plugin {spec.plugin!r} could not be created: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            return bus
+        return LocalEventBus.from_app(self)  # every bus declined: the in-process one serves
 
     @contextlib.asynccontextmanager
     async def running(

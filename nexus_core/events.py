@@ -208,6 +208,19 @@ class EventBus(abc.ABC):
         """Build the bus for a host (the ``EventBusSpec`` factory). Default: ``cls()``."""
         return cls()
 
+    @classmethod
+    def usable(cls, app: Any) -> bool:
+        """Whether this bus can serve ``app`` as it is configured. Default: True.
+
+        The host takes the bus of highest priority that is usable. A bus that
+        needs settings of its own (a broker's URL) or a particular event log
+        says False without them, so installing its plugin never shadows a
+        bus of lower priority that works (the in-process bus always does).
+
+        .. versionadded:: 0.2
+        """
+        return True
+
     async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Connect (a distributed bus). Called once by the host at start-up."""
 

@@ -140,8 +140,13 @@ def nexus_event_buses() -> list[EventBusSpec]:
     """Return the event buses this plugin contributes.
 
     Called once when the host collects its registry. The bus with the highest
-    ``priority`` is used: the in-process bus registers priority 0, so a
-    distributed bus only has to be installed to take over.
+    ``priority`` whose :meth:`~nexus_core.events.EventBus.usable` says yes is
+    used: the in-process bus registers priority 0 and is always usable, so a
+    distributed bus only has to be installed (and configured, if it needs a
+    broker's URL) to take over.
+
+    .. versionchanged:: 0.2
+       A bus may decline a host it cannot serve (``EventBus.usable``).
 
     .. versionadded:: 0.1
     """

@@ -7,6 +7,7 @@ import fnmatch
 import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nexus_core import EventBusSpec, Nexus, hookimpl
 from nexus_core.events import (
     Event,
     EventBus,
@@ -775,3 +777,27 @@ async def test_behind_a_failing_log_loses_its_batch_and_the_bus_goes_on(
     # Never delivered what the log lacks; delivered what it has.
     assert [e.type for e in log.events] == ["run.completed"]
     assert [e.id for e in await available(sub)] == log.ids() == [event_id(1)]
+
+
+class _PickyBus(LocalEventBus):
+    """A bus that serves only hosts whose title says so."""
+
+    @classmethod
+    def usable(cls, app: Any) -> bool:
+        return bool(app.title.startswith("picky"))
+
+
+class _PickyPlugin:
+    @hookimpl
+    def nexus_event_buses(self) -> list[EventBusSpec]:
+        return [EventBusSpec(name="picky", factory=f"{__name__}:_PickyBus", priority=50)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("title", "picked"), [("picky one", True), ("plain", False)])
+async def test_the_host_takes_the_usable_bus_of_highest_priority(title: str, picked: bool) -> None:
+    app = Nexus(title, storage="memory://", plugins=[_PickyPlugin()], autoload=False, env={})
+    async with app:
+        bus = app._services().events
+        assert isinstance(bus, _PickyBus) is picked
+        assert isinstance(bus, LocalEventBus)  # declined: the in-process bus serves

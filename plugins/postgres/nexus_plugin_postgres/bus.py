@@ -77,6 +77,11 @@ class PostgresEventBus(LocalEventBus):
         self._wake = anyio.Event()
 
     @classmethod
+    def usable(cls, app: Any) -> bool:
+        """Only when PostgreSQL serves the host's event log (NOTIFY comes from its appends)."""
+        return _events_backend(getattr(app, "storage", None)) is not None
+
+    @classmethod
     def from_app(cls, app: Any) -> Self:
         """The bus of a host: its event log, queue settings, and the log's PostgreSQL backend."""
         settings = app.config.nexus.services.events

@@ -135,6 +135,15 @@ class RedisEventBus(LocalEventBus):
         self.unsent = 0
 
     @classmethod
+    def usable(cls, app: Any) -> bool:
+        """Only with a Redis URL (``[nexus.plugins.redis] url``).
+
+        Installed alone, it leaves the host's bus to the next one (PostgreSQL's,
+        or the in-process bus).
+        """
+        return app.config.section("plugins.redis").url is not None
+
+    @classmethod
     def from_app(cls, app: Any) -> Self:
         """The bus for a host: ``[nexus.plugins.redis]`` and ``[nexus.services.events]``."""
         events = app.config.nexus.services.events

@@ -322,3 +322,21 @@ async def test_a_broken_stream_key_degrades_to_the_log_and_kills_nothing(
         assert not a.connected and not b.connected
         assert "WRONGTYPE" in (b.breaker.last_error or "")
     assert [e.data["i"] for e in got] == list(range(5))
+
+
+async def test_without_a_url_the_plugin_leaves_the_bus_to_the_next(tmp_path: Path) -> None:
+    """Installed but not configured: the host's bus is the next usable one, not an inert one."""
+    from nexus_core import Nexus
+    from nexus_core.plugin import LocalEventBus
+
+    app = Nexus(
+        "idle",
+        autoload=False,
+        plugins=["nexus_plugin_redis.plugin"],
+        config={"storage": f"sqlite:///{tmp_path / 'n.db'}"},
+        env={},
+    )
+    async with app:
+        bus = app._services().events
+        assert not isinstance(bus, RedisEventBus)
+        assert isinstance(bus, LocalEventBus)
