@@ -66,8 +66,21 @@ RUNS = "runs/"
 
 def run_blob_prefix(tenant: str, run_id: str, created_at: float) -> str:
     """The blob key prefix of a run's values (by the day it was created, for pruning)."""
-    day = time.strftime("%Y%m%d", time.gmtime(created_at))
-    return f"{RUNS}{day}/{tenant}/{run_id}/"
+    return f"{RUNS}{_utc_day(created_at)}/{tenant}/{run_id}/"
+
+
+_DAYS: dict[int, str] = {}
+
+
+def _utc_day(when: float) -> str:
+    """``YYYYMMDD`` of ``when`` in UTC; remembered per day (every invoke asks, twice)."""
+    number = int(when // 86400)  # UTC days are whole multiples of 86,400 s since the epoch
+    day = _DAYS.get(number)
+    if day is None:
+        if len(_DAYS) > 64:
+            _DAYS.clear()
+        day = _DAYS[number] = time.strftime("%Y%m%d", time.gmtime(number * 86400))
+    return day
 
 
 async def prune_run_blobs(storage: Any, before: float) -> int:

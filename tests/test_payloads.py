@@ -14,10 +14,19 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nexus_core import Nexus, WorkflowBuilder
 from nexus_core.errors import RunNotFound
-from nexus_core.payloads import BLOB_REF, Payloads, blob_ref, has_blob_refs, is_blob_ref
+from nexus_core.payloads import (
+    BLOB_REF,
+    Payloads,
+    blob_ref,
+    has_blob_refs,
+    is_blob_ref,
+    run_blob_prefix,
+)
 from nexus_core.storage.memory import MemoryStorage
 from nexus_core.workflows import FunctionNode
 
@@ -285,3 +294,9 @@ async def test_a_blob_store_failure_fails_the_run_at_its_node_not_the_host() -> 
         assert stored.status == "failed" and stored.nodes["make"].status == "failed"
         small = await app.invoke("chain", {"n": 5})  # the host goes on
         assert small.status == "completed" and small.output == 5
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_the_run_blob_prefix_day_is_the_utc_day(when: float) -> None:
+    expected = time.strftime("%Y%m%d", time.gmtime(when))
+    assert run_blob_prefix("t", "r", when) == f"runs/{expected}/t/r/"
