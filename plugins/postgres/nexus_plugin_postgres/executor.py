@@ -440,13 +440,13 @@ class ProcrastinateExecutor(Executor):
         status = await self.queue_status()
         waiting = sum(status.depth.values())
         found = f"{status.workers} worker{'s' * (status.workers != 1)}, {waiting} jobs waiting"
+        self._set_gauges(status)
         needed = self.settings.ready_min_workers
         if status.workers < needed:
             raise QueueNotReady(
                 f"{found}: fewer than ready_min_workers = {needed} workers beat within "
                 f"stalled_after = {self.stalled_after:g}s (start `nexus worker`)"
             )
-        self._set_gauges(status)
         return found
 
     async def refresh_metrics(self) -> None:
