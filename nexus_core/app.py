@@ -802,7 +802,7 @@ class Nexus:
     # -- health ----------------------------------------------------------------------
 
     async def readiness(self) -> HealthReport:
-        """Storage and every started channel answer."""
+        """Storage, every started channel and the executor's own checks (its queue) answer."""
         services = self._services()
         storage = services.storage
         checks: dict[str, Callable[[], Any]] = {"storage": storage.ping}
@@ -813,6 +813,7 @@ class Nexus:
                 checks["storage:blobs"] = blobs.ping
         for name, channel in self.channels.items():
             checks[f"channel:{name}"] = channel.ready
+        checks.update(self.engine.executor.checks())
         return await readiness(checks)
 
     # -- lifecycle -------------------------------------------------------------

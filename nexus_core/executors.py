@@ -24,7 +24,7 @@ hears the result through the event log, wherever the run executed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
@@ -81,6 +81,16 @@ class Executor:
         task_status.started()
         if engine.recovering:
             await engine.recover_forever()
+
+    def checks(self) -> dict[str, Callable[[], Awaitable[bool | str] | bool | str]]:
+        """Readiness checks of this executor, by name, for ``/health/ready`` (default: none).
+
+        The host runs them beside its own (``storage``, ``channel:*``): a check
+        is ok when it returns a true value (a string is reported as the check's
+        ``detail``), and not ok when it returns false or raises (the error is
+        the detail). A queue executor reports its queue here.
+        """
+        return {}
 
     async def accept(self, engine: RunEngine, record: RunRecord) -> tuple[RunRecord, bool]:
         """Store a new run record and, for a queue executor, hand it over: ``(stored, created)``.

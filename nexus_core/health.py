@@ -20,7 +20,7 @@ __all__ = ["CheckResult", "HealthReport", "liveness", "readiness"]
 
 
 class CheckResult(msgspec.Struct, kw_only=True):
-    """The outcome of one check: ``detail`` says why it is not ok."""
+    """The outcome of one check: ``detail`` says why it is not ok (or what an ok check reported)."""
 
     name: str
     ok: bool
@@ -54,7 +54,8 @@ async def readiness(
 ) -> HealthReport:
     """Run every check concurrently, each under ``timeout`` seconds.
 
-    A check is ok when it returns a true value. One that returns false, raises
+    A check is ok when it returns a true value; a string it returns is its
+    ``detail`` (what it found, e.g. how many workers answer). One that returns false, raises
     (``detail`` is the error) or does not answer in time (``detail`` is
     ``"timed out"``) is not ok, and the report is ``"fail"``. No checks is ok.
     """
@@ -73,7 +74,8 @@ async def readiness(
                 text = str(exc)
                 ok, detail = False, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
             else:
-                ok, detail = bool(value), None if value else "not ready"
+                ok = bool(value)
+                detail = value if ok and isinstance(value, str) else None if ok else "not ready"
         ms = (time.perf_counter() - start) * 1000
         results[name] = CheckResult(name=name, ok=ok, detail=detail, duration_ms=ms)
 

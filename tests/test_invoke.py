@@ -320,6 +320,29 @@ async def test_readiness_checks_storage(storage_url: str) -> None:
     assert [c.name for c in report.checks] == ["storage"]
 
 
+async def test_readiness_runs_the_executors_checks(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_core.executors import InlineExecutor
+
+    async def queue() -> str:
+        return "2 workers"
+
+    def down() -> bool:
+        raise ConnectionError("queue unreachable")
+
+    monkeypatch.setattr(InlineExecutor, "checks", lambda self: {"queue": queue, "other": down})
+    app = make_app(storage_url)
+    async with app:
+        report = await app.readiness()
+    assert [(c.name, c.ok, c.detail) for c in report.checks] == [
+        ("storage", True, None),
+        ("queue", True, "2 workers"),
+        ("other", False, "ConnectionError: queue unreachable"),
+    ]
+    assert report.status == "fail"
+
+
 async def test_the_host_must_be_running_to_invoke() -> None:
     app = make_app("memory://")
     with pytest.raises(RuntimeError, match="async with app"):

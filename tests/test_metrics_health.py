@@ -194,3 +194,18 @@ async def test_readiness_runs_checks_concurrently() -> None:
 async def test_readiness_with_no_checks_is_ok() -> None:
     report = await readiness({})
     assert report == HealthReport(status="ok", checks=[])
+
+
+@pytest.mark.anyio
+async def test_a_check_returning_text_is_ok_and_reports_it() -> None:
+    async def workers() -> str:
+        return "2 workers answer"
+
+    async def empty() -> str:
+        return ""
+
+    report = await readiness({"queue": workers, "blank": empty})
+    assert [(c.name, c.ok, c.detail) for c in report.checks] == [
+        ("queue", True, "2 workers answer"),
+        ("blank", False, "not ready"),
+    ]

@@ -35,6 +35,21 @@ What Procrastinate does not do, this executor adds:
 
 Queue names are workflow names unless ``queues`` maps a workflow to another
 queue, so ``nexus worker --queues report`` executes the runs of ``report``.
+
+Operations:
+
+* ``/health/ready`` has a ``queue`` check (:meth:`~ProcrastinateExecutor.check_queue`):
+  Procrastinate's tables answer and at least ``ready_min_workers`` workers
+  beat within ``stalled_after`` seconds; ok, its detail says how many workers
+  and jobs waiting.
+* Prometheus series in the host's registry (:class:`QueueMetrics`):
+  ``nexus_queue_depth{queue}`` (jobs waiting, read from the database every
+  heartbeat by every process), ``nexus_queue_workers`` (live workers),
+  ``nexus_queue_job_latency_seconds{queue}`` (from a job's enqueue, or its
+  retry time, to its start, observed by the worker that starts it) and
+  ``nexus_queue_retries_total{queue,reason}`` (jobs this process queued
+  again: ``stalled`` by the reaper, ``no_job`` by the sweep), beside the
+  core's ``nexus_run_takeovers_total``.
 """
 
 from __future__ import annotations
@@ -43,8 +58,9 @@ import contextlib
 import logging
 import secrets
 import time
+import weakref
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
@@ -57,12 +73,16 @@ if TYPE_CHECKING:
     from nexus_core.plugin import Nexus, RunEngine, RunRecord
     from procrastinate.job_context import JobContext
     from procrastinate.jobs import Job
+    from prometheus_client import CollectorRegistry
 
     from .worker_config import ProcrastinateConfig
 
 __all__ = [
     "TASK_NAME",
     "ProcrastinateExecutor",
+    "QueueMetrics",
+    "QueueNotReady",
+    "QueueStatus",
 ]
 
 log = logging.getLogger("nexus.worker")
@@ -78,6 +98,79 @@ CREATE TABLE IF NOT EXISTS nexus_queue_admissions (
     admitted_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+#: Job latency buckets (seconds): a queue that keeps up answers in milliseconds, a
+#: backlog in minutes.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class QueueMetrics:
+    """The queue's Prometheus series, one set per registry (a host may start many times)."""
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[Any, QueueMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        #: ``nexus_queue_depth{queue}``: jobs waiting (``todo``).
+        self.depth = Gauge(
+            "nexus_queue_depth",
+            "Jobs waiting in the queue (Procrastinate's todo), by queue; read every heartbeat.",
+            ("queue",),
+            registry=registry,
+        )
+        #: ``nexus_queue_workers``: workers whose heartbeat is fresh.
+        self.workers = Gauge(
+            "nexus_queue_workers",
+            "Workers whose heartbeat is fresher than stalled_after seconds.",
+            registry=registry,
+        )
+        #: ``nexus_queue_job_latency_seconds{queue}``: enqueue (or retry time) to start.
+        self.latency = Histogram(
+            "nexus_queue_job_latency_seconds",
+            "Seconds from a job's enqueue (or the time of its retry) to its start, by queue.",
+            ("queue",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        #: ``nexus_queue_retries_total{queue,reason}``: jobs this process queued again.
+        self.retries = Counter(
+            "nexus_queue_retries_total",
+            "Jobs this process queued again, by queue and reason: stalled (the reaper: "
+            "its worker stopped beating) or no_job (the sweep: a claimable run had none).",
+            ("queue", "reason"),
+            registry=registry,
+        )
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> QueueMetrics:
+        """The series registered in ``registry`` (registered on first use)."""
+        found = cls._by_registry.get(registry)
+        if found is None:
+            found = cls._by_registry[registry] = cls(registry)
+        return found
+
+
+class QueueStatus:
+    """What the queue's tables say: jobs waiting per queue, and live workers."""
+
+    __slots__ = ("depth", "workers")
+
+    def __init__(self, depth: dict[str, int], workers: int) -> None:
+        #: Jobs waiting (``todo``), by queue (queues with none are absent).
+        self.depth = depth
+        #: Workers whose heartbeat is fresher than ``stalled_after``.
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        return f"QueueStatus(depth={self.depth!r}, workers={self.workers})"
+
+
+class QueueNotReady(Exception):
+    """The ``queue`` readiness check failed: the tables do not answer, or too few workers beat."""
 
 
 class _Requeue(Exception):
@@ -110,6 +203,8 @@ class ProcrastinateExecutor(Executor):
         self._engine: RunEngine | None = None
         self._ready = anyio.Event()
         self._tags: dict[str, tuple[int | None, int | None]] = {}
+        self._metrics = QueueMetrics.of(app.metrics.registry) if app.metrics.enabled else None
+        self._queues_seen: set[str] = set()
         quiet = logging.getLogger("procrastinate")
         if quiet.level == logging.NOTSET:  # a line per job deferred and run: unless asked for
             quiet.setLevel(logging.WARNING)
@@ -196,7 +291,9 @@ class ProcrastinateExecutor(Executor):
         options = self.job_options(record.workflow)
         task = self.queue.tasks[TASK_NAME]
         deferrer = task.configure(connection=connection, **options)
-        return await deferrer.defer_async(run_id=record.id, workflow=record.workflow)
+        return await deferrer.defer_async(
+            run_id=record.id, workflow=record.workflow, deferred_at=time.time()
+        )
 
     # -- the executor contract --------------------------------------------------------------
 
@@ -214,6 +311,8 @@ class ProcrastinateExecutor(Executor):
             await self._prepare_schema(queue)
             self._queue = queue
             self._ready.set()
+            with contextlib.suppress(Exception):  # the loop below tries again
+                await self.refresh_metrics()
             task_status.started()
             await self._reap_forever()
         finally:
@@ -298,14 +397,95 @@ class ProcrastinateExecutor(Executor):
             finally:
                 worker.stop()  # type: ignore[no-untyped-call]
 
+    # -- operations ---------------------------------------------------------------------------
+
+    def checks(self) -> dict[str, Callable[[], Awaitable[bool | str] | bool | str]]:
+        """``/health/ready``'s ``queue`` check (:meth:`check_queue`)."""
+        return {"queue": self.check_queue}
+
+    async def queue_status(self) -> QueueStatus:
+        """Jobs waiting per queue and live workers, read from Procrastinate's tables.
+
+        Raises :class:`QueueNotReady` naming the database's error when they do not answer.
+        """
+        from procrastinate.exceptions import ConnectorException
+
+        connector = self.queue.connector
+        try:
+            rows = await connector.execute_query_all_async(
+                "SELECT queue_name, count(*) AS todo FROM procrastinate_jobs "
+                "WHERE status = 'todo' GROUP BY queue_name"
+            )
+            live = await connector.execute_query_one_async(
+                "SELECT count(*) AS workers FROM procrastinate_workers "
+                "WHERE last_heartbeat > now() - make_interval(secs => %(seconds)s)",
+                seconds=self.stalled_after,
+            )
+        except ConnectorException as exc:  # Procrastinate's wrapper says only "Database error"
+            cause = exc.__cause__ or exc
+            text = " ".join(str(cause).split())
+            raise QueueNotReady(
+                f"the queue's tables do not answer: {type(cause).__name__}: {text}"
+            ) from exc
+        depth = {str(row["queue_name"]): int(row["todo"]) for row in rows}
+        return QueueStatus(depth, int(live["workers"]))
+
+    async def check_queue(self) -> str:
+        """Ready when the queue's tables answer and ``ready_min_workers`` workers beat.
+
+        Returns what it found (``"2 workers, 0 jobs waiting"``); raises
+        :class:`QueueNotReady` when too few workers beat, and the database's
+        error when the tables do not answer.
+        """
+        status = await self.queue_status()
+        waiting = sum(status.depth.values())
+        found = f"{status.workers} worker{'s' * (status.workers != 1)}, {waiting} jobs waiting"
+        self._set_gauges(status)
+        needed = self.settings.ready_min_workers
+        if status.workers < needed:
+            raise QueueNotReady(
+                f"{found}: fewer than ready_min_workers = {needed} workers beat within "
+                f"stalled_after = {self.stalled_after:g}s (start `nexus worker`)"
+            )
+        return found
+
+    async def refresh_metrics(self) -> None:
+        """Read the queue's depth and live workers into the gauges."""
+        if self._metrics is not None:
+            self._set_gauges(await self.queue_status())
+
+    def _set_gauges(self, status: QueueStatus) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        # Queues that emptied read 0, not their last depth; every workflow's queue shows.
+        queues = {self.job_options(name)["queue"] for name in self.app._workflows}
+        self._queues_seen |= queues | status.depth.keys()
+        for queue in self._queues_seen:
+            metrics.depth.labels(queue).set(status.depth.get(queue, 0))
+        metrics.workers.set(status.workers)
+
+    def _count_retry(self, job: Job, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.retries.labels(job.queue, reason).inc()
+
     # -- the job ------------------------------------------------------------------------------
 
-    async def _job(self, context: JobContext, run_id: str, workflow: str) -> None:
+    async def _job(
+        self, context: JobContext, run_id: str, workflow: str, deferred_at: float | None = None
+    ) -> None:
         """Execute one run under its lease (the ``nexus.run`` task)."""
         engine = self._engine
         assert engine is not None
-        assert context.job.id is not None
-        job_id = context.job.id
+        job = context.job
+        assert job.id is not None
+        job_id = job.id
+        if self._metrics is not None:
+            # Waiting since its enqueue, or since its retry time (a retry sets scheduled_at).
+            retry_at = job.scheduled_at.timestamp() if job.scheduled_at else 0.0
+            since = max(deferred_at or 0.0, retry_at)
+            if since:
+                self._metrics.latency.labels(job.queue).observe(max(0.0, time.time() - since))
         limit = self.limit(workflow)
         if limit is not None:
             await self._admit(job_id, workflow, limit)
@@ -373,6 +553,10 @@ class ProcrastinateExecutor(Executor):
                 await self.sweep_once()
             except Exception as exc:
                 log.warning("looking for stalled jobs failed: %s", exc)
+            try:
+                await self.refresh_metrics()
+            except Exception as exc:
+                log.debug("reading the queue's depth failed: %s", exc)
 
     async def reap_once(self) -> int:
         """Queue again the jobs of workers silent for ``stalled_after`` seconds; how many."""
@@ -387,6 +571,7 @@ class ProcrastinateExecutor(Executor):
             except Exception:  # another process retried it first
                 continue
             retried += 1
+            self._count_retry(job, "stalled")
             log.info(
                 "job %s of run %s: its worker stopped beating; queued again",
                 job.id,
@@ -418,6 +603,9 @@ class ProcrastinateExecutor(Executor):
         missing = candidates.keys() - {row["run_id"] for row in rows}
         for run_id in missing:
             await self.defer(candidates[run_id])
+            if self._metrics is not None:
+                queue = self.job_options(candidates[run_id].workflow)["queue"]
+                self._metrics.retries.labels(queue, "no_job").inc()
             log.info("run %s had no job; deferred one", run_id)
         return len(missing)
 

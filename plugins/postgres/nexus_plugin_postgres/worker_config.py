@@ -21,7 +21,9 @@ class ProcrastinateConfig(ConfigStruct, kw_only=True):
     the workflow's name). A worker whose heartbeat is older than
     ``stalled_after`` seconds (default: ``services.runs.lease``) is taken for
     dead and its jobs are queued again. ``pool_size`` bounds each process's
-    connections to the queue.
+    connections to the queue. ``/health/ready``'s ``queue`` check fails while
+    fewer than ``ready_min_workers`` workers beat (0: only the queue's tables
+    must answer).
     """
 
     url: str | None = None
@@ -30,6 +32,7 @@ class ProcrastinateConfig(ConfigStruct, kw_only=True):
     queues: dict[str, str] = msgspec.field(default_factory=dict)
     stalled_after: float | None = None
     pool_size: int = 10
+    ready_min_workers: int = 1
 
     def __post_init__(self) -> None:
         for workflow, limit in self.limits.items():
@@ -37,6 +40,8 @@ class ProcrastinateConfig(ConfigStruct, kw_only=True):
                 raise ValueError(f"limits.{workflow} must be at least 1, got {limit}")
         if self.stalled_after is not None and self.stalled_after <= 0:
             raise ValueError(f"stalled_after must be positive, got {self.stalled_after:g}")
+        if self.ready_min_workers < 0:
+            raise ValueError(f"ready_min_workers must be 0 or more, got {self.ready_min_workers}")
         if self.pool_size < 2:
             raise ValueError(f"pool_size must be at least 2, got {self.pool_size}")
 

@@ -139,6 +139,7 @@ async def test_a_gateway_gets_its_result_from_a_worker(store_url: str, queue_url
 
 
 async def test_a_queued_run_waits_in_its_workflow_queue(store_url: str, queue_url: str) -> None:
+    before = time.time()
     async with make_app(store_url, queue_url) as gateway:
         run = await gateway.invoke("double", {"x": 1}, wait=False)
     assert run.status == "pending"
@@ -146,7 +147,11 @@ async def test_a_queued_run_waits_in_its_workflow_queue(store_url: str, queue_ur
         queue_url,
         "SELECT queue_name, task_name, status::text, args FROM procrastinate_jobs",
     )
-    assert rows == [("double", TASK_NAME, "todo", {"run_id": run.run_id, "workflow": "double"})]
+    (row,) = rows
+    args = row[3]
+    deferred_at = args.pop("deferred_at")  # for the job latency series
+    assert row == ("double", TASK_NAME, "todo", {"run_id": run.run_id, "workflow": "double"})
+    assert before <= deferred_at <= time.time()
 
 
 async def test_queues_name_the_workflows_a_worker_executes(store_url: str, queue_url: str) -> None:
