@@ -10,7 +10,8 @@ replay from the log, delivery in log order) plus a Redis Stream:
 1. ``publish`` logs the event (in a batch) and delivers it to this process's
    subscribers at once, as the local bus does; the logged events (with their
    ids) are then added to the stream by a writer task (``XADD ... MAXLEN ~
-   stream_maxlen``), never on the publisher's path.
+   stream_maxlen``, or with ``stream_max_age`` set, ``MINID ~`` that many
+   seconds ago plus ``XTRIM MAXLEN ~``), never on the publisher's path.
 2. One reader task per process (``XREAD BLOCK``) hands the other instances'
    events to local subscribers through
    :meth:`~nexus_core.events.LocalEventBus.deliver_logged`: gap-free and
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from typing import Any, Self
 
@@ -88,7 +90,10 @@ class RedisEventBus(LocalEventBus):
 
     ``log`` is the host's event log; ``url`` the Redis server (None: the
     local bus alone). ``stream_maxlen`` bounds the stream (``MAXLEN ~``);
-    ``block_ms`` is one read's wait. ``poll_interval`` is how often the log
+    ``stream_max_age`` (seconds, None: no age limit) also trims entries older
+    than that (``MINID ~``, by this process's clock against the ids Redis
+    gave the entries, so clock skew between them shifts it). ``block_ms`` is
+    one read's wait. ``poll_interval`` is how often the log
     is read while the stream is down, ``fallback_poll_interval`` while it is up.
     """
 
@@ -98,6 +103,7 @@ class RedisEventBus(LocalEventBus):
         *,
         url: str | None = None,
         stream_maxlen: int = 10_000,
+        stream_max_age: float | None = None,
         fallback_poll_interval: float = 1.0,
         block_ms: int = 1000,
         queue_size: int = 1000,
@@ -115,7 +121,10 @@ class RedisEventBus(LocalEventBus):
             overflow=overflow,
             poll_interval=fallback_poll_interval if url else poll_interval,
         )
+        if stream_max_age is not None and stream_max_age <= 0:
+            raise ValueError(f"stream_max_age must be more than 0 seconds, got {stream_max_age}")
         self.stream_maxlen = stream_maxlen
+        self.stream_max_age = stream_max_age
         self.block_ms = block_ms
         self.log_poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
@@ -146,6 +155,7 @@ class RedisEventBus(LocalEventBus):
             getattr(app, "storage", None),
             url=settings.url,
             stream_maxlen=settings.stream_maxlen,
+            stream_max_age=settings.stream_max_age,
             fallback_poll_interval=settings.fallback_poll_interval,
             block_ms=settings.block_ms,
             queue_size=events.queue_size,
@@ -238,25 +248,35 @@ class RedisEventBus(LocalEventBus):
                     self.unsent += len(batch)  # in the log: other instances read it there
                     continue
             try:
-                if len(batch) == 1:  # the usual case under steady traffic: no pipeline to build
-                    await client.xadd(self.stream, self._entry(batch[0]), **self._trim)
-                else:
-                    async with client.pipeline(transaction=False) as pipe:
-                        for event in batch:
-                            pipe.xadd(self.stream, self._entry(event), **self._trim)
-                        await pipe.execute()
+                await self._add(client, batch)
             except Exception as exc:  # unreachable, or an error reply (a key of another type)
                 self.unsent += len(batch)  # in the log: other instances read it there
                 self._down(exc)
                 continue
             self.sent += len(batch)
 
+    async def _add(self, client: Redis, batch: list[Event]) -> None:
+        """``XADD`` the batch, trimming as configured, in one round trip."""
+        stream, maxlen = self.stream, self.stream_maxlen
+        if self.stream_max_age is None:
+            if len(batch) == 1:  # the usual case under steady traffic: no pipeline to build
+                await client.xadd(stream, self._entry(batch[0]), maxlen=maxlen, approximate=True)
+                return
+            async with client.pipeline(transaction=False) as pipe:
+                for event in batch:
+                    pipe.xadd(stream, self._entry(event), maxlen=maxlen, approximate=True)
+                await pipe.execute()
+            return
+        # One trim strategy per XADD: MINID on each, MAXLEN once per batch.
+        oldest = max(0, int((time.time() - self.stream_max_age) * 1000))
+        async with client.pipeline(transaction=False) as pipe:
+            for event in batch:
+                pipe.xadd(stream, self._entry(event), minid=oldest, approximate=True)
+            pipe.xtrim(stream, maxlen=maxlen, approximate=True)
+            await pipe.execute()
+
     def _entry(self, event: Event) -> dict[Any, Any]:
         return {"o": self.origin, "e": _encode(event)}
-
-    @property
-    def _trim(self) -> dict[str, Any]:
-        return {"maxlen": self.stream_maxlen, "approximate": True}
 
     # -- reading ---------------------------------------------------------------
 
