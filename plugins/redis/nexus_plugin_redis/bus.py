@@ -85,6 +85,24 @@ class _StreamingLog:
         return await self.log.last_event_id()
 
 
+def _next_bus(app: Any) -> Any:
+    """The host's bus were this plugin not installed; None when that is the in-process one."""
+    host = getattr(app, "host", None)
+    if host is None:
+        return None
+    specs = [s for s in host.event_buses().values() if s.factory != _FACTORY]
+    if not specs:
+        return None
+    spec = max(specs, key=lambda s: s.priority)
+    bus_type = spec.load()
+    if bus_type is LocalEventBus:
+        return None  # this class without a URL is exactly that bus
+    return bus_type.from_app(app)
+
+
+_FACTORY = f"{__name__}:RedisEventBus"
+
+
 class RedisEventBus(LocalEventBus):
     """The in-process bus plus a Redis Stream shared by every instance (see the module docstring).
 
@@ -148,9 +166,20 @@ class RedisEventBus(LocalEventBus):
 
     @classmethod
     def from_app(cls, app: Any) -> Self:
-        """The bus for a host: ``[nexus.plugins.redis]`` and ``[nexus.services.events]``."""
+        """The bus for a host: ``[nexus.plugins.redis]`` and ``[nexus.services.events]``.
+
+        Without ``[nexus.plugins.redis] url`` the host gets the bus it would
+        have without this plugin (the next by priority: PostgreSQL's
+        LISTEN/NOTIFY bus when that plugin is installed, else the in-process
+        one): installing the plugin for its cache or sessions alone must not
+        take another plugin's bus away.
+        """
         events = app.config.nexus.services.events
         settings = app.config.section("plugins.redis")
+        if settings.url is None:
+            other = _next_bus(app)
+            if other is not None:
+                return other  # type: ignore[no-any-return]  # not a RedisEventBus: by design
         return cls(
             getattr(app, "storage", None),
             url=settings.url,

@@ -313,6 +313,36 @@ async def test_installed_it_takes_over_the_host_s_bus(
     assert not [r for r in caplog.records if r.name == "nexus.redis"], caplog.text
 
 
+@pytest.mark.parametrize("with_postgres", [False, True], ids=["alone", "with-postgres"])
+async def test_without_a_url_it_leaves_the_bus_to_the_next_plugin(
+    tmp_path: Path, with_postgres: bool
+) -> None:
+    """Installed for the cache or sessions only: the host's bus is what it would be without it."""
+    from nexus_core import Nexus
+    from nexus_core.events import LocalEventBus
+
+    plugins = ["nexus_plugin_redis.plugin"]
+    if with_postgres:
+        pytest.importorskip("nexus_plugin_postgres", reason="nexus-plugin-postgres not installed")
+        plugins.append("nexus_plugin_postgres.plugin")
+    app = Nexus(
+        "bus",
+        autoload=False,
+        plugins=plugins,
+        config={"storage": f"sqlite:///{tmp_path / 'n.db'}"},
+        env={},
+    )
+    async with app:
+        bus = app._services().events  # no public accessor: the host's own bus
+        if with_postgres:
+            from nexus_plugin_postgres.bus import PostgresEventBus
+
+            assert type(bus) is PostgresEventBus
+        else:
+            assert isinstance(bus, LocalEventBus)
+            assert not isinstance(bus, RedisEventBus) or bus.settings is None
+
+
 async def test_an_event_missing_from_the_stream_is_read_from_the_log_in_its_place(
     tmp_path: Path, url: str
 ) -> None:
