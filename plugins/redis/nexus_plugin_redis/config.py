@@ -15,8 +15,8 @@ class RedisConfig(ConfigStruct, kw_only=True):
 
     ``url`` (``redis://`` or ``rediss://``, with ACL user, password, TLS
     settings and ``prefix`` as in storage URLs) turns the bus on; left unset,
-    the bus is the in-process one with the shared log's polling, as without
-    the plugin. ``stream_maxlen`` bounds the stream (approximately, ``MAXLEN
+    the host's bus is the one it would have without this plugin (PostgreSQL's
+    LISTEN/NOTIFY bus when that plugin is installed, else the in-process one). ``stream_maxlen`` bounds the stream (approximately, ``MAXLEN
     ~``): older events are replayed from the durable event log.
     ``stream_max_age`` (seconds; unset: no age limit) also trims entries
     older than that (``MINID ~``), ``stream_maxlen`` still capping the
