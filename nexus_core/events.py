@@ -786,6 +786,13 @@ class LocalEventBus(EventBus):
     async def _deliver_run(self, run: list[tuple[Event, int]]) -> None:
         if not run:
             return
+        if not self._delivering.locked():
+            # Nobody is catching up: delivery has no await, so nothing can come
+            # between (as in _log_and_deliver; the lock's acquire and release
+            # were a tenth of a Redis bus's receiving loop).
+            for event, seq in run:
+                self._deliver_at(event, seq)
+            return
         async with self._delivering:
             for event, seq in run:
                 self._deliver_at(event, seq)
