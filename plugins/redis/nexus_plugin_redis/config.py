@@ -16,8 +16,9 @@ class RedisConfig(ConfigStruct, kw_only=True):
     ``url`` (``redis://`` or ``rediss://``, with ACL user, password, TLS
     settings and ``prefix`` as in storage URLs) turns the bus on; left unset,
     the host's bus is the one it would have without this plugin (PostgreSQL's
-    LISTEN/NOTIFY bus when that plugin is installed, else the in-process one). ``stream_maxlen`` bounds the stream (approximately, ``MAXLEN
-    ~``): older events are replayed from the durable event log.
+    LISTEN/NOTIFY bus when that plugin is installed, else the in-process
+    one). ``stream_maxlen`` bounds the stream (approximately, ``MAXLEN ~``):
+    older events are replayed from the durable event log.
     ``stream_max_age`` (seconds; unset: no age limit) also trims entries
     older than that (``MINID ~``), ``stream_maxlen`` still capping the
     length.
