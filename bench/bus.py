@@ -1,8 +1,10 @@
-"""Event bus across two processes: in-process bus (log polling) vs the Redis Streams bus.
+"""Event bus across two processes: in-process (log polling) vs Redis Streams vs PostgreSQL NOTIFY.
 
 One process publishes, another subscribes (1, 10 and 100 subscribers); both
-share one SQLite event log, as two gateways do. For each bus and subscriber
-count:
+share one event log, as two gateways do: a SQLite file for the in-process and
+Redis buses, a PostgreSQL schema of its own (dropped after) for the
+PostgreSQL LISTEN/NOTIFY bus, which needs its log there. For each bus and
+subscriber count:
 
 * **latency**: events published at a steady ``--rate`` (default 1,000/s) for
   ``--events`` events; publish-to-deliver time of every delivery (publisher's
@@ -13,26 +15,31 @@ count:
 
 The in-process bus reaches another process by reading the log every
 ``services.events.poll_interval`` (0.1 s); the Redis bus carries logged
-events over a stream. A PostgreSQL LISTEN/NOTIFY bus is listed when a plugin
-providing one is installed (none is, yet). Target: Redis p99 under 5 ms at
-1,000 events/s.
+events over a stream; the PostgreSQL bus is woken by the log's NOTIFY (small
+batches ride in the notification). A bus whose server or plugin is missing is
+left out, saying why. Target: Redis p99 under 5 ms at 1,000 events/s.
 
-    python bench/bus.py                      # needs Redis (NEXUS_REDIS_URL, default local)
+    python bench/bus.py   # NEXUS_REDIS_URL, NEXUS_POSTGRES_URL (default: the local servers)
     python bench/bus.py --events 1000 --subscribers 1,10 --repeat 1 --json
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py and mcp.py: keep this folder off sys.path so they never
+# shadow the stdlib's http or the mcp package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,6 +48,7 @@ from nexus_core.events import Event, LocalEventBus
 from nexus_core.plugin import SQLiteStorage
 
 REDIS_URL = os.environ.get("NEXUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("NEXUS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 #: The event loop a gateway runs on: uvloop under ``nexus serve`` (uvicorn), when installed.
 try:
@@ -51,18 +59,40 @@ except ImportError:
     LOOP = {}
 
 
-def make_bus(kind: str, storage: SQLiteStorage, redis_url: str) -> LocalEventBus:
+def open_storage(kind: str, db: str) -> Any:
+    """The event log of ``kind``'s runs: ``db`` is a SQLite file, or for postgres a URL."""
+    if kind == "postgres":
+        from nexus_plugin_postgres.storage import PostgresStorage
+
+        return PostgresStorage(db)
+    return SQLiteStorage(f"sqlite:///{db}")
+
+
+def make_bus(kind: str, storage: Any, redis_url: str) -> LocalEventBus:
     """The bus of ``kind`` over ``storage``'s event log, as a host would build it."""
     if kind == "local":
         return LocalEventBus(storage, queue_size=100_000, poll_interval=0.1)
+    if kind == "postgres":
+        from nexus_plugin_postgres.bus import PostgresEventBus
+
+        return PostgresEventBus(storage, backend=storage, queue_size=100_000, poll_interval=0.1)
     from nexus_plugin_redis.bus import RedisEventBus
 
     return RedisEventBus(storage, url=redis_url, queue_size=100_000, poll_interval=0.1)
 
 
+async def wait_connected(kind: str, bus: Any) -> None:
+    """Wait until a distributed bus has its connection (its stream, its LISTEN)."""
+    if kind == "local":
+        return
+    with anyio.fail_after(10):
+        while not (bus.listening if kind == "postgres" else bus.connected):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
 async def subscriber_main(kind: str, db: str, redis_url: str, count: int, expect: int) -> None:
     """The subscribing process: ``count`` subscribers, each reads ``expect`` events."""
-    storage = SQLiteStorage(f"sqlite:///{db}")
+    storage = open_storage(kind, db)
     await storage.open()
     bus = make_bus(kind, storage, redis_url)
     await bus.start()
@@ -70,10 +100,7 @@ async def subscriber_main(kind: str, db: str, redis_url: str, count: int, expect
     finished: list[float] = []
     async with anyio.create_task_group() as tg:
         await tg.start(bus.run)
-        if kind != "local":
-            with anyio.fail_after(10):
-                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+        await wait_connected(kind, bus)
         subs = [bus.subscribe(["bench.*"]) for _ in range(count)]
 
         async def read(sub: Any) -> None:
@@ -99,17 +126,14 @@ async def subscriber_main(kind: str, db: str, redis_url: str, count: int, expect
 
 async def publish(kind: str, db: str, redis_url: str, events: int, rate: float | None) -> float:
     """Publish ``events`` events (at ``rate`` a second, or flat out); the first publish time."""
-    storage = SQLiteStorage(f"sqlite:///{db}")
+    storage = open_storage(kind, db)
     await storage.open()
     bus = make_bus(kind, storage, redis_url)
     await bus.start()
     first = time.time()
     async with anyio.create_task_group() as tg:
         await tg.start(bus.run)
-        if kind != "local":
-            with anyio.fail_after(10):
-                while not bus.connected:  # type: ignore[attr-defined]  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+        await wait_connected(kind, bus)
         start = time.perf_counter()
         first = time.time()
         for i in range(events):
@@ -120,7 +144,7 @@ async def publish(kind: str, db: str, redis_url: str, events: int, rate: float |
                     await anyio.sleep(delay)
             await bus.publish(Event(type="bench.tick", data={"i": i, "t": time.time_ns()}))
         await bus.flush()
-        if kind != "local":
+        if kind == "redis":
             with anyio.fail_after(30):  # the stream writer is behind the log: let it finish
                 while bus.sent < events:  # type: ignore[attr-defined]  # noqa: ASYNC110
                     await anyio.sleep(0.01)
@@ -134,8 +158,11 @@ def one(kind: str, subscribers: int, events: int, rate: float | None) -> dict[st
     """One measurement: a subscriber process, this process publishing."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     redis_url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}"
+    schema = f"bench_bus_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "events.db")
+        if kind == "postgres":
+            db = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
         child = subprocess.Popen(
             [sys.executable, __file__, "--role", "subscriber", "--kind", kind, "--db", db,
              "--redis", redis_url, "--subscribers", str(subscribers), "--events", str(events)],
@@ -146,12 +173,19 @@ def one(kind: str, subscribers: int, events: int, rate: float | None) -> dict[st
         line = child.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the subscriber process did not start: {line!r}")
-        first = anyio.run(publish, kind, db, redis_url, events, rate, backend_options=LOOP)
-        out, _ = child.communicate(timeout=120)
+        try:
+            first = anyio.run(publish, kind, db, redis_url, events, rate, backend_options=LOOP)
+            out, _ = child.communicate(timeout=120)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if kind == "redis":
+                _forget(redis_url, prefix)
+            if kind == "postgres":
+                _drop_schema(schema)
         if child.returncode:
             raise RuntimeError(f"the subscriber process failed ({child.returncode})")
-    if kind != "local":
-        _forget(redis_url, prefix)
     result = json.loads(out.strip().splitlines()[-1])
     latencies = sorted(result["latencies"])
     return {
@@ -170,6 +204,28 @@ def _forget(redis_url: str, prefix: str) -> None:
             client.delete(key)
     finally:
         client.close()
+
+
+def _drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def postgres_reachable() -> str | None:
+    """None when PostgreSQL answers and the plugin is installed, else why not."""
+    try:
+        import nexus_plugin_postgres  # noqa: F401 - only whether it is installed
+        import psycopg
+    except ImportError as exc:
+        return f"not installed: {exc.name}"
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=2):
+            pass
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {POSTGRES_URL} is not reachable: {str(exc).strip()}"
+    return None
 
 
 def redis_reachable() -> str | None:
@@ -218,7 +274,11 @@ def main() -> int:
         kinds.append("redis")
     else:
         print(f"Redis bus not measured: {why}", file=sys.stderr)
-    print("PostgreSQL LISTEN/NOTIFY bus not measured: no plugin provides one", file=sys.stderr)
+    why = postgres_reachable()
+    if why is None:
+        kinds.append("postgres")
+    else:
+        print(f"PostgreSQL LISTEN/NOTIFY bus not measured: {why}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     for subscribers in [int(n) for n in args.subscribers.split(",")]:
         for kind in kinds:
@@ -239,17 +299,18 @@ def main() -> int:
         return 0
     print(
         f"publish-to-deliver across two processes, {args.events} events at "
-        f"{args.rate:g}/s (latency) and flat out (throughput), one SQLite event log, "
+        f"{args.rate:g}/s (latency) and flat out (throughput); event log: SQLite "
+        f"(PostgreSQL for the postgres bus); "
         f"{'uvloop' if LOOP else 'asyncio'}; medians of {args.repeat} runs; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'bus':<8}{'subs':>6}{'p50 ms':>10}{'p99 ms':>10}{'events/s':>12}{'p99 vs local':>14}")
+    print(f"{'bus':<10}{'subs':>6}{'p50 ms':>10}{'p99 ms':>10}{'events/s':>12}{'p99 vs local':>14}")
     local = {r["subscribers"]: r for r in rows if r["bus"] == "local"}
     for row in rows:
         base = local.get(row["subscribers"])
         ratio = f"{row['p99_ms'] / base['p99_ms']:.2f}x" if base and row is not base else ""
         print(
-            f"{row['bus']:<8}{row['subscribers']:>6}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
+            f"{row['bus']:<10}{row['subscribers']:>6}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
             f"{row['events_per_s']:>12.0f}{ratio:>14}"
         )
     redis_rows = [r for r in rows if r["bus"] == "redis"]

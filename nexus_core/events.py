@@ -18,6 +18,7 @@ one process hear every process sharing the log, in log order.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import fnmatch
 import itertools
@@ -346,7 +347,7 @@ class _LocalSubscription(Subscription):
         self._disconnect = overflow == "disconnect"
         self._queue: deque[Event] = deque()
         self._dropped = 0
-        self._waiter: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | anyio.Event | None = None
         self._closed = False
         self._error: BaseException | None = None
         self._last = last_event_id
@@ -397,10 +398,8 @@ class _LocalSubscription(Subscription):
                 queue.popleft()
                 self._dropped += 1
         queue.append(event)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set()
+        if self._waiter is not None:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
@@ -413,7 +412,11 @@ class _LocalSubscription(Subscription):
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set()
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():  # done: its reader was cancelled
+                    waiter.set_result(None)
+            else:
+                waiter.set()
 
     # -- consumer side ---------------------------------------------------------
 
@@ -442,8 +445,26 @@ class _LocalSubscription(Subscription):
                 error, self._error = self._error, None
                 self._closed = True
                 raise error
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
+            await self._park()
+
+    async def _park(self) -> None:
+        """Wait until :meth:`_wake`.
+
+        On asyncio a bare future: a subscriber waits once per delivered batch,
+        and with many subscribers the wake-ups are the bus's main cost (a
+        future's wait and wake-up take about a quarter of an ``anyio.Event``'s:
+        2 µs against 8 here, under uvloop). Cancellation is the task's, as for
+        any await. Other backends use ``anyio.Event``.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio
+            event = self._waiter = anyio.Event()
+            await event.wait()
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiter = future
+        await future
 
     async def _read_page(self) -> None:
         log = self._bus.log
@@ -777,6 +798,13 @@ class LocalEventBus(EventBus):
 
     async def _deliver_run(self, run: list[tuple[Event, int]]) -> None:
         if not run:
+            return
+        if not self._delivering.locked():
+            # Nobody is catching up: delivery has no await, so nothing can come
+            # between (as in _log_and_deliver; the lock's acquire and release
+            # were a tenth of a Redis bus's receiving loop).
+            for event, seq in run:
+                self._deliver_at(event, seq)
             return
         async with self._delivering:
             for event, seq in run:

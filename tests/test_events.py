@@ -250,6 +250,30 @@ async def test_close_ends_iteration_and_stop_ends_every_subscription() -> None:
     assert bus.subscriber_count == 0
 
 
+@pytest.mark.anyio
+async def test_a_reader_cancelled_while_waiting_leaves_the_subscription_whole() -> None:
+    # A waiting reader parks on a future; cancelling it must not lose the next
+    # event nor break the wake-up of the reader after it.
+    bus = LocalEventBus()
+    sub = bus.subscribe(["t.*"])
+    with anyio.move_on_after(0.05) as scope:
+        await sub.__anext__()
+    assert scope.cancelled_caught
+    await bus.publish(Event(type="t.one"))  # wakes nobody: the parked reader is gone
+    assert (await sub.__anext__()).type == "t.one"
+    got: list[str] = []
+
+    async def read() -> None:
+        got.append((await sub.__anext__()).type)
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await anyio.wait_all_tasks_blocked()  # the reader is parked
+            await bus.publish(Event(type="t.two"))
+    assert got == ["t.two"]
+
+
 # -- ordering ------------------------------------------------------------------
 
 

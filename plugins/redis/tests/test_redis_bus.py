@@ -173,12 +173,15 @@ async def test_last_event_id_replays_from_the_log_then_goes_live(tmp_path: Path,
         assert [e.data["i"] for e in got] == list(range(5, 20))
 
 
-async def test_the_stream_is_bounded(tmp_path: Path, url: str) -> None:
-    """MAXLEN ~ keeps the stream near stream_maxlen; the log keeps everything."""
+@pytest.mark.parametrize("max_age", [None, 3600.0], ids=["maxlen", "maxlen-and-max-age"])
+async def test_the_stream_is_bounded(tmp_path: Path, url: str, max_age: float | None) -> None:
+    """MAXLEN ~ keeps the stream near stream_maxlen (with an age limit too); the log keeps all."""
     log = tmp_path / "events.db"
     storage = SQLiteStorage(f"sqlite:///{log}")
     await storage.open()
-    bus = RedisEventBus(storage, url=url, stream_maxlen=100, poll_interval=SLOW_POLL)
+    bus = RedisEventBus(
+        storage, url=url, stream_maxlen=100, stream_max_age=max_age, poll_interval=SLOW_POLL
+    )
     await bus.start()
     try:
         async with anyio.create_task_group() as tg:
@@ -192,6 +195,40 @@ async def test_the_stream_is_bounded(tmp_path: Path, url: str) -> None:
         length = await bus._redis.xlen(bus.stream)
         assert 100 <= length < 1500 // 2
         assert len(await storage.read_events(limit=5000)) == 1500
+    finally:
+        await bus.stop()
+        await storage.close()
+
+
+async def test_entries_older_than_stream_max_age_are_trimmed(tmp_path: Path, url: str) -> None:
+    """MINID ~: entries an hour old go with a one-minute age limit, recent ones stay."""
+    log = tmp_path / "events.db"
+    storage = SQLiteStorage(f"sqlite:///{log}")
+    await storage.open()
+    bus = RedisEventBus(
+        storage, url=url, stream_maxlen=100_000, stream_max_age=60.0, poll_interval=SLOW_POLL
+    )
+    await bus.start()
+    client = bus._redis
+    assert client is not None
+    try:
+        hour_ago = int((time.time() - 3600) * 1000)
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(1000):  # ten of Redis's 100-entry nodes: whole ones can go
+                pipe.xadd(bus.stream, {"o": "old", "e": b"{}"}, id=f"{hour_ago}-{i + 1}")
+            await pipe.execute()
+        async with anyio.create_task_group() as tg:
+            await tg.start(bus.run)
+            for i in range(50):
+                await bus.publish(Event(type="n", data={"i": i}))
+            await bus.flush()
+            await wait_for(lambda: bus.sent == 50, "the stream writer")
+            tg.cancel_scope.cancel()
+        entries = await client.xrange(bus.stream)
+        origins = [fields[b"o"] for _id, fields in entries]
+        assert origins.count(bus.origin.encode()) == 50  # every recent one kept
+        assert origins.count(b"old") < 100  # at most a partly old node is left (~)
+        assert len(await storage.read_events(limit=5000)) == 50
     finally:
         await bus.stop()
         await storage.close()
@@ -253,7 +290,7 @@ async def test_installed_it_takes_over_the_host_s_bus(
         plugins=["nexus_plugin_redis.plugin"],
         config={
             "storage": f"sqlite:///{tmp_path / 'n.db'}",
-            "plugins": {"redis": {"url": url, "stream_maxlen": 500}},
+            "plugins": {"redis": {"url": url, "stream_maxlen": 500, "stream_max_age": 90}},
         },
         env={},
     )
@@ -267,12 +304,39 @@ async def test_installed_it_takes_over_the_host_s_bus(
             bus = app._services().events  # no public accessor: the host's own bus
             assert isinstance(bus, RedisEventBus)
             assert bus.stream_maxlen == 500
+            assert bus.stream_max_age == 90
             await wait_connected(bus)
             result = await app.invoke("greet", {"name": "Ada"})
             assert result.output == "Hello, Ada."
             await bus.flush()
             await wait_for(lambda: bus.sent >= 2, "the run's events on the stream")
     assert not [r for r in caplog.records if r.name == "nexus.redis"], caplog.text
+
+
+@pytest.mark.parametrize("with_postgres", [False, True], ids=["alone", "with-postgres"])
+async def test_without_a_url_it_leaves_the_bus_to_the_next_plugin(
+    tmp_path: Path, with_postgres: bool
+) -> None:
+    """Installed for the cache or sessions only: the host's bus is what it would be without it."""
+    from nexus_core import Nexus
+    from nexus_core.events import LocalEventBus
+
+    plugins = ["nexus_plugin_redis.plugin"]
+    if with_postgres:
+        pytest.importorskip("nexus_plugin_postgres", reason="nexus-plugin-postgres not installed")
+        plugins.append("nexus_plugin_postgres.plugin")
+    app = Nexus(
+        "bus",
+        autoload=False,
+        plugins=plugins,
+        config={"storage": f"sqlite:///{tmp_path / 'n.db'}"},
+        env={},
+    )
+    async with app:
+        bus = app._services().events  # no public accessor: the host's own bus
+        # Neither the Redis bus (no URL) nor PostgreSQL's (the log is SQLite's)
+        # can serve this host: the in-process bus does.
+        assert type(bus) is LocalEventBus
 
 
 async def test_an_event_missing_from_the_stream_is_read_from_the_log_in_its_place(
@@ -322,21 +386,3 @@ async def test_a_broken_stream_key_degrades_to_the_log_and_kills_nothing(
         assert not a.connected and not b.connected
         assert "WRONGTYPE" in (b.breaker.last_error or "")
     assert [e.data["i"] for e in got] == list(range(5))
-
-
-async def test_without_a_url_the_plugin_leaves_the_bus_to_the_next(tmp_path: Path) -> None:
-    """Installed but not configured: the host's bus is the next usable one, not an inert one."""
-    from nexus_core import Nexus
-    from nexus_core.plugin import LocalEventBus
-
-    app = Nexus(
-        "idle",
-        autoload=False,
-        plugins=["nexus_plugin_redis.plugin"],
-        config={"storage": f"sqlite:///{tmp_path / 'n.db'}"},
-        env={},
-    )
-    async with app:
-        bus = app._services().events
-        assert not isinstance(bus, RedisEventBus)
-        assert isinstance(bus, LocalEventBus)

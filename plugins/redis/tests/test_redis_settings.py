@@ -71,6 +71,12 @@ def test_the_bus_url_is_checked_with_the_config() -> None:
         Nexus(config={"plugins": {"redis": {"url": "redis://h/abc"}}}, env={})
 
 
+@pytest.mark.parametrize("age", [0, -5, "an hour"])
+def test_a_bad_stream_max_age_names_the_setting(age: object) -> None:
+    with pytest.raises(ConfigError, match=r"stream_max_age"):
+        Nexus(config={"plugins": {"redis": {"stream_max_age": age}}}, env={})
+
+
 def test_a_bad_storage_url_stops_the_start_naming_it(tmp_path: Path) -> None:
     app = Nexus(
         config={
