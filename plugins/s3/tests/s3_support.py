@@ -85,12 +85,12 @@ class MotoServer:
         with urllib.request.urlopen(f"{self.endpoint}/{bucket}?uploads", timeout=10) as r:
             return str(r.read().decode())
 
-    def url(self, bucket: str, prefix: str = "") -> str:
-        """An ``s3://`` URL for ``bucket`` on this server."""
+    def url(self, bucket: str, prefix: str = "", *, timeout: float = 10) -> str:
+        """An ``s3://`` URL for ``bucket`` on this server (``timeout``: seconds a request)."""
         path = f"/{prefix}" if prefix else ""
         return (
             f"s3://{bucket}{path}?endpoint={self.endpoint}&region=us-east-1"
-            "&access_key_id=test&secret_access_key=test&max_retries=2&timeout=10"
+            f"&access_key_id=test&secret_access_key=test&max_retries=2&timeout={timeout:g}"
         )
 
 
