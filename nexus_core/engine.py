@@ -559,17 +559,8 @@ class RunEngine:
 
             # The audit record first: queued now, it is written alongside the
             # run's final write instead of in a trip after it.
-            async def audit(outcome: str, reason: str | None) -> None:
-                await app.security.audit(
-                    action="invoke",
-                    outcome=outcome,
-                    principal=who,
-                    channel=record.channel or "python",
-                    workflow=wf.name,
-                    run_id=record.id,
-                    reason=reason,
-                    input_hash=record.input_hash,
-                )
+            def audit(outcome: str, reason: str | None) -> Awaitable[None]:
+                return self._audit(record, wf, who, outcome, reason)
 
             await audit(result.status, result.error.message if result.error else None)
             try:
@@ -639,17 +630,8 @@ class RunEngine:
                     )
                 )
 
-        async def audit(outcome: str, reason: str | None) -> None:
-            await app.security.audit(
-                action="invoke",
-                outcome=outcome,
-                principal=who,
-                channel=record.channel or "python",
-                workflow=wf.name,
-                run_id=record.id,
-                reason=reason,
-                input_hash=record.input_hash,
-            )
+        def audit(outcome: str, reason: str | None) -> Awaitable[None]:
+            return self._audit(record, wf, who, outcome, reason)
 
         await emit(EventType.RUN_STARTED, {"workflow": wf.name, "resumed": False})
         try:
@@ -691,6 +673,21 @@ class RunEngine:
         if sess is not None:
             state[Session] = sess
         return state
+
+    async def _audit(
+        self, record: RunRecord, wf: Workflow, who: Principal, outcome: str, reason: str | None
+    ) -> None:
+        """The run's audit record (action ``invoke``): how it ended, and why if it did not."""
+        await self.app.security.audit(
+            action="invoke",
+            outcome=outcome,
+            principal=who,
+            channel=record.channel or "python",
+            workflow=wf.name,
+            run_id=record.id,
+            reason=reason,
+            input_hash=record.input_hash,
+        )
 
     def _stopped_here(self, wf: Workflow, record: RunRecord, active: ActiveRun) -> None:
         """The run stopped executing in this process unfinished: answer its local waiters."""
