@@ -18,7 +18,13 @@ it runs, and keeps the promises the many-process tiers depend on:
   scripts, ``nexus runs``) never take a run over.
 * **Attempts.** A node's ``attempts`` counts every execution: the retries of
   this process plus one for each earlier owner that started the node before
-  losing the run.
+  losing the run. Earlier executions are inferred from fencing tokens: every
+  owner since the one that stored the node's last parent started it. A run
+  stored without a start time was never started (a claimed run's start time
+  is stored before its first node runs; a run executed where it was accepted
+  is stored with one), so an owner killed between claiming a queued run and
+  starting it counts nothing. What can still count one execution too many:
+  an owner that resumes a run and is killed before its first node starts.
 * **Waiting** for a run executed elsewhere listens for its final event on the
   bus (which, on a shared log, hears every process) and rereads the store
   now and then; nothing polls in a tight loop.
@@ -174,10 +180,13 @@ class RunEngine:
     # -- starting runs ------------------------------------------------------------
 
     def lease_new(self, record: RunRecord, now: float) -> None:
-        """Make ``record`` (not yet stored) leased by this process: it executes here."""
+        """Make ``record`` (not yet stored) leased by this process: it executes here, now."""
         record.owner = self.owner_id
         record.fence = 1
         record.lease_expires_at = now + self.lease
+        # Stored with its start: a later owner then knows this one started it
+        # (see _prior_attempts: a run stored without one was never started).
+        record.started_at = now
 
     def start(
         self,
@@ -456,7 +465,11 @@ class RunEngine:
     ) -> None:
         app = self.app
         services = app._services()
-        if record.started_at is None:
+        # Stored without a start time: no owner before this one got as far as
+        # starting it (a start time is stored before any node of a claimed run
+        # runs, and a run executed where it was accepted is stored with one).
+        never_started = record.started_at is None
+        if never_started:
             record.started_at = time.time()
         completed = None
         prior: dict[str, int] = {}
@@ -466,7 +479,8 @@ class RunEngine:
                 for n, c in checkpoints.items()
                 if c.status == "completed"
             }
-            prior = self._prior_attempts(wf, record, checkpoints)
+            if not never_started:  # claimed before but never started: nothing ran
+                prior = self._prior_attempts(wf, record, checkpoints)
         recorder = _Recorder(app, record, active, len(wf.nodes) - len(completed or ()), prior)
         try:
             if record.status != "running" or checkpoints is not None:
@@ -476,7 +490,7 @@ class RunEngine:
                 EventType.RUN_STARTED,
                 run=record,
                 # Resumed: an earlier owner started it (a first claim from a queue is not).
-                data={"workflow": wf.name, "resumed": record.fence > 1},
+                data={"workflow": wf.name, "resumed": record.fence > 1 and not never_started},
             )
             result = await app.runtime.run(
                 wf,

@@ -88,6 +88,38 @@ async def test_a_gateway_gets_its_result_from_a_worker(db_url: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_claim_that_never_started_the_run_is_not_counted_as_an_attempt(
+    db_url: str,
+) -> None:
+    """A process claimed a queued run and died before starting it: its claim ran nothing.
+
+    The next owner's attempts must count only its own execution, and its
+    ``run.started`` does not call the run resumed.
+    """
+    gateway, worker = make_app(db_url), make_app(db_url)
+    async with gateway, worker:
+        accepted = await gateway.invoke("double", {"x": 4}, wait=False)
+        storage = gateway.storage
+        assert storage is not None
+        # The dead claimant: its lease (fence 1) ends at once, and it never started.
+        claimed = await storage.claim_run(accepted.run_id, "dead/1/x", lease=0.0, now=time.time())
+        assert claimed is not None and claimed.fence == 1 and claimed.started_at is None
+        started = gateway.subscribe(("run.started",))
+        async with started, anyio.create_task_group() as tg:
+            tg.start_soon(worker.engine.executor.work, worker.engine)
+            with anyio.fail_after(30):
+                result = await gateway.wait(accepted.run_id)
+                event = await started.__anext__()
+            tg.cancel_scope.cancel()
+    assert result.status == "completed" and result.output == 8
+    assert result.nodes["double"].attempts == 1  # not 2: the dead claim ran nothing
+    assert event.data["resumed"] is False
+    async with make_app(db_url) as reader:
+        record = await reader.storage.get_run(accepted.run_id)  # type: ignore[union-attr]
+    assert record is not None and record.fence == 2
+
+
+@pytest.mark.anyio
 async def test_a_serving_gateway_never_claims_queued_runs(db_url: str) -> None:
     async with make_app(db_url) as first:
         queued = await first.invoke("double", {"x": 1}, wait=False)
