@@ -727,15 +727,7 @@ class LocalEventBus(EventBus):
             return
         if first > self._position + 1:
             await self._catch_up(first - 1)
-        if not self._delivering.locked():
-            # Nobody is catching up: delivery has no await, so nothing can
-            # come between (the lock's acquire and release would only cost).
-            for each in logged:
-                self._deliver_at(each, event_seq(each.id))
-            return
-        async with self._delivering:
-            for each in logged:
-                self._deliver_at(each, event_seq(each.id))
+        await self._deliver_run([(each, event_seq(each.id)) for each in logged])
 
     async def publish_live(self, event: Event) -> None:
         """Hand ``event`` (not logged: an ephemeral run's) to matching subscribers at once."""
@@ -801,8 +793,8 @@ class LocalEventBus(EventBus):
             return
         if not self._delivering.locked():
             # Nobody is catching up: delivery has no await, so nothing can come
-            # between (as in _log_and_deliver; the lock's acquire and release
-            # were a tenth of a Redis bus's receiving loop).
+            # between (the lock's acquire and release were a tenth of a Redis
+            # bus's receiving loop).
             for event, seq in run:
                 self._deliver_at(event, seq)
             return

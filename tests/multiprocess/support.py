@@ -326,14 +326,18 @@ class Project:
                 live[execution.pid].add(run_id)
         return live
 
+    def storage(self) -> Any:
+        """The (unopened) storage holding the shared event log."""
+        from nexus_core.storage.sqlite import SQLiteStorage
+
+        return SQLiteStorage(self.db_url)
+
     def read_log(self) -> list[Any]:
         """Every event of the shared event log, in log order (read from storage)."""
         import anyio
 
-        from nexus_core.storage.sqlite import SQLiteStorage
-
         async def read() -> list[Any]:
-            storage = SQLiteStorage(self.db_url)
+            storage = self.storage()
             await storage.open()
             try:
                 events: list[Any] = []

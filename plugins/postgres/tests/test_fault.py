@@ -77,28 +77,11 @@ class PgProject(mp.Project):  # type: ignore[misc,name-defined]
             "shutdown_grace = 1.0\n"
         )
 
-    def read_log(self) -> list[Any]:
-        """Every event of the shared event log, in log order (read from PostgreSQL)."""
-        import anyio
-
+    def storage(self) -> Any:
+        """The shared event log is PostgreSQL's (``read_log`` reads it through this)."""
         from nexus_plugin_postgres.storage import PostgresStorage
 
-        async def read() -> list[Any]:
-            storage = PostgresStorage(self.db_url)
-            await storage.open()
-            try:
-                events: list[Any] = []
-                after = None
-                while True:
-                    page = await storage.read_events(after=after, limit=1000)
-                    events.extend(page)
-                    if len(page) < 1000:
-                        return events
-                    after = page[-1].id
-            finally:
-                await storage.close()
-
-        return anyio.run(read)
+        return PostgresStorage(self.db_url)
 
     def worker(self) -> Worker:
         """Start ``nexus worker app.py`` (not waiting: see :meth:`Worker.wait_ready`)."""
