@@ -513,7 +513,10 @@ class Nexus:
             return self._for_caller(result, who)
         active = None
         if executor.inline:
-            active = self.engine.start(wf, values, record, sess, who)
+            if wait:  # the caller waits anyway: executed in its task, none started
+                active = await self.engine.run_here(wf, values, record, sess, who)
+            else:
+                active = self.engine.start(wf, values, record, sess, who)
         if not wait:
             self.metrics.record_request(channel, wf.name, "accepted", time.perf_counter() - started)
             return RunResult(

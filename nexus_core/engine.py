@@ -85,7 +85,7 @@ def new_owner_id(instance_id: str) -> str:
 class ActiveRun:
     """A run executing in this process: its cancel handle, its lease and, once done, its result."""
 
-    __slots__ = ("_done", "_result", "control", "fence", "lost", "run_id")
+    __slots__ = ("_done", "_result", "control", "fence", "lost", "run_id", "scope")
 
     def __init__(self, run_id: str, fence: int) -> None:
         self.run_id = run_id
@@ -93,7 +93,11 @@ class ActiveRun:
         #: Set when another process took the run over: this one stopped executing it.
         self.lost = False
         self.control = RunControl()
-        self._done = anyio.Event()
+        #: The shielded scope of a run executed in its caller's task (:meth:`RunEngine.run_here`):
+        #: the host cancels it at shutdown, once the drain's grace is over.
+        self.scope: anyio.CancelScope | None = None
+        # Made only when someone waits: a caller that executes the run itself never does.
+        self._done: anyio.Event | None = None
         self._result: RunResult | None = None
 
     def lose(self) -> None:
@@ -105,16 +109,20 @@ class ActiveRun:
     def finish(self, result: RunResult) -> None:
         """Hand the run's result to its waiters."""
         self._result = result
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
 
     @property
     def done(self) -> bool:
         """Whether :meth:`finish` was called."""
-        return self._done.is_set()
+        return self._result is not None
 
     async def result(self) -> RunResult:
         """Wait for the run's result (status ``running`` if it stopped executing here)."""
-        await self._done.wait()
+        if self._result is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
         assert self._result is not None
         return self._result
 
@@ -200,12 +208,33 @@ class RunEngine:
         """Execute a run this process holds the lease of, in the host's task group."""
         # The handle exists before the task starts, so a cancel that arrives
         # between acceptance and the first node still finds the run.
-        active = self.active[record.id] = ActiveRun(record.id, record.fence)
-        if self._cancel_requested.pop(record.id, None) is not None:
-            active.control.cancel()
+        active = self._activate(record)
         self.app._services().task_group.start_soon(
             self._execute, wf, values, record, sess, who, completed, active
         )
+        return active
+
+    async def run_here(
+        self, wf: Workflow, values: Any, record: RunRecord, sess: Session | None, who: Principal
+    ) -> ActiveRun:
+        """Execute a new run this process holds the lease of in the caller's task, to its end here.
+
+        For a caller that waits for the result anyway: no task is started. The
+        run is shielded from the caller's cancellation (a client that goes
+        away does not stop a durable run half-way, as a run in the host's
+        task group would not stop); the host cancels it at shutdown like any
+        other run (:meth:`drain`). Returns the finished handle.
+        """
+        active = self._activate(record)
+        with anyio.CancelScope(shield=True) as scope:
+            active.scope = scope
+            await self._execute(wf, values, record, sess, who, None, active)
+        return active
+
+    def _activate(self, record: RunRecord) -> ActiveRun:
+        active = self.active[record.id] = ActiveRun(record.id, record.fence)
+        if self._cancel_requested.pop(record.id, None) is not None:
+            active.control.cancel()
         return active
 
     async def claim(self, run_id: str) -> RunRecord | None:
@@ -389,10 +418,21 @@ class RunEngine:
         return True
 
     async def drain(self, grace: float) -> None:
-        """Let runs in flight finish, for ``grace`` seconds at most."""
+        """Let runs in flight finish, for ``grace`` seconds at most.
+
+        Then the runs executing in their callers' tasks (:meth:`run_here`) are
+        cancelled, and waited for until they released their leases; the rest
+        are the host's task group's, cancelled with it.
+        """
         with anyio.move_on_after(grace):
             while self.active:
                 await next(iter(self.active.values())).result()
+        inline = [active for active in self.active.values() if active.scope is not None]
+        for active in inline:
+            active.scope.cancel()  # type: ignore[union-attr]
+        with anyio.move_on_after(max(grace, self.heartbeat)):
+            for active in inline:
+                await active.result()
 
     # -- waiting ------------------------------------------------------------------------
 

@@ -538,6 +538,50 @@ async def test_runs_past_the_grace_are_left_to_resume(tmp_path: Path) -> None:
     assert "interrupted" in stored.error.message
 
 
+async def test_a_waiting_caller_that_goes_away_does_not_stop_its_durable_run(
+    tmp_path: Path,
+) -> None:
+    # A caller that waits executes the run in its own task; cancelling the
+    # caller (a client that disconnects) must not stop the run half-way.
+    app = make_app(f"sqlite:///{tmp_path / 'caller.db'}")
+    async with app, app.subscribe(["node.started"]) as started:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app.invoke, "nap", {"seconds": 0.2})
+            with anyio.fail_after(10):
+                run_id = (await started.__anext__()).run_id
+            tg.cancel_scope.cancel()
+        assert run_id is not None
+        with anyio.fail_after(10):
+            result = await app.wait(run_id)
+        assert result.status == "completed" and result.output == "rested"
+        assert app.engine.active == {}
+
+
+async def test_a_waiting_callers_run_past_the_grace_is_left_to_resume(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'grace.db'}"
+    app = make_app(url, services={"runs": {"shutdown_grace": 0.05, "on_restart": "fail"}})
+    answer: dict[str, Any] = {}
+
+    async def call() -> None:
+        answer["result"] = await app.invoke("nap", {"seconds": 30})
+
+    async with (
+        anyio.create_task_group() as outside,
+        app,
+        app.subscribe(["node.started"]) as started,
+    ):
+        outside.start_soon(call)
+        with anyio.fail_after(10):  # the run is under way in the caller's task
+            run_id = (await started.__anext__()).run_id
+    # The caller was answered (still running), not left hanging or cancelled.
+    assert answer["result"].status == "running" and answer["result"].run_id == run_id
+    runs = {"on_restart": "fail", "recover": "always"}
+    async with make_app(url, services={"runs": runs}) as again:
+        stored = await again.get_run(run_id)  # its lease was released: taken over at once
+    assert stored.status == "failed"
+    assert "interrupted" in stored.error.message
+
+
 async def test_async_runs_leave_nothing_behind() -> None:
     app = make_app("memory://")
     async with app:
