@@ -17,12 +17,16 @@ Two ways to hand it an item:
 
 And two ways to flush:
 
-* Background: :meth:`Batcher.run` (started in a task group) applies batches
-  until cancelled; submitters and flushers only wait.
-* Inline (whenever :meth:`Batcher.run` is not running): the first submitter
-  flushes, and those arriving meanwhile queue for the next batch. A flusher
-  applies one batch only and then hands the next batch to its own submitters,
-  the first of whom applies it: nobody waits behind batches queued after theirs.
+* Inline: a submitter or flusher that finds nobody applying a batch applies
+  the open one itself, and those arriving meanwhile queue for the next batch.
+  A flusher applies one batch only and then hands the next batch to its own
+  submitters, the first of whom applies it: nobody waits behind batches queued
+  after theirs.
+* Background: :meth:`Batcher.run` (started in a task group) applies what was
+  put and nobody flushes, until cancelled. It is woken on the loop iteration
+  after a batch opens, and only if no flusher took the batch meanwhile: a
+  caller that puts items and flushes them at once (a run's last events) never
+  wakes it.
 
 A batch taken off the queue is applied under a cancellation shield and its
 waiters hear the outcome. A submitter cancelled before its batch was taken
@@ -31,6 +35,7 @@ withdraws its item (it is not applied).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar, cast
@@ -110,7 +115,8 @@ class Batcher(Generic[T, R]):
         self._open: _Batch[T, R] | None = None  # accepting items
         self._inflight: _Batch[T, R] | None = None  # being applied
         self._flushing = False
-        self._wakeup: anyio.Event | None = None  # the runner waits for work
+        self._wakeup: asyncio.Future[None] | anyio.Event | None = None  # the runner waits for work
+        self._kicked = False  # a look whether to wake the runner is scheduled
         #: Whether :meth:`run` is applying batches in the background.
         self.running = False
         #: Put items whose apply failed (logged, not retried).
@@ -129,11 +135,49 @@ class Batcher(Generic[T, R]):
         if batch is None:
             batch = self._open = _Batch()
         batch.items.append(item)
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
+        if self._wakeup is not None and not self._kicked:
+            self._kick_soon()
         return batch, len(batch.items) - 1
+
+    def _kick_soon(self) -> None:
+        """Look on the next loop iteration whether the runner must apply what is queued."""
+        self._kicked = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio: wake it now
+            self._kick()
+            return
+        loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kicked = False
+        # A flusher has it (and wakes the runner after, if more is queued), or took it already.
+        if not self._flushing and self.pending:
+            self._wake_runner()
+
+    def _wake_runner(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if isinstance(wakeup, asyncio.Future):
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif wakeup is not None:
+            wakeup.set()
+
+    async def _sleep(self) -> None:
+        """The runner waits for :meth:`_wake_runner` (a bare future on asyncio: cheaper)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio
+            event = self._wakeup = anyio.Event()
+            await event.wait()
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._wakeup = future
+        try:
+            await future
+        finally:
+            if self._wakeup is future:
+                self._wakeup = None
 
     def put(self, item: T) -> None:
         """Queue ``item`` and return at once; :meth:`flush` waits for it.
@@ -171,10 +215,10 @@ class Batcher(Generic[T, R]):
         while not batch.applied:
             if batch.taken:
                 await batch.wait_applied()  # applied under a shield: always finished
-            elif self._flushing or self.running:
+            elif self._flushing:
                 await batch.wait_wake()  # taken next, handed over, or the runner stopped
             else:
-                await self._flush()  # inline: nobody is flushing, so this caller does
+                await self._flush()  # nobody is applying a batch, so this caller does
 
     # -- flushing ----------------------------------------------------------------
 
@@ -203,10 +247,7 @@ class Batcher(Generic[T, R]):
             following = self._open
             if following is not None:
                 following.signal()
-                wakeup = self._wakeup
-                if wakeup is not None:
-                    self._wakeup = None
-                    wakeup.set()
+                self._wake_runner()
 
     async def _apply_batch(self, batch: _Batch[T, R]) -> None:
         live = [i for i in range(len(batch.items)) if i not in batch.withdrawn]
@@ -263,8 +304,7 @@ class Batcher(Generic[T, R]):
             while True:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # a batch is taken shielded
                 if self._flushing or not self.pending:
-                    wakeup = self._wakeup = anyio.Event()
-                    await wakeup.wait()
+                    await self._sleep()
                     continue
                 await self._flush()
         finally:
