@@ -65,30 +65,49 @@ class NodeContext:
             return len(pages)
     """
 
-    __slots__ = ("_stop", "node_id", "run_id", "runtime", "state")
+    __slots__ = ("_stop", "_stopped", "node_id", "run_id", "runtime", "state")
 
     def __init__(self, runtime: Runtime, run_id: str, node_id: str, state: Any = None) -> None:
         self.runtime = runtime
         self.run_id = run_id
         self.node_id = node_id
         self.state = state
-        self._stop = threading.Event()
+        self._stopped = False
+        # Made by the first wait_for_stop only: most nodes never sleep on it,
+        # and a threading.Event (a lock and a condition) is dear per node.
+        self._stop: threading.Event | None = None
 
     @property
     def stop_requested(self) -> bool:
         """Whether the run no longer waits for this node (cancelled, timed out, host stopping)."""
-        return self._stop.is_set()
+        return self._stopped
 
     def wait_for_stop(self, timeout: float | None = None) -> bool:
         """Sleep up to ``timeout`` seconds, waking at once when a stop is requested.
 
         Returns :attr:`stop_requested`: a cancellable ``time.sleep`` for sync nodes.
         """
-        return self._stop.wait(timeout)
+        with _STOP_EVENTS:
+            if self._stop is None:
+                self._stop = threading.Event()
+            stop = self._stop
+        # Looked at after the event exists: a stop requested before it was made is seen here,
+        # one requested after sets it.
+        if self._stopped:
+            return True
+        return stop.wait(timeout)
 
     def request_stop(self) -> None:
         """Ask the node to stop (the runtime calls it when it stops waiting for the node)."""
-        self._stop.set()
+        self._stopped = True
+        with _STOP_EVENTS:
+            stop = self._stop
+        if stop is not None:
+            stop.set()
+
+
+#: Guards the lazy creation of NodeContext stop events (a node thread and the loop may race).
+_STOP_EVENTS = threading.Lock()
 
 
 _CURRENT: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar(
