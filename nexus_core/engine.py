@@ -85,13 +85,15 @@ def new_owner_id(instance_id: str) -> str:
 class ActiveRun:
     """A run executing in this process: its cancel handle, its lease and, once done, its result."""
 
-    __slots__ = ("_done", "_result", "control", "fence", "lost", "run_id", "scope")
+    __slots__ = ("_done", "_result", "control", "fence", "lost", "run_id", "scope", "stored")
 
     def __init__(self, run_id: str, fence: int) -> None:
         self.run_id = run_id
         self.fence = fence
         #: Set when another process took the run over: this one stopped executing it.
         self.lost = False
+        #: Set once the run's final write landed: its lease is no longer renewed (or lost).
+        self.stored = False
         self.control = RunControl()
         #: The shielded scope of a run executed in its caller's task (:meth:`RunEngine.run_here`):
         #: the host cancels it at shutdown, once the drain's grace is over.
@@ -338,7 +340,11 @@ class RunEngine:
 
     async def renew(self) -> None:
         """Renew the leases of every run executing here; stop those another process took."""
-        fences = {run_id: active.fence for run_id, active in self.active.items() if not active.done}
+        fences = {
+            run_id: active.fence
+            for run_id, active in self.active.items()
+            if not active.done and not active.stored
+        }
         if not fences:
             self._last_renewal = time.monotonic()
             return
@@ -354,9 +360,25 @@ class RunEngine:
             self._last_renewal = time.monotonic()
         for run_id in fences.keys() - held:
             active = self.active.get(run_id)
-            if active is not None and not active.done:
-                log.warning("run %s: lease lost to another process; stopping it here", run_id)
-                active.lose()
+            if active is None or active.done or active.stored:
+                continue
+            if await self._finished_here(run_id, fences[run_id]):
+                continue  # its final write landed while the renewal was on its way: not lost
+            log.warning("run %s: lease lost to another process; stopping it here", run_id)
+            active.lose()
+
+    async def _finished_here(self, run_id: str, fence: int) -> bool:
+        """Whether ``run_id`` is stored finished by this process under ``fence``."""
+        try:
+            record = await self.app._services().storage.get_run(run_id)
+        except Exception:
+            return False
+        return (
+            record is not None
+            and record.status not in ("pending", "running")
+            and record.owner == self.owner_id
+            and record.fence == fence
+        )
 
     async def _listen_for_cancels(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -633,6 +655,7 @@ class RunEngine:
                 self._stopped_here(wf, record, active)
                 _log_storage_failure(record, exc)
                 return
+            active.stored = True
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
             if last is not None:

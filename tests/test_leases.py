@@ -192,3 +192,36 @@ async def test_waiting_and_cancelling_reach_the_process_that_executes_the_run(
             cancelled = await b.wait(second.run_id)
     assert cancelled.status == "cancelled"
     assert ("a", "third") not in gate.ran[3:]
+
+
+async def test_a_renewal_racing_the_final_write_does_not_call_the_run_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The heartbeat's renewal can reach storage just after a run's final
+    # write (the run is finished, so its lease is not renewed): the run is
+    # finished, not lost to another process.
+    from nexus_core.storage.memory import MemoryStorage
+
+    class RenewAfterFinish(MemoryStorage):
+        engine: Any = None
+        renewals: list[int] = []
+
+        async def finish_run(self, run: Any, checkpoints: Any = ()) -> None:
+            await super().finish_run(run, checkpoints)
+            before = len(self.engine.active)
+            await self.engine.renew()  # the heartbeat, between the write and the run's end
+            self.renewals.append(before)
+
+    storage = RenewAfterFinish("memory://")
+    app = Nexus("race", storage=storage, autoload=False, env={})
+
+    @app.workflow
+    async def echo(text: str) -> str:
+        return text
+
+    storage.engine = app.engine
+    async with app:
+        result = await app.invoke("echo", {"text": "hi"})
+    assert storage.renewals == [1]  # the renewal ran while the run was still active here
+    assert result.status == "completed" and result.output == "hi"
+    assert "lease lost" not in caplog.text
