@@ -445,8 +445,8 @@ class Nexus:
             digest = hash_inputs(plain)
             now = time.time()
             run_id = new_run_id()
-            blobs = run_blob_prefix(who.tenant, run_id, now)
             # Large inputs of a recorded run go to the blob store (an ephemeral run keeps none).
+            blobs = run_blob_prefix(who.tenant, run_id, now) if durable else ""
             stored = await services.payloads.store(plain, f"{blobs}inputs") if durable else plain
             record = RunRecord(
                 id=run_id,

@@ -152,6 +152,9 @@ class RunEngine:
         self._last_renewal = 0.0
         self._parents: dict[str, dict[str, tuple[str, ...]]] = {}
         self._executor: Executor | None = None
+        from .app import Nexus  # here: app imports this module
+
+        self._host_type = Nexus  # the key nodes find the host under in context.state
         # Cancel requests heard for runs not executing here (yet): run id -> when.
         # A run claimed soon after (a worker between claim and start, a
         # takeover of a dead owner's run) starts cancelled.
@@ -554,7 +557,7 @@ class RunEngine:
                 # Resumed: an earlier owner started it (a first claim from a queue is not).
                 data={"workflow": wf.name, "resumed": record.fence > 1 and not never_started},
             )
-            result = await app.runtime.run(
+            result = await app.runtime.run_validated(
                 wf,
                 values,
                 run_id=record.id,
@@ -712,7 +715,7 @@ class RunEngine:
 
         await emit(EventType.RUN_STARTED, {"workflow": wf.name, "resumed": False})
         try:
-            result = await app.runtime.run(
+            result = await app.runtime.run_validated(
                 wf,
                 values,
                 run_id=record.id,
@@ -744,9 +747,7 @@ class RunEngine:
 
     def _run_state(self, sess: Session | None, who: Principal) -> dict[type, Any]:
         """What a run's nodes find in ``context.state``: the host, the principal, the session."""
-        from .app import Nexus
-
-        state: dict[type, Any] = {Nexus: self.app, Principal: who}
+        state: dict[type, Any] = {self._host_type: self.app, Principal: who}
         if sess is not None:
             state[Session] = sess
         return state

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -237,7 +237,34 @@ class Runtime:
         session there). ``timeout`` bounds the whole run in seconds: past it the
         run is cancelled and ends ``failed`` with a ``TimeoutError``.
         """
-        values = workflow.validate(inputs)
+        return await self.run_validated(
+            workflow,
+            workflow.validate(inputs),
+            run_id=run_id,
+            observer=observer,
+            control=control,
+            completed=completed,
+            state=state,
+            timeout=timeout,
+        )
+
+    async def run_validated(
+        self,
+        workflow: Workflow,
+        values: msgspec.Struct,
+        *,
+        run_id: str | None = None,
+        observer: RunObserver | None = None,
+        control: RunControl | None = None,
+        completed: Mapping[str, Any] | None = None,
+        state: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - ends the run "failed", not a raise
+    ) -> RunResult:
+        """:meth:`run` for ``values`` that ``workflow.validate`` returned: not validated again.
+
+        For a host that validated the inputs itself before deciding on them
+        (validation is strict and not free: once per run is enough).
+        """
         run = _Run(workflow, values, run_id or new_run_id(), observer, state)
         if completed:
             for node_id, raw in completed.items():
@@ -250,34 +277,30 @@ class Runtime:
         started = time.time()
         roots = workflow.plan.roots
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        with anyio.CancelScope(deadline=deadline) as scope:
+        caught = False
+        if control is None and timeout is None:
+            # Nothing can cancel the run but its caller: no scope of its own.
+            await self._drive_roots(run, roots)
+        else:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                if control is not None:
+                    control._scope = scope
+                    if control.cancelled:
+                        scope.cancel()
+                await self._drive_roots(run, roots)
+            caught = scope.cancelled_caught
             if control is not None:
-                control._scope = scope
-                if control.cancelled:
-                    scope.cancel()
-            if workflow.plan.is_chain:
-                # One path through the graph: nothing to run concurrently, so
-                # no task group (the dearest part of a small run).
-                await self._drive(run, roots[0])
-            else:
-                async with anyio.create_task_group() as tg:
-                    run.tg = tg
-                    for root in roots[1:]:
-                        tg.start_soon(self._drive, run, root)
-                    if roots:
-                        await self._drive(run, roots[0])
-        if control is not None:
-            control._scope = None
+                control._scope = None
         if (
             run.error is None
-            and scope.cancelled_caught
+            and caught
             and not (control is not None and control.cancelled)
             and anyio.current_time() >= deadline
         ):
             run.error = RunError(type="TimeoutError", message=f"run timed out after {timeout:g}s")
         if run.error is not None:
             status: RunStatus = "failed"
-        elif scope.cancelled_caught or (control is not None and control.cancelled):
+        elif caught or (control is not None and control.cancelled):
             status = "cancelled"
         else:
             status = "completed"
@@ -297,6 +320,19 @@ class Runtime:
             started_at=started,
             finished_at=time.time(),
         )
+
+    async def _drive_roots(self, run: _Run, roots: Sequence[str]) -> None:
+        if run.workflow.plan.is_chain:
+            # One path through the graph: nothing to run concurrently, so
+            # no task group (the dearest part of a small run).
+            await self._drive(run, roots[0])
+            return
+        async with anyio.create_task_group() as tg:
+            run.tg = tg
+            for root in roots[1:]:
+                tg.start_soon(self._drive, run, root)
+            if roots:
+                await self._drive(run, roots[0])
 
     async def _drive(self, run: _Run, node_id: str) -> None:
         # Run a node, then whichever children it made ready: the first inline
