@@ -5,7 +5,9 @@ from __future__ import annotations
 import anyio
 import msgspec
 import pytest
-from prometheus_client import REGISTRY, generate_latest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_core.health import CheckResult, HealthReport, liveness, readiness
@@ -98,13 +100,52 @@ def test_disabled_metrics_do_nothing() -> None:
     assert content_type.startswith("text/plain")
 
 
-def test_label_children_are_cached() -> None:
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["api", "cli", "mcp"]),
+            st.sampled_from(["ok", "failed", "rate_limited"]),
+            st.one_of(
+                st.floats(min_value=0, max_value=20, allow_nan=False),
+                st.sampled_from([0.005, 0.01, 0.1, 1.0, 2.5, 10.0]),  # on a bound: in it
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_series_render_as_prometheus_clients_own_would(
+    calls: list[tuple[str, str, float]],
+) -> None:
+    # The request path keeps plain numbers; what a scrape sees must equal
+    # prometheus_client's own Counter and Histogram fed the same calls.
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
     m = Metrics()
-    m.record_request("api", "greet", "ok", 0.1)
-    cached = len(m._children)
-    for _ in range(100):
-        m.record_request("api", "greet", "ok", 0.1)
-    assert len(m._children) == cached == 2
+    reference = CollectorRegistry()
+    requests = Counter(
+        "nexus_requests_total", "x", ("channel", "workflow", "outcome"), registry=reference
+    )
+    durations = Histogram("nexus_request_duration_seconds", "x", ("channel",), registry=reference)
+    for channel, outcome, seconds in calls:
+        m.record_request(channel, "greet", outcome, seconds)
+        requests.labels(channel, "greet", outcome).inc()
+        durations.labels(channel).observe(seconds)
+    ours = {k: v for k, v in _samples(m.registry).items() if k[0].startswith("nexus_request")}
+    theirs = _samples(reference)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value), key
 
 
 # -- health --------------------------------------------------------------------
