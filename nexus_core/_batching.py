@@ -106,12 +106,18 @@ class Batcher(Generic[T, R]):
     """Items applied in order, in batches, by one flusher at a time (see the module doc).
 
     ``apply`` receives each batch in queue order; ``what`` names the items in
-    log messages (``"events"``, ``"audit records"``).
+    log messages (``"events"``, ``"audit records"``). With ``gather`` (the
+    default) a flusher yields once before it takes the batch, so that tasks
+    ready to run add their items to it.
     """
 
-    def __init__(self, apply: Apply[T, R], *, what: str = "items") -> None:
+    def __init__(self, apply: Apply[T, R], *, what: str = "items", gather: bool = True) -> None:
         self._apply = apply
         self.what = what
+        # Whether a flusher first lets the tasks that are ready queue their items
+        # (one loop iteration): worth it where a batch is one trip (a transaction),
+        # not where ``apply`` hands the items to a batcher that gathers itself.
+        self._gather = gather
         self._open: _Batch[T, R] | None = None  # accepting items
         self._inflight: _Batch[T, R] | None = None  # being applied
         self._flushing = False
@@ -229,9 +235,10 @@ class Batcher(Generic[T, R]):
             # Shielded: a batch taken off the queue is applied whatever happens
             # to this task, and its other waiters must hear the outcome.
             with anyio.CancelScope(shield=True):
-                # Let tasks that are ready to run queue up first, so that
-                # items submitted together share one batch.
-                await anyio.lowlevel.checkpoint()
+                if self._gather:
+                    # Let tasks that are ready to run queue up first, so that
+                    # items submitted together share one batch.
+                    await anyio.lowlevel.checkpoint()
                 batch, self._open = self._open, None
                 if batch is None:
                     return

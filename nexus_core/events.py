@@ -569,7 +569,12 @@ class LocalEventBus(EventBus):
         # in the next batch, appended in one storage call, then delivered in
         # log order. While run() runs (in the host), publish only queues and one
         # task logs and delivers; otherwise a publisher applies its batch.
-        self._behind: Batcher[Event, None] = Batcher(self._log_and_deliver, what="events")
+        # No gathering yield of its own: the log batches what arrives while it
+        # writes (SQLite group commit), and while one batch is written the next
+        # gathers anyway.
+        self._behind: Batcher[Event, None] = Batcher(
+            self._log_and_deliver, what="events", gather=False
+        )
 
     @classmethod
     def from_app(cls, app: Any) -> Self:

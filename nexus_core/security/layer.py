@@ -91,7 +91,10 @@ class SecurityLayer:
         # While the host runs, audit records are written behind: nobody on the
         # request path waits for them; readers and the host flush first.
         # Otherwise concurrent records are appended together (group commit).
-        self._audit: Batcher[AuditRecord, None] = Batcher(self._write_audit, what="audit records")
+        # No gathering yield of its own, as the event bus (storage batches its writes).
+        self._audit: Batcher[AuditRecord, None] = Batcher(
+            self._write_audit, what="audit records", gather=False
+        )
 
     # -- configuration ---------------------------------------------------------------
 
