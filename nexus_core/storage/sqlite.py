@@ -27,9 +27,9 @@ How it is built:
   a third connection with a thread of its own checkpoints (``PASSIVE``: never
   waits, never blocks a writer or a reader) each time this object has written
   :attr:`SQLiteStorage.checkpoint_after` rows. SQLite's own auto-checkpoint
-  ran inside the commit that crossed 1000 pages, so that commit, and every
-  write queued behind it, waited for the whole copy (13-22 ms here, every
-  ~300 small commits). The WAL is reused from its start once it holds
+  runs inside the commit that crosses 1000 pages, so that commit, and every
+  write queued behind it, would wait for the whole copy (13-22 ms measured
+  here, every ~300 small commits). The WAL is reused from its start once it holds
   :attr:`SQLiteStorage.wal_limit` pages (the writer then copies the few pages
   written during the last checkpoint), and is emptied (``TRUNCATE``, waiting
   briefly for readers and blocking writers) should readers keep it from
