@@ -639,6 +639,98 @@ async def test_many_writes_stay_fast(db_path: Path) -> None:
         await store.close()
 
 
+# -- checkpoints off the write path -------------------------------------------------
+
+
+def _wal_pages(db_path: Path) -> int:
+    """The WAL file's size in pages: its high-water mark (SQLite reuses it from the start)."""
+    try:
+        size = Path(f"{db_path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+    return max(0, size - 32) // (4096 + 24)  # a 32-byte header, then 24 bytes a page
+
+
+async def test_commits_never_checkpoint_and_the_wal_stays_bounded(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    store.checkpoint_after, store.wal_limit = 20, 60
+    await store.open()
+    try:
+        assert store._writer is not None
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        [[auto]] = await store._writer.execute_fetchall("PRAGMA wal_autocheckpoint")
+        assert auto == 0  # no commit (nor the writes queued behind it) waits for a checkpoint
+        written = 0
+        reads = 0
+
+        async def read_along() -> None:
+            # A reader during checkpoints: always a gap-free prefix of what was written.
+            nonlocal reads
+            while True:
+                after = max(0, written - 50)
+                page = await store.read_events(after=event_id(after), limit=100)
+                seqs = [int(e.id) for e in page]
+                assert seqs == list(range(after + 1, after + 1 + len(seqs)))
+                assert [e.data["i"] for e in page] == [seq - 1 for seq in seqs]
+                reads += 1
+                await anyio.lowlevel.checkpoint()
+
+        # One event a commit, as a bus appends them at a steady rate: at least a page
+        # each, 3000 pages unless the WAL is reused. Written until the WAL's file is
+        # small again (a checkpointer held up by a busy machine empties it when past
+        # twice the limit), with checkpoints and reads under way meanwhile.
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_along)
+                while written < 3000 or checkpointer.checkpoints < 10 or reads < 10:
+                    await store.append_events([Event(type="e", data={"i": written})])
+                    written += 1
+                while _wal_pages(db_path) > 10 * store.wal_limit:
+                    await store.append_events([Event(type="e", data={"i": written})])
+                    written += 1
+                tg.cancel_scope.cancel()
+        assert _wal_pages(db_path) <= 10 * store.wal_limit < written
+    finally:
+        await store.close()
+    store = SQLiteStorage(_url(db_path))
+    await store.open()
+    try:  # every commit is there after a close (whose checkpoint removes the WAL)
+        assert await store.last_event_id() == event_id(written)
+    finally:
+        await store.close()
+
+
+async def test_a_reader_keeps_its_snapshot_and_the_wal_is_emptied_after(db_path: Path) -> None:
+    store = SQLiteStorage(_url(db_path))
+    store.checkpoint_after, store.wal_limit = 20, 60
+    await store.open()
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        await store.append_events([Event(type="e") for _ in range(10)])
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM events").fetchall() == [(10,)]
+        # Checkpoints cannot copy past the reader's snapshot: the WAL grows past
+        # twice the limit, where a checkpoint waits (100 ms) for the reader, in vain.
+        with anyio.fail_after(60):
+            while checkpointer.wal_pages < 2 * store.wal_limit:
+                await store.append_events([Event(type="e")])
+        assert checkpointer.truncations == 0
+        assert reader.execute("SELECT count(*) FROM events").fetchall() == [(10,)]
+        reader.execute("COMMIT")
+        # The reader gone, the next checkpoint past the limit empties the WAL.
+        with anyio.fail_after(60):
+            while checkpointer.truncations == 0:
+                await store.append_events([Event(type="e")])
+        [[count]] = reader.execute("SELECT count(*) FROM events").fetchall()
+        assert await store.last_event_id() == event_id(count)
+    finally:
+        reader.close()
+        await store.close()
+
+
 class _BeforeEventRebuild(SQLiteStorage):
     """The schema with a stored event id column (steps 1-4)."""
 
