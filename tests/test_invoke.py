@@ -901,3 +901,37 @@ async def test_a_replayed_call_is_marked_so_its_channel_does_not_cancel_the_run(
         assert await app.cancel(bobs.run_id, principal=bob_who)
         done = await app.wait(first.run_id)
         assert done.status == "cancelled" and not done.replayed
+
+
+async def test_serving_moves_start_up_objects_out_of_the_collectors_sight() -> None:
+    # A full collection would otherwise walk every module and plugin object
+    # (pauses of 20-100 ms under load): serving freezes them once it is up.
+    import functools
+    import gc
+    import logging
+
+    serving = anyio.Event()
+
+    class Up(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "serving channels" in record.getMessage():
+                serving.set()
+
+    handler = Up()
+    logger = logging.getLogger("nexus")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    gc.unfreeze()
+    app = make_app("memory://")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(app.serve, [], signals=None))
+            with anyio.fail_after(10):
+                await serving.wait()
+            assert gc.get_freeze_count() > 0  # frozen right after saying so
+            tg.cancel_scope.cancel()
+    finally:
+        gc.unfreeze()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
