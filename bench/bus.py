@@ -23,11 +23,11 @@ left out, saying why. Target: Redis p99 under 5 ms at 1,000 events/s.
     python bench/bus.py --events 1000 --subscribers 1,10 --repeat 1 --json
     python bench/bus.py --bus redis --paced-only   # the Redis rows' latency alone
 
-``--gc-freeze`` moves every object alive once both processes are set up out
-of the collector's reach (``gc.freeze()``), as a host may do after start-up:
-the collector's full passes (20-70 ms in the publishing process here, under
-load) then look at the objects made since. It is off by default, since the
-host does not do it.
+Both processes move every object alive once they are set up out of the
+collector's reach (``gc.freeze()``), as a serving host does once its channels
+are up (:func:`nexus_core.serving.serve_host`): the collector's full passes
+(20-70 ms in the publishing process here, under load) then look at the
+objects made since. ``--no-gc-freeze`` measures without it.
 """
 
 from __future__ import annotations
@@ -288,8 +288,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--gc-freeze",
-        action="store_true",
-        help="gc.freeze() in both processes once set up (not what the host does)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gc.freeze() in both processes once set up, as a serving host does (default: on)",
     )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="local", help=argparse.SUPPRESS)
