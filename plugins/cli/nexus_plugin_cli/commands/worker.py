@@ -35,6 +35,15 @@ log = logging.getLogger("nexus.worker")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _uvloop() -> dict[str, bool]:
+    """The event loop options: uvloop when installed, as ``nexus serve`` uses."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def parse_queues(text: str | None) -> tuple[str, ...]:
     """``"a, b"`` -> ``("a", "b")``: the workflows a worker executes (empty: all)."""
     return tuple(name.strip() for name in (text or "").split(",") if name.strip())
@@ -72,7 +81,15 @@ def worker_command(
         return USAGE
     target = app or context.settings().app
     try:
-        code = anyio.run(_work, target, concurrency, parse_queues(queues), log_format)
+        code = anyio.run(
+            _work,
+            target,
+            concurrency,
+            parse_queues(queues),
+            log_format,
+            backend="asyncio",
+            backend_options=_uvloop(),
+        )
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:  # every error becomes a message, never a traceback
