@@ -172,6 +172,11 @@ def test_two_gateways_two_workers_kill_9_loses_and_repeats_nothing(
                 PHASE,
                 f"{KILL_WORKER_AFTER} completions",
             )
+            # The load comes in waves (every run sleeps in n2 as long): at a wave's end no
+            # worker holds a live run, and killing one then tests no takeover.
+            mp.wait_until(
+                lambda: any(project.live_runs().values()), PHASE, "a worker executing runs"
+            )
             live = project.live_runs()
             victim = max(workers, key=lambda w: len(live.get(w.pid, ())))
             figures.notes.append(
