@@ -100,6 +100,13 @@ async def _scenario(server: OwnRedis, a: str, b: str, db: Path) -> None:
             tg.start_soon(load, base, "metered")
             tg.start_soon(load, base, "greet")
         await _until(lambda: count("before", 200) >= 20, "runs before the outage")
+        has_mcp = importlib.util.find_spec("nexus_plugin_mcp") is not None
+        if has_mcp:
+            # A's /mcp is built on its first request (an import of the mcp package,
+            # seconds on a loaded machine): build it now, so the MCP call during the
+            # outage below is about the outage, not a cold start.
+            warm = await _mcp_call(a, "greet", {"n": 1})
+            assert not warm.is_error, warm.content
 
         phase = "down"
         server.stop()
@@ -114,7 +121,7 @@ async def _scenario(server: OwnRedis, a: str, b: str, db: Path) -> None:
                 assert "Redis" in storage["detail"]
                 assert (await http.get(f"{base}/health/live")).status_code == 200
         # Every channel says so in its own terms: an MCP tool error, a CLI message.
-        if importlib.util.find_spec("nexus_plugin_mcp") is not None:
+        if has_mcp:
             result = await _mcp_call(a, "metered", {"n": 1})
             assert result.is_error
             assert result.content[0].text.startswith("unavailable: Redis at ")
