@@ -44,7 +44,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Waker"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,6 +55,52 @@ log = logging.getLogger("nexus")
 #: an item that failed alone), or None when every item succeeded with None. An
 #: exception raised by ``apply`` fails every item of the batch.
 Apply = Callable[[list[T]], Awaitable[Sequence[R | BaseException] | None]]
+
+
+class Waker:
+    """One task at a time waits in :meth:`wait` until :meth:`wake`.
+
+    On asyncio a bare future: a quarter of an ``anyio.Event``'s cost to wait
+    on and wake (2 µs against 8 here, under uvloop), which matters where a
+    task is woken once per batch (the write-behind runner, every live
+    subscriber). Cancellation is the waiting task's, as for any await. Other
+    backends use ``anyio.Event``.
+    """
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | anyio.Event | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a task waits (and has not been woken yet)."""
+        return self._waiter is not None
+
+    def wake(self) -> None:
+        """Wake the waiting task, if any (a later :meth:`wait` waits anew)."""
+        waiter, self._waiter = self._waiter, None
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():  # done: its waiter was cancelled
+                waiter.set_result(None)
+        elif waiter is not None:
+            waiter.set()
+
+    async def wait(self) -> None:
+        """Wait until :meth:`wake`."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio
+            event = self._waiter = anyio.Event()
+            await event.wait()
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiter = future
+        try:
+            await future
+        finally:
+            if self._waiter is future:  # cancelled: nobody waits any more
+                self._waiter = None
 
 
 class _Batch(Generic[T, R]):
@@ -121,7 +167,7 @@ class Batcher(Generic[T, R]):
         self._open: _Batch[T, R] | None = None  # accepting items
         self._inflight: _Batch[T, R] | None = None  # being applied
         self._flushing = False
-        self._wakeup: asyncio.Future[None] | anyio.Event | None = None  # the runner waits for work
+        self._runner = Waker()  # the runner waits for work here
         self._kicked = False  # a look whether to wake the runner is scheduled
         #: Whether :meth:`run` is applying batches in the background.
         self.running = False
@@ -141,7 +187,7 @@ class Batcher(Generic[T, R]):
         if batch is None:
             batch = self._open = _Batch()
         batch.items.append(item)
-        if self._wakeup is not None and not self._kicked:
+        if self._runner.waiting and not self._kicked:
             self._kick_soon()
         return batch, len(batch.items) - 1
 
@@ -162,28 +208,7 @@ class Batcher(Generic[T, R]):
             self._wake_runner()
 
     def _wake_runner(self) -> None:
-        wakeup, self._wakeup = self._wakeup, None
-        if isinstance(wakeup, asyncio.Future):
-            if not wakeup.done():
-                wakeup.set_result(None)
-        elif wakeup is not None:
-            wakeup.set()
-
-    async def _sleep(self) -> None:
-        """The runner waits for :meth:`_wake_runner` (a bare future on asyncio: cheaper)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on asyncio
-            event = self._wakeup = anyio.Event()
-            await event.wait()
-            return
-        future: asyncio.Future[None] = loop.create_future()
-        self._wakeup = future
-        try:
-            await future
-        finally:
-            if self._wakeup is future:
-                self._wakeup = None
+        self._runner.wake()
 
     def put(self, item: T) -> None:
         """Queue ``item`` and return at once; :meth:`flush` waits for it.
@@ -311,11 +336,10 @@ class Batcher(Generic[T, R]):
             while True:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # a batch is taken shielded
                 if self._flushing or not self.pending:
-                    await self._sleep()
+                    await self._runner.wait()
                     continue
                 await self._flush()
         finally:
             self.running = False
-            self._wakeup = None
             if self._open is not None:
                 self._open.signal()  # its waiters apply it themselves now
