@@ -510,17 +510,22 @@ class ProcrastinateExecutor(Executor):
         active = await engine.resume(record)
         if active is None:
             return
-        try:
-            await active.result()
-        except BaseException:
-            from procrastinate import exceptions, job_context
+        from procrastinate import exceptions, job_context
 
+        try:
+            result = await active.result()
+        except BaseException:
             if context.abort_reason() == job_context.AbortReason.USER_REQUEST:
                 active.control.cancel()
                 with anyio.CancelScope(shield=True):
                     await active.result()
                 raise exceptions.JobAborted(f"run {run_id} cancelled") from None
             raise  # a shutdown: the job goes back to the queue (see work())
+        if result.status == "cancelled":
+            # Cancelled by the run.cancel_requested event before the job's abort
+            # arrived (cancel() sends both): the job of a cancelled run is aborted
+            # either way, whichever reached the worker first.
+            raise exceptions.JobAborted(f"run {run_id} cancelled")
 
     async def _admit(self, job_id: int, workflow: str, limit: int) -> None:
         """Take one of the workflow's ``limit`` slots, or go back to the queue."""

@@ -266,6 +266,39 @@ async def test_cancelling_a_running_run_aborts_its_job(store_url: str, queue_url
     assert probe.running == 0
 
 
+async def test_a_run_cancelled_before_its_jobs_abort_arrives_still_aborts_the_job(
+    store_url: str, queue_url: str
+) -> None:
+    # cancel() sends the run.cancel_requested event and then aborts the job; the
+    # event can end the run first (the job's abort then finds nothing to abort).
+    # Only the event is sent here: the job must end aborted all the same.
+    probe = Probe()
+    gateway = make_app(store_url, queue_url, probe)
+    worker = make_app(store_url, queue_url, probe)
+    async with gateway, worker:
+        run = await gateway.invoke("gated", {"x": 1}, wait=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work(worker))
+
+            async def running() -> bool:
+                return probe.running == 1
+
+            await wait_until(running)
+            record = await gateway.storage.get_run(run.run_id)  # type: ignore[union-attr]
+            assert record is not None
+            assert await gateway.engine.request_cancel(record)  # the event alone
+            with anyio.fail_after(30):
+                result = await gateway.wait(run.run_id)
+
+            async def finished() -> bool:
+                return job_statuses(queue_url, run.run_id) not in (["todo"], ["doing"])
+
+            await wait_until(finished)
+            tg.cancel_scope.cancel()
+    assert result.status == "cancelled"
+    assert job_statuses(queue_url, run.run_id) == ["aborted"]
+
+
 async def test_the_reaper_requeues_the_job_of_a_dead_worker(store_url: str, queue_url: str) -> None:
     """A worker died holding a job (status doing) and the run's lease: another finishes it."""
     gateway, worker = make_app(store_url, queue_url), make_app(store_url, queue_url)
