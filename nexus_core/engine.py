@@ -452,11 +452,11 @@ class RunEngine:
         with anyio.move_on_after(grace):
             while self.active:
                 await next(iter(self.active.values())).result()
-        inline = [active for active in self.active.values() if active.scope is not None]
-        for active in inline:
-            active.scope.cancel()  # type: ignore[union-attr]
+        inline = [(active, active.scope) for active in self.active.values() if active.scope]
+        for _, scope in inline:
+            scope.cancel()
         with anyio.move_on_after(max(grace, self.heartbeat)):
-            for active in inline:
+            for active, _ in inline:
                 await active.result()
 
     # -- waiting ------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Waits are on conditions with deadlines, never fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from nexus_core import Nexus
 from nexus_core.errors import PluginLoadFailed
 from nexus_core.plugin import ConfigError
+from nexus_core.workflows import RunResult
 from test_executor_support import PLUGIN, fresh_database, queue_rows
 
 from nexus_plugin_postgres.executor import TASK_NAME, ProcrastinateExecutor
@@ -240,8 +242,11 @@ async def test_cancelling_a_queued_run_cancels_its_job(store_url: str, queue_url
     assert job_statuses(queue_url, run.run_id) == ["cancelled"]
 
 
-async def test_cancelling_a_running_run_aborts_its_job(store_url: str, queue_url: str) -> None:
-    probe = Probe()
+@contextlib.asynccontextmanager
+async def gated_run_executing(
+    store_url: str, queue_url: str, probe: Probe
+) -> AsyncIterator[tuple[Nexus, RunResult]]:
+    """A gateway, and the run of ``gated`` it accepted, executing at a worker (stopped after)."""
     gateway = make_app(store_url, queue_url, probe)
     worker = make_app(store_url, queue_url, probe)
     async with gateway, worker:
@@ -253,15 +258,21 @@ async def test_cancelling_a_running_run_aborts_its_job(store_url: str, queue_url
                 return probe.running == 1
 
             await wait_until(running)
-            assert await gateway.cancel(run.run_id)
-            with anyio.fail_after(30):
-                result = await gateway.wait(run.run_id)
-
-            async def aborted() -> bool:
-                return job_statuses(queue_url, run.run_id) == ["aborted"]
-
-            await wait_until(aborted)
+            yield gateway, run
             tg.cancel_scope.cancel()
+
+
+async def test_cancelling_a_running_run_aborts_its_job(store_url: str, queue_url: str) -> None:
+    probe = Probe()
+    async with gated_run_executing(store_url, queue_url, probe) as (gateway, run):
+        assert await gateway.cancel(run.run_id)
+        with anyio.fail_after(30):
+            result = await gateway.wait(run.run_id)
+
+        async def aborted() -> bool:
+            return job_statuses(queue_url, run.run_id) == ["aborted"]
+
+        await wait_until(aborted)
     assert result.status == "cancelled"
     assert probe.running == 0
 
@@ -272,29 +283,17 @@ async def test_a_run_cancelled_before_its_jobs_abort_arrives_still_aborts_the_jo
     # cancel() sends the run.cancel_requested event and then aborts the job; the
     # event can end the run first (the job's abort then finds nothing to abort).
     # Only the event is sent here: the job must end aborted all the same.
-    probe = Probe()
-    gateway = make_app(store_url, queue_url, probe)
-    worker = make_app(store_url, queue_url, probe)
-    async with gateway, worker:
-        run = await gateway.invoke("gated", {"x": 1}, wait=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(work(worker))
+    async with gated_run_executing(store_url, queue_url, Probe()) as (gateway, run):
+        record = await gateway.storage.get_run(run.run_id)  # type: ignore[union-attr]
+        assert record is not None
+        assert await gateway.engine.request_cancel(record)  # the event alone
+        with anyio.fail_after(30):
+            result = await gateway.wait(run.run_id)
 
-            async def running() -> bool:
-                return probe.running == 1
+        async def finished() -> bool:
+            return job_statuses(queue_url, run.run_id) not in (["todo"], ["doing"])
 
-            await wait_until(running)
-            record = await gateway.storage.get_run(run.run_id)  # type: ignore[union-attr]
-            assert record is not None
-            assert await gateway.engine.request_cancel(record)  # the event alone
-            with anyio.fail_after(30):
-                result = await gateway.wait(run.run_id)
-
-            async def finished() -> bool:
-                return job_statuses(queue_url, run.run_id) not in (["todo"], ["doing"])
-
-            await wait_until(finished)
-            tg.cancel_scope.cancel()
+        await wait_until(finished)
     assert result.status == "cancelled"
     assert job_statuses(queue_url, run.run_id) == ["aborted"]
 
