@@ -42,7 +42,10 @@ How it is built:
 * Connection loss: a statement on a connection that broke fails with
   :class:`DatabaseUnavailable` (naming the server, never the password); the pool
   drops the broken connection and opens a new one for the next call. Reads and
-  idempotent writes are retried once on a fresh connection first.
+  idempotent writes are retried once on a fresh connection first. Appends (events,
+  audit) and a run's final write wait through an outage of up to a minute
+  instead: their answer may be lost after they committed, and they must land
+  once (an append looks for itself first; the fenced final write is idempotent).
 * :meth:`PostgresStorage.transaction`: several calls in one transaction (the
   queue executor creates a run and enqueues its job together).
 """
@@ -52,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import logging
 import math
 import secrets
 import time
@@ -81,6 +85,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ._migrations import MIGRATIONS, Migration
+
+_log = logging.getLogger("nexus.postgres")
 
 __all__ = [
     "DatabaseUnavailable",
@@ -756,31 +762,39 @@ class PostgresStorage(Storage):
 
     async def _patiently(
         self,
+        what: str,
         append: Callable[[], Awaitable[list[Any]]],
-        find: Callable[[], Awaitable[list[Any]]],
+        find: Callable[[], Awaitable[list[Any]]] | None,
         *,
         found_empty: bool = False,
     ) -> list[Any]:
         """An append that must land once, through an outage of up to ``_APPEND_PATIENCE`` s.
 
         ``append`` writes; ``find`` says whether an append whose connection
-        broke had committed (its rows, empty: it had not). After a failure the
-        call waits (doubling, up to 2 s) and asks ``find`` first, then appends
+        broke had committed (its rows, empty: it had not; None: ``append`` is
+        idempotent, so it is simply written again). After a failure the call
+        waits (doubling, up to 2 s) and asks ``find`` first, then appends
         again. ``found_empty``: ``append`` returns no rows, so a successful one
         returns ``[(True,)]``. Inside :meth:`transaction` nothing is retried.
+        ``what`` names the write in the one WARNING logged when it waits.
         """
         try:
             rows = await append()
             return [(True,)] if found_empty else rows
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
             if _AMBIENT.get() is not None:
                 raise  # the caller's transaction is gone: the caller decides
             give_up = time.monotonic() + _APPEND_PATIENCE
+            _log.warning(
+                "%s failed (%s); it may have landed: trying again for up to %.0f s",
+                what,
+                exc,
+                _APPEND_PATIENCE,
+            )
         delay = 0.05
         while True:
             try:
-                rows = await find()
-                if rows:
+                if find is not None and (rows := await find()):
                     return rows
                 rows = await append()
                 return [(True,)] if found_empty else rows
@@ -959,8 +973,22 @@ class PostgresStorage(Storage):
         return False  # pragma: no cover - taken over and back: cannot happen
 
     async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
-        """The last checkpoints and the run's final state: one statement, fenced, all or none."""
-        await self._fenced_write(run, checkpoints)
+        """The last checkpoints and the run's final state: one statement, fenced, all or none.
+
+        Patient as an append (see :meth:`_patiently`): a connection that broke
+        may have taken the write's answer with it after the write committed,
+        and then nobody else would ever finish the run (a finished run cannot
+        be claimed), so its host must learn that it landed. The write is
+        idempotent under one fence, so it is written again once the server is
+        back: it lands (again) unless another process took the run over, which
+        it could only do if the first write had not committed (:class:`LeaseLost`).
+        """
+
+        async def write() -> list[Any]:
+            await self._fenced_write(run, checkpoints)
+            return []
+
+        await self._patiently(f"the final write of run {run.id}", write, None, found_empty=True)
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node while its run's fence is the checkpoint's (else LeaseLost)."""
@@ -1081,6 +1109,7 @@ class PostgresStorage(Storage):
             "notice": self._notice(datas),
         }
         rows = await self._patiently(
+            f"appending {len(events)} events",
             lambda: self._fetch(_APPEND_EVENTS, params, retry=False),
             lambda: self._fetch(_FIND_LOGGED, (datas[-1],), retry=False),
         )
@@ -1180,6 +1209,7 @@ class PostgresStorage(Storage):
             datas,
         )
         await self._patiently(
+            f"appending {len(records)} audit records",
             lambda: self._fetch(_INSERT_AUDITS, params, retry=False),
             lambda: self._fetch(_FIND_AUDIT, (datas[-1],), retry=False),
             found_empty=True,

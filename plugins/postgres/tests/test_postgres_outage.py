@@ -10,6 +10,7 @@ an expired lease.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,7 +20,14 @@ import psycopg
 import pytest
 from nexus_core import Nexus, WorkflowBuilder
 from nexus_core.workflows import FunctionNode
-from pg_support import POSTGRES_URL, Schemas, drop_schema, server_url, with_params
+from pg_support import (
+    POSTGRES_URL,
+    Schemas,
+    answer_cutter,
+    drop_schema,
+    server_url,
+    with_params,
+)
 from psycopg import sql
 
 from nexus_plugin_postgres.storage import DatabaseUnavailable, parse_url
@@ -187,3 +195,62 @@ async def test_runs_whose_lease_expires_during_an_outage_complete_after_it(
     assert any(run.fence > 1 for run in runs), "no run was taken over: the outage missed them"
     ends = [e.run_id for e in events if e.type == "run.completed"]
     assert sorted(ends) == sorted({r.id for r in runs})  # each run completed exactly once
+
+
+async def test_a_final_write_whose_answer_is_lost_after_it_committed_is_kept_and_announced(
+    schemas: Schemas,
+) -> None:
+    """The server goes away right after the run's final write committed and before its
+    answer reached the host. Nobody else can finish the run (a finished run cannot be
+    claimed), so the host itself must learn that the write landed: once the server is
+    back, the run's caller hears "completed" and ``run.completed`` is logged once."""
+    url = schemas.url(pool_timeout="0.5")
+    schema = str(parse_url(url).schema)
+    async with answer_cutter(url) as cutter:
+        config = {"nexus": {"services": {"runs": {"lease": 1.0, "heartbeat": 0.25}}}}
+        app = Nexus("answer-lost", storage=cutter.url(url), config=config, env={})
+
+        @app.workflow
+        async def last(x: int) -> str:
+            return f"output {x} of the last node"  # only the final write carries it
+
+        answers: list[object] = []
+        # The host has given its write up for lost (answered), or says that it
+        # waits for the server to learn whether the write landed.
+        settled = anyio.Event()
+
+        async def call() -> None:
+            try:
+                answers.append(await app.invoke("last", {"x": 7}))
+            except Exception as exc:  # what the caller would see instead of the answer
+                answers.append(exc)
+            settled.set()
+
+        class Waiting(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "final write" in record.getMessage():
+                    settled.set()
+
+        waiting = Waiting()
+        logging.getLogger("nexus.postgres").addHandler(waiting)
+
+        async with app.running(recover=True), anyio.create_task_group() as tg:
+            cutter.arm(b"output 7 of the last node")
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                await cutter.cut.wait()
+            # The write committed before its answer was lost (read past the proxy).
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                table = sql.SQL("SELECT status FROM {}.runs").format(sql.Identifier(schema))
+                assert conn.execute(table).fetchall() == [("completed",)]
+            with anyio.fail_after(30):
+                await settled.wait()  # the server stays away until then
+            logging.getLogger("nexus.postgres").removeHandler(waiting)
+            cutter.restore()
+        [answer] = answers
+        assert not isinstance(answer, Exception), repr(answer)
+        assert answer.status == "completed"  # type: ignore[attr-defined]
+        async with app.running():
+            events = await app.storage.read_events(limit=1000)  # type: ignore[union-attr]
+    ends = [e.run_id for e in events if e.type == "run.completed"]
+    assert ends == [answer.run_id]  # type: ignore[attr-defined]
