@@ -91,6 +91,13 @@ log = logging.getLogger("nexus.worker")
 TASK_NAME = "nexus.run"
 # One advisory lock key for preparing the queue's schema (several processes start at once).
 _SCHEMA_LOCK = zlib.crc32(b"nexus_plugin_postgres.executor.schema")
+_SWEEP_LOCK = zlib.crc32(b"nexus_plugin_postgres.executor.sweep")  # one sweep at a time
+# The runs among %(ids)s that have a job waiting or executing.
+_JOBS_OF_RUNS = (
+    "SELECT args->>'run_id' AS run_id FROM procrastinate_jobs "
+    "WHERE task_name = %(task)s AND status IN ('todo', 'doing') "
+    "AND args->>'run_id' = ANY(%(ids)s)"
+)
 _ADMISSIONS = """
 CREATE TABLE IF NOT EXISTS nexus_queue_admissions (
     job_id bigint PRIMARY KEY REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
@@ -599,20 +606,30 @@ class ProcrastinateExecutor(Executor):
         if not candidates:
             return 0
         rows = await self.queue.connector.execute_query_all_async(
-            "SELECT args->>'run_id' AS run_id FROM procrastinate_jobs "
-            "WHERE task_name = %(task)s AND status IN ('todo', 'doing') "
-            "AND args->>'run_id' = ANY(%(ids)s)",
-            task=TASK_NAME,
-            ids=list(candidates),
+            _JOBS_OF_RUNS, task=TASK_NAME, ids=list(candidates)
         )
         missing = candidates.keys() - {row["run_id"] for row in rows}
-        for run_id in missing:
-            await self.defer(candidates[run_id])
+        if not missing:
+            return 0
+        deferred = []
+        pool = self.queue.connector.pool  # type: ignore[attr-defined]
+        async with pool.connection() as conn, conn.transaction():
+            # Every process sweeps: one at a time from here, so that the second
+            # sees the job the first deferred, or the run it finished, and
+            # defers nothing more.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SWEEP_LOCK,))
+            cur = await conn.execute(_JOBS_OF_RUNS, {"task": TASK_NAME, "ids": list(missing)})
+            have = {row[0] for row in await cur.fetchall()}
+            still = {r.id for r in await storage.claimable_runs(time.time(), limit=1000)}
+            for run_id in sorted((missing - have) & still):
+                await self.defer(candidates[run_id], conn)
+                deferred.append(run_id)
+        for run_id in deferred:
             if self._metrics is not None:
                 queue = self.job_options(candidates[run_id].workflow)["queue"]
                 self._metrics.retries.labels(queue, "no_job").inc()
             log.info("run %s had no job; deferred one", run_id)
-        return len(missing)
+        return len(deferred)
 
     # -- the run store's transaction -------------------------------------------------------------
 

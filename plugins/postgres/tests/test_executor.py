@@ -19,6 +19,7 @@ import pytest
 from nexus_core import Nexus
 from nexus_core.errors import PluginLoadFailed
 from nexus_core.plugin import ConfigError
+from nexus_core.storage.base import RunRecord
 from nexus_core.workflows import RunResult
 from test_executor_support import PLUGIN, fresh_database, queue_rows
 
@@ -346,6 +347,32 @@ async def test_the_sweep_gives_a_job_to_a_run_without_one(store_url: str, queue_
             tg.cancel_scope.cancel()
     assert result.status == "completed" and result.output == 8
     assert job_statuses(queue_url, run.run_id) == ["succeeded"]
+
+
+async def test_sweeps_of_several_processes_at_once_defer_one_job(
+    store_url: str, queue_url: str
+) -> None:
+    """Every host sweeps; two that find the same run without a job give it one job."""
+    first, second = make_app(store_url, queue_url), make_app(store_url, queue_url)
+    async with first, second:
+        storage = first.storage
+        assert storage is not None
+        # A run stored a while ago without a job (none is on its way any more).
+        then = time.time() - 60
+        run = RunRecord(id="r-lost", workflow="double", inputs={"x": 4}, created_at=then)
+        await storage.create_run(run)
+        counts: list[int] = []
+
+        async def sweep(app: Nexus) -> None:
+            executor = app.engine.executor
+            assert isinstance(executor, ProcrastinateExecutor)
+            counts.append(await executor.sweep_once())
+
+        async with anyio.create_task_group() as tg:
+            for app in (first, second, first, second):
+                tg.start_soon(sweep, app)
+    assert sum(counts) <= 1  # (the hosts' own sweeps run too)
+    assert job_statuses(queue_url, run.id) == ["todo"]
 
 
 async def test_a_stopped_worker_hands_its_run_to_another(store_url: str, queue_url: str) -> None:
