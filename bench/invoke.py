@@ -37,6 +37,8 @@ WRITES = (
     "create_run",
     "save_run",
     "save_checkpoint",
+    "finish_run",
+    "finish_run_logged",
     "append_event",
     "append_events",
     "append_audit",

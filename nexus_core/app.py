@@ -18,7 +18,7 @@ import anyio.abc
 import msgspec
 
 from .config import Config, check_production, load_config
-from .engine import RunEngine
+from .engine import RunEngine, run_event
 from .errors import (
     FieldError,
     IdempotencyConflict,
@@ -31,7 +31,7 @@ from .errors import (
     WorkflowDefinitionError,
     WorkflowNotFound,
 )
-from .events import Event, EventBus, EventType, LocalEventBus, Subscription
+from .events import EventBus, EventType, LocalEventBus, Subscription
 from .health import HealthReport, readiness
 from .housekeeping import start as start_housekeeping
 from .metrics import Metrics
@@ -761,22 +761,12 @@ class Nexus:
     ) -> None:
         """Publish an event on the host's bus (logged first, so replay misses nothing)."""
         bus = self._services().events
-        if not bus.wants(type):
-            return
-        if run is not None:
-            channel = channel or run.channel
-            session_id = session_id or run.session_id
-            tenant = tenant or run.tenant
-        await bus.publish(
-            Event(
-                type=str(type),
-                channel=channel,
-                session_id=session_id,
-                run_id=run.id if run is not None else None,
-                tenant=tenant,
-                data=data or {},
+        if bus.wants(type):
+            await bus.publish(
+                run_event(
+                    type, run, channel=channel, session_id=session_id, tenant=tenant, data=data
+                )
             )
-        )
 
     def subscribe(
         self,

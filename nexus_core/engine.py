@@ -41,7 +41,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -642,8 +642,25 @@ class RunEngine:
                 return self._audit(record, wf, who, outcome, reason)
 
             await audit(result.status, result.error.message if result.error else None)
+            # The run's last events are appended in its final write (one
+            # transaction where the storage can), with what the bus queued before.
+            bus, storage = services.events, services.storage
+            # Subscribers see the error without its traceback (runs:debug reads the run).
+            error = msgspec.to_builtins(result.error.public()) if result.error else None
+            outcome = {"workflow": wf.name, "output": record.output, "error": error}
+            ending = [(f"run.{result.status}", outcome)]
+            if last is not None:
+                ending.insert(0, (last[1], last[2]))
+            events = [
+                run_event(kind, record, data=data) for kind, data in ending if bus.wants(kind)
+            ]
+            final = () if last is None else (last[0],)
+
+            def write(batch: Sequence[Event]) -> Awaitable[list[Event]]:
+                return storage.finish_run_logged(record, final, batch)
+
             try:
-                await services.storage.finish_run(record, () if last is None else (last[0],))
+                await bus.publish_with(events, write, log=storage)
             except LeaseLost as exc:
                 # Executed here, but another process owns the run now: the
                 # audit trail says this result was refused, and nothing else
@@ -661,21 +678,9 @@ class RunEngine:
             active.stored = True
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
-            if last is not None:
-                await app.emit(last[1], run=record, data=last[2])
-            await app.emit(
-                f"run.{result.status}",
-                run=record,
-                # Subscribers see the error without its traceback (runs:debug reads the run).
-                data={
-                    "workflow": wf.name,
-                    "output": record.output,
-                    "error": msgspec.to_builtins(result.error.public()) if result.error else None,
-                },
-            )
-            # The run's events and audit record went behind; its caller hears
-            # the answer once they are stored (and the events delivered).
-            await services.events.flush()
+            # What went behind (a bus that publishes after the write, the audit
+            # record): its caller hears the answer once they are stored too.
+            await bus.flush()
             await app.security.flush_audit()
         if result.status == "failed":
             app.metrics.record_error(record.channel or "python", "run_failed")
@@ -941,3 +946,27 @@ class _Recorder:
             self.active.lose()
             return
         await app.emit(event[0], run=self.record, data=event[1])
+
+
+def run_event(
+    type: str,
+    run: RunRecord | None,
+    *,
+    channel: str | None = None,
+    session_id: str | None = None,
+    tenant: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """An event to publish: of ``run`` (its channel, session and tenant unless given), if any."""
+    if run is not None:
+        channel = channel or run.channel
+        session_id = session_id or run.session_id
+        tenant = tenant or run.tenant
+    return Event(
+        type=str(type),
+        channel=channel,
+        session_id=session_id,
+        run_id=run.id if run is not None else None,
+        tenant=tenant,
+        data=data or {},
+    )

@@ -26,8 +26,8 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, Self
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol, Self, cast
 
 import anyio
 import anyio.abc
@@ -252,6 +252,34 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     async def publish(self, event: Event) -> None:
         """Log (when the bus keeps a log) and deliver ``event`` to every matching subscriber."""
+
+    async def publish_with(
+        self,
+        events: Sequence[Event],
+        write: Callable[[Sequence[Event]], Awaitable[list[Event]]],
+        *,
+        log: object,
+    ) -> None:
+        """Publish ``events`` logged by ``write``: a write of ``log`` that appends them.
+
+        The host finishes a durable run this way: ``write(batch)`` stores the
+        run's final state and appends ``batch`` to the event log ``log`` in
+        one transaction, returning the batch as logged (each event with its
+        log position), so the run and its last events land together or not
+        at all. A bus logging to ``log`` hands ``write`` the events it has
+        queued before these as well (one transaction for all of them, in
+        order), then delivers them. When ``write`` raises, so does this, and
+        none of ``events`` is published.
+
+        The default, for a bus that logs elsewhere or not at all, calls
+        ``write([])`` (the run's write alone) and then :meth:`publish` for each
+        event.
+
+        .. versionadded:: 0.3
+        """
+        await write([])
+        for event in events:
+            await self.publish(event)
 
     async def publish_live(self, event: Event) -> None:
         """Deliver ``event`` to matching subscribers without logging it.
@@ -496,6 +524,18 @@ class _LocalSubscription(Subscription):
         return f"<Subscription {list(self.patterns)} queued={len(self._queue)}>"
 
 
+class _LoggedBy:
+    """A write that appends events itself, queued among a bus's events (see ``publish_with``)."""
+
+    __slots__ = ("events", "write")
+
+    def __init__(
+        self, write: Callable[[Sequence[Event]], Awaitable[list[Event]]], events: Sequence[Event]
+    ) -> None:
+        self.write = write
+        self.events = events
+
+
 class LocalEventBus(EventBus):
     """The in-process bus: fan-out to bounded per-subscriber queues, in log order.
 
@@ -549,7 +589,7 @@ class LocalEventBus(EventBus):
         # No gathering yield of its own: the log batches what arrives while it
         # writes (SQLite group commit), and while one batch is written the next
         # gathers anyway.
-        self._behind: Batcher[Event, None] = Batcher(
+        self._behind: Batcher[Event | _LoggedBy, BaseException | None] = Batcher(
             self._log_and_deliver, what="events", gather=False
         )
 
@@ -692,24 +732,84 @@ class LocalEventBus(EventBus):
         # call; a failing batch fails its own publishers only (the log's error).
         await self._behind.submit(event)
 
-    async def _log_and_deliver(self, batch: list[Event]) -> None:
-        """Append ``batch`` to the log in one call, then deliver it in log order.
+    async def publish_with(
+        self,
+        events: Sequence[Event],
+        write: Callable[[Sequence[Event]], Awaitable[list[Event]]],
+        *,
+        log: object,
+    ) -> None:
+        """See :meth:`EventBus.publish_with`: ``write`` takes this bus's place in the queue.
 
-        Events other processes logged ahead of the batch are delivered first
-        (read from the log), so every subscriber sees one order.
+        When ``log`` is this bus's log, ``write`` is queued as one item of the
+        write-behind queue and appends the events queued before it along with
+        ``events``, in one transaction; a failing ``write`` fails only its own
+        caller (the events queued before it are then appended on their own).
+        """
+        if self.log is None or log is not self.log:
+            await super().publish_with(events, write, log=log)
+            return
+        await self._behind.submit(_LoggedBy(write, events))  # raises what the write raised
+
+    def on_logged(self, events: list[Event]) -> None:
+        """Called with every batch of events this bus logged, in log order, before delivery.
+
+        For a bus that also carries its events to other processes (a broker's
+        stream): the events have their log ids. The default does nothing.
+
+        .. versionadded:: 0.3
+        """
+
+    async def _log_and_deliver(
+        self, batch: list[Event | _LoggedBy]
+    ) -> list[BaseException | None] | None:
+        """Append ``batch`` to the log, then deliver it in log order.
+
+        Plain events go in one append; a :class:`_LoggedBy` item's write
+        appends the plain events queued before it with its own (a run's final
+        transaction). Events other processes logged between are delivered
+        first (read from the log), so every subscriber sees one order. The
+        outcome of each item: None, or the error of a write that failed (an
+        append of plain events that fails fails the whole batch, as before).
         """
         log = self.log
         assert log is not None
-        logged = await log.append_events(batch)
-        if not logged:
-            return
-        first = event_seq(logged[0].id)
-        if not self._subs:
-            self._position = max(self._position, event_seq(logged[-1].id))
-            return
-        if first > self._position + 1:
-            await self._catch_up(first - 1)
-        await self._deliver_run([(each, event_seq(each.id)) for each in logged])
+        if not any(type(item) is _LoggedBy for item in batch):
+            logged = await log.append_events(cast("list[Event]", batch))
+            outcomes = None
+        else:
+            logged, outcomes = await self._write_batch(log, batch)
+        if logged:
+            self.on_logged(logged)
+            try:
+                await self.deliver_logged(logged)
+            except Exception as exc:
+                # Logged, so not lost, and the writes stand: the next read of the
+                # log (the tail, the next batch's catch-up) delivers from the position.
+                _log.warning("delivering %d logged events failed: %s", len(logged), exc)
+        return outcomes
+
+    async def _write_batch(
+        self, log: EventLog, batch: list[Event | _LoggedBy]
+    ) -> tuple[list[Event], list[BaseException | None]]:
+        """Log a batch holding writes: each write with the plain events queued before it."""
+        logged: list[Event] = []
+        outcomes: list[BaseException | None] = [None] * len(batch)
+        plain: list[Event] = []
+        for index, item in enumerate(batch):
+            if type(item) is not _LoggedBy:
+                plain.append(cast(Event, item))
+                continue
+            try:
+                logged += await item.write([*plain, *item.events])
+            except Exception as exc:
+                outcomes[index] = exc
+                if plain:  # other publishers' events: not this write's to lose
+                    logged += await log.append_events(plain)
+            plain = []
+        if plain:
+            logged += await log.append_events(plain)
+        return logged, outcomes
 
     async def publish_live(self, event: Event) -> None:
         """Hand ``event`` (not logged: an ephemeral run's) to matching subscribers at once."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,6 +330,81 @@ async def test_concurrent_publishers_every_subscriber_gets_every_event_once_in_o
     assert runs == [i for i in everything if by_id[i].type == "run.started"]
     if log is not None:
         assert await log_ids(log) == everything  # delivery order is log order
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "behind"])
+@pytest.mark.parametrize("log_kind", LOG_KINDS)
+async def test_writes_publishing_their_own_events_keep_one_order_and_lose_nobody_elses(
+    log_kind: str, background: bool
+) -> None:
+    """``publish_with`` among plain publishers: a write appends the events queued
+    before it with its own; a failing write publishes none of its own and loses
+    none of the others'; every subscriber sees the log's order."""
+    log = make_log(log_kind)
+    bus = LocalEventBus(log, queue_size=10_000)  # type: ignore[arg-type]
+    publishers, per_publisher = 4, 60
+    batches: list[list[Event]] = []  # what each write was handed
+    refused: set[tuple[int, int]] = set()
+
+    def writer(p: int, i: int) -> Callable[[Sequence[Event]], Awaitable[list[Event]]]:
+        async def write(batch: Sequence[Event]) -> list[Event]:
+            batches.append(list(batch))
+            if i % 10 == 3:  # a final write refused (a lost lease): nothing of it lands
+                refused.add((p, i))
+                raise RuntimeError("refused")
+            return await log.append_events(batch)  # type: ignore[attr-defined,no-any-return]
+
+        return write
+
+    async def publish(p: int) -> None:
+        for i in range(per_publisher):
+            event = Event(
+                type="run.completed" if i % 5 == 4 else "node.finished", data={"p": p, "i": i}
+            )
+            if i % 5 == 4 or i % 10 == 3:
+                try:
+                    await bus.publish_with([event], writer(p, i), log=log)
+                except RuntimeError:
+                    assert (p, i) in refused
+            else:
+                await bus.publish(event)
+            await anyio.lowlevel.checkpoint()
+
+    sub = bus.subscribe()
+    with anyio.fail_after(20):
+        async with bus_mode(bus, background), anyio.create_task_group() as tg:
+            for p in range(publishers):
+                tg.start_soon(publish, p)
+    received = await available(sub)
+    kept = {(p, i) for p in range(publishers) for i in range(per_publisher)} - refused
+    assert refused and len(refused) < len(kept)
+    assert [e.id for e in received] == await log_ids(log)  # delivery order is log order
+    assert sorted((e.data["p"], e.data["i"]) for e in received) == sorted(kept)  # each once
+    for p in range(publishers):  # each publisher's events in its own order
+        assert [e.data["i"] for e in received if e.data["p"] == p] == sorted(
+            i for q, i in kept if q == p
+        )
+    # Writes were handed the plain events queued before them (at least once, behind).
+    assert any(len(batch) > 1 for batch in batches) or not background
+
+
+@pytest.mark.anyio
+async def test_a_bus_logging_elsewhere_writes_first_then_publishes() -> None:
+    """``publish_with`` for a log that is not the bus's: ``write([])``, then ``publish``."""
+    bus = LocalEventBus(ListLog())
+    other = ListLog()
+    handed: list[list[Event]] = []
+
+    async def write(batch: Sequence[Event]) -> list[Event]:
+        handed.append(list(batch))
+        return await other.append_events(list(batch))
+
+    sub = bus.subscribe()
+    await bus.publish_with([Event(type="run.completed")], write, log=other)
+    assert handed == [[]]
+    assert [e.type for e in await available(sub)] == ["run.completed"]
+    assert other.events == []
 
 
 # -- bounded queues --------------------------------------------------------------

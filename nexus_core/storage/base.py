@@ -604,6 +604,26 @@ class Storage(SessionStore, RunStore, EventLog, AuditLog, CredentialStore, Cache
 
     roles: ClassVar[frozenset[Role]] = frozenset(ROLES)
 
+    async def finish_run_logged(
+        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+    ) -> list[Event]:
+        """:meth:`finish_run`, then :meth:`append_events`: a run's final write with its events.
+
+        Returns the events as logged. The host finishes a durable run with it
+        (see :meth:`~nexus_core.events.EventBus.publish_with`): ``events`` are
+        the run's last events (``run.completed``...) and whatever the bus had
+        queued before them. When the final write is refused (:class:`LeaseLost`)
+        or fails, nothing of ``events`` is appended. The default makes the two
+        calls one after the other; a backend that can should override it to
+        write both in one transaction, so that the run and its events land
+        together even if the process dies between them (SQLite does; the
+        memory backend's two calls never yield in between).
+
+        .. versionadded:: 0.3
+        """
+        await self.finish_run(run, checkpoints)
+        return await self.append_events(events)
+
     async def prune(self, before: float, *, limit: int = 500) -> int:
         """One batch of each of :meth:`prune_runs`, :meth:`prune_events`, :meth:`prune_audit`.
 

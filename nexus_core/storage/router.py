@@ -213,6 +213,16 @@ class StorageRouter(Storage):
         """See :meth:`RunStore.finish_run`: the runs backend's own (one transaction if it can)."""
         await self._runs.finish_run(run, checkpoints)
 
+    async def finish_run_logged(
+        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+    ) -> list[Event]:
+        """See :meth:`Storage.finish_run_logged`: one backend's own when it serves both roles."""
+        both = self.backends["runs"]
+        if both is self.backends["events"] and isinstance(both, Storage):
+            return await both.finish_run_logged(run, checkpoints, events)
+        await self._runs.finish_run(run, checkpoints)
+        return await self._events.append_events(events)
+
     async def prune_runs(self, before: float, *, limit: int = 500) -> int:
         """See :meth:`RunStore.prune_runs`: on the runs backend."""
         return await self._runs.prune_runs(before, limit=limit)

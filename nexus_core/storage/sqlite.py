@@ -167,6 +167,10 @@ _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = ?"
 # handed out, even when the tail was pruned); one statement appends a burst, so
 # its positions are consecutive. ``{rows}`` is one "(?, ?)" per event.
 _APPEND_EVENTS = "INSERT INTO events (run_id, data) VALUES {rows} RETURNING seq"
+# The same under a fenced write's condition (a run's final write appends its events).
+_APPEND_FENCED_EVENTS = (
+    "INSERT INTO events (run_id, data) SELECT * FROM (VALUES {rows}) WHERE {fences} RETURNING seq"
+)
 _APPEND_CHUNK = 500  # events per statement: 2 parameters each, far below SQLite's limit
 _READ_EVENTS = "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 _READ_RUN_EVENTS = "SELECT seq, data FROM events WHERE seq > ? AND run_id = ? ORDER BY seq LIMIT ?"
@@ -370,6 +374,32 @@ def _upsert_checkpoint(
 def _event(seq: int, data: bytes) -> Event:
     """A logged event: its id is its position (whatever id the stored JSON holds)."""
     return msgspec.structs.replace(_decode_event(data), id=event_id(seq))
+
+
+def _append_ops(events: Sequence[Event], fences: Sequence[tuple[str, int]]) -> list[_Write]:
+    """The inserts appending ``events`` (500 a statement), under ``fences`` when given."""
+    encoded = [(e.run_id, _encode(e)) for e in events]
+    ops = []
+    for start in range(0, len(encoded), _APPEND_CHUNK):
+        chunk = encoded[start : start + _APPEND_CHUNK]
+        rows = ", ".join(["(?, ?)"] * len(chunk))
+        values = tuple(v for pair in chunk for v in pair)
+        if fences:
+            sql, fence_params = _fenced(_APPEND_FENCED_EVENTS.replace("{rows}", rows), fences)
+            ops.append(_Write(sql, values + fence_params, fetch=True))
+        else:
+            ops.append(_Write(_APPEND_EVENTS.format(rows=rows), values, fetch=True))
+    return ops
+
+
+def _logged(events: Sequence[Event], ops: Sequence[_Write]) -> list[Event]:
+    """The appended events with their ids (the positions ``ops`` returned)."""
+    seqs = sorted(int(row[0]) for op in ops for row in op.rows)
+    # Equal to what read_events returns for JSON-native data (events are
+    # frozen; nothing here is shared state).
+    return [
+        msgspec.structs.replace(e, id=event_id(seq)) for e, seq in zip(events, seqs, strict=True)
+    ]
 
 
 def _audit_params(record: AuditRecord) -> tuple[Any, ...]:
@@ -747,6 +777,28 @@ class SQLiteStorage(Storage):
                 return  # an unknown run, as save_run
             raise await self._lease_lost(fences)
 
+    async def finish_run_logged(
+        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+    ) -> list[Event]:
+        """:meth:`finish_run` and :meth:`append_events` in one trip and one transaction.
+
+        The events' inserts hold the final write's fence condition too: the
+        run and its events land together, or are refused together.
+        """
+        fences = list(
+            dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
+        )
+        statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
+        statements.append(_update_run(run, fences))
+        ops = [_Write(sql, params) for sql, params in statements]
+        appends = _append_ops(events, fences) if events else []
+        await self._submit(ops + appends)
+        if not ops[-1].rowcount:
+            if not checkpoints and await self._fence_of(run.id) is None:
+                return await self.append_events(events)  # an unknown run, as save_run
+            raise await self._lease_lost(fences)
+        return _logged(events, appends)
+
     async def claim_run(
         self, run_id: str, owner: str, *, lease: float, now: float
     ) -> RunRecord | None:
@@ -859,20 +911,9 @@ class SQLiteStorage(Storage):
         """
         if not events:
             return []
-        encoded = [(e.run_id, _encode(e)) for e in events]
-        ops = []
-        for start in range(0, len(encoded), _APPEND_CHUNK):
-            chunk = encoded[start : start + _APPEND_CHUNK]
-            sql = _APPEND_EVENTS.format(rows=", ".join(["(?, ?)"] * len(chunk)))
-            ops.append(_Write(sql, tuple(v for pair in chunk for v in pair), fetch=True))
+        ops = _append_ops(events, ())
         await self._submit(ops)
-        seqs = sorted(int(row[0]) for op in ops for row in op.rows)
-        # The caller's events with their ids: equal to what read_events returns
-        # for JSON-native data (events are frozen; nothing here is shared state).
-        return [
-            msgspec.structs.replace(e, id=event_id(seq))
-            for e, seq in zip(events, seqs, strict=True)
-        ]
+        return _logged(events, ops)
 
     async def read_events(
         self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None

@@ -1537,6 +1537,41 @@ class StorageContract(
         """A Storage declares every role."""
         assert set(ROLES) <= set(storage.roles)
 
+    async def test_finish_run_logged_writes_the_run_and_its_events_or_neither(
+        self, storage: Storage
+    ) -> None:
+        """``finish_run_logged``: fenced as ``finish_run``; refused, it appends nothing."""
+        await storage.create_run(_run("r1", status="running"))
+        old = await storage.claim_run("r1", "o1", lease=30.0, now=1000.0)
+        assert old is not None
+        before = await storage.append_events([Event(type="earlier", run_id="r0")])
+        new = await storage.claim_run("r1", "o2", lease=30.0, now=1031.0)  # o1's expired
+        assert new is not None
+        last = NodeCheckpoint(run_id="r1", node_id="a", status="completed", output=1, fence=1)
+        ending = [
+            Event(type="other.run", run_id="r2", data={"queued": "before"}),
+            Event(type="run.completed", run_id="r1", data={"output": 1}),
+        ]
+        stale = msgspec.structs.replace(old, status="completed", output=1, finished_at=1040.0)
+        with pytest.raises(LeaseLost):
+            await storage.finish_run_logged(stale, [last], ending)
+        assert await storage.read_events() == before  # nothing of it was appended
+        assert await storage.get_run("r1") == new
+        assert await storage.get_checkpoints("r1") == {}
+
+        done = msgspec.structs.replace(new, status="completed", output=1, finished_at=1040.0)
+        current = msgspec.structs.replace(last, fence=2)
+        logged = await storage.finish_run_logged(done, [current], ending)
+        assert [(e.type, e.data) for e in logged] == [(e.type, e.data) for e in ending]
+        assert [event_seq(e.id) for e in logged] == [
+            event_seq(before[0].id) + 1,
+            event_seq(before[0].id) + 2,
+        ]
+        assert await storage.read_events() == before + logged
+        assert await storage.get_run("r1") == done
+        assert await storage.get_checkpoints("r1") == {"a": current}
+        assert await storage.finish_run_logged(done, [], []) == []  # the run alone
+
     async def test_prune_is_one_batch_of_each_role(self, storage: Storage) -> None:
         """``prune`` deletes one batch of each of runs, events and audit records; the sum."""
         try:

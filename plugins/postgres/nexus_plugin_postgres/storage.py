@@ -275,7 +275,7 @@ _UPDATE_RUN = (
 _SELECT_FENCE = "SELECT fence FROM runs WHERE id = %s"
 # Fenced checkpoints and final state, in one statement: lock every run involved
 # whose token is the writer's; write only when all of them are.
-_FENCED_WRITE = """
+_FENCED_CTES = """
 WITH want AS (
     SELECT * FROM unnest(%(fids)s::text[], %(ffences)s::bigint[]) AS w (id, fence)
 ), held AS (
@@ -295,9 +295,25 @@ WITH want AS (
         started_at = %(started_at)s, finished_at = %(finished_at)s
     WHERE id = %(id)s AND %(write_run)s AND (SELECT ok FROM ok)
     RETURNING 1
+)"""
+_FENCED_WRITE = _FENCED_CTES + "\nSELECT (SELECT ok FROM ok), (SELECT count(*) FROM upd)\n"
+# A run's final write and its events (an append, as _APPEND_EVENTS, under the
+# same condition), in one statement: they commit together or not at all.
+_FINISH_LOGGED = (
+    _FENCED_CTES
+    + """, head AS (
+    UPDATE event_head SET seq = seq + %(n)s WHERE (SELECT ok FROM ok) RETURNING seq
+), ins AS (
+    INSERT INTO events (seq, run_id, time, data)
+    SELECT head.seq - %(n)s + e.ord, e.run_id, e.time, e.data
+    FROM head, unnest(%(run_ids)s::text[], %(times)s::float8[], %(datas)s::bytea[])
+        WITH ORDINALITY AS e (run_id, time, data, ord)
+    RETURNING seq
 )
-SELECT (SELECT ok FROM ok), (SELECT count(*) FROM upd)
+SELECT (SELECT ok FROM ok), (SELECT seq FROM head),
+    (SELECT pg_notify(%(channel)s, head.seq::text || ' ' || %(notice)s) FROM head)
 """
+)
 _UNFINISHED_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at, id"
 # One statement: of concurrent claims, the first locks the row, the others wait
 # and re-check the WHERE on the row it wrote (read committed): one wins.
@@ -942,6 +958,18 @@ class PostgresStorage(Storage):
 
         Returns whether they were written.
         """
+        fences, params = self._fenced_params(run, checkpoints)
+        rows = await self._fetch(_FENCED_WRITE, params)
+        if rows[0][0]:
+            return True
+        await self._refused(run, checkpoints, fences)
+        return False
+
+    @staticmethod
+    def _fenced_params(
+        run: RunRecord | None, checkpoints: Sequence[NodeCheckpoint]
+    ) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+        """The (run, token) pairs a fenced write depends on, and its statement's parameters."""
         anchor = [(run.id, run.fence)] if run is not None else []
         fences = list(dict.fromkeys([*anchor, *((c.run_id, c.fence) for c in checkpoints)]))
         latest = {(c.run_id, c.node_id): c for c in checkpoints}  # one write per node
@@ -961,16 +989,21 @@ class PostgresStorage(Storage):
             "id": target.id,
             "write_run": run is not None,
         }
-        rows = await self._fetch(_FENCED_WRITE, params)
-        if rows[0][0]:
-            return True
+        return fences, params
+
+    async def _refused(
+        self,
+        run: RunRecord | None,
+        checkpoints: Sequence[NodeCheckpoint],
+        fences: Sequence[tuple[str, int]],
+    ) -> None:
+        """After a fenced write wrote nothing: :class:`LeaseLost`, or return for an unknown run."""
         for run_id, fence in fences:
             current = await self._fence_of(run_id)
             if current != fence:
                 if run is not None and not checkpoints and current is None:
-                    return False  # an unknown run, as save_run: nothing to do
+                    return  # an unknown run, as save_run: nothing to do
                 raise LeaseLost(run_id, fence, current)
-        return False  # pragma: no cover - taken over and back: cannot happen
 
     async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
         """The last checkpoints and the run's final state: one statement, fenced, all or none.
@@ -989,6 +1022,36 @@ class PostgresStorage(Storage):
             return []
 
         await self._patiently(f"the final write of run {run.id}", write, None, found_empty=True)
+
+    async def finish_run_logged(
+        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+    ) -> list[Event]:
+        """:meth:`finish_run` and :meth:`append_events` in one statement: together or neither.
+
+        Patient as both: after a lost connection it looks for the events
+        first (found, the statement had committed, run and all) and otherwise
+        writes again.
+        """
+        if not events:
+            await self.finish_run(run, checkpoints)
+            return []
+        fences, params = self._fenced_params(run, checkpoints)
+        datas, appended = self._append_params(events)
+        params.update(appended)
+        rows = await self._patiently(
+            f"the final write of run {run.id} with {len(events)} events",
+            lambda: self._fetch(_FINISH_LOGGED, params, retry=False),
+            lambda: self._fetch(_FIND_LOGGED, (datas[-1],), retry=False),
+        )
+        if len(rows[0]) == 1:  # found: it had committed
+            last = int(rows[0][0])
+        elif rows[0][0]:
+            last = int(rows[0][1])
+        else:
+            await self._refused(run, checkpoints, fences)
+            return await self.append_events(events)  # an unknown run, as save_run
+        first = last - len(events) + 1
+        return [_event(first + i, data) for i, data in enumerate(datas)]
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node while its run's fence is the checkpoint's (else LeaseLost)."""
@@ -1099,15 +1162,7 @@ class PostgresStorage(Storage):
         """
         if not events:
             return []
-        datas = [_encode(e) for e in events]
-        params = {
-            "n": len(events),
-            "run_ids": [e.run_id for e in events],
-            "times": [float(e.time) for e in events],
-            "datas": datas,
-            "channel": self.events_channel,
-            "notice": self._notice(datas),
-        }
+        datas, params = self._append_params(events)
         rows = await self._patiently(
             f"appending {len(events)} events",
             lambda: self._fetch(_APPEND_EVENTS, params, retry=False),
@@ -1117,6 +1172,19 @@ class PostgresStorage(Storage):
         first = last - len(events) + 1
         # Decoded from what was stored: copies, equal to what read_events returns.
         return [_event(first + i, data) for i, data in enumerate(datas)]
+
+    def _append_params(self, events: Sequence[Event]) -> tuple[list[bytes], dict[str, Any]]:
+        """The events as stored, and the parameters of a statement appending them."""
+        datas = [_encode(e) for e in events]
+        params = {
+            "n": len(events),
+            "run_ids": [e.run_id for e in events],
+            "times": [float(e.time) for e in events],
+            "datas": datas,
+            "channel": self.events_channel,
+            "notice": self._notice(datas),
+        }
+        return datas, params
 
     def _notice(self, datas: Sequence[bytes]) -> str:
         """What an append's notification says after its last position.

@@ -65,27 +65,6 @@ _decode = msgspec.json.Decoder(Event).decode
 _BATCH = 500
 
 
-class _StreamingLog:
-    """The host's event log, handing every appended batch (as logged) to the stream writer."""
-
-    def __init__(self, log: EventLog, bus: RedisEventBus) -> None:
-        self.log = log
-        self.bus = bus
-
-    async def append_events(self, events: Any) -> list[Event]:
-        logged = await self.log.append_events(events)
-        self.bus._send(logged)
-        return logged
-
-    async def read_events(
-        self, *, after: str | None = None, limit: int = 1000, run_id: str | None = None
-    ) -> list[Event]:
-        return await self.log.read_events(after=after, limit=limit, run_id=run_id)
-
-    async def last_event_id(self) -> str | None:
-        return await self.log.last_event_id()
-
-
 class RedisEventBus(LocalEventBus):
     """The in-process bus plus a Redis Stream shared by every instance (see the module docstring).
 
@@ -112,12 +91,11 @@ class RedisEventBus(LocalEventBus):
         poll_interval: float = 0.1,
     ) -> None:
         self.settings: RedisSettings | None = parse_url(url) if url else None
-        wrapped = _StreamingLog(log, self) if log is not None and url else log
         # The local bus's own log polling is the safety net while the stream
         # is up; while it is down, _poll_while_down reads the log every
         # poll_interval, as the local bus alone would.
         super().__init__(
-            wrapped,
+            log,
             queue_size=queue_size,
             overflow=overflow,
             poll_interval=fallback_poll_interval if url else poll_interval,
@@ -230,6 +208,10 @@ class RedisEventBus(LocalEventBus):
             self._send([event])  # no log: nothing else carries it
 
     # -- writing ---------------------------------------------------------------
+
+    def on_logged(self, events: list[Event]) -> None:
+        """Every batch this process logged goes to the stream (behind, never waited for)."""
+        self._send(events)
 
     def _send(self, logged: list[Event]) -> None:
         """Queue logged events for the stream (never waits)."""
