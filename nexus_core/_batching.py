@@ -233,6 +233,21 @@ class Batcher(Generic[T, R]):
             raise outcome
         return cast(R, outcome)
 
+    async def submit_many(self, items: Sequence[T]) -> list[R | BaseException]:
+        """Queue ``items`` together (one batch, in order); wait and return each one's outcome.
+
+        Unlike :meth:`submit`, an item's exception is returned, not raised.
+        """
+        placed = [self._enqueue(item) for item in items]  # no yield: one open batch
+        batch = placed[-1][0]
+        try:
+            await self._wait(batch)
+        except BaseException:
+            if not batch.taken:  # cancelled before anyone took them: not applied
+                batch.withdrawn.update(index for _, index in placed)
+            raise
+        return [cast("R | BaseException", batch.outcomes[index]) for _, index in placed]
+
     async def flush(self) -> None:
         """Wait until every item queued before this call is applied (or failed).
 

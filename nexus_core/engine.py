@@ -41,7 +41,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -54,7 +54,7 @@ from .events import Event, EventType
 from .payloads import has_blob_refs, run_blob_prefix
 from .security import Principal
 from .sessions import Session
-from .storage.base import LeaseLost, NodeCheckpoint, RunRecord, RunStatus
+from .storage.base import LeaseLost, NodeCheckpoint, RunFinish, RunRecord, RunStatus
 from .workflows.runtime import NodeResult, RunControl, RunError, RunResult
 
 if TYPE_CHECKING:
@@ -654,13 +654,9 @@ class RunEngine:
             events = [
                 run_event(kind, record, data=data) for kind, data in ending if bus.wants(kind)
             ]
-            final = () if last is None else (last[0],)
-
-            def write(batch: Sequence[Event]) -> Awaitable[list[Event]]:
-                return storage.finish_run_logged(record, final, batch)
-
+            finish = RunFinish(record, () if last is None else (last[0],))
             try:
-                await bus.publish_with(events, write, log=storage)
+                await bus.publish_with(events, finish, log=storage)
             except LeaseLost as exc:
                 # Executed here, but another process owns the run now: the
                 # audit trail says this result was refused, and nothing else

@@ -26,8 +26,8 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol, Self, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, cast
 
 import anyio
 import anyio.abc
@@ -35,6 +35,9 @@ import msgspec
 
 from ._batching import Batcher, Waker
 from .errors import NexusError
+
+if TYPE_CHECKING:
+    from .storage.base import RunFinish
 
 _log = logging.getLogger("nexus.events")
 
@@ -253,31 +256,25 @@ class EventBus(abc.ABC):
     async def publish(self, event: Event) -> None:
         """Log (when the bus keeps a log) and deliver ``event`` to every matching subscriber."""
 
-    async def publish_with(
-        self,
-        events: Sequence[Event],
-        write: Callable[[Sequence[Event]], Awaitable[list[Event]]],
-        *,
-        log: object,
-    ) -> None:
-        """Publish ``events`` logged by ``write``: a write of ``log`` that appends them.
+    async def publish_with(self, events: Sequence[Event], finish: RunFinish, *, log: Any) -> None:
+        """Publish a run's last ``events`` with its final write ``finish`` to storage ``log``.
 
-        The host finishes a durable run this way: ``write(batch)`` stores the
-        run's final state and appends ``batch`` to the event log ``log`` in
-        one transaction, returning the batch as logged (each event with its
-        log position), so the run and its last events land together or not
-        at all. A bus logging to ``log`` hands ``write`` the events it has
-        queued before these as well (one transaction for all of them, in
-        order), then delivers them. When ``write`` raises, so does this, and
-        none of ``events`` is published.
+        The host finishes a durable run this way, so that the run and its last
+        events land together or not at all. ``log`` is the host's storage (a
+        :class:`~nexus_core.storage.base.Storage`): a bus logging to it hands
+        the write, with these events and the ones it queued before them, to
+        :meth:`~nexus_core.storage.base.Storage.log_writes` (one transaction
+        where the storage can), then delivers them. When the write is refused
+        (:class:`~nexus_core.storage.base.LeaseLost`) or fails, this raises it
+        and none of ``events`` is published.
 
-        The default, for a bus that logs elsewhere or not at all, calls
-        ``write([])`` (the run's write alone) and then :meth:`publish` for each
-        event.
+        The default, for a bus that logs elsewhere or not at all, writes the
+        run alone (``log.finish_run_logged(run, checkpoints, [])``), then
+        calls :meth:`publish` for each event.
 
         .. versionadded:: 0.3
         """
-        await write([])
+        await log.finish_run_logged(finish.run, finish.checkpoints, [])
         for event in events:
             await self.publish(event)
 
@@ -524,15 +521,19 @@ class _LocalSubscription(Subscription):
         return f"<Subscription {list(self.patterns)} queued={len(self._queue)}>"
 
 
-class _LoggedBy:
-    """A write that appends events itself, queued among a bus's events (see ``publish_with``)."""
+def _lease_lost() -> type[Exception]:
+    from .storage.base import LeaseLost  # the storage package imports this module
 
-    __slots__ = ("events", "write")
+    return LeaseLost
 
-    def __init__(
-        self, write: Callable[[Sequence[Event]], Awaitable[list[Event]]], events: Sequence[Event]
-    ) -> None:
-        self.write = write
+
+class _Finishing:
+    """A run's final write with its last events, queued among a bus's events."""
+
+    __slots__ = ("events", "finish")
+
+    def __init__(self, finish: RunFinish, events: Sequence[Event]) -> None:
+        self.finish = finish
         self.events = events
 
 
@@ -589,7 +590,7 @@ class LocalEventBus(EventBus):
         # No gathering yield of its own: the log batches what arrives while it
         # writes (SQLite group commit), and while one batch is written the next
         # gathers anyway.
-        self._behind: Batcher[Event | _LoggedBy, BaseException | None] = Batcher(
+        self._behind: Batcher[Event | _Finishing, BaseException | None] = Batcher(
             self._log_and_deliver, what="events", gather=False
         )
 
@@ -732,24 +733,18 @@ class LocalEventBus(EventBus):
         # call; a failing batch fails its own publishers only (the log's error).
         await self._behind.submit(event)
 
-    async def publish_with(
-        self,
-        events: Sequence[Event],
-        write: Callable[[Sequence[Event]], Awaitable[list[Event]]],
-        *,
-        log: object,
-    ) -> None:
-        """See :meth:`EventBus.publish_with`: ``write`` takes this bus's place in the queue.
+    async def publish_with(self, events: Sequence[Event], finish: RunFinish, *, log: Any) -> None:
+        """See :meth:`EventBus.publish_with`: the write takes its place in this bus's queue.
 
-        When ``log`` is this bus's log, ``write`` is queued as one item of the
-        write-behind queue and appends the events queued before it along with
-        ``events``, in one transaction; a failing ``write`` fails only its own
-        caller (the events queued before it are then appended on their own).
+        When ``log`` is this bus's log, the write is queued as one item of the
+        write-behind queue: it appends the events of its run queued before it
+        with its own, and the batch's writes go to ``log.log_writes`` in one
+        call; a refused or failing write fails only its own caller.
         """
         if self.log is None or log is not self.log:
-            await super().publish_with(events, write, log=log)
+            await super().publish_with(events, finish, log=log)
             return
-        await self._behind.submit(_LoggedBy(write, events))  # raises what the write raised
+        await self._behind.submit(_Finishing(finish, events))  # raises what the write raised
 
     def on_logged(self, events: list[Event]) -> None:
         """Called with every batch of events this bus logged, in log order, before delivery.
@@ -761,54 +756,96 @@ class LocalEventBus(EventBus):
         """
 
     async def _log_and_deliver(
-        self, batch: list[Event | _LoggedBy]
+        self, batch: list[Event | _Finishing]
     ) -> list[BaseException | None] | None:
         """Append ``batch`` to the log, then deliver it in log order.
 
-        Plain events go in one append; a :class:`_LoggedBy` item's write
-        appends the plain events queued before it with its own (a run's final
-        transaction). Events other processes logged between are delivered
-        first (read from the log), so every subscriber sees one order. The
-        outcome of each item: None, or the error of a write that failed (an
-        append of plain events that fails fails the whole batch, as before).
+        Plain events go in one append; a batch holding runs' final writes
+        goes to the log's ``log_writes`` (see :meth:`_writes`). Events other
+        processes logged between are delivered first (read from the log), so
+        every subscriber sees one order. The outcome of each item: None, or
+        the error of its write.
         """
         log = self.log
         assert log is not None
-        if not any(type(item) is _LoggedBy for item in batch):
+        outcomes: list[BaseException | None] | None = None
+        if not any(type(item) is _Finishing for item in batch):
             logged = await log.append_events(cast("list[Event]", batch))
-            outcomes = None
         else:
-            logged, outcomes = await self._write_batch(log, batch)
+            logged, outcomes = await self._writes(log, batch)
         if logged:
             self.on_logged(logged)
             try:
-                await self.deliver_logged(logged)
+                await self._deliver_appended(logged)
             except Exception as exc:
                 # Logged, so not lost, and the writes stand: the next read of the
                 # log (the tail, the next batch's catch-up) delivers from the position.
                 _log.warning("delivering %d logged events failed: %s", len(logged), exc)
         return outcomes
 
-    async def _write_batch(
-        self, log: EventLog, batch: list[Event | _LoggedBy]
+    async def _deliver_appended(self, logged: list[Event]) -> None:
+        """Deliver what this bus appended (in log order), after what others logged before it."""
+        first, last = event_seq(logged[0].id), event_seq(logged[-1].id)
+        if last - first + 1 != len(logged):  # others' events between: read them from the log
+            await self.deliver_logged(logged)
+            return
+        if not self._subs:
+            self._position = max(self._position, last)
+            return
+        if first > self._position + 1:
+            await self._catch_up(first - 1)
+        await self._deliver_run([(each, event_seq(each.id)) for each in logged])
+
+    async def _writes(
+        self, log: Any, batch: list[Event | _Finishing]
     ) -> tuple[list[Event], list[BaseException | None]]:
-        """Log a batch holding writes: each write with the plain events queued before it."""
-        logged: list[Event] = []
-        outcomes: list[BaseException | None] = [None] * len(batch)
-        plain: list[Event] = []
+        """Log a batch holding runs' final writes: one ``log_writes`` call, in queue order.
+
+        Each final write appends its run's events queued before it with its
+        own (refused, they go with it: a stale owner's); the other events
+        queued before it are appended just before it.
+        """
+        writes: list[tuple[RunFinish | None, list[Event]]] = []
+        items: list[list[int]] = []  # the batch's items in each write
+        plain: list[tuple[int, Event]] = []
         for index, item in enumerate(batch):
-            if type(item) is not _LoggedBy:
-                plain.append(cast(Event, item))
+            if not isinstance(item, _Finishing):
+                plain.append((index, item))
                 continue
-            try:
-                logged += await item.write([*plain, *item.events])
-            except Exception as exc:
-                outcomes[index] = exc
-                if plain:  # other publishers' events: not this write's to lose
-                    logged += await log.append_events(plain)
+            run = item.finish.run.id
+            own: list[tuple[int, Event]] = []
+            others: list[tuple[int, Event]] = []
+            for pair in plain:
+                (own if pair[1].run_id == run else others).append(pair)
+            if others:
+                writes.append((None, [event for _, event in others]))
+                items.append([i for i, _ in others])
+            writes.append((item.finish, [*(event for _, event in own), *item.events]))
+            items.append([*(i for i, _ in own), index])
             plain = []
         if plain:
-            logged += await log.append_events(plain)
+            writes.append((None, [event for _, event in plain]))
+            items.append([i for i, _ in plain])
+        results = await log.log_writes(writes)
+        logged: list[Event] = []
+        outcomes: list[BaseException | None] = [None] * len(batch)
+        for (finish, events), indices, result in zip(writes, items, results, strict=True):
+            if not isinstance(result, Exception):
+                logged += result
+            elif finish is None:
+                for i in indices:
+                    outcomes[i] = result
+            else:
+                outcomes[indices[-1]] = result
+                before = events[: len(indices) - 1]
+                if before and not isinstance(result, _lease_lost()):
+                    # Failed, not refused: the events queued before it are its
+                    # run's all the same (it resumes elsewhere later).
+                    try:
+                        logged += await log.append_events(before)
+                    except Exception as exc:
+                        for i in indices[:-1]:
+                            outcomes[i] = exc
         return logged, outcomes
 
     async def publish_live(self, event: Event) -> None:

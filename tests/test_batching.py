@@ -85,6 +85,32 @@ async def test_a_failing_item_fails_only_its_caller() -> None:
     assert outcomes == {"a": "A", "b": "B", "bad": "failed: bad", "c": "C"}
 
 
+async def test_submit_many_puts_its_items_in_one_batch_and_returns_each_outcome() -> None:
+    store = Store(gated=True)
+    batcher: Batcher[str, str] = Batcher(store.apply)
+    outcomes: list[list[str | BaseException]] = []
+
+    async def submit_many(items: list[str]) -> None:
+        outcomes.append(await batcher.submit_many(items))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit_many, ["first"])
+        gate = await store.nth_apply(0)  # its batch is being applied: the next ones queue
+        tg.start_soon(submit_many, ["a", "bad", "b"])
+        tg.start_soon(submit_many, ["c"])
+        with anyio.fail_after(5):
+            while batcher.pending < 4:
+                await anyio.lowlevel.checkpoint()
+        gate.set()
+        (await store.nth_apply(1)).set()
+    assert store.batches == [["first"], ["a", "bad", "b", "c"]]
+    assert outcomes[0] == ["FIRST"]
+    a, bad, b = outcomes[1]
+    assert (a, b) == ("A", "B")
+    assert isinstance(bad, ValueError)  # returned, not raised
+    assert outcomes[2] == ["C"]
+
+
 async def test_apply_raising_fails_its_whole_batch_and_counts_put_items(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +28,9 @@ from nexus_core.events import (
     event_id,
     event_seq,
 )
+from nexus_core.storage.base import LeaseLost, RunFinish, RunRecord, Storage
+from nexus_core.storage.memory import MemoryStorage
+from nexus_core.storage.sqlite import SQLiteStorage
 
 
 @pytest.fixture
@@ -334,77 +338,88 @@ async def test_concurrent_publishers_every_subscriber_gets_every_event_once_in_o
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("background", [False, True], ids=["inline", "behind"])
-@pytest.mark.parametrize("log_kind", LOG_KINDS)
-async def test_writes_publishing_their_own_events_keep_one_order_and_lose_nobody_elses(
-    log_kind: str, background: bool
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_final_writes_among_plain_publishers_keep_one_order_and_lose_nobody_elses(
+    kind: str, background: bool, tmp_path: Path
 ) -> None:
-    """``publish_with`` among plain publishers: a write appends the events queued
-    before it with its own; a failing write publishes none of its own and loses
-    none of the others'; every subscriber sees the log's order."""
-    log = make_log(log_kind)
-    bus = LocalEventBus(log, queue_size=10_000)  # type: ignore[arg-type]
-    publishers, per_publisher = 4, 60
-    batches: list[list[Event]] = []  # what each write was handed
-    refused: set[tuple[int, int]] = set()
-
-    def writer(p: int, i: int) -> Callable[[Sequence[Event]], Awaitable[list[Event]]]:
-        async def write(batch: Sequence[Event]) -> list[Event]:
-            batches.append(list(batch))
-            if i % 10 == 3:  # a final write refused (a lost lease): nothing of it lands
-                refused.add((p, i))
-                raise RuntimeError("refused")
-            return await log.append_events(batch)  # type: ignore[attr-defined,no-any-return]
-
-        return write
+    """``publish_with`` among plain publishers: a run's final write appends its
+    events with what was queued before it; a refused one (a lost lease) publishes
+    none of its own and loses none of the others'; every subscriber sees the log's
+    order, and every completed run is stored finished."""
+    storage: Storage = (
+        MemoryStorage("memory://")
+        if kind == "memory"
+        else SQLiteStorage(f"sqlite:///{tmp_path}/e.db")
+    )
+    await storage.open()
+    bus = LocalEventBus(storage, queue_size=10_000)
+    publishers, runs_each = 4, 12
+    refused: set[str] = set()
 
     async def publish(p: int) -> None:
-        for i in range(per_publisher):
-            event = Event(
-                type="run.completed" if i % 5 == 4 else "node.finished", data={"p": p, "i": i}
-            )
-            if i % 5 == 4 or i % 10 == 3:
-                try:
-                    await bus.publish_with([event], writer(p, i), log=log)
-                except RuntimeError:
-                    assert (p, i) in refused
+        for k in range(runs_each):
+            run_id = f"p{p}-{k}"
+            await storage.create_run(RunRecord(id=run_id, workflow="w", created_at=1.0))
+            record = await storage.claim_run(run_id, "me", lease=30.0, now=10.0)
+            assert record is not None
+            if k % 4 == 3:  # another process took it over: this final write is refused
+                await storage.renew_leases("me", {run_id: record.fence}, until=0)
+                assert await storage.claim_run(run_id, "other", lease=30.0, now=10.0)
+                refused.add(run_id)
+            for i in range(3):
+                await bus.publish(Event(type="node.finished", run_id=run_id, data={"i": i}))
+                await bus.publish(Event(type="note", data={"p": p, "k": k, "i": i}))
+            done = msgspec.structs.replace(record, status="completed", finished_at=20.0)
+            completed = Event(type="run.completed", run_id=run_id, data={"i": 3})
+            try:
+                await bus.publish_with([completed], RunFinish(done), log=storage)
+            except LeaseLost:
+                assert run_id in refused
             else:
-                await bus.publish(event)
+                assert run_id not in refused
             await anyio.lowlevel.checkpoint()
 
     sub = bus.subscribe()
-    with anyio.fail_after(20):
-        async with bus_mode(bus, background), anyio.create_task_group() as tg:
-            for p in range(publishers):
-                tg.start_soon(publish, p)
-    received = await available(sub)
-    kept = {(p, i) for p in range(publishers) for i in range(per_publisher)} - refused
-    assert refused and len(refused) < len(kept)
-    assert [e.id for e in received] == await log_ids(log)  # delivery order is log order
-    assert sorted((e.data["p"], e.data["i"]) for e in received) == sorted(kept)  # each once
-    for p in range(publishers):  # each publisher's events in its own order
-        assert [e.data["i"] for e in received if e.data["p"] == p] == sorted(
-            i for q, i in kept if q == p
-        )
-    # Writes were handed the plain events queued before them (at least once, behind).
-    assert any(len(batch) > 1 for batch in batches) or not background
+    try:
+        with anyio.fail_after(30):
+            async with bus_mode(bus, background), anyio.create_task_group() as tg:
+                for p in range(publishers):
+                    tg.start_soon(publish, p)
+        received = await available(sub)
+        log = await storage.read_events(limit=100_000)
+        runs = {r.id: r for r in await storage.list_runs(limit=1000)}
+    finally:
+        await storage.close()
+    assert [e.id for e in received] == [e.id for e in log]  # delivery order is log order
+    assert len({e.id for e in received}) == len(received)  # each once
+    notes = [(e.data["p"], e.data["k"], e.data["i"]) for e in received if e.type == "note"]
+    assert sorted(notes) == [  # nobody else's event is lost
+        (p, k, i) for p in range(publishers) for k in range(runs_each) for i in range(3)
+    ]
+    for p in range(publishers):  # each publisher's notes in its own order
+        assert [n for n in notes if n[0] == p] == sorted(n for n in notes if n[0] == p)
+    ends = [e.run_id for e in received if e.type == "run.completed"]
+    assert sorted(ends) == sorted(set(runs) - refused)  # once per run stored finished
+    for run_id, run in runs.items():
+        assert run.status == ("pending" if run_id in refused else "completed")
+        mine = [e.data["i"] for e in received if e.run_id == run_id]
+        if run_id not in refused:
+            assert mine == [0, 1, 2, 3]  # its events in order, the completion last
 
 
 @pytest.mark.anyio
 async def test_a_bus_logging_elsewhere_writes_first_then_publishes() -> None:
-    """``publish_with`` for a log that is not the bus's: ``write([])``, then ``publish``."""
+    """``publish_with`` for a log that is not the bus's: the run's write, then ``publish``."""
     bus = LocalEventBus(ListLog())
-    other = ListLog()
-    handed: list[list[Event]] = []
-
-    async def write(batch: Sequence[Event]) -> list[Event]:
-        handed.append(list(batch))
-        return await other.append_events(list(batch))
-
+    other = MemoryStorage("memory://")
+    await other.create_run(RunRecord(id="r1", workflow="w", created_at=1.0))
+    done = RunRecord(id="r1", workflow="w", created_at=1.0, status="completed")
     sub = bus.subscribe()
-    await bus.publish_with([Event(type="run.completed")], write, log=other)
-    assert handed == [[]]
+    await bus.publish_with([Event(type="run.completed", run_id="r1")], RunFinish(done), log=other)
     assert [e.type for e in await available(sub)] == ["run.completed"]
-    assert other.events == []
+    assert await other.read_events() == []  # published on the bus's own log
+    stored = await other.get_run("r1")
+    assert stored is not None and stored.status == "completed"
 
 
 # -- bounded queues --------------------------------------------------------------

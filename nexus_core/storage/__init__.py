@@ -4,12 +4,13 @@
 have backends of their own (``[nexus.storage]`` with a URL per role).
 """
 
-from .base import AuditRecord, NodeCheckpoint, RunRecord, SessionRecord, Storage
+from .base import AuditRecord, NodeCheckpoint, RunFinish, RunRecord, SessionRecord, Storage
 from .router import StorageRouter
 
 __all__ = [
     "AuditRecord",
     "NodeCheckpoint",
+    "RunFinish",
     "RunRecord",
     "SessionRecord",
     "Storage",

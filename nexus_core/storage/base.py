@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
@@ -67,6 +67,7 @@ __all__ = [
     "LeaseLost",
     "NodeCheckpoint",
     "Role",
+    "RunFinish",
     "RunRecord",
     "RunStatus",
     "RunStore",
@@ -163,6 +164,16 @@ class NodeCheckpoint(msgspec.Struct, kw_only=True):
     attempts: int = 0
     #: The fencing token of the run's owner that wrote it (see :class:`RunStore`).
     fence: int = 0
+
+
+class RunFinish(NamedTuple):
+    """A run's final write: its final record and last checkpoints (:meth:`Storage.log_writes`).
+
+    .. versionadded:: 0.3
+    """
+
+    run: RunRecord
+    checkpoints: Sequence[NodeCheckpoint] = ()
 
 
 class AuditRecord(msgspec.Struct, kw_only=True):
@@ -603,6 +614,34 @@ class Storage(SessionStore, RunStore, EventLog, AuditLog, CredentialStore, Cache
     """Every role in one backend (the memory and SQLite backends): subclass it to serve them all."""
 
     roles: ClassVar[frozenset[Role]] = frozenset(ROLES)
+
+    async def log_writes(
+        self, writes: Sequence[tuple[RunFinish | None, Sequence[Event]]]
+    ) -> list[list[Event] | Exception]:
+        """Several writes that append events, in order; each one's outcome, in order.
+
+        Each write is an append of its events (``(None, events)``), or a run's
+        final write with its events (``(RunFinish(run, checkpoints), events)``:
+        :meth:`finish_run_logged`). Its outcome is the events as logged, or the
+        exception it failed with (:class:`LeaseLost` when refused); a failing
+        write does not stop the others. The event bus hands a queued batch
+        over in one call. The default makes the calls one after the other; a
+        backend that batches should override it to apply them all in one
+        trip, in order (SQLite: one transaction, each write all or none).
+
+        .. versionadded:: 0.3
+        """
+        outcomes: list[list[Event] | Exception] = []
+        for finish, events in writes:
+            try:
+                if finish is None:
+                    outcomes.append(await self.append_events(events))
+                else:
+                    run, checkpoints = finish
+                    outcomes.append(await self.finish_run_logged(run, checkpoints, events))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def finish_run_logged(
         self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]

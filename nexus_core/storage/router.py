@@ -27,6 +27,7 @@ from .base import (
     EventLog,
     NodeCheckpoint,
     Role,
+    RunFinish,
     RunRecord,
     RunStore,
     SessionRecord,
@@ -212,6 +213,15 @@ class StorageRouter(Storage):
     async def finish_run(self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint] = ()) -> None:
         """See :meth:`RunStore.finish_run`: the runs backend's own (one transaction if it can)."""
         await self._runs.finish_run(run, checkpoints)
+
+    async def log_writes(
+        self, writes: Sequence[tuple[RunFinish | None, Sequence[Event]]]
+    ) -> list[list[Event] | Exception]:
+        """See :meth:`Storage.log_writes`: one backend's own when it serves both roles."""
+        both = self.backends["runs"]
+        if both is self.backends["events"] and isinstance(both, Storage):
+            return await both.log_writes(writes)
+        return await super().log_writes(writes)
 
     async def finish_run_logged(
         self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]

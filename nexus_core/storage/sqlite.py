@@ -72,6 +72,7 @@ from .base import (
     CredentialRecord,
     LeaseLost,
     NodeCheckpoint,
+    RunFinish,
     RunRecord,
     SessionRecord,
     Storage,
@@ -785,19 +786,50 @@ class SQLiteStorage(Storage):
         The events' inserts hold the final write's fence condition too: the
         run and its events land together, or are refused together.
         """
-        fences = list(
-            dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
-        )
-        statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
-        statements.append(_update_run(run, fences))
-        ops = [_Write(sql, params) for sql, params in statements]
-        appends = _append_ops(events, fences) if events else []
-        await self._submit(ops + appends)
-        if not ops[-1].rowcount:
-            if not checkpoints and await self._fence_of(run.id) is None:
-                return await self.append_events(events)  # an unknown run, as save_run
-            raise await self._lease_lost(fences)
-        return _logged(events, appends)
+        [outcome] = await self.log_writes([(RunFinish(run, checkpoints), events)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def log_writes(
+        self, writes: Sequence[tuple[RunFinish | None, Sequence[Event]]]
+    ) -> list[list[Event] | Exception]:
+        """Every write in one trip to the writer and one transaction, each all or none.
+
+        A run's final write holds its fence condition on its events' inserts
+        too (see :meth:`finish_run_logged`).
+        """
+        if self._writer is None or self._lock is None:
+            raise self._closed()
+        groups: list[tuple[list[_Write], list[_Write], list[tuple[str, int]]]] = []
+        for finish, events in writes:
+            if finish is None:
+                groups.append(([], _append_ops(events, ()) if events else [], []))
+                continue
+            run, checkpoints = finish
+            fences = list(
+                dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
+            )
+            statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
+            statements.append(_update_run(run, fences))
+            ops = [_Write(sql, params) for sql, params in statements]
+            groups.append((ops, _append_ops(events, fences) if events else [], fences))
+        await self._batcher.submit_many([ops + appends for ops, appends, _ in groups])
+        outcomes: list[list[Event] | Exception] = []
+        for (finish, events), (ops, appends, fences) in zip(writes, groups, strict=True):
+            error = next((op.error for op in (*ops, *appends) if op.error is not None), None)
+            if isinstance(error, Exception):
+                outcomes.append(error)
+            elif error is not None:
+                raise error
+            elif finish is None or ops[-1].rowcount:
+                outcomes.append(_logged(events, appends))
+            elif not finish.checkpoints and await self._fence_of(finish.run.id) is None:
+                # An unknown run, as save_run: nothing written; its events go alone.
+                outcomes.append(await self.append_events(events) if events else [])
+            else:
+                outcomes.append(await self._lease_lost(fences))
+        return outcomes
 
     async def claim_run(
         self, run_id: str, owner: str, *, lease: float, now: float

@@ -109,6 +109,7 @@ from ..storage.base import (
     EventLog,
     LeaseLost,
     NodeCheckpoint,
+    RunFinish,
     RunRecord,
     RunStore,
     SessionRecord,
@@ -1571,6 +1572,37 @@ class StorageContract(
         assert await storage.get_run("r1") == done
         assert await storage.get_checkpoints("r1") == {"a": current}
         assert await storage.finish_run_logged(done, [], []) == []  # the run alone
+
+    async def test_log_writes_gives_each_write_its_own_outcome_in_order(
+        self, storage: Storage
+    ) -> None:
+        """``log_writes``: appends and final writes in order; a refused one alone fails."""
+        claimed = []
+        for rid in ("r1", "r2"):
+            await storage.create_run(_run(rid, status="running"))
+            record = await storage.claim_run(rid, "o1", lease=30.0, now=1000.0)
+            assert record is not None
+            claimed.append(record)
+        r1 = msgspec.structs.replace(claimed[0], status="completed")
+        stale = msgspec.structs.replace(claimed[1], status="failed", fence=0)
+        outcomes = await storage.log_writes(
+            [
+                (None, [Event(type="a", run_id="x")]),
+                (RunFinish(r1), [Event(type="b", run_id="r1"), Event(type="c", run_id="r1")]),
+                (RunFinish(stale), [Event(type="refused", run_id="r2")]),
+                (None, [Event(type="d")]),
+            ]
+        )
+        assert isinstance(outcomes[2], LeaseLost)
+        landed = [e for outcome in outcomes if not isinstance(outcome, Exception) for e in outcome]
+        assert [e.type for e in landed] == ["a", "b", "c", "d"]
+        assert await storage.read_events() == landed  # in order, nothing of the refused one
+        seqs = [event_seq(e.id) for e in landed]
+        assert seqs == sorted(seqs)
+        assert await storage.get_run("r1") == r1
+        stored = await storage.get_run("r2")
+        assert stored is not None
+        assert stored.status == "running"
 
     async def test_prune_is_one_batch_of_each_role(self, storage: Storage) -> None:
         """``prune`` deletes one batch of each of runs, events and audit records; the sum."""
