@@ -1542,11 +1542,11 @@ class StorageContract(
         self, storage: Storage
     ) -> None:
         """``finish_run_logged``: fenced as ``finish_run``; refused, it appends nothing."""
+        before = await storage.append_events([Event(type="earlier", run_id="r0")])
         await storage.create_run(_run("r1", status="running"))
         old = await storage.claim_run("r1", "o1", lease=30.0, now=1000.0)
-        assert old is not None
-        before = await storage.append_events([Event(type="earlier", run_id="r0")])
         new = await storage.claim_run("r1", "o2", lease=30.0, now=1031.0)  # o1's expired
+        assert old is not None
         assert new is not None
         last = NodeCheckpoint(run_id="r1", node_id="a", status="completed", output=1, fence=1)
         ending = [

@@ -297,23 +297,6 @@ WITH want AS (
     RETURNING 1
 )"""
 _FENCED_WRITE = _FENCED_CTES + "\nSELECT (SELECT ok FROM ok), (SELECT count(*) FROM upd)\n"
-# A run's final write and its events (an append, as _APPEND_EVENTS, under the
-# same condition), in one statement: they commit together or not at all.
-_FINISH_LOGGED = (
-    _FENCED_CTES
-    + """, head AS (
-    UPDATE event_head SET seq = seq + %(n)s WHERE (SELECT ok FROM ok) RETURNING seq
-), ins AS (
-    INSERT INTO events (seq, run_id, time, data)
-    SELECT head.seq - %(n)s + e.ord, e.run_id, e.time, e.data
-    FROM head, unnest(%(run_ids)s::text[], %(times)s::float8[], %(datas)s::bytea[])
-        WITH ORDINALITY AS e (run_id, time, data, ord)
-    RETURNING seq
-)
-SELECT (SELECT ok FROM ok), (SELECT seq FROM head),
-    (SELECT pg_notify(%(channel)s, head.seq::text || ' ' || %(notice)s) FROM head)
-"""
-)
 _UNFINISHED_RUNS = f"SELECT {_RUN_COLS} FROM runs WHERE {_UNFINISHED} ORDER BY created_at, id"
 # One statement: of concurrent claims, the first locks the row, the others wait
 # and re-check the WHERE on the row it wrote (read committed): one wins.
@@ -335,22 +318,34 @@ _CLAIMABLE_RUNS = (
 )
 _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = %s"
 
-# Positions from the one counter row, locked until this append commits: appends
-# commit in position order. NOTIFY (sent at commit) carries the last position
-# and the appending object's origin, then the events themselves (one JSON a
-# line) when they fit in a notification.
-_APPEND_EVENTS = """
-WITH head AS (
-    UPDATE event_head SET seq = seq + %(n)s RETURNING seq
+
+def _append_ctes(condition: str = "") -> str:
+    """The CTEs ``head`` and ``ins`` of an append of %(n)s events (when ``condition`` holds).
+
+    Positions from the one counter row, locked until the append commits:
+    appends commit in position order.
+    """
+    return f"""head AS (
+    UPDATE event_head SET seq = seq + %(n)s{condition} RETURNING seq
 ), ins AS (
     INSERT INTO events (seq, run_id, time, data)
     SELECT head.seq - %(n)s + e.ord, e.run_id, e.time, e.data
     FROM head, unnest(%(run_ids)s::text[], %(times)s::float8[], %(datas)s::bytea[])
         WITH ORDINALITY AS e (run_id, time, data, ord)
     RETURNING seq
+)"""
+
+
+# NOTIFY (sent at commit) carries the last position and the appending object's
+# origin, then the events themselves (one JSON a line) when they fit.
+_NOTIFY = "pg_notify(%(channel)s, head.seq::text || ' ' || %(notice)s)"
+_APPEND_EVENTS = f"WITH {_append_ctes()}\nSELECT head.seq, {_NOTIFY} FROM head\n"
+# A run's final write and its events (an append under the same condition), in
+# one statement: they commit together or not at all.
+_FINISH_LOGGED = (
+    f"{_FENCED_CTES}, {_append_ctes(' WHERE (SELECT ok FROM ok)')}\n"
+    f"SELECT (SELECT ok FROM ok), (SELECT seq FROM head), (SELECT {_NOTIFY} FROM head)\n"
 )
-SELECT head.seq, pg_notify(%(channel)s, head.seq::text || ' ' || %(notice)s) FROM head
-"""
 # Did an append whose connection broke commit? Its last event, among the newest.
 _FIND_LOGGED = (
     "SELECT seq FROM events WHERE seq > (SELECT seq - 10000 FROM event_head) AND data = %s"
