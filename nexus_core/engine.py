@@ -636,15 +636,23 @@ class RunEngine:
         with anyio.CancelScope(shield=True):
             last = recorder.last
 
-            # The audit record first: queued now, it is written alongside the
-            # run's final write instead of in a trip after it.
             def audit(outcome: str, reason: str | None) -> Awaitable[None]:
                 return self._audit(record, wf, who, outcome, reason)
 
-            await audit(result.status, result.error.message if result.error else None)
-            # The run's last events are appended in its final write (one
-            # transaction where the storage can), with what the bus queued before.
+            # The run's last events and its audit record are written in its
+            # final write (one transaction where the storage can), with the
+            # run's events the bus queued before them.
             bus, storage = services.events, services.storage
+            ended = app.security.audit_record(
+                action="invoke",
+                outcome=result.status,
+                principal=who,
+                channel=record.channel or "python",
+                workflow=wf.name,
+                run_id=record.id,
+                reason=result.error.message if result.error else None,
+                input_hash=record.input_hash,
+            )
             # Subscribers see the error without its traceback (runs:debug reads the run).
             error = msgspec.to_builtins(result.error.public()) if result.error else None
             outcome = {"workflow": wf.name, "output": record.output, "error": error}
@@ -654,7 +662,9 @@ class RunEngine:
             events = [
                 run_event(kind, record, data=data) for kind, data in ending if bus.wants(kind)
             ]
-            finish = RunFinish(record, () if last is None else (last[0],))
+            finish = RunFinish(
+                record, () if last is None else (last[0],), () if ended is None else (ended,)
+            )
             try:
                 await bus.publish_with(events, finish, log=storage)
             except LeaseLost as exc:

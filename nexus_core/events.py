@@ -269,12 +269,13 @@ class EventBus(abc.ABC):
         and none of ``events`` is published.
 
         The default, for a bus that logs elsewhere or not at all, writes the
-        run alone (``log.finish_run_logged(run, checkpoints, [])``), then
-        calls :meth:`publish` for each event.
+        run and its audit records alone (``log.finish_run_logged(run,
+        checkpoints, [], audits=audits)``), then calls :meth:`publish` for
+        each event.
 
         .. versionadded:: 0.3
         """
-        await log.finish_run_logged(finish.run, finish.checkpoints, [])
+        await log.finish_run_logged(finish.run, finish.checkpoints, [], audits=finish.audits)
         for event in events:
             await self.publish(event)
 

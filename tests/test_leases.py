@@ -106,6 +106,48 @@ async def test_a_stale_owner_cannot_overwrite_the_new_owners_work(tmp_path: Path
         assert "completed" not in outcomes
 
 
+async def test_a_refused_final_write_leaves_its_refusal_and_nothing_of_its_outcome(
+    tmp_path: Path,
+) -> None:
+    """Taken over during its last node: the final write is refused whole. Neither the
+    run's outcome nor its ``run.completed`` is written; the audit trail says lease_lost."""
+    gate = Gate()
+    runs = {"lease": 3600, "heartbeat": 900}
+    app = Nexus(
+        "a",
+        storage=f"sqlite:///{tmp_path / 'runs.db'}",
+        autoload=False,
+        env={},
+        config={"services": {"runs": runs}},
+    )
+
+    @app.workflow
+    async def only(x: int) -> int:
+        gate.entered.set()
+        await gate.open.wait()
+        return x + 1
+
+    async with app:
+        started = await app.invoke("only", {"x": 1}, wait=False)
+        with anyio.fail_after(10):
+            await gate.entered.wait()
+        active = app.engine.active[started.run_id]
+        storage = app.storage
+        assert storage is not None
+        assert await storage.claim_run(started.run_id, "intruder", lease=60, now=time.time() + 3600)
+        gate.open.set()  # the node ends: its checkpoint goes with the (refused) final write
+        with anyio.fail_after(10):
+            assert (await active.result()).status == "running"
+        record = await storage.get_run(started.run_id)
+        assert record is not None
+        assert (record.status, record.owner) == ("running", "intruder")
+        assert await storage.get_checkpoints(started.run_id) == {}
+        kinds = [e.type for e in await storage.read_events(run_id=started.run_id)]
+        assert "run.completed" not in kinds
+        outcomes = [r.outcome for r in await app.security.query_audit(workflow="only")]
+        assert outcomes == ["lease_lost"]
+
+
 async def test_a_lost_lease_stops_the_run_at_the_next_heartbeat(tmp_path: Path) -> None:
     gate = Gate()
     a = make_host(tmp_path / "runs.db", "a", gate, lease=0.4)

@@ -689,13 +689,49 @@ class SecurityLayer:
         While the host runs (:meth:`run`), the record is queued and written
         behind; :meth:`flush_audit` waits for it, and :meth:`query_audit` does.
         """
-        storage = self.app.storage
-        if storage is None:
+        record = self.audit_record(
+            action=action,
+            outcome=outcome,
+            principal=principal,
+            channel=channel,
+            workflow=workflow,
+            run_id=run_id,
+            reason=reason,
+            input_hash=input_hash,
+        )
+        if record is None:
             return
+        if self._audit.running:
+            self._audit.put(record)
+        else:
+            await self._audit.submit(record)
+
+    def audit_record(
+        self,
+        *,
+        action: str,
+        outcome: str,
+        principal: Principal,
+        channel: str,
+        workflow: str | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+        input_hash: str | None = None,
+    ) -> AuditRecord | None:
+        """The record :meth:`audit` would append, for a caller that writes it itself.
+
+        None when there is nothing to write (no storage, or a refusal already
+        counted in aggregate). The host writes a durable run's record in the
+        run's final write this way.
+
+        .. versionadded:: 0.3
+        """
+        if self.app.storage is None:
+            return None
         if outcome in _REFUSALS and reason is not None and _tallied.get() == reason:
             _tallied.set(None)  # already counted in aggregate (or written) by the layer
-            return
-        record = AuditRecord(
+            return None
+        return AuditRecord(
             id=token_hex(12),
             time=time.time(),
             action=action,
@@ -708,10 +744,6 @@ class SecurityLayer:
             reason=reason,
             input_hash=input_hash,
         )
-        if self._audit.running:
-            self._audit.put(record)
-        else:
-            await self._audit.submit(record)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -166,16 +166,6 @@ class NodeCheckpoint(msgspec.Struct, kw_only=True):
     fence: int = 0
 
 
-class RunFinish(NamedTuple):
-    """A run's final write: its final record and last checkpoints (:meth:`Storage.log_writes`).
-
-    .. versionadded:: 0.3
-    """
-
-    run: RunRecord
-    checkpoints: Sequence[NodeCheckpoint] = ()
-
-
 class AuditRecord(msgspec.Struct, kw_only=True):
     """An append-only record of an invocation or an auth decision. Never holds raw inputs."""
 
@@ -193,6 +183,18 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     #: How many refusals this record stands for: refused authentications from one
     #: client address are written once per window with their count (1 otherwise).
     count: int = 1
+
+
+class RunFinish(NamedTuple):
+    """A run's final write (:meth:`Storage.log_writes`): its record, last checkpoints, audit.
+
+    .. versionadded:: 0.3
+    """
+
+    run: RunRecord
+    checkpoints: Sequence[NodeCheckpoint] = ()
+    #: The run's audit records (how it ended), written with it or not at all.
+    audits: Sequence[AuditRecord] = ()
 
 
 class CredentialRecord(msgspec.Struct, kw_only=True):
@@ -637,31 +639,42 @@ class Storage(SessionStore, RunStore, EventLog, AuditLog, CredentialStore, Cache
                 if finish is None:
                     outcomes.append(await self.append_events(events))
                 else:
-                    run, checkpoints = finish
-                    outcomes.append(await self.finish_run_logged(run, checkpoints, events))
+                    run, checkpoints, audits = finish
+                    outcomes.append(
+                        await self.finish_run_logged(run, checkpoints, events, audits=audits)
+                    )
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
 
     async def finish_run_logged(
-        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        *,
+        audits: Sequence[AuditRecord] = (),
     ) -> list[Event]:
-        """:meth:`finish_run`, then :meth:`append_events`: a run's final write with its events.
+        """:meth:`finish_run`, :meth:`append_events`, :meth:`append_audits`: a run's last write.
 
         Returns the events as logged. The host finishes a durable run with it
         (see :meth:`~nexus_core.events.EventBus.publish_with`): ``events`` are
         the run's last events (``run.completed``...) and whatever the bus had
-        queued before them. When the final write is refused (:class:`LeaseLost`)
-        or fails, nothing of ``events`` is appended. The default makes the two
-        calls one after the other; a backend that can should override it to
-        write both in one transaction, so that the run and its events land
-        together even if the process dies between them (SQLite does; the
-        memory backend's two calls never yield in between).
+        queued before them, ``audits`` its audit record. When the final write
+        is refused (:class:`LeaseLost`) or fails, nothing of ``events`` or
+        ``audits`` is appended. The default makes the calls one after the
+        other; a backend that can should override it to write them in one
+        transaction, so that the run, its events and its audit record land
+        together even if the process dies between them (SQLite and PostgreSQL
+        do; the memory backend's calls never yield in between).
 
         .. versionadded:: 0.3
         """
         await self.finish_run(run, checkpoints)
-        return await self.append_events(events)
+        logged = await self.append_events(events)
+        if audits:
+            await self.append_audits(audits)
+        return logged
 
     async def prune(self, before: float, *, limit: int = 500) -> int:
         """One batch of each of :meth:`prune_runs`, :meth:`prune_events`, :meth:`prune_audit`.

@@ -214,24 +214,39 @@ class StorageRouter(Storage):
         """See :meth:`RunStore.finish_run`: the runs backend's own (one transaction if it can)."""
         await self._runs.finish_run(run, checkpoints)
 
+    def _finishing_backend(self) -> Storage | None:
+        """The one backend of the runs, events and audit roles, if one serves all three."""
+        runs = self.backends["runs"]
+        if runs is self.backends["events"] is self.backends["audit"] and isinstance(runs, Storage):
+            return runs
+        return None
+
     async def log_writes(
         self, writes: Sequence[tuple[RunFinish | None, Sequence[Event]]]
     ) -> list[list[Event] | Exception]:
-        """See :meth:`Storage.log_writes`: one backend's own when it serves both roles."""
-        both = self.backends["runs"]
-        if both is self.backends["events"] and isinstance(both, Storage):
+        """See :meth:`Storage.log_writes`: one backend's own when it serves all three roles."""
+        both = self._finishing_backend()
+        if both is not None:
             return await both.log_writes(writes)
         return await super().log_writes(writes)
 
     async def finish_run_logged(
-        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        *,
+        audits: Sequence[AuditRecord] = (),
     ) -> list[Event]:
-        """See :meth:`Storage.finish_run_logged`: one backend's own when it serves both roles."""
-        both = self.backends["runs"]
-        if both is self.backends["events"] and isinstance(both, Storage):
-            return await both.finish_run_logged(run, checkpoints, events)
+        """See :meth:`Storage.finish_run_logged`: one backend's own when it serves all three."""
+        both = self._finishing_backend()
+        if both is not None:
+            return await both.finish_run_logged(run, checkpoints, events, audits=audits)
         await self._runs.finish_run(run, checkpoints)
-        return await self._events.append_events(events)
+        logged = await self._events.append_events(events)
+        if audits:
+            await self._audit.append_audits(audits)
+        return logged
 
     async def prune_runs(self, before: float, *, limit: int = 500) -> int:
         """See :meth:`RunStore.prune_runs`: on the runs backend."""

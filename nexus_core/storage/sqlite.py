@@ -178,6 +178,10 @@ _READ_RUN_EVENTS = "SELECT seq, data FROM events WHERE seq > ? AND run_id = ? OR
 _LAST_EVENT = "SELECT max(seq) FROM events"
 
 _INSERT_AUDIT = "INSERT INTO audit (time, tenant, principal, workflow, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_FENCED_AUDIT = (
+    "INSERT INTO audit (time, tenant, principal, workflow, data)"
+    " SELECT ?, ?, ?, ?, ? WHERE {fences}"
+)
 
 _INSERT_CREDENTIAL = (
     "INSERT INTO credentials"
@@ -779,14 +783,19 @@ class SQLiteStorage(Storage):
             raise await self._lease_lost(fences)
 
     async def finish_run_logged(
-        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        *,
+        audits: Sequence[AuditRecord] = (),
     ) -> list[Event]:
-        """:meth:`finish_run` and :meth:`append_events` in one trip and one transaction.
+        """:meth:`finish_run`, its events and its audit records in one trip and one transaction.
 
-        The events' inserts hold the final write's fence condition too: the
-        run and its events land together, or are refused together.
+        The inserts hold the final write's fence condition too: the run, its
+        events and its audit records land together, or are refused together.
         """
-        [outcome] = await self.log_writes([(RunFinish(run, checkpoints), events)])
+        [outcome] = await self.log_writes([(RunFinish(run, checkpoints, audits), events)])
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -796,28 +805,36 @@ class SQLiteStorage(Storage):
     ) -> list[list[Event] | Exception]:
         """Every write in one trip to the writer and one transaction, each all or none.
 
-        A run's final write holds its fence condition on its events' inserts
-        too (see :meth:`finish_run_logged`).
+        A run's final write holds its fence condition on its events' and
+        audit records' inserts too (see :meth:`finish_run_logged`).
         """
         if self._writer is None or self._lock is None:
             raise self._closed()
-        groups: list[tuple[list[_Write], list[_Write], list[tuple[str, int]]]] = []
+        groups: list[tuple[list[_Write], list[_Write], list[_Write], list[tuple[str, int]]]] = []
         for finish, events in writes:
+            appends = _append_ops(events, ()) if events else []
             if finish is None:
-                groups.append(([], _append_ops(events, ()) if events else [], []))
+                groups.append(([], appends, [], []))
                 continue
-            run, checkpoints = finish
+            run, checkpoints, audits = finish
             fences = list(
                 dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
             )
             statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
             statements.append(_update_run(run, fences))
+            for record in audits:
+                sql, fence_params = _fenced(_INSERT_FENCED_AUDIT, fences)
+                statements.append((sql, _audit_params(record) + fence_params))
             ops = [_Write(sql, params) for sql, params in statements]
-            groups.append((ops, _append_ops(events, fences) if events else [], fences))
-        await self._batcher.submit_many([ops + appends for ops, appends, _ in groups])
+            last = len(checkpoints) + 1  # the run's update ends its own statements
+            appends = _append_ops(events, fences) if events else []
+            groups.append((ops[:last], appends, ops[last:], fences))
+        await self._batcher.submit_many(
+            [[*ops, *audit, *appends] for ops, appends, audit, _ in groups]
+        )
         outcomes: list[list[Event] | Exception] = []
-        for (finish, events), (ops, appends, fences) in zip(writes, groups, strict=True):
-            error = next((op.error for op in (*ops, *appends) if op.error is not None), None)
+        for (finish, events), (ops, appends, audit, fences) in zip(writes, groups, strict=True):
+            error = next((op.error for op in (*ops, *audit, *appends) if op.error), None)
             if isinstance(error, Exception):
                 outcomes.append(error)
             elif error is not None:
@@ -825,8 +842,9 @@ class SQLiteStorage(Storage):
             elif finish is None or ops[-1].rowcount:
                 outcomes.append(_logged(events, appends))
             elif not finish.checkpoints and await self._fence_of(finish.run.id) is None:
-                # An unknown run, as save_run: nothing written; its events go alone.
+                # An unknown run, as save_run: nothing written; its events and audit go alone.
                 outcomes.append(await self.append_events(events) if events else [])
+                await self.append_audits(finish.audits)
             else:
                 outcomes.append(await self._lease_lost(fences))
         return outcomes

@@ -1554,15 +1554,19 @@ class StorageContract(
             Event(type="run.completed", run_id="r1", data={"output": 1}),
         ]
         stale = msgspec.structs.replace(old, status="completed", output=1, finished_at=1040.0)
+        ended = [_audit("a-stale", 1040.0, run_id="r1", outcome="completed")]
         with pytest.raises(LeaseLost):
-            await storage.finish_run_logged(stale, [last], ending)
+            await storage.finish_run_logged(stale, [last], ending, audits=ended)
         assert await storage.read_events() == before  # nothing of it was appended
+        assert await storage.query_audit() == []
         assert await storage.get_run("r1") == new
         assert await storage.get_checkpoints("r1") == {}
 
         done = msgspec.structs.replace(new, status="completed", output=1, finished_at=1040.0)
         current = msgspec.structs.replace(last, fence=2)
-        logged = await storage.finish_run_logged(done, [current], ending)
+        ended = [_audit("a-done", 1040.0, run_id="r1", outcome="completed")]
+        logged = await storage.finish_run_logged(done, [current], ending, audits=ended)
+        assert await storage.query_audit() == ended
         assert [(e.type, e.data) for e in logged] == [(e.type, e.data) for e in ending]
         assert [event_seq(e.id) for e in logged] == [
             event_seq(before[0].id) + 1,
@@ -1589,7 +1593,7 @@ class StorageContract(
             [
                 (None, [Event(type="a", run_id="x")]),
                 (RunFinish(r1), [Event(type="b", run_id="r1"), Event(type="c", run_id="r1")]),
-                (RunFinish(stale), [Event(type="refused", run_id="r2")]),
+                (RunFinish(stale, (), [_audit("refused", 2.0)]), [Event(type="no", run_id="r2")]),
                 (None, [Event(type="d")]),
             ]
         )
@@ -1600,6 +1604,7 @@ class StorageContract(
         seqs = [event_seq(e.id) for e in landed]
         assert seqs == sorted(seqs)
         assert await storage.get_run("r1") == r1
+        assert await storage.query_audit() == []  # the refused write's record went with it
         stored = await storage.get_run("r2")
         assert stored is not None
         assert stored.status == "running"

@@ -343,7 +343,18 @@ _APPEND_EVENTS = f"WITH {_append_ctes()}\nSELECT head.seq, {_NOTIFY} FROM head\n
 # A run's final write and its events (an append under the same condition), in
 # one statement: they commit together or not at all.
 _FINISH_LOGGED = (
-    f"{_FENCED_CTES}, {_append_ctes(' WHERE (SELECT ok FROM ok)')}\n"
+    f"{_FENCED_CTES}, {_append_ctes(' WHERE (SELECT ok FROM ok)')}, aud AS ("
+    """
+    INSERT INTO audit (time, tenant, principal, workflow, data)
+    SELECT a.time, a.tenant, a.principal, a.workflow, a.data
+    FROM unnest(%(atimes)s::float8[], %(atenants)s::text[], %(aprincipals)s::text[],
+        %(aworkflows)s::text[], %(adatas)s::bytea[])
+        WITH ORDINALITY AS a (time, tenant, principal, workflow, data, ord)
+    WHERE (SELECT ok FROM ok)
+    ORDER BY a.ord
+    RETURNING 1
+)
+"""
     f"SELECT (SELECT ok FROM ok), (SELECT seq FROM head), (SELECT {_NOTIFY} FROM head)\n"
 )
 # Did an append whose connection broke commit? Its last event, among the newest.
@@ -1019,20 +1030,33 @@ class PostgresStorage(Storage):
         await self._patiently(f"the final write of run {run.id}", write, None, found_empty=True)
 
     async def finish_run_logged(
-        self, run: RunRecord, checkpoints: Sequence[NodeCheckpoint], events: Sequence[Event]
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        *,
+        audits: Sequence[AuditRecord] = (),
     ) -> list[Event]:
-        """:meth:`finish_run` and :meth:`append_events` in one statement: together or neither.
+        """:meth:`finish_run`, its events and its audit records in one statement, or none.
 
-        Patient as both: after a lost connection it looks for the events
+        Patient as each: after a lost connection it looks for the events
         first (found, the statement had committed, run and all) and otherwise
         writes again.
         """
-        if not events:
+        if not events:  # nothing to look for after a lost connection: one after the other
             await self.finish_run(run, checkpoints)
+            await self.append_audits(audits)
             return []
         fences, params = self._fenced_params(run, checkpoints)
         datas, appended = self._append_params(events)
         params.update(appended)
+        params.update(
+            atimes=[float(r.time) for r in audits],
+            atenants=[r.tenant for r in audits],
+            aprincipals=[r.principal for r in audits],
+            aworkflows=[r.workflow for r in audits],
+            adatas=[_encode(r) for r in audits],
+        )
         rows = await self._patiently(
             f"the final write of run {run.id} with {len(events)} events",
             lambda: self._fetch(_FINISH_LOGGED, params, retry=False),
@@ -1044,7 +1068,9 @@ class PostgresStorage(Storage):
             last = int(rows[0][1])
         else:
             await self._refused(run, checkpoints, fences)
-            return await self.append_events(events)  # an unknown run, as save_run
+            # An unknown run, as save_run: its events and audit records go alone.
+            await self.append_audits(audits)
+            return await self.append_events(events)
         first = last - len(events) + 1
         return [_event(first + i, data) for i, data in enumerate(datas)]
 
