@@ -54,7 +54,14 @@ from .events import Event, EventType
 from .payloads import has_blob_refs, run_blob_prefix
 from .security import Principal
 from .sessions import Session
-from .storage.base import LeaseLost, NodeCheckpoint, RunFinish, RunRecord, RunStatus
+from .storage.base import (
+    AuditRecord,
+    LeaseLost,
+    NodeCheckpoint,
+    RunFinish,
+    RunRecord,
+    RunStatus,
+)
 from .workflows.runtime import NodeResult, RunControl, RunError, RunResult
 
 if TYPE_CHECKING:
@@ -643,15 +650,8 @@ class RunEngine:
             # final write (one transaction where the storage can), with the
             # run's events the bus queued before them.
             bus, storage = services.events, services.storage
-            ended = app.security.audit_record(
-                action="invoke",
-                outcome=result.status,
-                principal=who,
-                channel=record.channel or "python",
-                workflow=wf.name,
-                run_id=record.id,
-                reason=result.error.message if result.error else None,
-                input_hash=record.input_hash,
+            ended = self._audit_record(
+                record, wf, who, result.status, result.error.message if result.error else None
             )
             # Subscribers see the error without its traceback (runs:debug reads the run).
             error = msgspec.to_builtins(result.error.public()) if result.error else None
@@ -684,10 +684,6 @@ class RunEngine:
             active.stored = True
             if sess is not None and result.status == "completed":
                 await app.sessions_manager().save(sess)
-            # What went behind (a bus that publishes after the write, the audit
-            # record): its caller hears the answer once they are stored too.
-            await bus.flush()
-            await app.security.flush_audit()
         if result.status == "failed":
             app.metrics.record_error(record.channel or "python", "run_failed")
             _log_failed_run(record, result.error)
@@ -766,8 +762,16 @@ class RunEngine:
     async def _audit(
         self, record: RunRecord, wf: Workflow, who: Principal, outcome: str, reason: str | None
     ) -> None:
+        """Write the run's audit record (see :meth:`_audit_record`)."""
+        entry = self._audit_record(record, wf, who, outcome, reason)
+        if entry is not None:
+            await self.app.security.write_audit(entry)
+
+    def _audit_record(
+        self, record: RunRecord, wf: Workflow, who: Principal, outcome: str, reason: str | None
+    ) -> AuditRecord | None:
         """The run's audit record (action ``invoke``): how it ended, and why if it did not."""
-        await self.app.security.audit(
+        return self.app.security.audit_record(
             action="invoke",
             outcome=outcome,
             principal=who,

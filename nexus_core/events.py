@@ -37,7 +37,7 @@ from ._batching import Batcher, Waker
 from .errors import NexusError
 
 if TYPE_CHECKING:
-    from .storage.base import RunFinish
+    from .storage.base import RunFinish, Storage
 
 _log = logging.getLogger("nexus.events")
 
@@ -256,7 +256,9 @@ class EventBus(abc.ABC):
     async def publish(self, event: Event) -> None:
         """Log (when the bus keeps a log) and deliver ``event`` to every matching subscriber."""
 
-    async def publish_with(self, events: Sequence[Event], finish: RunFinish, *, log: Any) -> None:
+    async def publish_with(
+        self, events: Sequence[Event], finish: RunFinish, *, log: Storage
+    ) -> None:
         """Publish a run's last ``events`` with its final write ``finish`` to storage ``log``.
 
         The host finishes a durable run this way, so that the run and its last
@@ -271,13 +273,14 @@ class EventBus(abc.ABC):
         The default, for a bus that logs elsewhere or not at all, writes the
         run and its audit records alone (``log.finish_run_logged(run,
         checkpoints, [], audits=audits)``), then calls :meth:`publish` for
-        each event.
+        each event and :meth:`flush`.
 
         .. versionadded:: 0.3
         """
         await log.finish_run_logged(finish.run, finish.checkpoints, [], audits=finish.audits)
         for event in events:
             await self.publish(event)
+        await self.flush()  # the run's caller hears its answer once they are delivered
 
     async def publish_live(self, event: Event) -> None:
         """Deliver ``event`` to matching subscribers without logging it.
@@ -734,7 +737,9 @@ class LocalEventBus(EventBus):
         # call; a failing batch fails its own publishers only (the log's error).
         await self._behind.submit(event)
 
-    async def publish_with(self, events: Sequence[Event], finish: RunFinish, *, log: Any) -> None:
+    async def publish_with(
+        self, events: Sequence[Event], finish: RunFinish, *, log: Storage
+    ) -> None:
         """See :meth:`EventBus.publish_with`: the write takes its place in this bus's queue.
 
         When ``log`` is this bus's log, the write is queued as one item of the

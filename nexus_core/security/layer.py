@@ -699,8 +699,14 @@ class SecurityLayer:
             reason=reason,
             input_hash=input_hash,
         )
-        if record is None:
-            return
+        if record is not None:
+            await self.write_audit(record)
+
+    async def write_audit(self, record: AuditRecord) -> None:
+        """Append ``record`` (from :meth:`audit_record`) as :meth:`audit` does.
+
+        .. versionadded:: 0.3
+        """
         if self._audit.running:
             self._audit.put(record)
         else:

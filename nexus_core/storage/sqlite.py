@@ -770,17 +770,9 @@ class SQLiteStorage(Storage):
 
         Every statement holds the same condition (each run and token involved is
         current), so they land together or are refused together (:class:`LeaseLost`).
+        It is :meth:`finish_run_logged` without events.
         """
-        fences = list(
-            dict.fromkeys([(run.id, run.fence), *((c.run_id, c.fence) for c in checkpoints)])
-        )
-        statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
-        statements.append(_update_run(run, fences))
-        counts = await self._write_many(statements)
-        if not counts[-1]:
-            if not checkpoints and await self._fence_of(run.id) is None:
-                return  # an unknown run, as save_run
-            raise await self._lease_lost(fences)
+        await self.finish_run_logged(run, checkpoints, ())
 
     async def finish_run_logged(
         self,
