@@ -616,6 +616,7 @@ class Nexus:
                     attempts=c.attempts,
                 )
                 for node_id, c in checkpoints.items()
+                if c.status != "running"  # started by an owner that resumed the run: unfinished
             },
             error=msgspec.convert(record.error, RunError) if record.error else None,
             started_at=record.started_at,

@@ -18,13 +18,15 @@ it runs, and keeps the promises the many-process tiers depend on:
   scripts, ``nexus runs``) never take a run over.
 * **Attempts.** A node's ``attempts`` counts every execution: the retries of
   this process plus one for each earlier owner that started the node before
-  losing the run. Earlier executions are inferred from fencing tokens: every
-  owner since the one that stored the node's last parent started it. A run
-  stored without a start time was never started (a claimed run's start time
-  is stored before its first node runs; a run executed where it was accepted
-  is stored with one), so an owner killed between claiming a queued run and
-  starting it counts nothing. What can still count one execution too many:
-  an owner that resumes a run and is killed before its first node starts.
+  losing the run. The owner that stored a node's last parent started it (a
+  node starts as soon as its parents' checkpoints are stored; a root, when
+  the run first started). An owner that resumes a run stores a ``running``
+  checkpoint for each node it is about to start, carrying the executions
+  before it, just before the node starts; the next owner reads it and adds
+  one. So an owner killed after claiming a run and before starting it counts
+  nothing, however long that took (loading checkpoints, claiming others).
+  What can still count one execution too many: an owner killed in the
+  instant between storing that checkpoint and entering the node.
 * **Waiting** for a run executed elsewhere listens for its final event on the
   bus (which, on a shared log, hears every process) and rereads the store
   now and then; nothing polls in a tight loop.
@@ -498,13 +500,14 @@ class RunEngine:
     # -- executing --------------------------------------------------------------------
 
     def _prior_attempts(
-        self, wf: Workflow, record: RunRecord, checkpoints: dict[str, NodeCheckpoint]
+        self, wf: Workflow, checkpoints: dict[str, NodeCheckpoint]
     ) -> dict[str, int]:
-        """How many earlier owners started each unfinished node (see the module docstring).
+        """How often earlier owners executed each node about to start (see the module docstring).
 
-        A node starts as soon as its parents' checkpoints are stored (roots at
-        once), so every owner since the one that stored its last parent's
-        checkpoint started it: ``fence - that owner's fence`` executions.
+        A node starts once every parent is completed. If an owner resuming the
+        run stored it ``running``, that owner executed it after the
+        executions its checkpoint counts; otherwise only the owner that
+        stored its last parent (for a root: the run's first) executed it.
         """
         parents = self._parents.get(wf.name)
         if parents is None:
@@ -515,14 +518,19 @@ class RunEngine:
             parents = self._parents[wf.name] = {n: tuple(p) for n, p in found.items()}
         prior: dict[str, int] = {}
         for node, node_parents in parents.items():
-            if node in checkpoints and checkpoints[node].status == "completed":
+            stored = checkpoints.get(node)
+            if stored is not None and stored.status == "completed":
                 continue
-            fences = [checkpoints[p].fence for p in node_parents if p in checkpoints]
-            if len(fences) < len(node_parents):
+            if not all(
+                p in checkpoints and checkpoints[p].status == "completed" for p in node_parents
+            ):
                 continue  # a parent never finished: nobody started this node
-            since = max(fences, default=1)
-            if record.fence > since:
-                prior[node] = record.fence - max(since, 1)
+            if stored is None:
+                prior[node] = 1
+            elif stored.status == "running":
+                prior[node] = stored.attempts + 1
+            else:  # failed, its attempts counted (its run's end was never stored)
+                prior[node] = stored.attempts
         return prior
 
     async def _execute(
@@ -552,7 +560,7 @@ class RunEngine:
                 if c.status == "completed"
             }
             if not never_started:  # claimed before but never started: nothing ran
-                prior = self._prior_attempts(wf, record, checkpoints)
+                prior = self._prior_attempts(wf, checkpoints)
         recorder = _Recorder(app, record, active, len(wf.nodes) - len(completed or ()), prior)
         try:
             if record.status != "running" or checkpoints is not None:
@@ -564,6 +572,18 @@ class RunEngine:
                 # Resumed: an earlier owner started it (a first claim from a queue is not).
                 data={"workflow": wf.name, "resumed": record.fence > 1 and not never_started},
             )
+            # Last before the nodes start: which of them this owner executes.
+            for node_id, before in prior.items():
+                await services.storage.save_checkpoint(
+                    NodeCheckpoint(
+                        run_id=record.id,
+                        node_id=node_id,
+                        status="running",
+                        started_at=time.time(),
+                        attempts=before,
+                        fence=record.fence,
+                    )
+                )
             result = await app.runtime.run_validated(
                 wf,
                 values,

@@ -200,6 +200,57 @@ async def test_only_recovering_hosts_take_over_and_attempts_count_every_executio
     }
 
 
+async def test_claims_that_started_nothing_count_no_attempt(tmp_path: Path) -> None:
+    """Owners a, b and c execute "second" (a and b stop during it); between them two
+    processes claim the run and die before starting anything. Attempts count the
+    three executions, not the five claims."""
+    gate = Gate()
+    db = tmp_path / "runs.db"
+
+    async def stop_during_second(host: Nexus, run_id: str | None = None) -> str:
+        gate.entered = anyio.Event()
+        async with host:
+            if run_id is None:
+                run_id = (await host.invoke("pipeline", {"x": 1}, wait=False)).run_id
+            with anyio.fail_after(15):
+                await gate.entered.wait()
+            # It stops without finishing: the node is cancelled, the lease released.
+            host.config.nexus.services.runs.shutdown_grace = 0
+        return run_id
+
+    async def claim_and_die(run_id: str, who: str) -> None:
+        async with make_host(db, "reader", gate) as reader:
+            assert reader.storage is not None
+            claimed = await reader.storage.claim_run(run_id, who, lease=0.0, now=time.time())
+            assert claimed is not None and claimed.owner == who
+
+    run_id = await stop_during_second(make_host(db, "a", gate))
+    await claim_and_die(run_id, "dead/1")
+    await stop_during_second(make_host(db, "b", gate, recover="always"), run_id)
+    await claim_and_die(run_id, "dead/2")
+    gate.open.set()
+    c = make_host(db, "c", gate, recover="always")
+    async with c:
+        with anyio.fail_after(15):
+            result = await c.wait(run_id)
+        assert c.storage is not None
+        record = await c.storage.get_run(run_id)
+    assert result.status == "completed" and result.output == 104
+    assert gate.ran == [
+        ("a", "first"),
+        ("a", "second"),
+        ("b", "second"),
+        ("c", "second"),
+        ("c", "third"),
+    ]
+    assert record is not None and record.fence == 5  # a, dead/1, b, dead/2, c
+    assert {n: r.attempts for n, r in result.nodes.items()} == {
+        "first": 1,
+        "second": 3,
+        "third": 1,
+    }
+
+
 async def test_waiting_and_cancelling_reach_the_process_that_executes_the_run(
     tmp_path: Path,
 ) -> None:

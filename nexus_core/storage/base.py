@@ -151,7 +151,12 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 
 class NodeCheckpoint(msgspec.Struct, kw_only=True):
-    """A finished node of a run: written before the next node starts."""
+    """A finished node of a run: written before the next node starts.
+
+    Or, with status ``running``, a node an owner that resumed the run is about
+    to start: its ``attempts`` are the executions before that owner's (so the
+    next owner counts that one too, and no claim that started nothing).
+    """
 
     run_id: str
     node_id: str
