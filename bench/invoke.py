@@ -20,6 +20,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import collections
+import contextvars
 import json
 import statistics
 import tempfile
@@ -47,17 +48,32 @@ WRITES = (
 )
 
 
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("inside", default=False)
+
+
 class CountingStorage(MemoryStorage):
-    """The memory backend, counting the calls a run makes."""
+    """The memory backend, counting the calls a run makes (not the ones a call makes itself:
+    the default ``finish_run_logged`` calls ``finish_run`` and ``append_events``)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.calls: collections.Counter[str] = collections.Counter()
 
     def __getattribute__(self, name: str) -> Any:
-        if name in WRITES or name in ("get_run", "get_checkpoints", "read_events"):
-            object.__getattribute__(self, "calls")[name] += 1
-        return object.__getattribute__(self, name)
+        method = object.__getattribute__(self, name)
+        if name not in WRITES and name not in ("get_run", "get_checkpoints", "read_events"):
+            return method
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if not _INSIDE.get():
+                self.calls[name] += 1
+            token = _INSIDE.set(True)  # per task: a concurrent caller is still counted
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                _INSIDE.reset(token)
+
+        return counted
 
 
 def make_app(storage: Any) -> Nexus:
