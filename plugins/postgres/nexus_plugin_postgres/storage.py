@@ -74,6 +74,7 @@ from nexus_core.plugin import (
     Event,
     LeaseLost,
     NodeCheckpoint,
+    RunFinish,
     RunRecord,
     SessionRecord,
     Storage,
@@ -357,6 +358,8 @@ _FINISH_LOGGED = (
 """
     f"SELECT (SELECT ok FROM ok), (SELECT seq FROM head), (SELECT {_NOTIFY} FROM head)\n"
 )
+_APPEND_EVENTS_SQL = _APPEND_EVENTS.encode()
+_FINISH_LOGGED_SQL = _FINISH_LOGGED.encode()
 # Did an append whose connection broke commit? Its last event, among the newest.
 _FIND_LOGGED = (
     "SELECT seq FROM events WHERE seq > (SELECT seq - 10000 FROM event_head) AND data = %s"
@@ -1047,16 +1050,7 @@ class PostgresStorage(Storage):
             await self.finish_run(run, checkpoints)
             await self.append_audits(audits)
             return []
-        fences, params = self._fenced_params(run, checkpoints)
-        datas, appended = self._append_params(events)
-        params.update(appended)
-        params.update(
-            atimes=[float(r.time) for r in audits],
-            atenants=[r.tenant for r in audits],
-            aprincipals=[r.principal for r in audits],
-            aworkflows=[r.workflow for r in audits],
-            adatas=[_encode(r) for r in audits],
-        )
+        fences, datas, params = self._finish_params(run, checkpoints, events, audits)
         rows = await self._patiently(
             f"the final write of run {run.id} with {len(events)} events",
             lambda: self._fetch(_FINISH_LOGGED, params, retry=False),
@@ -1067,12 +1061,119 @@ class PostgresStorage(Storage):
         elif rows[0][0]:
             last = int(rows[0][1])
         else:
-            await self._refused(run, checkpoints, fences)
-            # An unknown run, as save_run: its events and audit records go alone.
-            await self.append_audits(audits)
-            return await self.append_events(events)
+            return await self._finish_refused(run, checkpoints, events, audits, fences)
         first = last - len(events) + 1
         return [_event(first + i, data) for i, data in enumerate(datas)]
+
+    def _finish_params(
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        audits: Sequence[AuditRecord],
+    ) -> tuple[list[tuple[str, int]], list[bytes], dict[str, Any]]:
+        """A final write's fences, its events as stored, and its ``_FINISH_LOGGED`` parameters."""
+        fences, params = self._fenced_params(run, checkpoints)
+        datas, appended = self._append_params(events)
+        params.update(appended)
+        params.update(
+            atimes=[float(r.time) for r in audits],
+            atenants=[r.tenant for r in audits],
+            aprincipals=[r.principal for r in audits],
+            aworkflows=[r.workflow for r in audits],
+            adatas=[_encode(r) for r in audits],
+        )
+        return fences, datas, params
+
+    async def _finish_refused(
+        self,
+        run: RunRecord,
+        checkpoints: Sequence[NodeCheckpoint],
+        events: Sequence[Event],
+        audits: Sequence[AuditRecord],
+        fences: Sequence[tuple[str, int]],
+    ) -> list[Event]:
+        """A final write that wrote nothing: :class:`LeaseLost`, or its events and audit alone.
+
+        Alone: for an unknown run, as :meth:`save_run` would do nothing for it.
+        """
+        await self._refused(run, checkpoints, fences)
+        await self.append_audits(audits)
+        return await self.append_events(events)
+
+    async def log_writes(
+        self, writes: Sequence[tuple[RunFinish | None, Sequence[Event]]]
+    ) -> list[list[Event] | Exception]:
+        """Every write in one transaction and one round trip (pipelined), in order.
+
+        One commit (one WAL flush) for the batch instead of one per write,
+        and the event positions of the batch are consecutive, in its order.
+        A write refused by its fence writes nothing (the others land); a
+        failing statement makes each write go alone (the default), each with
+        its own outcome. A lost connection leaves the batch all landed or
+        none: once the server answers, each write's last event is looked for;
+        none found, the writes are made again one by one, patiently.
+
+        .. versionadded:: 0.3
+        """
+        if len(writes) < 2 or _AMBIENT.get() is not None or not all(e for _, e in writes):
+            return await super().log_writes(writes)
+        plan: list[tuple[bytes, dict[str, Any], list[bytes], list[tuple[str, int]]]] = []
+        for finish, events in writes:
+            if finish is None:
+                datas, params = self._append_params(events)
+                plan.append((_APPEND_EVENTS_SQL, params, datas, []))
+            else:
+                run, checkpoints, audits = finish
+                fences, datas, params = self._finish_params(run, checkpoints, events, audits)
+                plan.append((_FINISH_LOGGED_SQL, params, datas, fences))
+
+        async def batch(conn: Connection) -> list[list[Any]]:
+            async with conn.pipeline():
+                await conn.execute(b"BEGIN")
+                cursors = [await conn.execute(query, params) for query, params, _, _ in plan]
+                await conn.execute(b"COMMIT")
+            return [await cursor.fetchall() for cursor in cursors]
+
+        try:
+            results = await self._call(batch, retry=False)
+        except DatabaseUnavailable:
+            found = await self._patiently(
+                f"the final writes of {len(writes)} runs",
+                lambda: self._find_each([datas[-1] for _, _, datas, _ in plan]),
+                None,
+            )
+            if not any(found):  # the batch did not commit: each write again, alone
+                return await super().log_writes(writes)
+            results = [[(int(rows[0][0]),)] if rows else [] for rows in found]
+        except psycopg.Error:  # a statement failed: nothing was written
+            return await super().log_writes(writes)
+        outcomes: list[list[Event] | Exception] = []
+        for (finish, events), (_, _, datas, fences), rows in zip(
+            writes, plan, results, strict=True
+        ):
+            # Rows: (seq,) found after a lost connection; (seq, notified) an append;
+            # (ok, seq, notified) a final write, refused when not ok.
+            if not rows or (len(rows[0]) == 3 and not rows[0][0]):
+                if finish is None:  # never refused: its events are gone from the newest
+                    outcomes.append(RuntimeError("an append of the batch was not found"))
+                    continue
+                run, checkpoints, audits = finish
+                try:
+                    refused = await self._finish_refused(run, checkpoints, events, audits, fences)
+                except Exception as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(refused)
+                continue
+            last = int(rows[0][1] if len(rows[0]) == 3 else rows[0][0])
+            first = last - len(events) + 1
+            outcomes.append([_event(first + i, data) for i, data in enumerate(datas)])
+        return outcomes
+
+    async def _find_each(self, lasts: Sequence[bytes]) -> list[Any]:
+        """For each event (as stored), its row ``(seq,)`` if the log holds it, else none."""
+        return [await self._fetch(_FIND_LOGGED, (data,), retry=False) for data in lasts]
 
     async def save_checkpoint(self, checkpoint: NodeCheckpoint) -> None:
         """Record a finished node while its run's fence is the checkpoint's (else LeaseLost)."""

@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterator
 
 import anyio
+import msgspec
 import psycopg
 import pytest
 from nexus_core import Nexus, WorkflowBuilder
+from nexus_core.plugin import Event, LeaseLost, RunFinish, RunRecord
 from nexus_core.workflows import FunctionNode
 from pg_support import (
     POSTGRES_URL,
@@ -30,7 +32,7 @@ from pg_support import (
 )
 from psycopg import sql
 
-from nexus_plugin_postgres.storage import DatabaseUnavailable, parse_url
+from nexus_plugin_postgres.storage import DatabaseUnavailable, PostgresStorage, parse_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -254,3 +256,70 @@ async def test_a_final_write_whose_answer_is_lost_after_it_committed_is_kept_and
             events = await app.storage.read_events(limit=1000)  # type: ignore[union-attr]
     ends = [e.run_id for e in events if e.type == "run.completed"]
     assert ends == [answer.run_id]  # type: ignore[attr-defined]
+
+
+async def test_a_batch_of_final_writes_whose_answer_is_lost_after_it_committed_lands_once(
+    schemas: Schemas,
+) -> None:
+    """``log_writes`` sends a batch as one transaction: the server goes away right after
+    it committed, before its answer arrived. Once the server is back, the storage finds
+    that the batch landed: every write's events are returned with the positions they were
+    logged at, none is written twice, and the refused write is still refused."""
+    url = schemas.url(pool_timeout="0.5")
+    async with answer_cutter(url) as cutter:
+        storage = PostgresStorage(cutter.url(url))
+        await storage.open()
+        try:
+            claimed = []
+            for run_id in ("r1", "r2", "r3"):
+                await storage.create_run(
+                    RunRecord(id=run_id, workflow="w", created_at=1.0, status="running")
+                )
+                record = await storage.claim_run(run_id, "o1", lease=60.0, now=time.time())
+                assert record is not None
+                claimed.append(record)
+            r1, r2 = (msgspec.structs.replace(r, status="completed") for r in claimed[:2])
+            stale = msgspec.structs.replace(claimed[2], status="failed", fence=0)
+            writes: list[tuple[RunFinish | None, list[Event]]] = [
+                (None, [Event(type="step", run_id="r1")]),
+                (RunFinish(r1), [Event(type="run.completed", run_id="r1")]),
+                (RunFinish(stale), [Event(type="run.failed", run_id="r3")]),
+                (RunFinish(r2), [Event(type="run.completed", run_id="r2", data={"m": "cut"})]),
+            ]
+            outcomes: list[list[list[Event] | Exception]] = []
+            async with anyio.create_task_group() as tg:
+                cutter.arm(b'"m":"cut"')
+
+                async def write() -> None:
+                    outcomes.append(await storage.log_writes(writes))
+
+                tg.start_soon(write)
+                with anyio.fail_after(30):
+                    await cutter.cut.wait()
+                # The batch committed before its answer was lost (read past the proxy).
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                    table = sql.SQL("SELECT id, status FROM {}.runs ORDER BY id").format(
+                        sql.Identifier(str(parse_url(url).schema))
+                    )
+                    assert conn.execute(table).fetchall() == [
+                        ("r1", "completed"),
+                        ("r2", "completed"),
+                        ("r3", "running"),
+                    ]
+                cutter.restore()
+        finally:
+            await storage.close()
+    [outcome] = outcomes
+    assert isinstance(outcome[2], LeaseLost)
+    landed = [e for each in outcome if not isinstance(each, Exception) for e in each]
+    assert [(e.type, e.run_id) for e in landed] == [
+        ("step", "r1"),
+        ("run.completed", "r1"),
+        ("run.completed", "r2"),
+    ]
+    reader = PostgresStorage(url)
+    await reader.open()
+    try:
+        assert await reader.read_events(limit=100) == landed  # each once, at its position
+    finally:
+        await reader.close()
