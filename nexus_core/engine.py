@@ -873,8 +873,8 @@ class _Recorder:
     A node's checkpoint is stored before the next node starts, with the run's
     fencing token (a stale owner's checkpoint is refused: the run is then
     stopped here). The run's last node has no next: its checkpoint and event
-    are kept in :attr:`last` and written with the run's final record in one
-    trip (``RunStore.finish_run``).
+    are kept in :attr:`last` and written in the run's final write
+    (:class:`~nexus_core.storage.base.RunFinish`, through ``EventBus.publish_with``).
     """
 
     __slots__ = ("active", "app", "failure", "last", "left", "prior", "record", "refs")

@@ -242,11 +242,7 @@ class StorageRouter(Storage):
         both = self._finishing_backend()
         if both is not None:
             return await both.finish_run_logged(run, checkpoints, events, audits=audits)
-        await self._runs.finish_run(run, checkpoints)
-        logged = await self._events.append_events(events)
-        if audits:
-            await self._audit.append_audits(audits)
-        return logged
+        return await super().finish_run_logged(run, checkpoints, events, audits=audits)
 
     async def prune_runs(self, before: float, *, limit: int = 500) -> int:
         """See :meth:`RunStore.prune_runs`: on the runs backend."""

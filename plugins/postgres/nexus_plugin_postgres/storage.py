@@ -358,8 +358,6 @@ _FINISH_LOGGED = (
 """
     f"SELECT (SELECT ok FROM ok), (SELECT seq FROM head), (SELECT {_NOTIFY} FROM head)\n"
 )
-_APPEND_EVENTS_SQL = _APPEND_EVENTS.encode()
-_FINISH_LOGGED_SQL = _FINISH_LOGGED.encode()
 # Did an append whose connection broke commit? Its last event, among the newest.
 _FIND_LOGGED = (
     "SELECT seq FROM events WHERE seq > (SELECT seq - 10000 FROM event_head) AND data = %s"
@@ -1118,20 +1116,20 @@ class PostgresStorage(Storage):
         """
         if len(writes) < 2 or _AMBIENT.get() is not None or not all(e for _, e in writes):
             return await super().log_writes(writes)
-        plan: list[tuple[bytes, dict[str, Any], list[bytes], list[tuple[str, int]]]] = []
+        plan: list[tuple[str, dict[str, Any], list[bytes], list[tuple[str, int]]]] = []
         for finish, events in writes:
             if finish is None:
                 datas, params = self._append_params(events)
-                plan.append((_APPEND_EVENTS_SQL, params, datas, []))
+                plan.append((_APPEND_EVENTS, params, datas, []))
             else:
                 run, checkpoints, audits = finish
                 fences, datas, params = self._finish_params(run, checkpoints, events, audits)
-                plan.append((_FINISH_LOGGED_SQL, params, datas, fences))
+                plan.append((_FINISH_LOGGED, params, datas, fences))
 
         async def batch(conn: Connection) -> list[list[Any]]:
             async with conn.pipeline():
                 await conn.execute(b"BEGIN")
-                cursors = [await conn.execute(query, params) for query, params, _, _ in plan]
+                cursors = [await conn.execute(q.encode(), params) for q, params, _, _ in plan]
                 await conn.execute(b"COMMIT")
             return [await cursor.fetchall() for cursor in cursors]
 
@@ -1145,7 +1143,7 @@ class PostgresStorage(Storage):
             )
             if not any(found):  # the batch did not commit: each write again, alone
                 return await super().log_writes(writes)
-            results = [[(int(rows[0][0]),)] if rows else [] for rows in found]
+            results = found
         except psycopg.Error:  # a statement failed: nothing was written
             return await super().log_writes(writes)
         outcomes: list[list[Event] | Exception] = []
