@@ -6,11 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from litestar.exceptions import ClientException
+from litestar.types import (
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 from nexus_core.security import Credentials, header_extras
 
 from .problems import InvalidJSON
 
-__all__ = ["RequestInfo", "decode_object", "read_request"]
+__all__ = ["BytesResponse", "RequestInfo", "decode_object", "read_body", "read_request"]
 
 _decode = msgspec.json.Decoder().decode
 _WANTED = frozenset(
@@ -135,3 +143,65 @@ def decode_object(body: bytes) -> Any:
         raise InvalidJSON(str(exc)) from None
     except RecursionError:
         raise InvalidJSON("nested too deeply") from None
+
+
+async def read_body(scope: Mapping[str, Any], receive: Receive, limit: int) -> bytes:
+    """Read a request's whole body from ``receive``, refusing one over ``limit`` bytes (413).
+
+    The same limit the server's protocol enforces (``max_body_bytes``), kept
+    here too for an application served by another ASGI server. A client that
+    goes away mid-body ends the request (the answer has nobody to go to).
+    """
+    for raw_name, raw_value in scope["headers"]:
+        if raw_name == b"content-length":
+            if raw_value.isdigit() and int(raw_value) > limit:
+                raise ClientException("the request body is too large", status_code=413)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientException("the client disconnected before its body was sent")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise ClientException("the request body is too large", status_code=413)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BytesResponse:
+    """A whole response as an ASGI application: ``status``, ``headers`` and ``body`` sent as given.
+
+    For a hot path that has its body encoded already (a route handler
+    annotated ``-> ASGIApp`` returns it and Litestar sends it as is);
+    ``content-length`` is added.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the response."""
+        headers = self.headers
+        headers.append((b"content-length", str(len(self.body)).encode()))
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": self.status,
+            "headers": headers,
+        }
+        await send(start)
+        body: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": self.body,
+            "more_body": False,
+        }
+        await send(body)

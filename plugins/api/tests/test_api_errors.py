@@ -10,6 +10,9 @@ from api_support import serving
 from nexus_core import Nexus
 from nexus_core.errors import FieldError, InputLimitExceeded, ServiceUnavailable
 
+from nexus_plugin_api.asgi import create_app
+from nexus_plugin_api.config import ApiConfig
+
 pytestmark = pytest.mark.anyio
 
 PROBLEM = "application/problem+json"
@@ -103,6 +106,31 @@ async def test_body_over_the_limit_is_413() -> None:
         _problem(streamed, 413, "payload_too_large")
         fine = await http.post("/workflows/greet/runs", json={"name": "x"})
         assert fine.status_code == 200
+
+
+async def test_body_over_the_limit_is_413_under_another_asgi_server() -> None:
+    """The application keeps the limit itself where our protocol does not count the bytes."""
+    app = build(api={"max_body_bytes": 1024})
+    async with app.running(channels=[]):
+        server = create_app(app, ApiConfig(max_body_bytes=1024))
+        transport = httpx.ASGITransport(app=server)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            declared = await http.post("/workflows/add/runs", json={"a": 1, "pad": "x" * 5000})
+            assert _problem(declared, 413, "payload_too_large")["errors"] == [
+                {"path": "body", "reason": "the request body is over the size limit"}
+            ]
+
+            async def chunks():  # no Content-Length: counted while reading
+                for _ in range(10):
+                    yield b" " * 512
+
+            streamed = await http.post("/workflows/add/runs", content=chunks())
+            _problem(streamed, 413, "payload_too_large")
+            fine = await http.post("/workflows/add/runs", content=b'{"a": 2, "b": 3}')
+            assert fine.status_code == 200, fine.text
+            assert fine.json()["output"] == 5
+            assert fine.headers["location"] == f"/runs/{fine.json()['run_id']}"
+            assert int(fine.headers["content-length"]) == len(fine.content)
 
 
 async def test_input_limit_from_the_security_layer() -> None:
