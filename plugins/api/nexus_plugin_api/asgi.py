@@ -32,10 +32,12 @@ Plus whatever other plugins mount through ``nexus_api_mounts``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,7 @@ import anyio
 import msgspec
 from litestar import Litestar, Request, Response, WebSocket, asgi, delete, get, post, websocket
 from litestar.config.cors import CORSConfig
+from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -98,6 +101,9 @@ log = logging.getLogger("nexus.api")
 
 JSON = "application/json"
 _JSON_BYTES = JSON.encode()
+_PROBLEM_BYTES = PROBLEM_JSON.encode()
+#: A valid Host header, as Litestar's router checks it.
+_HOST = re.compile(r"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
 #: First path segments the API's own routes use; a mount may not claim them.
 RESERVED_PREFIXES = frozenset(
     {
@@ -168,14 +174,40 @@ _DOCS_HTML = """<!doctype html>
 
 
 class _Litestar(Litestar):
-    """Litestar without the plugins it adds for pydantic and attrs models when they are installed.
+    """Litestar, answering the run route itself and without the pydantic and attrs plugins.
+
+    ``POST /workflows/{name}/runs`` is answered before Litestar routes the
+    request (when :attr:`answer_run` is set: no CORS to apply): the route's
+    own handler calls the same function, so both answer alike, but routing,
+    the exception middleware and the handler's request and signature
+    objects are a seventh of an ephemeral run's CPU over HTTP
+    (bench/http.py). A path that is not exactly the route goes to Litestar.
 
     The API's routes take and give msgspec types and raw ASGI mounts only, so
-    those plugins have nothing to do here; importing pydantic for them was a
-    tenth of a second of ``nexus serve``'s start-up wherever pydantic is
-    installed (the ``mcp`` package needs it). Should Litestar rename this
-    hook, the override is simply never called: slower, never wrong.
+    Litestar's plugins for pydantic and attrs models have nothing to do here;
+    importing pydantic for them was a tenth of a second of ``nexus serve``'s
+    start-up wherever pydantic is installed (the ``mcp`` package needs it).
+    Should Litestar rename that hook, the override is simply never called:
+    slower, never wrong.
     """
+
+    #: The run route's answer, taken before routing; None: Litestar routes every request.
+    answer_run: RunAnswerer | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Answer the run route at once; hand everything else to Litestar."""
+        answer = self.answer_run
+        if answer is not None and scope["type"] == "http" and scope["method"] == "POST":
+            name = _run_route_name(scope)
+            if name is not None:
+                scope["path_params"] = {"name": name}
+                try:
+                    response = await answer(scope, receive)
+                except Exception as exc:
+                    response = _problem_response(exc, scope["path"])
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
     @staticmethod
     def _get_default_plugins(plugins: list[Any]) -> list[Any]:
@@ -183,6 +215,20 @@ class _Litestar(Litestar):
 
         plugins.append(MsgspecDIPlugin())
         return plugins
+
+
+def _run_route_name(scope: Scope) -> str | None:
+    """The workflow of a ``/workflows/{name}/runs`` path (after the root path), else None."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if root:
+        if not path.startswith(root):
+            return None
+        path = path[len(root) :]
+    if not (path.startswith("/workflows/") and path.endswith("/runs")):
+        return None
+    name = path[11:-5]
+    return name if name and "/" not in name else None
 
 
 class Mount(msgspec.Struct, kw_only=True):
@@ -300,51 +346,51 @@ def _exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     )
 
 
-def _routes(api: ApiState) -> list[Any]:
+def _problem_response(exc: Exception, path: str) -> BytesResponse:
+    """:func:`_exception_handler`'s answer, for the run route answered before routing."""
+    problem, headers = problem_from_exception(exc, path)
+    raw = [(b"content-type", _PROBLEM_BYTES)]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return BytesResponse(problem.status, problem_body(problem), raw)
+
+
+#: What answers ``POST /workflows/{name}/runs``: the scope (with its ``path_params``) and receive.
+RunAnswerer = Callable[[Scope, Receive], Awaitable[BytesResponse]]
+
+
+def _session_headers(
+    cookie: str | None, info: RequestInfo, session_id: str | None
+) -> dict[str, str] | None:
+    """The headers telling the client its session (and the cookie, if the API sets one)."""
+    if session_id is None:
+        if cookie and info.cookie_session and info.header_session is None:
+            return {"Set-Cookie": f"{cookie}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"}
+        return None
+    headers = {"X-Nexus-Session": session_id}
+    if cookie and info.cookie_session != session_id:
+        headers["Set-Cookie"] = f"{cookie}={session_id}; Path=/; HttpOnly; SameSite=Lax"
+    return headers
+
+
+def run_answerer(api: ApiState) -> RunAnswerer:
+    """The answer to ``POST /workflows/{name}/runs``, the hot path, as one function.
+
+    Headers read once, the body read and decoded once, one invoke, one
+    encode, and the answer sent as the bytes it is: no Request, signature or
+    Response objects (a sixth of an ephemeral run's CPU over HTTP,
+    bench/http.py). Errors are raised, for the caller to answer as problems.
+    """
     app = api.app
-    config = api.config
-    cookie = config.session_cookie
+    cookie = api.config.session_cookie
+    max_body = api.config.max_body_bytes
 
-    authenticate = api.authenticate
-
-    def session_headers(info: RequestInfo, session_id: str | None) -> dict[str, str] | None:
-        if session_id is None:
-            if cookie and info.cookie_session and info.header_session is None:
-                return {"Set-Cookie": f"{cookie}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"}
-            return None
-        headers = {"X-Nexus-Session": session_id}
-        if cookie and info.cookie_session != session_id:
-            headers["Set-Cookie"] = f"{cookie}={session_id}; Path=/; HttpOnly; SameSite=Lax"
-        return headers
-
-    # -- workflows and runs ------------------------------------------------------
-
-    @get("/workflows", name="list_workflows")
-    async def list_workflows(request: Request[Any, Any, Any]) -> Response[bytes]:
-        who = await authenticate(read_request(request.scope, cookie))
-        items = [_workflow_info(wf) for wf in await api.visible_workflows(who)]
-        return _json(WorkflowList(items=sorted(items, key=lambda w: w.name)))
-
-    @get("/workflows/{name:str}", name="get_workflow")
-    async def get_workflow(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
-        who = await authenticate(read_request(request.scope, cookie))
-        visible = {wf.name: wf for wf in await api.visible_workflows(who)}
-        if name not in visible:
-            raise WorkflowNotFound(name, visible)
-        return _json(_workflow_info(visible[name]))
-
-    max_body = config.max_body_bytes
-
-    # The hot path: headers read once, the body read and decoded once, one
-    # invoke, one encode, and the answer sent as the bytes it is (an ASGI
-    # callable Litestar passes on as is): no Response object to build and
-    # convert, a sixth of an ephemeral run's CPU (bench/http.py).
-    @post("/workflows/{name:str}/runs", name="run_workflow", status_code=200)
-    async def run_workflow(request: Request[Any, Any, Any]) -> ASGIApp:
-        scope = request.scope
+    async def answer_run(scope: Scope, receive: Receive) -> BytesResponse:
         name: str = scope["path_params"]["name"]
         info = read_request(scope, cookie)
-        inputs = decode_object(await read_body(scope, request.receive, max_body))
+        host = info.headers.get("host")
+        if host is not None and not _HOST.match(host):
+            raise ClientException("Invalid host header")  # as Litestar's router says it
+        inputs = decode_object(await read_body(scope, receive, max_body))
         workflow = app.workflows.get(name)
         durable = workflow is None or workflow.meta.durable
         # An ephemeral run has no resource to poll: the preference is not applied.
@@ -373,7 +419,7 @@ def _routes(api: ApiState) -> list[Any]:
                 wait=not respond_async,
             )
         headers = [(b"content-type", _JSON_BYTES)]
-        for key, value in (session_headers(info, result.session_id) or {}).items():
+        for key, value in (_session_headers(cookie, info, result.session_id) or {}).items():
             headers.append((key.lower().encode("latin-1"), value.encode("latin-1")))
         if durable:
             headers.append((b"location", f"/runs/{result.run_id}".encode("latin-1")))
@@ -382,6 +428,40 @@ def _routes(api: ApiState) -> list[Any]:
             headers.append((b"preference-applied", b"respond-async"))
             status = 202
         return BytesResponse(status, _encode(result), headers)
+
+    return answer_run
+
+
+def _routes(api: ApiState, answer_run: RunAnswerer) -> list[Any]:
+    app = api.app
+    config = api.config
+    cookie = config.session_cookie
+
+    authenticate = api.authenticate
+
+    session_headers = functools.partial(_session_headers, cookie)
+
+    # -- workflows and runs ------------------------------------------------------
+
+    @get("/workflows", name="list_workflows")
+    async def list_workflows(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        items = [_workflow_info(wf) for wf in await api.visible_workflows(who)]
+        return _json(WorkflowList(items=sorted(items, key=lambda w: w.name)))
+
+    @get("/workflows/{name:str}", name="get_workflow")
+    async def get_workflow(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+        who = await authenticate(read_request(request.scope, cookie))
+        visible = {wf.name: wf for wf in await api.visible_workflows(who)}
+        if name not in visible:
+            raise WorkflowNotFound(name, visible)
+        return _json(_workflow_info(visible[name]))
+
+    # The hot path's own handler (see run_answerer); a host served by our
+    # channel without CORS answers it before Litestar routes (_Litestar).
+    @post("/workflows/{name:str}/runs", name="run_workflow", status_code=200)
+    async def run_workflow(request: Request[Any, Any, Any]) -> ASGIApp:
+        return await answer_run(request.scope, request.receive)
 
     @get("/runs", name="list_runs")
     async def list_runs(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -674,7 +754,8 @@ def create_app(
     config = config if config is not None else ApiConfig()
     api = state if state is not None else ApiState(app, config)
     mounts = collect_mounts(app) if mounts is None else mounts
-    handlers = _routes(api) + [_mount_handler(m) for m in mounts]
+    answer_run = run_answerer(api)
+    handlers = _routes(api, answer_run) + [_mount_handler(m) for m in mounts]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -727,4 +808,6 @@ def create_app(
         debug=False,
     )
     litestar.state["nexus_api"] = api
+    if cors is None:  # CORS headers are Litestar's to add: then it routes the run route too
+        litestar.answer_run = answer_run
     return litestar
