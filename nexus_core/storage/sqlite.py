@@ -645,8 +645,8 @@ class SQLiteStorage(Storage):
         try:
             if writer is None or lock is None:
                 raise self._closed()
-            async with lock:
-                await writer.run(_apply_batch, writer.conn, batch, self._checkpointer)
+            async with lock:  # applied under the batcher's shield (see Batcher)
+                await writer.run_shielded(_apply_batch, writer.conn, batch, self._checkpointer)
         except Exception as exc:
             for ops in batch:
                 for op in ops:
@@ -1241,14 +1241,22 @@ class _Connection:
 
     async def run(self, func: Callable[..., _R], *args: Any) -> _R:
         """``func(*args)`` in the connection's thread, after the calls before it."""
+        with anyio.CancelScope(shield=True):
+            result = await self.run_shielded(func, *args)
+        return result  # noqa: RET504 - a return inside the scope reads as falling off to mypy
+
+    async def run_shielded(self, func: Callable[..., _R], *args: Any) -> _R:
+        """:meth:`run` for a caller already inside a cancellation shield: none of its own.
+
+        The group commit applies its batches under the batcher's shield, and
+        a cancel scope costs the event loop about 5 µs (anyio 4.16 here).
+        """
         if self._closed:
             raise ValueError("the SQLite writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_R] = loop.create_future()
         self._calls.put((func, args, loop, future))
-        with anyio.CancelScope(shield=True):
-            result = await future
-        return result  # noqa: RET504 - a return inside the scope reads as falling off to mypy
+        return await future
 
     def post(self, func: Callable[..., object], *args: Any) -> None:
         """``func(*args)`` in the connection's thread, after the calls before it; never waits.
