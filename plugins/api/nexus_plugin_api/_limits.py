@@ -165,12 +165,19 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
             self._discarded = 0
             self._head_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
+            # Whether a head (from connect, or from a request's first byte) or a
+            # body is awaited: the timers are armed or cancelled to match once
+            # data_received is done, so a request that arrives whole in one read
+            # (most do) costs no timer at all.
+            self._head_due = False
+            self._body_due = False
 
         # -- connection ------------------------------------------------------------
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._start_head_timer()
+            self._in_head = self._head_due = True
+            self._settle_timers()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
@@ -201,6 +208,8 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
                     self.handle_websocket_upgrade()
                 else:
                     self._unsupported_upgrade_warning()
+            if not self._refused:
+                self._settle_timers()
 
         def _head_fits(self, data: bytes) -> bool:
             """Count the bytes of the request head; refuse it once over a limit."""
@@ -239,7 +248,7 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
             super().on_message_begin()
             self._header_count = 0
             self._body_bytes = 0
-            self._start_head_timer()
+            self._in_head = self._head_due = True
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_count += 1
@@ -255,16 +264,14 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
 
         def on_headers_complete(self) -> None:
             self._next_head()
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._head_due = False
             upgrade = self.parser.should_upgrade() and self._should_upgrade()
             if not upgrade:
                 length = self._content_length()
                 if length is not None and length > limits.max_body_bytes:
                     self._refuse_body()
                     raise _Stop
-                self._body_timer = self.loop.call_later(limits.body_timeout, self._body_too_slow)
+                self._body_due = True
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -275,9 +282,7 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
+            self._body_due = False
             self._in_head = True  # what follows is the next request's head
             super().on_message_complete()
 
@@ -299,10 +304,22 @@ def limited_protocol(limits: Limits) -> type[asyncio.Protocol] | None:
                         return None
             return None
 
-        def _start_head_timer(self) -> None:
-            self._in_head = True
-            if self._head_timer is None and self.transport is not None:
-                self._head_timer = self.loop.call_later(limits.header_timeout, self._head_too_slow)
+        def _settle_timers(self) -> None:
+            """Arm the timer of what is awaited now, cancel the others (see ``_head_due``)."""
+            if self._head_due:
+                if self._head_timer is None and self.transport is not None:
+                    timeout = limits.header_timeout
+                    self._head_timer = self.loop.call_later(timeout, self._head_too_slow)
+            elif self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            if self._body_due:
+                if self._body_timer is None:
+                    timeout = limits.body_timeout
+                    self._body_timer = self.loop.call_later(timeout, self._body_too_slow)
+            elif self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
 
         def _cancel_timers(self) -> None:
             for timer in (self._head_timer, self._body_timer):

@@ -180,6 +180,50 @@ async def test_a_body_not_sent_in_time_is_408(limited: str) -> None:
     await _healthy(limited)
 
 
+async def _after_one_request(url: str, then: bytes) -> tuple[Answer, Answer]:
+    """A whole request and its answer on a connection, then ``then`` on it; both answers."""
+    body = b'{"name": "Ada"}'
+    whole = (
+        b"POST /workflows/greet/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    where = urlsplit(url)
+    assert where.hostname is not None and where.port is not None
+    async with await anyio.connect_tcp(where.hostname, where.port) as stream:
+        await stream.send(whole)  # arrives whole: no timer is armed for it
+        received = b""
+        with anyio.fail_after(20):
+            while not _complete(received):
+                received += await stream.receive()
+        first = Answer(received)
+        await stream.send(then)
+        received = b""
+        with anyio.fail_after(20):
+            while not _complete(received):
+                received += await stream.receive()
+    return first, Answer(received)
+
+
+@pytest.mark.parametrize(
+    ("then", "status", "limit"),
+    [
+        (b"POST /workflows/greet/runs HTTP/1.1\r\nHost: x\r\n", 408, "header_timeout"),
+        (
+            b"POST /workflows/greet/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+            408,
+            "body_timeout",
+        ),
+    ],
+)
+async def test_the_timeouts_hold_for_the_next_request_on_a_kept_connection(
+    limited: str, then: bytes, status: int, limit: str
+) -> None:
+    first, second = await _after_one_request(limited, then)
+    assert first.status == 200 and first.json()["output"] == "Hello, Ada."
+    _refused(second, status, limit)
+    await _healthy(limited)
+
+
 async def test_a_request_within_the_limits_is_served_and_keeps_the_connection(
     limited: str,
 ) -> None:
