@@ -717,8 +717,9 @@ class RunEngine:
 
         No run record, checkpoint or lease is written, and no task is started:
         the run is the caller's own work, cancelled with it. Its events go to
-        live subscribers only (:meth:`EventBus.publish_live`); its audit
-        record is written as a durable run's is.
+        live subscribers only (:meth:`EventBus.publish_live`): those subscribed
+        when it starts get every event, one that subscribes while it executes
+        gets its final event. Its audit record is written as a durable run's is.
         """
         app = self.app
         bus = app._services().events
@@ -740,13 +741,18 @@ class RunEngine:
         def audit(outcome: str, reason: str | None) -> Awaitable[None]:
             return self._audit(record, wf, who, outcome, reason)
 
-        await emit(EventType.RUN_STARTED, {"workflow": wf.name, "resumed": False})
+        # Nobody subscribed to any event of a run (the usual case): none is
+        # built, and the runtime calls no observer per node (a subscriber that
+        # comes while the run executes gets its final event only).
+        listened = any(bus.has_subscribers(kind) for kind in _LIVE_EVENTS)
+        if listened:
+            await emit(EventType.RUN_STARTED, {"workflow": wf.name, "resumed": False})
         try:
             result = await app.runtime.run_validated(
                 wf,
                 values,
                 run_id=record.id,
-                observer=_LiveObserver(emit),
+                observer=_LiveObserver(emit) if listened else None,
                 state=self._run_state(sess, who),
                 timeout=app.config.nexus.services.runs.default_timeout,
             )
@@ -763,9 +769,9 @@ class RunEngine:
         if sess is not None and result.status == "completed":
             await app.sessions_manager().save(sess)
         error = msgspec.to_builtins(result.error.public()) if result.error else None
-        await emit(
-            f"run.{result.status}", {"workflow": wf.name, "output": result.output, "error": error}
-        )
+        final = f"run.{result.status}"
+        if bus.has_subscribers(final):  # asked again: a subscriber may have come meanwhile
+            await emit(final, {"workflow": wf.name, "output": result.output, "error": error})
         if result.status == "failed":
             app.metrics.record_error(record.channel or "python", "run_failed")
             record.error = msgspec.to_builtins(result.error) if result.error else None
@@ -814,6 +820,18 @@ class RunEngine:
                 started_at=record.started_at,
             )
         )
+
+
+#: Every event an ephemeral run may publish (see :meth:`RunEngine.execute_live`).
+_LIVE_EVENTS = (
+    EventType.RUN_STARTED,
+    EventType.NODE_STARTED,
+    EventType.NODE_FINISHED,
+    EventType.NODE_FAILED,
+    EventType.RUN_COMPLETED,
+    EventType.RUN_FAILED,
+    EventType.RUN_CANCELLED,
+)
 
 
 class _LiveObserver:

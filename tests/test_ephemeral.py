@@ -101,6 +101,32 @@ async def test_live_subscribers_get_the_run_events_in_order(storage_url: str) ->
         assert all(not e.id.isdigit() for e in got)  # not log positions: never replayed
 
 
+async def test_a_subscriber_that_comes_mid_run_gets_its_final_event(storage_url: str) -> None:
+    app = make_app(storage_url)
+    entered, release = anyio.Event(), anyio.Event()
+
+    @app.workflow(durable=False)
+    async def held() -> str:
+        entered.set()
+        await release.wait()
+        return "released"
+
+    async with app:
+        started = await app.invoke("held", {}, wait=False)
+        with anyio.fail_after(10):
+            await entered.wait()  # executing, and nobody listened when it started
+        sub = app.subscribe(["run.*", "node.*"])
+        async with sub:
+            release.set()
+            got: list[Event] = []
+            with anyio.fail_after(10):
+                async for event in sub:
+                    if event.run_id == started.run_id:
+                        got.append(event)
+                        break
+        assert [(e.type, e.data["output"]) for e in got] == [("run.completed", "released")]
+
+
 async def test_its_audit_record_is_written(storage_url: str) -> None:
     app = make_app(storage_url)
     async with app:
