@@ -58,6 +58,8 @@ _LIMIT_ACTIONS = {
     "run_listing": "runs:list",
 }
 _REFUSALS = frozenset({AuthenticationError.code, RateLimited.code})
+#: Every decision while authentication is off (the policy's own answer then).
+_NOT_ENFORCED = Decision(True, "authentication is off")
 
 
 class SecurityLayer:
@@ -485,12 +487,15 @@ class SecurityLayer:
         ``inputs`` (raw or parsed), ``tenant`` (the resource's) or ``run`` /
         ``session`` records (their tenant is used).
         """
+        policy = self._policy()
+        if not policy.enforce:  # what the policy decides, without reading the context
+            return _NOT_ENFORCED
         tenant = context.get("tenant")
         for name in ("run", "session"):
             record = context.get(name)
             if record is not None:
                 tenant = record.tenant
-        return self._policy().decide(
+        return policy.decide(
             principal,
             action,
             clock=self.clock,
