@@ -74,12 +74,13 @@ class RequestInfo:
         key = self.headers.get("idempotency-key")
         return key.strip() or None if key is not None else None
 
-    def credentials(self) -> Credentials:
+    def credentials(self, *, extras: bool = True) -> Credentials:
         """The caller's credentials in channel-neutral form.
 
         ``extras`` holds the other headers a provider may read
         (:func:`nexus_core.security.header_extras`: lower-cased, without
-        credentials, cookies or hop-by-hop headers, bounded).
+        credentials, cookies or hop-by-hop headers, bounded); with
+        ``extras=False`` (no provider is enabled to read them) it is empty.
         """
         bearer = None
         auth = self.headers.get("authorization")
@@ -93,7 +94,7 @@ class RequestInfo:
             api_key=api_key.strip() or None if api_key is not None else None,
             client=self.client,
             forwarded_for=self.headers.get("x-forwarded-for"),
-            extras=header_extras(self.raw_headers),
+            extras=header_extras(self.raw_headers) if extras else {},
         )
 
 

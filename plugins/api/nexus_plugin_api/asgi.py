@@ -396,11 +396,13 @@ def run_answerer(api: ApiState) -> RunAnswerer:
         # An ephemeral run has no resource to poll: the preference is not applied.
         respond_async = info.respond_async and durable
         session = info.session
+        # Only an auth provider reads the other headers: none enabled, none copied.
+        credentials = info.credentials(extras=bool(app.security.providers))
         try:
             result = await app.invoke(
                 name,
                 inputs,
-                credentials=info.credentials(),
+                credentials=credentials,
                 channel="api",
                 session=session,
                 idempotency_key=info.idempotency_key,
@@ -413,7 +415,7 @@ def run_answerer(api: ApiState) -> RunAnswerer:
             result = await app.invoke(
                 name,
                 inputs,
-                credentials=info.credentials(),
+                credentials=credentials,
                 channel="api",
                 idempotency_key=info.idempotency_key,
                 wait=not respond_async,
