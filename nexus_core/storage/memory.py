@@ -64,6 +64,13 @@ def _copy(record: _T) -> _T:
     return _decoders[type(record)].decode(_encoder.encode(record))  # type: ignore[no-any-return]
 
 
+def _copy_data(value: Any) -> Any:
+    """A deep copy of JSON data through JSON (a value that cannot change is itself)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return msgspec.json.decode(_encoder.encode(value))
+
+
 _encode = _encoder.encode
 _decode_event = _decoders[Event].decode
 _decode_audit = _decoders[AuditRecord].decode
@@ -348,14 +355,15 @@ class MemoryStorage(Storage):
         self._replace_run(stored, run)
 
     def _replace_run(self, stored: RunRecord, run: RunRecord) -> None:
-        new = _copy(run)
-        self._runs[run.id] = msgspec.structs.replace(
+        # Only the fields a write changes are taken; the caller's data is copied.
+        output, error = _copy_data(run.output), _copy_data(run.error)
+        new = self._runs[run.id] = msgspec.structs.replace(
             stored,
-            status=new.status,
-            output=new.output,
-            error=new.error,
-            started_at=new.started_at,
-            finished_at=new.finished_at,
+            status=run.status,
+            output=output,
+            error=error,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
         )
         self._note_status(new)
 
@@ -488,9 +496,10 @@ class MemoryStorage(Storage):
         now = self._clock()
         for event in events:
             self._last_seq += 1
-            data = _encode(msgspec.structs.replace(event, id=event_id(self._last_seq)))
-            entry = _decode_event(data)
-            self._events.append(data)
+            # Returned as given with its id, as the SQLite backend returns it:
+            # equal to what read_events decodes (events are frozen, their data JSON).
+            entry = msgspec.structs.replace(event, id=event_id(self._last_seq))
+            self._events.append(_encode(entry))
             self._seqs.append(self._last_seq)
             self._event_runs.append(entry.run_id)
             self._event_times.append(entry.time)
