@@ -6,6 +6,9 @@ when a configuration uses it.
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 from nexus_core import (
     CommandSpec,
     ConfigSectionSpec,
@@ -17,7 +20,11 @@ from nexus_core import (
 
 from . import worker_config
 
+if TYPE_CHECKING:
+    from .bus import PostgresEventBus
+
 __all__ = [
+    "PostgresBusChoice",
     "nexus_cli_commands",
     "nexus_config_sections",
     "nexus_event_buses",
@@ -60,7 +67,7 @@ def nexus_event_buses() -> list[EventBusSpec]:
     return [
         EventBusSpec(
             name="postgres",
-            factory="nexus_plugin_postgres.bus:PostgresEventBus",
+            factory="nexus_plugin_postgres.plugin:PostgresBusChoice",
             priority=BUS_PRIORITY,
             description="Live events across gateways on PostgreSQL's LISTEN/NOTIFY.",
         )
@@ -77,3 +84,30 @@ def nexus_cli_commands() -> list[CommandSpec]:
             description="The PostgreSQL schema: migrate it, or show its status.",
         )
     ]
+
+
+class PostgresBusChoice:
+    """What the host loads to choose its bus: it says no without importing psycopg.
+
+    Every host start asks each installed bus whether it is usable; importing
+    psycopg to answer no (PostgreSQL serves no event log) was a quarter of
+    ``nexus serve``'s start-up (bench/startup.py).
+    :class:`~nexus_plugin_postgres.bus.PostgresEventBus` is imported once a
+    PostgreSQL backend exists.
+    """
+
+    @staticmethod
+    def usable(app: Any) -> bool:
+        """As ``PostgresEventBus.usable``: only when PostgreSQL serves the host's event log."""
+        if "nexus_plugin_postgres.storage" not in sys.modules:
+            return False  # no PostgreSQL backend was ever built in this process
+        from .bus import PostgresEventBus
+
+        return PostgresEventBus.usable(app)
+
+    @staticmethod
+    def from_app(app: Any) -> PostgresEventBus:
+        """The LISTEN/NOTIFY bus for ``app`` (``PostgresEventBus.from_app``)."""
+        from .bus import PostgresEventBus
+
+        return PostgresEventBus.from_app(app)

@@ -6,10 +6,20 @@ Import-light on purpose: nothing here imports redis; the host imports
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from nexus_core import hookimpl
 from nexus_core.plugin import ConfigSectionSpec, EventBusSpec, StorageBackendSpec
 
-__all__ = ["nexus_config_sections", "nexus_event_buses", "nexus_storage_backends"]
+if TYPE_CHECKING:
+    from .bus import RedisEventBus
+
+__all__ = [
+    "RedisBusChoice",
+    "nexus_config_sections",
+    "nexus_event_buses",
+    "nexus_storage_backends",
+]
 
 #: The bus's priority: above the in-process bus (0), so installing the plugin is enough.
 BUS_PRIORITY = 10
@@ -34,7 +44,7 @@ def nexus_event_buses() -> list[EventBusSpec]:
     return [
         EventBusSpec(
             name="redis",
-            factory="nexus_plugin_redis.bus:RedisEventBus",
+            factory="nexus_plugin_redis.plugin:RedisBusChoice",
             description="Redis Streams fan-out across instances (set nexus.plugins.redis.url).",
             priority=BUS_PRIORITY,
         )
@@ -51,3 +61,25 @@ def nexus_config_sections() -> list[ConfigSectionSpec]:
             description="The Redis event bus.",
         )
     ]
+
+
+class RedisBusChoice:
+    """What the host loads to choose its bus: it says no without importing redis.
+
+    Every host start asks each installed bus whether it is usable; importing
+    ``redis`` to answer no (no URL set) was a fifth of ``nexus serve``'s
+    start-up (bench/startup.py). :class:`~nexus_plugin_redis.bus.RedisEventBus`
+    is imported once the answer is yes.
+    """
+
+    @staticmethod
+    def usable(app: Any) -> bool:
+        """Only with a Redis URL (``[nexus.plugins.redis] url``), as ``RedisEventBus.usable``."""
+        return app.config.section("plugins.redis").url is not None
+
+    @staticmethod
+    def from_app(app: Any) -> RedisEventBus:
+        """The Redis Streams bus for ``app`` (``RedisEventBus.from_app``)."""
+        from .bus import RedisEventBus
+
+        return RedisEventBus.from_app(app)
