@@ -180,7 +180,7 @@ class _Litestar(Litestar):
     request (when :attr:`answer_run` is set: no CORS to apply): the route's
     own handler calls the same function, so both answer alike, but routing,
     the exception middleware and the handler's request and signature
-    objects are a seventh of an ephemeral run's CPU over HTTP
+    objects were about a fifth of an ephemeral run's CPU over HTTP
     (bench/http.py). A path that is not exactly the route goes to Litestar.
 
     The API's routes take and give msgspec types and raw ASGI mounts only, so
