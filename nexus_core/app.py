@@ -42,7 +42,7 @@ from .security import ANONYMOUS, Credentials, Principal, SecurityLayer, hash_inp
 from .security.policy import ANY_INPUTS
 from .serving import DEFAULT_SIGNALS, serve_host, start_channel
 from .sessions import Session, SessionManager
-from .specs import NodeTypeSpec
+from .specs import NodeTypeSpec, import_string
 from .storage.base import ROLES, RunRecord, Storage
 from .storage.router import StorageRouter
 from .storage.select import create_storage, select_storage
@@ -850,6 +850,8 @@ class Nexus:
         buses = sorted(self.host.event_buses().values(), key=lambda s: -s.priority)
         for spec in buses:
             try:
+                if spec.usable is not None and not import_string(spec.usable)(self):
+                    continue  # declined before its module is imported
                 factory = spec.load()
                 if not factory.usable(self):
                     continue

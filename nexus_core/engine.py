@@ -769,9 +769,9 @@ class RunEngine:
         if sess is not None and result.status == "completed":
             await app.sessions_manager().save(sess)
         error = msgspec.to_builtins(result.error.public()) if result.error else None
-        final = f"run.{result.status}"
-        if bus.has_subscribers(final):  # asked again: a subscriber may have come meanwhile
-            await emit(final, {"workflow": wf.name, "output": result.output, "error": error})
+        # Emitted whoever listened at the start: a subscriber may have come meanwhile.
+        outcome = {"workflow": wf.name, "output": result.output, "error": error}
+        await emit(f"run.{result.status}", outcome)
         if result.status == "failed":
             app.metrics.record_error(record.channel or "python", "run_failed")
             record.error = msgspec.to_builtins(result.error) if result.error else None

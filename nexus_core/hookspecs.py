@@ -143,7 +143,8 @@ def nexus_event_buses() -> list[EventBusSpec]:
     ``priority`` whose :meth:`~nexus_core.events.EventBus.usable` says yes is
     used: the in-process bus registers priority 0 and is always usable, so a
     distributed bus only has to be installed (and configured, if it needs a
-    broker's URL) to take over.
+    broker's URL) to take over. A spec's ``usable`` predicate is asked before
+    the bus's module is imported, so an unconfigured bus costs no import.
 
     .. versionchanged:: 0.2
        A bus may decline a host it cannot serve (``EventBus.usable``).

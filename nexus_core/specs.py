@@ -164,10 +164,19 @@ class EventBusSpec(Spec, kw_only=True, frozen=True):
     """An event bus: ``factory(app)`` returns an ``EventBus``.
 
     The bus with the highest ``priority`` wins (in-process is 0; a distributed
-    bus such as Redis registers higher so installing it is enough).
+    bus such as Redis registers higher so installing it is enough), among
+    those that are usable. ``usable``, when given, is a predicate
+    ``(app) -> bool`` (or its ``"module:attr"``) the host asks before it
+    imports ``factory``: a bus whose module imports a broker's client says
+    no to a host that does not use it without that import (the bus's own
+    :meth:`~nexus_core.events.EventBus.usable` is asked after, as always).
+
+    .. versionchanged:: 0.3
+       ``usable``.
     """
 
     priority: int = 0
+    usable: Any = None
 
 
 class ExecutorSpec(Spec, kw_only=True, frozen=True):

@@ -915,3 +915,36 @@ async def test_the_host_takes_the_usable_bus_of_highest_priority(title: str, pic
         bus = app._services().events
         assert isinstance(bus, _PickyBus) is picked
         assert isinstance(bus, LocalEventBus)  # declined: the in-process bus serves
+
+
+class _HeavyBusPlugin:
+    """A bus whose spec declines before its module (one that cannot even import) is loaded."""
+
+    @hookimpl
+    def nexus_event_buses(self) -> list[EventBusSpec]:
+        return [
+            EventBusSpec(
+                name="heavy",
+                factory="no_such_broker_client.bus:HeavyBus",
+                usable=lambda app: False,
+                priority=60,
+            ),
+            EventBusSpec(
+                name="picky",
+                factory=f"{__name__}:_PickyBus",
+                usable=f"{__name__}:_picky_title",
+                priority=50,
+            ),
+        ]
+
+
+def _picky_title(app: Any) -> bool:
+    return bool(app.title.startswith("picky"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("title", "picked"), [("picky one", True), ("plain", False)])
+async def test_a_spec_that_declines_is_never_imported(title: str, picked: bool) -> None:
+    app = Nexus(title, storage="memory://", plugins=[_HeavyBusPlugin()], autoload=False, env={})
+    async with app:  # the heavy bus's module would fail to import: it was never asked to
+        assert isinstance(app._services().events, _PickyBus) is picked

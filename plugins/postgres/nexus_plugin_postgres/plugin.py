@@ -7,7 +7,7 @@ when a configuration uses it.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nexus_core import (
     CommandSpec,
@@ -20,16 +20,13 @@ from nexus_core import (
 
 from . import worker_config
 
-if TYPE_CHECKING:
-    from .bus import PostgresEventBus
-
 __all__ = [
-    "PostgresBusChoice",
     "nexus_cli_commands",
     "nexus_config_sections",
     "nexus_event_buses",
     "nexus_executors",
     "nexus_storage_backends",
+    "postgres_serves_events",
 ]
 
 #: Above the in-process bus (0), below a Redis bus (which takes over when installed).
@@ -67,7 +64,9 @@ def nexus_event_buses() -> list[EventBusSpec]:
     return [
         EventBusSpec(
             name="postgres",
-            factory="nexus_plugin_postgres.plugin:PostgresBusChoice",
+            factory="nexus_plugin_postgres.bus:PostgresEventBus",
+            # Asked first: a host on another event log never imports psycopg for it.
+            usable="nexus_plugin_postgres.plugin:postgres_serves_events",
             priority=BUS_PRIORITY,
             description="Live events across gateways on PostgreSQL's LISTEN/NOTIFY.",
         )
@@ -86,28 +85,14 @@ def nexus_cli_commands() -> list[CommandSpec]:
     ]
 
 
-class PostgresBusChoice:
-    """What the host loads to choose its bus: it says no without importing psycopg.
+def postgres_serves_events(app: Any) -> bool:
+    """Whether PostgreSQL serves ``app``'s event log (``PostgresEventBus.usable``).
 
-    Every host start asks each installed bus whether it is usable; importing
-    psycopg to answer no (PostgreSQL serves no event log) was a quarter of
-    ``nexus serve``'s start-up (bench/startup.py).
-    :class:`~nexus_plugin_postgres.bus.PostgresEventBus` is imported once a
-    PostgreSQL backend exists.
+    No backend of this plugin was built in this process (its module is not
+    even imported): then it serves nothing, and psycopg is not imported to say so.
     """
+    if "nexus_plugin_postgres.storage" not in sys.modules:
+        return False
+    from .bus import PostgresEventBus
 
-    @staticmethod
-    def usable(app: Any) -> bool:
-        """As ``PostgresEventBus.usable``: only when PostgreSQL serves the host's event log."""
-        if "nexus_plugin_postgres.storage" not in sys.modules:
-            return False  # no PostgreSQL backend was ever built in this process
-        from .bus import PostgresEventBus
-
-        return PostgresEventBus.usable(app)
-
-    @staticmethod
-    def from_app(app: Any) -> PostgresEventBus:
-        """The LISTEN/NOTIFY bus for ``app`` (``PostgresEventBus.from_app``)."""
-        from .bus import PostgresEventBus
-
-        return PostgresEventBus.from_app(app)
+    return PostgresEventBus.usable(app)

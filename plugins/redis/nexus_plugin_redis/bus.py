@@ -53,6 +53,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from .connection import UNREACHABLE, Breaker, RedisSettings, RedisUnavailable, parse_url
+from .plugin import redis_configured
 
 __all__ = ["RedisEventBus"]
 
@@ -132,7 +133,7 @@ class RedisEventBus(LocalEventBus):
         Installed alone, it leaves the host's bus to the next one (PostgreSQL's,
         or the in-process bus).
         """
-        return app.config.section("plugins.redis").url is not None
+        return redis_configured(app)
 
     @classmethod
     def from_app(cls, app: Any) -> Self:

@@ -6,19 +6,16 @@ Import-light on purpose: nothing here imports redis; the host imports
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nexus_core import hookimpl
 from nexus_core.plugin import ConfigSectionSpec, EventBusSpec, StorageBackendSpec
 
-if TYPE_CHECKING:
-    from .bus import RedisEventBus
-
 __all__ = [
-    "RedisBusChoice",
     "nexus_config_sections",
     "nexus_event_buses",
     "nexus_storage_backends",
+    "redis_configured",
 ]
 
 #: The bus's priority: above the in-process bus (0), so installing the plugin is enough.
@@ -44,7 +41,9 @@ def nexus_event_buses() -> list[EventBusSpec]:
     return [
         EventBusSpec(
             name="redis",
-            factory="nexus_plugin_redis.plugin:RedisBusChoice",
+            factory="nexus_plugin_redis.bus:RedisEventBus",
+            # Asked first: a host without a Redis URL never imports redis for it.
+            usable="nexus_plugin_redis.plugin:redis_configured",
             description="Redis Streams fan-out across instances (set nexus.plugins.redis.url).",
             priority=BUS_PRIORITY,
         )
@@ -63,23 +62,6 @@ def nexus_config_sections() -> list[ConfigSectionSpec]:
     ]
 
 
-class RedisBusChoice:
-    """What the host loads to choose its bus: it says no without importing redis.
-
-    Every host start asks each installed bus whether it is usable; importing
-    ``redis`` to answer no (no URL set) was a fifth of ``nexus serve``'s
-    start-up (bench/startup.py). :class:`~nexus_plugin_redis.bus.RedisEventBus`
-    is imported once the answer is yes.
-    """
-
-    @staticmethod
-    def usable(app: Any) -> bool:
-        """Only with a Redis URL (``[nexus.plugins.redis] url``), as ``RedisEventBus.usable``."""
-        return app.config.section("plugins.redis").url is not None
-
-    @staticmethod
-    def from_app(app: Any) -> RedisEventBus:
-        """The Redis Streams bus for ``app`` (``RedisEventBus.from_app``)."""
-        from .bus import RedisEventBus
-
-        return RedisEventBus.from_app(app)
+def redis_configured(app: Any) -> bool:
+    """Whether ``app`` has a Redis URL (``[nexus.plugins.redis] url``): the bus serves only then."""
+    return app.config.section("plugins.redis").url is not None
