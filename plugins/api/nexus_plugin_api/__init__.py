@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._deferred import defer
+
 if TYPE_CHECKING:
     from .asgi import create_app
     from .channel import ApiChannel
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["ApiChannel", "ApiConfig", "__version__", "create_app", "serve"]
 
 __version__ = "0.1.0"
+
+# Before anything imports Litestar, which imports PyYAML for one rare route.
+defer("yaml")
 
 _LAZY = {
     "ApiChannel": ".channel",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -141,6 +140,8 @@ def _supervise(
     log_format: LogFormat | None = None,
 ) -> int:
     """Start ``workers`` processes, restart those that die, stop them all on a signal."""
+    import multiprocessing  # only a supervisor needs it: not on a one-worker start-up
+
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     signals: list[int] = []
