@@ -1,9 +1,9 @@
 """One batching engine: items queued in order, applied a batch at a time.
 
-Three places need the same thing: SQLite's group commit (concurrent writes go
-to the writer thread together, in one transaction), the event bus (events
-published meanwhile are appended to the log in one call, then delivered) and
-the audit log (records written behind the request path). A :class:`Batcher`
+Two places need the same thing: the event bus (events published meanwhile are
+appended to the log in one call, then delivered) and the audit log (records
+written behind the request path). (SQLite's group commit is its writer
+thread's own: see :meth:`nexus_core.storage.sqlite._Connection.write`.) A :class:`Batcher`
 queues items in order, and one flusher at a time applies everything queued so
 far in one call of ``apply(batch)``.
 

@@ -13,13 +13,13 @@ How it is built:
   ``journal_mode=WAL`` and ``synchronous=NORMAL`` a committed write survives the
   process being killed (though not the machine losing power; ``FULL`` does).
 * The writer is a stdlib ``sqlite3`` connection driven by a thread of its
-  own, one call at a time. Concurrent writes are committed
-  together (group commit, :class:`~nexus_core._batching.Batcher`): one trip
-  to a thread and one transaction per batch.
-* An ``anyio.Lock`` serialises writes of this object, so a multi-statement
-  transaction (``take_tokens`` uses ``BEGIN IMMEDIATE``) never takes in another
-  task's statements. Writers in other objects or processes wait on SQLite's own
-  lock (``busy_timeout``).
+  own, one call at a time. Writes are committed together (group commit) by
+  that thread: everything queued while it applied the last transaction goes
+  into the next one. The event loop never waits for a batch to close before
+  queueing more (see :meth:`_Connection.write`). A multi-statement
+  transaction (``take_tokens``) is one call of that thread, so it never takes
+  in another task's statements. Writers in other objects or processes wait on
+  SQLite's own lock (``busy_timeout``).
 * A second, read-only connection (aiosqlite) serves reads (a file database
   only), so reads do not queue behind writes.
 * Checkpoints (copying the WAL back into the database file, with an fsync of
@@ -63,7 +63,6 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from .._batching import Batcher
 from ..events import Event
 from ._migrations import MIGRATIONS, Migration
 from .base import (
@@ -462,11 +461,6 @@ class SQLiteStorage(Storage):
         self._writer: _Connection | None = None
         self._reader: aiosqlite.Connection | _Connection | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._lock: anyio.Lock | None = None
-        # Group commit: each item is one caller's statements (kept together).
-        self._batcher: Batcher[list[_Write], None] = Batcher(
-            lambda batch: self._apply(batch), what="writes"
-        )
         self._cache_sets = 0
 
     @property
@@ -485,7 +479,6 @@ class SQLiteStorage(Storage):
         if self.persistent:
             await anyio.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(_make_private, self.path)
-        self._lock = anyio.Lock(fast_acquire=True)
         writer = await _Connection.connect(self.path)
         reader: aiosqlite.Connection | _Connection = writer
         checkpointer: _Checkpointer | None = None
@@ -610,11 +603,10 @@ class SQLiteStorage(Storage):
     async def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Run one write statement (committed on return); the number of rows changed.
 
-        Group commit: writes queued while a batch is being applied go together
-        in the next one, in one trip to a worker thread and one transaction
-        (see :class:`~nexus_core._batching.Batcher`, inline mode). Each
-        caller's statements have their own savepoint, so one failing (a
-        duplicate id) fails only its own caller.
+        Group commit: writes queued while the writer's thread applies others
+        go together in its next transaction (see :meth:`_Connection.write`).
+        Should one fail (a duplicate id), the batch is applied again with a
+        savepoint per caller, so it fails only its own caller.
         """
         [rowcount] = await self._write_many([(sql, tuple(params))])
         return rowcount
@@ -632,25 +624,12 @@ class SQLiteStorage(Storage):
         return op.rows
 
     async def _submit(self, ops: list[_Write]) -> None:
-        if self._writer is None or self._lock is None:
+        if self._writer is None:
             raise self._closed()
-        await self._batcher.submit(ops)
+        await self._writer.write([ops], self._checkpointer)
         for each in ops:
             if each.error is not None:
                 raise each.error
-
-    async def _apply(self, batch: list[list[_Write]]) -> None:
-        """Apply a batch in the writer's thread; each write gets its outcome."""
-        writer, lock = self._writer, self._lock
-        try:
-            if writer is None or lock is None:
-                raise self._closed()
-            async with lock:  # applied under the batcher's shield (see Batcher)
-                await writer.run_shielded(_apply_batch, writer.conn, batch, self._checkpointer)
-        except Exception as exc:
-            for ops in batch:
-                for op in ops:
-                    op.error = op.error or exc
 
     # -- sessions --------------------------------------------------------------
 
@@ -800,7 +779,7 @@ class SQLiteStorage(Storage):
         A run's final write holds its fence condition on its events' and
         audit records' inserts too (see :meth:`finish_run_logged`).
         """
-        if self._writer is None or self._lock is None:
+        if self._writer is None:
             raise self._closed()
         groups: list[tuple[list[_Write], list[_Write], list[_Write], list[tuple[str, int]]]] = []
         for finish, events in writes:
@@ -821,8 +800,8 @@ class SQLiteStorage(Storage):
             last = len(checkpoints) + 1  # the run's update ends its own statements
             appends = _append_ops(events, fences) if events else []
             groups.append((ops[:last], appends, ops[last:], fences))
-        await self._batcher.submit_many(
-            [[*ops, *audit, *appends] for ops, appends, audit, _ in groups]
+        await self._writer.write(
+            [[*ops, *audit, *appends] for ops, appends, audit, _ in groups], self._checkpointer
         )
         outcomes: list[list[Event] | Exception] = []
         for (finish, events), (ops, appends, audit, fences) in zip(writes, groups, strict=True):
@@ -1144,33 +1123,13 @@ class SQLiteStorage(Storage):
         """Take ``cost`` tokens from bucket ``key``: 0.0 if taken, else the seconds to wait.
 
         Atomic across tasks, objects and processes: one ``BEGIN IMMEDIATE``
-        transaction reads and writes the bucket. Times are wall-clock.
+        transaction reads and writes the bucket, in one call of the writer's
+        thread. Times are wall-clock.
         """
-        if self._writer is None or self._lock is None:
+        if self._writer is None:
             raise self._closed()
-        conn = self._writer
-        async with self._lock:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                now = time.time()
-                rows = list(await conn.execute_fetchall(_SELECT_BUCKET, (key,)))
-                if rows:
-                    tokens, updated = rows[0]
-                    tokens = min(capacity, tokens + max(0.0, now - updated) * refill_per_second)
-                else:
-                    tokens = capacity
-                if tokens >= cost:
-                    await conn.execute(_UPSERT_BUCKET, (key, tokens - cost, now))
-                    wait = 0.0
-                elif cost > capacity or refill_per_second <= 0:
-                    wait = math.inf
-                else:
-                    wait = (cost - tokens) / refill_per_second
-                await conn.execute("COMMIT")
-            except BaseException:
-                await _rollback(conn)
-                raise
-        return wait
+        writer = self._writer
+        return await writer.run(_take_tokens, writer.conn, key, capacity, refill_per_second, cost)
 
     # -- blobs -----------------------------------------------------------------
 
@@ -1241,22 +1200,32 @@ class _Connection:
 
     async def run(self, func: Callable[..., _R], *args: Any) -> _R:
         """``func(*args)`` in the connection's thread, after the calls before it."""
-        with anyio.CancelScope(shield=True):
-            result = await self.run_shielded(func, *args)
-        return result  # noqa: RET504 - a return inside the scope reads as falling off to mypy
-
-    async def run_shielded(self, func: Callable[..., _R], *args: Any) -> _R:
-        """:meth:`run` for a caller already inside a cancellation shield: none of its own.
-
-        The group commit applies its batches under the batcher's shield, and
-        a cancel scope costs the event loop about 5 µs (anyio 4.16 here).
-        """
         if self._closed:
             raise ValueError("the SQLite writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_R] = loop.create_future()
         self._calls.put((func, args, loop, future))
-        return await future
+        with anyio.CancelScope(shield=True):  # once queued, it runs: its caller waits for it
+            result = await future
+        return result  # noqa: RET504 - a return inside the scope reads as falling off to mypy
+
+    async def write(self, items: list[list[_Write]], checkpointer: _Checkpointer | None) -> None:
+        """Apply ``items`` (each one caller's writes, all or none) in the writer's thread.
+
+        Group commit: the thread applies every write queued while it applied
+        the last ones in one transaction; should a statement fail, that
+        transaction is applied again with a savepoint per item, so only its
+        own item fails. Each write's outcome is on the write (its ``error``).
+        The loop does not wait for a batch to close (nor takes a lock) before
+        queueing more: it goes on serving while the thread writes. Once
+        queued, a write is applied even if its caller is cancelled meanwhile.
+        """
+        if self._closed:
+            raise ValueError("the SQLite writer is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._calls.put((_apply_batch, (self.conn, items, checkpointer), loop, future))
+        await future
 
     def post(self, func: Callable[..., object], *args: Any) -> None:
         """``func(*args)`` in the connection's thread, after the calls before it; never waits.
@@ -1294,20 +1263,80 @@ _Call = tuple[
 
 
 def _serve(calls: queue.SimpleQueue[_Call | None]) -> None:
-    """The writer thread: run queued calls in order until told to stop (None)."""
-    while (call := calls.get()) is not None:
-        func, args, loop, future = call
-        try:
-            result, error = func(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        if future is None:  # posted from another thread: nobody waits
-            if error is not None:
-                _log.warning("the SQLite writer's %s failed: %s", func.__name__, error)
+    """The writer thread: run queued calls in order until told to stop (None).
+
+    Writes (:meth:`_Connection.write`) queued one after another are applied
+    in one transaction: the group commit.
+    """
+    call = calls.get()
+    while call is not None:
+        if call[0] is not _apply_batch:
+            _call(call)
+            call = calls.get()
             continue
-        assert loop is not None
+        group = [call]
+        while True:  # take the writes queued meanwhile, up to anything else
+            try:
+                call = calls.get_nowait()
+            except queue.Empty:
+                call = _NOTHING
+                break
+            if call is None or call[0] is not _apply_batch:
+                break
+            group.append(call)
+        _apply_group(group)
+        if call is _NOTHING:
+            call = calls.get()
+        elif call is not None:
+            _call(call)
+            call = calls.get()
+
+
+def _call(call: _Call) -> None:
+    func, args, loop, future = call
+    try:
+        result, error = func(*args), None
+    except BaseException as exc:
+        result, error = None, exc
+    if future is None:  # posted from another thread: nobody waits
+        if error is not None:
+            _log.warning("the SQLite writer's %s failed: %s", func.__name__, error)
+        return
+    assert loop is not None
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _apply_group(group: list[_Call]) -> None:
+    """Apply the writes of ``group`` in one transaction, then wake their callers."""
+    conn, _, checkpointer = group[0][1]
+    items = [ops for call in group for ops in call[1][1]]
+    try:
+        _apply_batch(conn, items, checkpointer)
+    except BaseException as exc:  # the transaction failed as a whole (the database is busy)
+        for ops in items:
+            for op in ops:
+                op.error = op.error or exc
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] = {}
+    for _, _, loop, future in group:
+        if loop is not None and future is not None:
+            by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():  # one wake-up of each loop for the whole group
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(_settle, future, result, error)
+            loop.call_soon_threadsafe(_settle_writes, futures)
+
+
+def _settle_writes(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():  # done: its caller was cancelled
+            future.set_result(None)
+
+
+def _noop() -> None:
+    pass
+
+
+_NOTHING: _Call = (_noop, (), None, None)  # the queue was empty
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -1446,6 +1475,38 @@ def _execute(conn: sqlite3.Connection, op: _Write) -> None:
     if op.fetch:
         op.rows = cursor.fetchall()
     op.rowcount = cursor.rowcount
+
+
+def _take_tokens(
+    conn: sqlite3.Connection,
+    key: str,
+    capacity: float,
+    refill_per_second: float,
+    cost: float,
+) -> float:
+    """:meth:`SQLiteStorage.take_tokens` in the writer's thread: one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        now = time.time()  # once the lock is held: no later time is stored before it
+        rows = conn.execute(_SELECT_BUCKET, (key,)).fetchall()
+        if rows:
+            tokens, updated = rows[0]
+            tokens = min(capacity, tokens + max(0.0, now - updated) * refill_per_second)
+        else:
+            tokens = capacity
+        if tokens >= cost:
+            conn.execute(_UPSERT_BUCKET, (key, tokens - cost, now))
+            wait = 0.0
+        elif cost > capacity or refill_per_second <= 0:
+            wait = math.inf
+        else:
+            wait = (cost - tokens) / refill_per_second
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # no transaction left: the error ended it
+            conn.execute("ROLLBACK")
+        raise
+    return wait
 
 
 def _apply_batch(
