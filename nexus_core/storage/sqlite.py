@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -350,8 +351,19 @@ def _run(row: Sequence[Any]) -> RunRecord:
 
 def _fenced(sql: str, fences: Sequence[tuple[str, int]]) -> tuple[str, tuple[Any, ...]]:
     """``sql`` with its ``{fences}`` condition: every (run, token) of ``fences`` is current."""
-    condition = " AND ".join([_FENCE_IS] * len(fences))
-    return sql.format(fences=condition), tuple(v for pair in fences for v in pair)
+    return _statement(sql, len(fences)), tuple(itertools.chain.from_iterable(fences))
+
+
+@functools.cache
+def _statement(sql: str, fences: int, rows: int = 0) -> str:
+    """``sql`` with ``rows`` rows of two values for ``{rows}`` and ``fences`` conditions.
+
+    Built once for each shape: a run's final write makes four such statements,
+    and SQLite's statement cache knows them by their text anyway.
+    """
+    if rows:
+        sql = sql.replace("{rows}", ", ".join(["(?, ?)"] * rows))
+    return sql.replace("{fences}", " AND ".join([_FENCE_IS] * fences))
 
 
 def _update_run(run: RunRecord, fences: Sequence[tuple[str, int]]) -> tuple[str, tuple[Any, ...]]:
@@ -386,13 +398,13 @@ def _append_ops(events: Sequence[Event], fences: Sequence[tuple[str, int]]) -> l
     ops = []
     for start in range(0, len(encoded), _APPEND_CHUNK):
         chunk = encoded[start : start + _APPEND_CHUNK]
-        rows = ", ".join(["(?, ?)"] * len(chunk))
-        values = tuple(v for pair in chunk for v in pair)
+        values: tuple[Any, ...] = tuple(itertools.chain.from_iterable(chunk))
         if fences:
-            sql, fence_params = _fenced(_APPEND_FENCED_EVENTS.replace("{rows}", rows), fences)
-            ops.append(_Write(sql, values + fence_params, fetch=True))
+            sql = _statement(_APPEND_FENCED_EVENTS, len(fences), len(chunk))
+            values += tuple(itertools.chain.from_iterable(fences))
+            ops.append(_Write(sql, values, fetch=True))
         else:
-            ops.append(_Write(_APPEND_EVENTS.format(rows=rows), values, fetch=True))
+            ops.append(_Write(_statement(_APPEND_EVENTS, 0, len(chunk)), values, fetch=True))
     return ops
 
 
