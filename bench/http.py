@@ -41,8 +41,11 @@ of ``python -m nexus_plugin_api examples/hello.py``.
 CPU per request: the utime + stime of each server's process tree (``/proc/<pid>/stat``)
 before and after every round, divided by the requests answered in it (medians over the
 rounds). For ``dbos-postgres`` the PostgreSQL backends serving it (found by their
-``application_name``) are counted on their own line. Beside it, ``bench/sqlite_floor.py``
-(the SQL of one durable run, no server) is run once, so the floor argument can be rerun:
+``application_name``) are counted on their own line. Beside it, ``loop us``: the
+share of the servers' main threads, where an asyncio server's event loop runs (the
+rest is other threads: Nexus's SQLite writer and WAL checkpointer, worker threads).
+Beside them, ``bench/sqlite_floor.py`` (the SQL of one durable run, no server) is
+run once, so the floor argument can be rerun:
 a durable run cannot cost less than bare Litestar's CPU plus that.
 
 The ratios of issue #20 are printed: ``nexus`` (durable, SQLite) over bare Litestar in
@@ -317,6 +320,23 @@ def cpu_of(pids: list[int]) -> dict[int, float]:
     return seconds
 
 
+def main_thread_cpu_of(pids: list[int]) -> dict[int, float]:
+    """utime + stime of the main thread of each live process of ``pids``, in seconds.
+
+    An asyncio server's event loop runs there; its other threads (Nexus's SQLite
+    writer and checkpointer, worker threads) are the rest of the process's CPU.
+    """
+    seconds = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return seconds
+
+
 def postgres_backends(url: str) -> list[int]:
     """The pids of the PostgreSQL backends of DBOS's connections (empty if unknown)."""
     try:
@@ -364,7 +384,9 @@ class CpuMeter:
     def __init__(self, target: Target) -> None:
         assert target.process is not None
         self.target = target
-        self.server = cpu_of(_tree_pids(target.process.pid))
+        pids = _tree_pids(target.process.pid)
+        self.server = cpu_of(pids)
+        self.loops = main_thread_cpu_of(pids)
         self.postgres = self._postgres()
 
     def _postgres(self) -> dict[int, float]:
@@ -381,6 +403,12 @@ class CpuMeter:
         later = self._postgres()
         postgres = sum(later.values()) - sum(self.postgres.get(pid, 0.0) for pid in later)
         return server, postgres
+
+    def loops_spent(self) -> float:
+        """Seconds the server's main threads (its event loops) spent since this meter was made."""
+        assert self.target.process is not None
+        after = main_thread_cpu_of(_tree_pids(self.target.process.pid))
+        return sum(after.values()) - sum(self.loops.get(pid, 0.0) for pid in after)
 
 
 def sqlite_floor_us() -> float | None:
@@ -706,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                 server_s, postgres_s = meter.spent()
                 answered = max(1, int(result["requests"]))
                 result["cpu_us"] = server_s * 1e6 / answered
+                result["loop_cpu_us"] = meter.loops_spent() * 1e6 / answered
                 if postgres_s is not None:
                     result["postgres_cpu_us"] = postgres_s * 1e6 / answered
                 target.results.append(result)
@@ -750,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
             "cpu_us": statistics.median(r["cpu_us"] for r in rs),
+            "loop_cpu_us": statistics.median(r["loop_cpu_us"] for r in rs),
             "non_2xx": sum(int(r["non_2xx"]) for r in rs),
             "socket_errors": sum(int(r["socket_errors"]) for r in rs),
             "idle_rss_mb": target.idle_rss_mb,
@@ -834,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     print(
         f"{'server':14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
-        f"{'non-2xx':>8} {'idle RSS':>9}"
+        f"{'loop us':>8} {'non-2xx':>8} {'idle RSS':>9}"
     )
     for name, row in summary.items():
         cpu_text = f"{row['cpu_us']:.0f}"
@@ -842,7 +872,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu_text += f" +{row['postgres_cpu_us']:.0f} pg"
         print(
             f"{name:14} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{cpu_text:>11} {row['non_2xx']:8d} {row['idle_rss_mb']:7.0f}MB"
+            f"{cpu_text:>11} {row['loop_cpu_us']:8.0f} {row['non_2xx']:8d} "
+            f"{row['idle_rss_mb']:7.0f}MB"
         )
     if floor_us is not None:
         print(f"SQLite floor (bench/sqlite_floor.py): {floor_us:.0f} us of CPU per durable run")
