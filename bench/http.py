@@ -306,34 +306,23 @@ def _tree_pids(pid: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_of(pids: list[int]) -> dict[int, float]:
-    """utime + stime of each live process of ``pids``, in seconds (children reaped count too)."""
-    seconds = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
-        seconds[pid] = sum(int(v) for v in fields[11:15]) / _TICK
-    return seconds
+def cpu_of(pids: list[int], *, main_thread: bool = False) -> dict[int, float]:
+    """utime + stime of each live process of ``pids``, in seconds (children reaped count too).
 
-
-def main_thread_cpu_of(pids: list[int]) -> dict[int, float]:
-    """utime + stime of the main thread of each live process of ``pids``, in seconds.
-
-    An asyncio server's event loop runs there; its other threads (Nexus's SQLite
-    writer and checkpointer, worker threads) are the rest of the process's CPU.
+    With ``main_thread``: of each process's main thread alone, where an asyncio
+    server's event loop runs (its other threads, Nexus's SQLite writer and
+    checkpointer or worker threads, are the rest of the process's CPU).
     """
     seconds = {}
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+            with open(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name
+        # (a thread's own: utime and stime).
+        seconds[pid] = sum(int(v) for v in fields[11 : 13 if main_thread else 15]) / _TICK
     return seconds
 
 
@@ -386,29 +375,28 @@ class CpuMeter:
         self.target = target
         pids = _tree_pids(target.process.pid)
         self.server = cpu_of(pids)
-        self.loops = main_thread_cpu_of(pids)
+        self.loops = cpu_of(pids, main_thread=True)
         self.postgres = self._postgres()
 
     def _postgres(self) -> dict[int, float]:
         url = self.target.postgres_url
         return cpu_of(postgres_backends(url)) if url else {}
 
-    def spent(self) -> tuple[float, float | None]:
-        """Seconds since this meter was made: the server's, and its PostgreSQL backends'."""
+    def spent(self) -> tuple[float, float, float | None]:
+        """Seconds since this meter was made: the server's, its main threads' (its event
+        loops), and its PostgreSQL backends'."""
         assert self.target.process is not None
-        after = cpu_of(_tree_pids(self.target.process.pid))
-        server = sum(after.values()) - sum(self.server.get(pid, 0.0) for pid in after)
+        pids = _tree_pids(self.target.process.pid)
+        server = _since(self.server, cpu_of(pids))
+        loops = _since(self.loops, cpu_of(pids, main_thread=True))
         if self.target.postgres_url is None:
-            return server, None
-        later = self._postgres()
-        postgres = sum(later.values()) - sum(self.postgres.get(pid, 0.0) for pid in later)
-        return server, postgres
+            return server, loops, None
+        return server, loops, _since(self.postgres, self._postgres())
 
-    def loops_spent(self) -> float:
-        """Seconds the server's main threads (its event loops) spent since this meter was made."""
-        assert self.target.process is not None
-        after = main_thread_cpu_of(_tree_pids(self.target.process.pid))
-        return sum(after.values()) - sum(self.loops.get(pid, 0.0) for pid in after)
+
+def _since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings of the same processes."""
+    return sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
 
 
 def sqlite_floor_us() -> float | None:
@@ -731,10 +719,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.duration,
                     args.threads,
                 )
-                server_s, postgres_s = meter.spent()
+                server_s, loops_s, postgres_s = meter.spent()
                 answered = max(1, int(result["requests"]))
                 result["cpu_us"] = server_s * 1e6 / answered
-                result["loop_cpu_us"] = meter.loops_spent() * 1e6 / answered
+                result["loop_cpu_us"] = loops_s * 1e6 / answered
                 if postgres_s is not None:
                     result["postgres_cpu_us"] = postgres_s * 1e6 / answered
                 target.results.append(result)

@@ -74,6 +74,17 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "nexus.db"
 
 
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStorage]:
+    """An open SQLite store on a file of its own, closed after the test."""
+    storage = SQLiteStorage(_url(db_path))
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
 def test_urls() -> None:
     assert SQLiteStorage("sqlite:///relative/x.db").path == "relative/x.db"
     assert SQLiteStorage("sqlite:////abs/x.db").path == "/abs/x.db"
@@ -182,67 +193,58 @@ async def writer_held(storage: SQLiteStorage) -> AsyncIterator[list[int]]:
         sqlite_backend._apply_group = apply_group
 
 
-async def test_writes_queued_behind_a_busy_writer_share_one_transaction(db_path: Path) -> None:
+async def test_writes_queued_behind_a_busy_writer_share_one_transaction(
+    store: SQLiteStorage,
+) -> None:
     # The group commit is the writer thread's: whatever is queued while it is
     # busy goes into its next transaction, however many callers queued it.
-    storage = SQLiteStorage(_url(db_path))
-    await storage.open()
-    try:
-        async with anyio.create_task_group() as tg, writer_held(storage) as sizes:
-            for n in range(20):
-                tg.start_soon(storage.cache_set, f"k{n}", b"v")
-            await _until(lambda: _queued(storage) == 20)
-        assert sizes == [20]
-        assert [await storage.cache_get(f"k{n}") for n in range(20)] == [b"v"] * 20
-    finally:
-        await storage.close()
+    async with anyio.create_task_group() as tg, writer_held(store) as sizes:
+        for n in range(20):
+            tg.start_soon(store.cache_set, f"k{n}", b"v")
+        await _until(lambda: _queued(store) == 20)
+    assert sizes == [20]
+    assert [await store.cache_get(f"k{n}") for n in range(20)] == [b"v"] * 20
 
 
-async def test_a_queued_write_is_applied_though_its_caller_was_cancelled(db_path: Path) -> None:
+async def test_a_queued_write_is_applied_though_its_caller_was_cancelled(
+    store: SQLiteStorage,
+) -> None:
     # Once queued, a write is the writer thread's: a caller that stops waiting
     # (a client gone away) leaves it applied, never half-done.
-    storage = SQLiteStorage(_url(db_path))
-    await storage.open()
-    try:
-        async with writer_held(storage) as sizes:
-            with anyio.move_on_after(0.05) as waiting:
-                await storage.cache_set("k", b"v")
-            assert waiting.cancelled_caught
-        assert sizes == [1]
-        assert await storage.cache_get("k") == b"v"
-    finally:
-        await storage.close()
+    async with writer_held(store) as sizes:
+        with anyio.move_on_after(0.05) as waiting:
+            await store.cache_set("k", b"v")
+        assert waiting.cancelled_caught
+    assert sizes == [1]
+    assert await store.cache_get("k") == b"v"
 
 
-async def test_a_failing_write_fails_only_its_caller_in_a_shared_batch(db_path: Path) -> None:
+async def test_a_failing_write_fails_only_its_caller_in_a_shared_batch(
+    store: SQLiteStorage,
+) -> None:
     # Concurrent writes share one transaction; a duplicate among them fails
     # alone and every other write of the batch is stored.
-    storage = SQLiteStorage(_url(db_path))
-    await storage.open()
-    try:
-        await storage.create_run(RunRecord(id="taken", workflow="w", created_at=1.0))
-        outcomes: dict[str, str] = {}
+    await store.create_run(RunRecord(id="taken", workflow="w", created_at=1.0))
+    outcomes: dict[str, str] = {}
 
-        async def create(run_id: str) -> None:
-            try:
-                await storage.create_run(RunRecord(id=run_id, workflow="w", created_at=2.0))
-                outcomes[run_id] = "ok"
-            except ValueError as exc:
-                outcomes[run_id] = str(exc)
+    async def create(run_id: str) -> None:
+        try:
+            await store.create_run(RunRecord(id=run_id, workflow="w", created_at=2.0))
+            outcomes[run_id] = "ok"
+        except ValueError as exc:
+            outcomes[run_id] = str(exc)
 
-        async with anyio.create_task_group() as tg, writer_held(storage) as sizes:
-            for run_id in ["r1", "r2", "taken", "r3", "r4"]:
-                tg.start_soon(create, run_id)
-            await _until(lambda: _queued(storage) == 5)
-        assert sizes == [5]  # one batch: the duplicate was among the others
-        assert "already exists" in outcomes.pop("taken")
-        assert outcomes == {"r1": "ok", "r2": "ok", "r3": "ok", "r4": "ok"}
-        for run_id in ["r1", "r2", "r3", "r4"]:
-            assert await storage.get_run(run_id) is not None
-        taken = await storage.get_run("taken")
-        assert taken is not None and taken.created_at == 1.0
-    finally:
-        await storage.close()
+    async with anyio.create_task_group() as tg, writer_held(store) as sizes:
+        for run_id in ["r1", "r2", "taken", "r3", "r4"]:
+            tg.start_soon(create, run_id)
+        await _until(lambda: _queued(store) == 5)
+    assert sizes == [5]  # one batch: the duplicate was among the others
+    assert "already exists" in outcomes.pop("taken")
+    assert outcomes == {"r1": "ok", "r2": "ok", "r3": "ok", "r4": "ok"}
+    for run_id in ["r1", "r2", "r3", "r4"]:
+        assert await store.get_run(run_id) is not None
+    taken = await store.get_run("taken")
+    assert taken is not None and taken.created_at == 1.0
 
 
 async def test_a_writer_waits_for_its_own_batch_not_for_later_ones(

@@ -1212,11 +1212,7 @@ class _Connection:
 
     async def run(self, func: Callable[..., _R], *args: Any) -> _R:
         """``func(*args)`` in the connection's thread, after the calls before it."""
-        if self._closed:
-            raise ValueError("the SQLite writer is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_R] = loop.create_future()
-        self._calls.put((func, args, loop, future))
+        future: asyncio.Future[_R] = self._queue(func, args)
         with anyio.CancelScope(shield=True):  # once queued, it runs: its caller waits for it
             result = await future
         return result  # noqa: RET504 - a return inside the scope reads as falling off to mypy
@@ -1232,12 +1228,16 @@ class _Connection:
         queueing more: it goes on serving while the thread writes. Once
         queued, a write is applied even if its caller is cancelled meanwhile.
         """
+        await self._queue(_apply_batch, (self.conn, items, checkpointer))
+
+    def _queue(self, func: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue ``func(*args)`` for the thread; the future its outcome settles."""
         if self._closed:
             raise ValueError("the SQLite writer is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._calls.put((_apply_batch, (self.conn, items, checkpointer), loop, future))
-        await future
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((func, args, loop, future))
+        return future
 
     def post(self, func: Callable[..., object], *args: Any) -> None:
         """``func(*args)`` in the connection's thread, after the calls before it; never waits.
@@ -1280,28 +1280,22 @@ def _serve(calls: queue.SimpleQueue[_Call | None]) -> None:
     Writes (:meth:`_Connection.write`) queued one after another are applied
     in one transaction: the group commit.
     """
-    call = calls.get()
-    while call is not None:
+    taken: list[_Call | None] = []  # a call taken off the queue while gathering writes
+    while (call := taken.pop() if taken else calls.get()) is not None:
         if call[0] is not _apply_batch:
             _call(call)
-            call = calls.get()
             continue
         group = [call]
         while True:  # take the writes queued meanwhile, up to anything else
             try:
-                call = calls.get_nowait()
+                following = calls.get_nowait()
             except queue.Empty:
-                call = _NOTHING
                 break
-            if call is None or call[0] is not _apply_batch:
+            if following is None or following[0] is not _apply_batch:
+                taken.append(following)
                 break
-            group.append(call)
+            group.append(following)
         _apply_group(group)
-        if call is _NOTHING:
-            call = calls.get()
-        elif call is not None:
-            _call(call)
-            call = calls.get()
 
 
 def _call(call: _Call) -> None:
@@ -1342,13 +1336,6 @@ def _settle_writes(futures: list[asyncio.Future[Any]]) -> None:
     for future in futures:
         if not future.done():  # done: its caller was cancelled
             future.set_result(None)
-
-
-def _noop() -> None:
-    pass
-
-
-_NOTHING: _Call = (_noop, (), None, None)  # the queue was empty
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
