@@ -2,10 +2,10 @@
 
     python bench/sqlite_floor.py [--runs N] [--batch B] [--repeat R]
 
-A one-node run stores: its record, its checkpoint and final state (one
-transaction, ``finish_run``), four events (two bursts of two, one statement
-each, as the backend appends them) and one audit record. This executes
-exactly those statements, with the SQLite backend's own schema, pragmas and SQL,
+A one-node run stores its record, then in its final write (``finish_run_logged``)
+its checkpoint, its final state, its audit record and its four events (one
+statement), each fenced by the run's token. This executes exactly those
+statements, with the SQLite backend's own schema, pragmas and SQL,
 straight through ``sqlite3`` on one thread, ``B`` runs per transaction (the
 group commit a busy gateway gets), and prints microseconds of CPU per run (process
 time, so load elsewhere on the machine does not move it; wall time beside it). Whatever a
@@ -31,8 +31,11 @@ import time
 
 import anyio
 
+from nexus_core.events import Event
 from nexus_core.storage import sqlite as backend
 from nexus_core.storage.base import AuditRecord, NodeCheckpoint, RunRecord
+
+_EVENTS = ("run.started", "node.started", "node.finished", "run.completed")
 
 
 async def make_database(path: Path) -> None:
@@ -40,15 +43,6 @@ async def make_database(path: Path) -> None:
     storage = backend.SQLiteStorage(f"sqlite:///{path}")
     await storage.open()
     await storage.close()
-
-
-def _append_events(conn: sqlite3.Connection, run_id: str, kinds: tuple[str, ...]) -> None:
-    """The backend's one statement for a burst of events (it gives their positions)."""
-    rows = ", ".join(["(?, ?)"] * len(kinds))
-    params = [
-        v for kind in kinds for v in (run_id, backend._encode({"type": kind, "run_id": run_id}))
-    ]
-    conn.execute(backend._APPEND_EVENTS.format(rows=rows), params).fetchall()
 
 
 def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, float]:
@@ -73,16 +67,14 @@ def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, fl
                 owner="bench",
             )
             conn.execute(backend._INSERT_RUN, backend._run_params(run))
-            _append_events(conn, run.id, ("run.started", "node.started"))
             checkpoint = NodeCheckpoint(
                 run_id=run.id, node_id="greet", status="completed", output={"result": "Hello."}
             )
-            # finish_run: the checkpoint and the final state, both fenced by the run's token.
+            # finish_run_logged: every statement fenced by the run's token, one transaction.
             fences = [(run.id, run.fence)]
             conn.execute(*backend._upsert_checkpoint(checkpoint, fences))
             run.status, run.output, run.finished_at = "completed", "Hello.", time.time()
             conn.execute(*backend._update_run(run, fences))
-            _append_events(conn, run.id, ("node.finished", "run.completed"))
             audit = AuditRecord(
                 id=secrets.token_hex(12),
                 time=now,
@@ -94,7 +86,11 @@ def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, fl
                 workflow="greet",
                 run_id=run.id,
             )
-            conn.execute(backend._INSERT_AUDIT, backend._audit_params(audit))
+            sql, fence_params = backend._fenced(backend._INSERT_FENCED_AUDIT, fences)
+            conn.execute(sql, backend._audit_params(audit) + fence_params)
+            events = [Event(type=kind, run_id=run.id) for kind in _EVENTS]
+            for op in backend._append_ops(events, fences):
+                conn.execute(op.sql, op.params)
         conn.execute("COMMIT")
     done = runs // batch * batch
     return (time.process_time() - cpu_started) / done, (time.perf_counter() - started) / done
@@ -118,7 +114,7 @@ def main() -> int:
     cpu = [p[0] * 1e6 for p in passes]
     wall = [p[1] * 1e6 for p in passes]
     print(
-        f"SQLite statements of one durable one-node run (6 statements, {args.batch} runs per "
+        f"SQLite statements of one durable one-node run (5 statements, {args.batch} runs per "
         f"transaction): median {statistics.median(cpu):.0f} us of CPU per run "
         f"(min {min(cpu):.0f}, max {max(cpu):.0f}; wall {statistics.median(wall):.0f} us; "
         f"{args.repeat} x {args.runs} runs)"

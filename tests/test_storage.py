@@ -27,7 +27,13 @@ from hypothesis import strategies as st
 
 from nexus_core.events import Event, event_id
 from nexus_core.storage import sqlite as sqlite_backend
-from nexus_core.storage.base import AlreadyExists, NodeCheckpoint, RunRecord, Storage
+from nexus_core.storage.base import (
+    AlreadyExists,
+    LeaseLost,
+    NodeCheckpoint,
+    RunRecord,
+    Storage,
+)
 from nexus_core.storage.memory import MemoryStorage
 from nexus_core.storage.sqlite import SchemaVersionError, SQLiteStorage
 from nexus_core.testing.storage import StorageContract
@@ -245,6 +251,45 @@ async def test_a_failing_write_fails_only_its_caller_in_a_shared_batch(
         assert await store.get_run(run_id) is not None
     taken = await store.get_run("taken")
     assert taken is not None and taken.created_at == 1.0
+
+
+async def test_events_appended_in_a_shared_batch_get_the_positions_the_log_holds(
+    store: SQLiteStorage,
+) -> None:
+    # Positions come from each statement's last rowid and row count, not from
+    # RETURNING: bursts of several callers in one transaction, and a run's
+    # final write refused by its fence among them, must still each get theirs.
+    await store.create_run(RunRecord(id="mine", workflow="w", created_at=1.0, fence=2))
+    got: dict[str, list[Event]] = {}
+
+    async def append(name: str, size: int) -> None:
+        got[name] = await store.append_events(
+            [Event(type="x", data={"who": name, "i": i}) for i in range(size)]
+        )
+
+    async def finish(name: str, fence: int) -> None:
+        run = RunRecord(id="mine", workflow="w", created_at=1.0, status="completed", fence=fence)
+        events = [Event(type="run.completed", run_id="mine", data={"who": name, "i": 0})]
+        try:
+            got[name] = await store.finish_run_logged(run, [], events, audits=[])
+        except LeaseLost:
+            got[name] = []
+
+    async with anyio.create_task_group() as tg, writer_held(store) as sizes:
+        for name, size in [("a", 1), ("b", 7), ("c", 3)]:
+            tg.start_soon(append, name, size)
+        tg.start_soon(finish, "stale", 1)
+        tg.start_soon(append, "d", 2)
+        tg.start_soon(finish, "owner", 2)
+        await _until(lambda: _queued(store) == 6)
+    assert sizes == [6]
+    logged = await store.read_events(limit=100)
+    assert sorted(e.id for events in got.values() for e in events) == [e.id for e in logged]
+    by_id = {e.id: e for e in logged}
+    for name, events in got.items():
+        assert [by_id[e.id] for e in events] == events, name
+    assert got["stale"] == [] and len(got["owner"]) == 1
+    assert {name: len(events) for name, events in got.items()}["b"] == 7
 
 
 async def test_a_writer_waits_for_its_own_batch_not_for_later_ones(

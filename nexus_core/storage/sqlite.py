@@ -166,11 +166,14 @@ _SELECT_CHECKPOINTS = "SELECT node_id, data FROM checkpoints WHERE run_id = ?"
 
 # The log gives positions itself (AUTOINCREMENT: after the highest position ever
 # handed out, even when the tail was pruned); one statement appends a burst, so
-# its positions are consecutive. ``{rows}`` is one "(?, ?)" per event.
-_APPEND_EVENTS = "INSERT INTO events (run_id, data) VALUES {rows} RETURNING seq"
+# its positions are consecutive, and the last rowid and the row count name them
+# all. Not RETURNING: each row it hands back is one more step of the statement,
+# and each step lets go of the GIL and waits to take it back from the event loop.
+# ``{rows}`` is one "(?, ?)" per event.
+_APPEND_EVENTS = "INSERT INTO events (run_id, data) VALUES {rows}"
 # The same under a fenced write's condition (a run's final write appends its events).
 _APPEND_FENCED_EVENTS = (
-    "INSERT INTO events (run_id, data) SELECT * FROM (VALUES {rows}) WHERE {fences} RETURNING seq"
+    "INSERT INTO events (run_id, data) SELECT * FROM (VALUES {rows}) WHERE {fences}"
 )
 _APPEND_CHUNK = 500  # events per statement: 2 parameters each, far below SQLite's limit
 _READ_EVENTS = "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -402,15 +405,15 @@ def _append_ops(events: Sequence[Event], fences: Sequence[tuple[str, int]]) -> l
         if fences:
             sql = _statement(_APPEND_FENCED_EVENTS, len(fences), len(chunk))
             values += tuple(itertools.chain.from_iterable(fences))
-            ops.append(_Write(sql, values, fetch=True))
+            ops.append(_Write(sql, values, inserted=True))
         else:
-            ops.append(_Write(_statement(_APPEND_EVENTS, 0, len(chunk)), values, fetch=True))
+            ops.append(_Write(_statement(_APPEND_EVENTS, 0, len(chunk)), values, inserted=True))
     return ops
 
 
 def _logged(events: Sequence[Event], ops: Sequence[_Write]) -> list[Event]:
-    """The appended events with their ids (the positions ``ops`` returned)."""
-    seqs = sorted(int(row[0]) for op in ops for row in op.rows)
+    """The appended events with their ids (the positions ``ops`` inserted them at)."""
+    seqs = [seq for op in ops for seq in op.inserted_at()]
     # Equal to what read_events returns for JSON-native data (events are
     # frozen; nothing here is shared state).
     return [
@@ -937,7 +940,7 @@ class SQLiteStorage(Storage):
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
         """Append events in order; each gets the id of its log position.
 
-        One ``INSERT ... RETURNING`` per 500 events, group-committed with the
+        One multi-row ``INSERT`` per 500 events, group-committed with the
         other writes queued meanwhile (a caller's statements run back to back
         in one transaction), so the positions of a burst are consecutive and
         every process's appends are in one order.
@@ -1458,15 +1461,23 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> li
 class _Write:
     """One queued write statement and, once applied, its outcome."""
 
-    __slots__ = ("error", "fetch", "params", "rowcount", "rows", "sql")
+    __slots__ = ("error", "fetch", "inserted", "last_rowid", "params", "rowcount", "rows", "sql")
 
-    def __init__(self, sql: str, params: tuple[Any, ...], *, fetch: bool = False) -> None:
+    def __init__(
+        self, sql: str, params: tuple[Any, ...], *, fetch: bool = False, inserted: bool = False
+    ) -> None:
         self.sql = sql
         self.params = params
         self.fetch = fetch  # keep the rows it returns
+        self.inserted = inserted  # keep the rowid of the last row it inserts
         self.rowcount = 0
+        self.last_rowid = 0
         self.rows: list[Any] = []
         self.error: BaseException | None = None
+
+    def inserted_at(self) -> range:
+        """The rowids of the rows an ``inserted`` op added: one statement's are consecutive."""
+        return range(self.last_rowid - self.rowcount + 1, self.last_rowid + 1)
 
 
 def _execute(conn: sqlite3.Connection, op: _Write) -> None:
@@ -1474,6 +1485,8 @@ def _execute(conn: sqlite3.Connection, op: _Write) -> None:
     if op.fetch:
         op.rows = cursor.fetchall()
     op.rowcount = cursor.rowcount
+    if op.inserted:
+        op.last_rowid = cursor.lastrowid or 0
 
 
 def _take_tokens(
@@ -1547,7 +1560,7 @@ def _apply_writes(conn: sqlite3.Connection, batch: list[list[_Write]]) -> None:
             for ops in batch:
                 conn.execute("SAVEPOINT nexus_write")
                 for op in ops:
-                    op.rowcount, op.rows = 0, []
+                    op.rowcount, op.last_rowid, op.rows = 0, 0, []
                 for op in ops:
                     try:
                         _execute(conn, op)
@@ -1555,7 +1568,7 @@ def _apply_writes(conn: sqlite3.Connection, batch: list[list[_Write]]) -> None:
                         conn.execute("ROLLBACK TO nexus_write")
                         op.error = exc
                         for other in ops:
-                            other.rowcount, other.rows = 0, []
+                            other.rowcount, other.last_rowid, other.rows = 0, 0, []
                         break
                 conn.execute("RELEASE nexus_write")
         conn.execute("COMMIT")
