@@ -43,10 +43,14 @@ from nexus_core.security import Credentials
 from .audio import AudioError, _wav_chunks, to_pcm
 from .config import voice_config
 from .engines import SAMPLE_RATE, EngineError
-from .service import VoiceReply, VoiceService, voice_service
 
 if TYPE_CHECKING:
     from nexus_core import Nexus
+
+    # The service (grammars, engines) is imported on the first request, not
+    # when `nexus serve` mounts this app: a server that never hears a voice
+    # request starts without it.
+    from .service import VoiceReply, VoiceService
 
 __all__ = ["VoiceApp", "make_asgi"]
 
@@ -156,6 +160,8 @@ class VoiceApp:
     def service(self) -> VoiceService:
         """The host's voice service (engines and grammars), made on first use."""
         if self._service is None:
+            from .service import voice_service
+
             self._service = voice_service(self.app)
         return self._service
 

@@ -8,6 +8,7 @@ this plugin loads without them.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from nexus_core import CommandSpec, ConfigSectionSpec, HttpMountSpec, hookimpl
@@ -101,8 +102,9 @@ def nexus_cli_commands() -> list[CommandSpec]:
 @hookimpl
 def nexus_workflow_registered(app: Nexus, workflow: Workflow) -> None:
     """A new workflow: the grammars are built again on the next request."""
-    from .service import _SERVICES
-
-    service = _SERVICES.get(app)
+    service_module = sys.modules.get(f"{__package__}.service")
+    if service_module is None:  # never imported: no service, no grammar to rebuild
+        return
+    service = service_module._SERVICES.get(app)
     if service is not None:
         service.invalidate()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import anyio
 import httpx
 import pytest
@@ -90,3 +94,31 @@ async def test_cancel_it_cancels_the_sessions_running_run():
             assert done.status == "cancelled"
             again = (await http.post("/", content=speak("cancel it"), headers=headers)).json()
             assert again["outcome"] == "not_running" and "nothing to cancel" in again["reply"]
+
+
+_PROBE = """
+import json, sys
+from nexus_core import Nexus
+from nexus_plugin_voice.asgi import make_asgi
+
+app = Nexus("probe", storage="memory://", autoload=False, plugins=["nexus_plugin_voice.plugin"])
+
+@app.workflow
+def greet(name: str) -> str:
+    return name
+
+voice = make_asgi(app)  # what `nexus serve` does when it mounts the channel
+mounted = "nexus_plugin_voice.service" in sys.modules
+voice.service  # the first request's step
+print(json.dumps([mounted, "nexus_plugin_voice.service" in sys.modules]))
+"""
+
+
+def test_mounting_the_channel_leaves_the_voice_service_to_the_first_request():
+    # Its grammar and engine modules are a server's start-up cost only when a
+    # voice request comes: a fresh interpreter shows what mounting imports.
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True]
