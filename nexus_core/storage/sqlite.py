@@ -405,9 +405,9 @@ def _append_ops(events: Sequence[Event], fences: Sequence[tuple[str, int]]) -> l
         if fences:
             sql = _statement(_APPEND_FENCED_EVENTS, len(fences), len(chunk))
             values += tuple(itertools.chain.from_iterable(fences))
-            ops.append(_Write(sql, values, inserted=True))
+            ops.append(_Write(sql, values))
         else:
-            ops.append(_Write(_statement(_APPEND_EVENTS, 0, len(chunk)), values, inserted=True))
+            ops.append(_Write(_statement(_APPEND_EVENTS, 0, len(chunk)), values))
     return ops
 
 
@@ -1461,22 +1461,23 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> li
 class _Write:
     """One queued write statement and, once applied, its outcome."""
 
-    __slots__ = ("error", "fetch", "inserted", "last_rowid", "params", "rowcount", "rows", "sql")
+    __slots__ = ("error", "fetch", "last_rowid", "params", "rowcount", "rows", "sql")
 
-    def __init__(
-        self, sql: str, params: tuple[Any, ...], *, fetch: bool = False, inserted: bool = False
-    ) -> None:
+    def __init__(self, sql: str, params: tuple[Any, ...], *, fetch: bool = False) -> None:
         self.sql = sql
         self.params = params
         self.fetch = fetch  # keep the rows it returns
-        self.inserted = inserted  # keep the rowid of the last row it inserts
+        self.error: BaseException | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget an outcome (its statement was rolled back)."""
         self.rowcount = 0
         self.last_rowid = 0
         self.rows: list[Any] = []
-        self.error: BaseException | None = None
 
     def inserted_at(self) -> range:
-        """The rowids of the rows an ``inserted`` op added: one statement's are consecutive."""
+        """The rowids of the rows an ``INSERT`` added: one statement's are consecutive."""
         return range(self.last_rowid - self.rowcount + 1, self.last_rowid + 1)
 
 
@@ -1485,8 +1486,7 @@ def _execute(conn: sqlite3.Connection, op: _Write) -> None:
     if op.fetch:
         op.rows = cursor.fetchall()
     op.rowcount = cursor.rowcount
-    if op.inserted:
-        op.last_rowid = cursor.lastrowid or 0
+    op.last_rowid = cursor.lastrowid or 0
 
 
 def _take_tokens(
@@ -1560,7 +1560,7 @@ def _apply_writes(conn: sqlite3.Connection, batch: list[list[_Write]]) -> None:
             for ops in batch:
                 conn.execute("SAVEPOINT nexus_write")
                 for op in ops:
-                    op.rowcount, op.last_rowid, op.rows = 0, 0, []
+                    op.reset()
                 for op in ops:
                     try:
                         _execute(conn, op)
@@ -1568,7 +1568,7 @@ def _apply_writes(conn: sqlite3.Connection, batch: list[list[_Write]]) -> None:
                         conn.execute("ROLLBACK TO nexus_write")
                         op.error = exc
                         for other in ops:
-                            other.rowcount, other.last_rowid, other.rows = 0, 0, []
+                            other.reset()
                         break
                 conn.execute("RELEASE nexus_write")
         conn.execute("COMMIT")
