@@ -34,6 +34,7 @@ import anyio
 from nexus_core.events import Event
 from nexus_core.storage import sqlite as backend
 from nexus_core.storage.base import AuditRecord, NodeCheckpoint, RunRecord
+from nexus_core.workflows.runtime import new_run_id
 
 _EVENTS = ("run.started", "node.started", "node.finished", "run.completed")
 
@@ -54,7 +55,7 @@ def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, fl
         for _ in range(batch):
             now = time.time()
             run = RunRecord(
-                id=secrets.token_urlsafe(16),
+                id=new_run_id(),  # as a served run's: time-ordered
                 workflow="greet",
                 tenant="default",
                 principal="anonymous",

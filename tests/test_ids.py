@@ -1,10 +1,14 @@
-"""Random ids from a pool of os.urandom: never repeated, across threads and forks."""
+"""Random ids from a pool of os.urandom: never repeated, across threads and forks.
+
+Run ids start with their creation time, so ids made one after another sort in order.
+"""
 
 from __future__ import annotations
 
 import base64
 import os
 import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -35,6 +39,23 @@ def test_no_id_repeats_across_threads() -> None:
     ids = [each for out in made for each in out]
     assert len(set(ids)) == len(ids) == 40_000
     assert all(each[0].isalnum() for each in ids)
+
+
+def test_run_ids_start_with_their_creation_time_and_sort_in_the_order_made() -> None:
+    first_ms = time.time_ns() // 1_000_000
+    made = [new_run_id()]
+    # Across several millisecond ticks (a condition, not a sleep): the order
+    # must hold from one tick to the next, not only within one.
+    while int(made[-1][:12], 16) < first_ms + 3:
+        made.append(new_run_id())
+    last_ms = time.time_ns() // 1_000_000
+    stamps = [int(each[:12], 16) for each in made]
+    assert first_ms <= stamps[0] and stamps[-1] <= last_ms
+    assert stamps == sorted(stamps)
+    assert [each[:12] for each in made] == sorted(each[:12] for each in made)
+    # The rest is 128 random bits, as before: the time makes no id guessable.
+    assert {len(base64.urlsafe_b64decode(each[12:] + "==")) for each in made} == {16}
+    assert len({each[12:] for each in made}) == len(made)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import stat
 import time
@@ -42,10 +43,14 @@ def stable(value: Any) -> Any:
     return value
 
 
+#: A run id: 12 hex digits of its creation time, then 22 URL-safe random characters.
+_RUN_ID = re.compile(r"(?<![\w-])[0-9a-f]{12}[\w-]{22}(?![\w-])")
+
+
 def errors(done: Any) -> list[str]:
     """The error lines (run ids masked)."""
     lines = [line for line in done.stderr.splitlines() if line.startswith(("error:", "hint:"))]
-    return [" ".join("RUN" if len(w) == 22 else w for w in line.split()) for line in lines]
+    return [_RUN_ID.sub("RUN", line) for line in lines]
 
 
 CASES = [
