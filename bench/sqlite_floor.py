@@ -87,8 +87,7 @@ def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, fl
                 workflow="greet",
                 run_id=run.id,
             )
-            sql, fence_params = backend._fenced(backend._INSERT_FENCED_AUDIT, fences)
-            conn.execute(sql, backend._audit_params(audit) + fence_params)
+            conn.execute(*backend._insert_audit(audit, fences))
             events = [Event(type=kind, run_id=run.id) for kind in _EVENTS]
             for op in backend._append_ops(events, fences):
                 conn.execute(op.sql, op.params)

@@ -425,6 +425,13 @@ def _audit_params(record: AuditRecord) -> tuple[Any, ...]:
     return (record.time, record.tenant, record.principal, record.workflow, _encode(record))
 
 
+def _insert_audit(
+    record: AuditRecord, fences: Sequence[tuple[str, int]]
+) -> tuple[str, tuple[Any, ...]]:
+    sql, fence_params = _fenced(_INSERT_FENCED_AUDIT, fences)
+    return sql, _audit_params(record) + fence_params
+
+
 def _run_params(run: RunRecord) -> tuple[Any, ...]:
     return (
         run.id,
@@ -798,9 +805,8 @@ class SQLiteStorage(Storage):
             raise self._closed()
         groups: list[tuple[list[_Write], list[_Write], list[_Write], list[tuple[str, int]]]] = []
         for finish, events in writes:
-            appends = _append_ops(events, ()) if events else []
             if finish is None:
-                groups.append(([], appends, [], []))
+                groups.append(([], _append_ops(events, ()) if events else [], [], []))
                 continue
             run, checkpoints, audits = finish
             fences = list(
@@ -808,9 +814,7 @@ class SQLiteStorage(Storage):
             )
             statements = [_upsert_checkpoint(c, fences) for c in checkpoints]
             statements.append(_update_run(run, fences))
-            for record in audits:
-                sql, fence_params = _fenced(_INSERT_FENCED_AUDIT, fences)
-                statements.append((sql, _audit_params(record) + fence_params))
+            statements.extend(_insert_audit(record, fences) for record in audits)
             ops = [_Write(sql, params) for sql, params in statements]
             last = len(checkpoints) + 1  # the run's update ends its own statements
             appends = _append_ops(events, fences) if events else []
