@@ -268,7 +268,8 @@ class EventBus(abc.ABC):
         :meth:`~nexus_core.storage.base.Storage.log_writes` (one transaction
         where the storage can), then delivers them. When the write is refused
         (:class:`~nexus_core.storage.base.LeaseLost`) or fails, this raises it
-        and none of ``events`` is published.
+        and none of ``events`` is published. The host calls it under a
+        cancellation shield: a run's final write is never cut short.
 
         The default, for a bus that logs elsewhere or not at all, writes the
         run and its audit records alone (``log.finish_run_logged(run,
@@ -750,7 +751,9 @@ class LocalEventBus(EventBus):
         if self.log is None or log is not self.log:
             await super().publish_with(events, finish, log=log)
             return
-        await self._behind.submit(_Finishing(finish, events))  # raises what the write raised
+        # Raises what the write raised. Its caller is shielded (see above), so
+        # a batch it applies needs no shield of its own.
+        await self._behind.submit(_Finishing(finish, events), shielded=True)
 
     def on_logged(self, events: list[Event]) -> None:
         """Called with every batch of events this bus logged, in log order, before delivery.

@@ -27,6 +27,7 @@ from nexus_core.config import ConfigError
 from nexus_core.errors import IdempotencyConflict, RunNotFound, SessionNotFound
 from nexus_core.security import Credentials, Principal
 from nexus_core.sessions import Session
+from nexus_core.storage.memory import MemoryStorage
 
 pytestmark = pytest.mark.anyio
 
@@ -580,6 +581,64 @@ async def test_a_waiting_callers_run_past_the_grace_is_left_to_resume(tmp_path: 
         stored = await again.get_run(run_id)  # its lease was released: taken over at once
     assert stored.status == "failed"
     assert "interrupted" in stored.error.message
+
+
+class GatedStorage(MemoryStorage):
+    """Holds a run's final write (``log_writes`` with a run in it) until released."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+    async def log_writes(self, writes: Any) -> Any:
+        if any(finish is not None for finish, _ in writes):
+            self.entered.set()
+            await self.release.wait()
+        return await super().log_writes(writes)
+
+
+async def test_a_final_write_under_way_when_the_grace_ends_still_lands() -> None:
+    # A waiting caller's run executes in the caller's task, under that task's
+    # shield. The drain cancels such runs once the grace is over, but not one
+    # whose nodes are done: its final write is under way and must land whole.
+    storage = GatedStorage("memory://")
+    config = {"services": {"runs": {"shutdown_grace": 0}}}
+    app = Nexus("test", storage=storage, autoload=False, config=config, env={})
+
+    @app.workflow
+    def greet(name: str) -> str:
+        return f"Hello, {name}."
+
+    answer: dict[str, Any] = {}
+    draining = anyio.Event()
+    drain = app.engine.drain
+
+    async def drain_and_say(grace: float) -> None:
+        draining.set()
+        await drain(grace)
+
+    app.engine.drain = drain_and_say  # type: ignore[method-assign]
+
+    async def call() -> None:
+        answer["result"] = await app.invoke("greet", {"name": "Ada"})
+
+    async def release_once_drained() -> None:
+        await draining.wait()
+        await anyio.wait_all_tasks_blocked()  # the drain cancelled what it would, and waits
+        storage.release.set()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as outside, app:
+            outside.start_soon(call)
+            await storage.entered.wait()  # the run's final write is under way
+            outside.start_soon(release_once_drained)
+    assert answer["result"].status == "completed"
+    assert answer["result"].output == "Hello, Ada."
+    stored = await storage.get_run(answer["result"].run_id)
+    assert stored is not None and stored.status == "completed"
+    events = await storage.read_events(run_id=stored.id)
+    assert [e.type for e in events][-1] == "run.completed"
 
 
 async def test_async_runs_leave_nothing_behind() -> None:
