@@ -1,12 +1,19 @@
 """What the one invoke path costs over a bare runtime call, and what a run writes to storage.
 
-    python bench/invoke.py [--calls N] [--repeat R] [--json]
+    python bench/invoke.py [--calls N] [--repeat R] [--json] [--instructions]
 
 For a trivial one-node workflow (async, so no worker thread is involved) it
 times, per call: ``Runtime.run`` alone (the floor), ``app.invoke`` on the
 memory backend and on SQLite (a file in a temporary folder). It counts the
 storage calls one invocation makes, by kind. Medians of R repetitions of N
 calls each; the machine is noisy, so read the medians, not single runs.
+
+``--instructions`` also counts the machine instructions of one invoke, on
+memory and on SQLite, under valgrind's callgrind (Debian's ``valgrind``): 8
+concurrent callers make N invokes, and a run with none is subtracted. Every
+thread is counted (SQLite's writer too). A count is not a time (no cache
+misses, no waits), but it does not move with the machine's load: where two
+timed runs of a change differ by less than the noise, the counts still tell.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import argparse
 import collections
 import contextvars
 import json
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -130,14 +140,78 @@ async def measure(calls: int, repeat: int, folder: Path) -> dict[str, Any]:
     }
 
 
+#: Concurrent callers in the instruction count (so batches form as they do under load).
+CALLERS = 8
+
+
+async def invoke_concurrently(backend: str, calls: int, folder: Path) -> None:
+    """``calls`` invokes from CALLERS tasks, after 40 each to warm up (what callgrind counts)."""
+    url = "memory://" if backend == "memory" else f"sqlite:///{folder / 'count.db'}"
+    async with make_app(url) as app:
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await app.invoke("echo", {"text": "hi"})
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(CALLERS):
+                tg.start_soon(caller, 40 + calls // CALLERS)
+
+
+def count_instructions(calls: int) -> dict[str, float] | str:
+    """Instructions per invoke by backend, or why they were not counted."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return "valgrind is not installed (Debian: apt-get install valgrind)"
+    calls -= calls % CALLERS
+    per_invoke: dict[str, float] = {}
+    for backend in ("memory", "sqlite"):
+        totals = []
+        for n in (0, calls):
+            command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+            command += [sys.executable, __file__, "--count-child", backend, str(n)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            found = re.search(r"Collected : (\d+)", done.stderr)
+            if done.returncode != 0 or found is None:
+                return f"callgrind failed ({done.returncode}): {done.stderr[-500:]}"
+            totals.append(int(found.group(1)))
+        per_invoke[backend] = (totals[1] - totals[0]) / calls
+    return per_invoke
+
+
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401 - what the API channel serves on when it is installed
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument(
+        "--count-child", nargs=2, metavar=("BACKEND", "CALLS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.count_child:  # run under callgrind by count_instructions
+        backend, calls = args.count_child
+        with tempfile.TemporaryDirectory() as folder:
+            anyio.run(
+                invoke_concurrently,
+                backend,
+                int(calls),
+                Path(folder),
+                backend_options=_backend_options(),
+            )
+        return
     with tempfile.TemporaryDirectory() as folder:
         report = anyio.run(measure, args.calls, args.repeat, Path(folder))
+    if args.instructions:
+        report["instructions_per_invoke"] = count_instructions(args.calls)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -148,6 +222,12 @@ def main() -> None:
         print(f"  overhead over runtime.run ({backend}): {value:.1f} us/call")
     writes = report["storage_writes_per_run"]
     print(f"  storage writes per run: {sum(writes.values())} {writes}")
+    counted = report.get("instructions_per_invoke")
+    if isinstance(counted, str):
+        print(f"  instructions not counted: {counted}")
+    elif counted:
+        for backend, value in counted.items():
+            print(f"  instructions per invoke ({backend}, {CALLERS} callers): {value:,.0f}")
 
 
 if __name__ == "__main__":
