@@ -117,7 +117,7 @@ class ActiveRun:
         self.finishing = False
         self.control = RunControl()
         #: The shielded scope of a run executed in its caller's task (:meth:`RunEngine.run_here`):
-        #: the host cancels it at shutdown, once the drain's grace is over.
+        #: the host cancels it at shutdown, once the drain's grace is over, unless finishing.
         self.scope: anyio.CancelScope | None = None
         # Made only when someone waits: a caller that executes the run itself never does.
         self._done: anyio.Event | None = None
@@ -474,13 +474,12 @@ class RunEngine:
         with anyio.move_on_after(grace):
             while self.active:
                 await next(iter(self.active.values())).result()
-        inline = [active for active in self.active.values() if active.scope is not None]
-        for active in inline:
-            if not active.finishing:  # one whose final write is on: left to finish
-                assert active.scope is not None
-                active.scope.cancel()
+        inline = [(active, active.scope) for active in self.active.values() if active.scope]
+        for active, scope in inline:
+            if not active.finishing:  # one whose final write is on is left to finish
+                scope.cancel()
         with anyio.move_on_after(max(grace, self.heartbeat)):
-            for active in inline:
+            for active, _ in inline:
                 await active.result()
 
     # -- waiting ------------------------------------------------------------------------
