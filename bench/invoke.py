@@ -3,20 +3,24 @@
     python bench/invoke.py [--calls N] [--repeat R] [--json] [--instructions]
 
 For a trivial one-node workflow (async, so no worker thread is involved) it
-times, per call: ``Runtime.run`` alone (the floor), ``app.invoke`` on the
-memory backend and on SQLite (a file in a temporary folder), ``app.invoke``
-of the same workflow declared ``durable=False`` (the security layer,
-validation, audit and events of an invoke, no run stored), and ``Runtime.run``
-with the run's records stored by hand on the memory backend (what a durable
-run cannot do without: its record before the call, then its checkpoint,
-final state, four events and audit record in one ``finish_run_logged``). It
-counts the storage calls one invocation makes, by kind. Medians of R
+times, per call:
+
+* ``Runtime.run`` alone, the bare call every other row is measured against;
+* ``app.invoke`` on the memory backend and on SQLite (a file in a temporary
+  folder);
+* ``app.invoke`` of the same workflow declared ``durable=False``: the security
+  layer, validation, audit and events of an invoke, with no run stored;
+* :func:`invoke_by_hand` on memory: the steps a durable invoke cannot leave
+  out, called one after the other with no engine, bus or lease. This is the
+  floor under the in-process target.
+
+It counts the storage calls one invocation makes, by kind. Medians of R
 repetitions of N calls each; the machine is noisy, so read the medians, not
 single runs.
 
 ``--instructions`` also counts the machine instructions of one call, for
-each of those but ``Runtime.run`` alone, under valgrind's callgrind (Debian's
-``valgrind``): 8 concurrent callers make N calls, and a run with none is subtracted. Every
+each of those rows, under valgrind's callgrind (Debian's ``valgrind``): 8
+concurrent callers make N calls, and a run with none is subtracted. Every
 thread is counted (SQLite's writer too). A count is not a time (no cache
 misses, no waits), but it does not move with the machine's load: where two
 timed runs of a change differ by less than the noise, the counts still tell.
@@ -36,7 +40,6 @@ import collections
 import contextvars
 import json
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -46,12 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from nexus_core import Nexus
 from nexus_core.events import Event
-from nexus_core.storage.base import AuditRecord, NodeCheckpoint, RunRecord
+from nexus_core.security.policy import ANY_INPUTS
+from nexus_core.security.principal import hash_inputs
+from nexus_core.storage.base import NodeCheckpoint, RunRecord
 from nexus_core.storage.memory import MemoryStorage
-from nexus_core.workflows import Runtime, Workflow
+from nexus_core.workflows import RunResult, Runtime
 from nexus_core.workflows.runtime import new_run_id
 
 WRITES = (
@@ -113,41 +119,66 @@ def make_app(storage: Any) -> Nexus:
 _EVENTS = ("run.started", "node.started", "node.finished", "run.completed")
 
 
-async def store_by_hand(runtime: Runtime, workflow: Workflow, storage: MemoryStorage) -> None:
-    """``Runtime.run`` with the records of a durable run stored by hand, and nothing more."""
+async def invoke_by_hand(app: Nexus, workflow: str, inputs: dict[str, Any]) -> RunResult:
+    """The steps a durable invoke cannot leave out, called by hand on a running host.
+
+    What :meth:`Nexus.invoke` does for an anonymous in-process caller, with no
+    engine, bus, batcher, lease or session: authenticate, input limits,
+    validation, authorization (before and on the values), rate limit, the
+    input hash, the run record stored before the call, ``Runtime.run_validated``,
+    then its checkpoint, final state, four events and audit record in one
+    ``finish_run_logged``, and the request's metrics.
+    """
+    started = time.perf_counter()
+    security, storage = app.security, app.storage
+    assert storage is not None
+    who = await security.authenticate(None, "python")
+    wf = app.get_workflow(workflow)
+    action = f"workflow:{wf.name}:execute"
+    await security.authorize(who, action, workflow=wf, channel="python", inputs=ANY_INPUTS)
+    security.check_input_limits(inputs)
+    values = wf.validate(inputs)
+    plain = msgspec.to_builtins(values)
+    await security.authorize(who, action, workflow=wf, channel="python", inputs=plain)
+    await security.rate_limit(who, "python", wf.name, None)
     now = time.time()
     record = RunRecord(
         id=new_run_id(),
-        workflow=workflow.name,
-        tenant="default",
-        principal="anonymous",
+        workflow=wf.name,
+        tenant=who.tenant,
+        principal=who.id,
         channel="python",
-        inputs={"text": "hi"},
+        inputs=plain,
         status="running",
         created_at=now,
         started_at=now,
-        input_hash="0" * 64,
+        input_hash=hash_inputs(plain),
         owner="bench",
     )
     await storage.create_run(record)
-    result = await runtime.run(workflow, {"text": "hi"}, run_id=record.id)
-    checkpoint = NodeCheckpoint(
-        run_id=record.id, node_id="echo", status="completed", output=result.output
-    )
-    record.status, record.output, record.finished_at = result.status, result.output, time.time()
-    audit = AuditRecord(
-        id=secrets.token_hex(12),
-        time=now,
+    app.metrics.record_execution(wf.name, "python")
+    result = await app.runtime.run_validated(wf, values, run_id=record.id)
+    checkpoints = [
+        NodeCheckpoint(run_id=record.id, node_id=node_id, status=node.status, output=node.output)
+        for node_id, node in result.nodes.items()
+    ]
+    record.status, record.output = result.status, msgspec.to_builtins(result.output)
+    record.finished_at = result.finished_at
+    audit = security.audit_record(
         action="invoke",
         outcome=result.status,
-        tenant="default",
-        principal="anonymous",
+        principal=who,
         channel="python",
-        workflow=workflow.name,
+        workflow=wf.name,
         run_id=record.id,
+        input_hash=record.input_hash,
     )
-    events = [Event(type=kind, run_id=record.id) for kind in _EVENTS]
-    await storage.finish_run_logged(record, [checkpoint], events, audits=[audit])
+    events = [Event(type=kind, run_id=record.id, data={"workflow": wf.name}) for kind in _EVENTS]
+    await storage.finish_run_logged(
+        record, checkpoints, events, audits=() if audit is None else (audit,)
+    )
+    app.metrics.record_request("python", wf.name, result.status, time.perf_counter() - started)
+    return result
 
 
 async def per_call(fn: Any, calls: int) -> float:
@@ -174,11 +205,10 @@ async def measure(calls: int, repeat: int, folder: Path) -> dict[str, Any]:
         results["runtime.run"].append(
             await per_call(lambda wf=workflow: runtime.run(wf, {"text": "hi"}), calls)
         )
-        storage = MemoryStorage("memory://")
-        results["by hand memory"].append(
-            await per_call(lambda wf=workflow, to=storage: store_by_hand(runtime, wf, to), calls)
-        )
         async with make_app("memory://") as app:
+            results["by hand memory"].append(
+                await per_call(lambda app=app: invoke_by_hand(app, "echo", {"text": "hi"}), calls)
+            )
             results["invoke memory"].append(
                 await per_call(lambda app=app: app.invoke("echo", {"text": "hi"}), calls)
             )
@@ -215,6 +245,7 @@ CALLERS = 8
 
 #: What --instructions counts: the name it prints, and the backend a count child runs.
 COUNTED = {
+    "runtime": "runtime.run",
     "memory": "invoke memory",
     "sqlite": "invoke sqlite",
     "ephemeral": "invoke ephemeral",
@@ -226,14 +257,15 @@ async def invoke_concurrently(backend: str, calls: int, folder: Path) -> None:
     """``calls`` calls from CALLERS tasks, after 40 each to warm up (what callgrind counts)."""
     url = "memory://" if backend != "sqlite" else f"sqlite:///{folder / 'count.db'}"
     async with make_app(url) as app:
-        runtime, storage = Runtime(), MemoryStorage("memory://")
 
         async def caller(n: int) -> None:
             for _ in range(n):
-                if backend == "ephemeral":
+                if backend == "runtime":
+                    await app.runtime.run(app.workflows["echo"], {"text": "hi"})
+                elif backend == "ephemeral":
                     await app.invoke("echo_live", {"text": "hi"})
                 elif backend == "by-hand":
-                    await store_by_hand(runtime, app.workflows["echo"], storage)
+                    await invoke_by_hand(app, "echo", {"text": "hi"})
                 else:
                     await app.invoke("echo", {"text": "hi"})
 
