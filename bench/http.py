@@ -162,22 +162,24 @@ app = Litestar([run], openapi_config=None, logging_config=None)
 #: without, so its CPU is the fairest reachable floor for the durable rows.
 LITESTAR_DURABLE_APP = """
 import asyncio
+import importlib.util
+import os
 import queue
-import secrets
 import sqlite3
 import threading
-import time
 
 import msgspec
 from litestar import Litestar, post
 
-from nexus_core.events import Event
 from nexus_core.storage import sqlite as backend
-from nexus_core.storage.base import AuditRecord, NodeCheckpoint, RunRecord
-from nexus_core.workflows.runtime import new_run_id
+
+# The statements of bench/sqlite_floor.py, loaded from its file (bench/ holds an
+# http.py that must not shadow the stdlib's).
+spec = importlib.util.spec_from_file_location("sqlite_floor", os.environ["NEXUS_BENCH_FLOOR"])
+floor = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(floor)
 
 PATH = "durable.db"
-EVENTS = ("run.started", "node.started", "node.finished", "run.completed")
 
 
 class GreetInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -211,8 +213,8 @@ class Writer:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for statements, _ in batch:
-                    for sql, params in statements:
-                        conn.execute(sql, params)
+                    for statement in statements:
+                        conn.execute(*statement)
                 conn.execute("COMMIT")
             except Exception as exc:
                 error = exc
@@ -239,44 +241,10 @@ writer = Writer()
 
 @post("/workflows/greet/runs", status_code=200)
 async def run(data: GreetInput) -> dict[str, str]:
-    now = time.time()
-    record = RunRecord(
-        id=new_run_id(),
-        workflow="greet",
-        tenant="default",
-        principal="anonymous",
-        channel="api",
-        inputs={"name": data.name, "excited": data.excited},
-        status="running",
-        created_at=now,
-        started_at=now,
-        input_hash="0" * 64,
-        owner="bench",
-    )
-    await writer.write([(backend._INSERT_RUN, backend._run_params(record))])
+    record, insert = floor.new_run({"name": data.name, "excited": data.excited})
+    await writer.write([insert])  # stored before it runs: a kill -9 leaves it to resume
     output = greet(data.name, data.excited)
-    checkpoint = NodeCheckpoint(
-        run_id=record.id, node_id="greet", status="completed", output={"result": output}
-    )
-    fences = [(record.id, record.fence)]
-    statements = [backend._upsert_checkpoint(checkpoint, fences)]
-    record.status, record.output, record.finished_at = "completed", output, time.time()
-    statements.append(backend._update_run(record, fences))
-    audit = AuditRecord(
-        id=secrets.token_hex(12),
-        time=now,
-        action="invoke",
-        outcome="completed",
-        tenant="default",
-        principal="anonymous",
-        channel="api",
-        workflow="greet",
-        run_id=record.id,
-    )
-    statements.append(backend._insert_audit(audit, fences))
-    events = [Event(type=kind, run_id=record.id) for kind in EVENTS]
-    statements += [(op.sql, op.params) for op in backend._append_ops(events, fences)]
-    await writer.write(statements)
+    await writer.write(floor.final_write(record, output))
     return {"output": output}
 
 
@@ -776,6 +744,17 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
         )
 
+    def litestar_target(name: str, app: str, env: dict[str, str] | None = None) -> Target:
+        return Target(
+            name=name,
+            command=[*uvicorn, app, *uvicorn_options],
+            path="/workflows/greet/runs",
+            wrap="inputs",
+            port=0,
+            cwd=scratch / name,
+            env=env or {},
+        )
+
     def dbos_target(name: str, url: str, postgres_url: str | None = None) -> Target:
         return Target(
             name=name,
@@ -794,21 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         nexus_target("nexus-memory", "greet", memory_env),
         nexus_target("nexus-full", "greet", full_env),
         nexus_target("nexus-ephemeral", "greet_ephemeral", clean_env),
-        Target(
-            name="litestar",
-            command=[*uvicorn, "bare:app", *uvicorn_options],
-            path="/workflows/greet/runs",
-            wrap="inputs",
-            port=0,
-            cwd=scratch / "litestar",
-        ),
-        Target(
-            name="litestar-durable",
-            command=[*uvicorn, "durable:app", *uvicorn_options],
-            path="/workflows/greet/runs",
-            wrap="inputs",
-            port=0,
-            cwd=scratch / "litestar-durable",
+        litestar_target("litestar", "bare:app"),
+        litestar_target(
+            "litestar-durable",
+            "durable:app",
+            {"NEXUS_BENCH_FLOOR": str(Path(__file__).resolve().parent / "sqlite_floor.py")},
         ),
     ]
     notes: list[str] = []

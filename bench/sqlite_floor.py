@@ -28,6 +28,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import anyio
 
@@ -46,6 +47,59 @@ async def make_database(path: Path) -> None:
     await storage.close()
 
 
+#: One SQL statement and its parameters.
+Statement = tuple[str, Any]
+
+
+def new_run(inputs: dict[str, Any], *, channel: str = "api") -> tuple[RunRecord, Statement]:
+    """A new running run of ``greet`` (its id time-ordered, as a served run's) and its INSERT."""
+    now = time.time()
+    run = RunRecord(
+        id=new_run_id(),
+        workflow="greet",
+        tenant="default",
+        principal="anonymous",
+        channel=channel,
+        inputs=inputs,
+        status="running",
+        created_at=now,
+        started_at=now,
+        input_hash="0" * 64,
+        owner="bench",
+    )
+    return run, (backend._INSERT_RUN, backend._run_params(run))
+
+
+def final_write(run: RunRecord, output: str) -> list[Statement]:
+    """``finish_run_logged``'s statements: checkpoint, final state, audit, four events.
+
+    Every statement is fenced by the run's token; the caller runs them in one
+    transaction.
+    """
+    checkpoint = NodeCheckpoint(
+        run_id=run.id, node_id="greet", status="completed", output={"result": output}
+    )
+    fences = [(run.id, run.fence)]
+    statements = [backend._upsert_checkpoint(checkpoint, fences)]
+    run.status, run.output, run.finished_at = "completed", output, time.time()
+    statements.append(backend._update_run(run, fences))
+    audit = AuditRecord(
+        id=secrets.token_hex(12),
+        time=run.created_at,
+        action="invoke",
+        outcome="completed",
+        tenant=run.tenant,
+        principal=run.principal,
+        channel=run.channel,
+        workflow=run.workflow,
+        run_id=run.id,
+    )
+    statements.append(backend._insert_audit(audit, fences))
+    events = [Event(type=kind, run_id=run.id) for kind in _EVENTS]
+    statements += [(op.sql, op.params) for op in backend._append_ops(events, fences)]
+    return statements
+
+
 def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, float]:
     """CPU and wall seconds per run for ``runs`` runs, ``batch`` per transaction."""
     cpu_started = time.process_time()
@@ -53,44 +107,10 @@ def one_pass(conn: sqlite3.Connection, runs: int, batch: int) -> tuple[float, fl
     for _ in range(runs // batch):
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(batch):
-            now = time.time()
-            run = RunRecord(
-                id=new_run_id(),  # as a served run's: time-ordered
-                workflow="greet",
-                tenant="default",
-                principal="anonymous",
-                channel="api",
-                inputs={"name": "user-12345"},
-                status="running",
-                created_at=now,
-                started_at=now,
-                input_hash="0" * 64,
-                owner="bench",
-            )
-            conn.execute(backend._INSERT_RUN, backend._run_params(run))
-            checkpoint = NodeCheckpoint(
-                run_id=run.id, node_id="greet", status="completed", output={"result": "Hello."}
-            )
-            # finish_run_logged: every statement fenced by the run's token, one transaction.
-            fences = [(run.id, run.fence)]
-            conn.execute(*backend._upsert_checkpoint(checkpoint, fences))
-            run.status, run.output, run.finished_at = "completed", "Hello.", time.time()
-            conn.execute(*backend._update_run(run, fences))
-            audit = AuditRecord(
-                id=secrets.token_hex(12),
-                time=now,
-                action="invoke",
-                outcome="completed",
-                tenant="default",
-                principal="anonymous",
-                channel="api",
-                workflow="greet",
-                run_id=run.id,
-            )
-            conn.execute(*backend._insert_audit(audit, fences))
-            events = [Event(type=kind, run_id=run.id) for kind in _EVENTS]
-            for op in backend._append_ops(events, fences):
-                conn.execute(op.sql, op.params)
+            run, insert = new_run({"name": "user-12345"})
+            conn.execute(*insert)
+            for statement in final_write(run, "Hello."):
+                conn.execute(*statement)
         conn.execute("COMMIT")
     done = runs // batch * batch
     return (time.process_time() - cpu_started) / done, (time.perf_counter() - started) / done
