@@ -243,7 +243,7 @@ async def measure(calls: int, repeat: int, folder: Path) -> dict[str, Any]:
 CALLERS = 8
 
 
-#: What --instructions counts: the name it prints, and the backend a count child runs.
+#: What --instructions counts: the backend a count child runs -> the row it is printed as.
 COUNTED = {
     "runtime": "runtime.run",
     "memory": "invoke memory",
