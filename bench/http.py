@@ -153,13 +153,7 @@ async def run(data: GreetInput) -> dict[str, str]:
 app = Litestar([run], openapi_config=None, logging_config=None)
 """
 
-#: Bare Litestar storing each run as Nexus's SQLite backend does, written by hand with
-#: nothing else: the floor's statements (bench/sqlite_floor.py, the backend's own SQL),
-#: the run record committed before the function runs and its final write after, both
-#: through one writer thread with group commit (so the event loop never blocks), the
-#: answer sent once the final write is committed. No security, validation beyond the
-#: body's type, event delivery, leases or recovery: what a durable server cannot do
-#: without, so its CPU is the fairest reachable floor for the durable rows.
+#: ``litestar-durable`` (see the module doc): bare Litestar storing each run by hand.
 LITESTAR_DURABLE_APP = """
 import asyncio
 import importlib.util

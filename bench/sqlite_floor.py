@@ -51,7 +51,7 @@ async def make_database(path: Path) -> None:
 Statement = tuple[str, Any]
 
 
-def new_run(inputs: dict[str, Any], *, channel: str = "api") -> tuple[RunRecord, Statement]:
+def new_run(inputs: dict[str, Any]) -> tuple[RunRecord, Statement]:
     """A new running run of ``greet`` (its id time-ordered, as a served run's) and its INSERT."""
     now = time.time()
     run = RunRecord(
@@ -59,7 +59,7 @@ def new_run(inputs: dict[str, Any], *, channel: str = "api") -> tuple[RunRecord,
         workflow="greet",
         tenant="default",
         principal="anonymous",
-        channel=channel,
+        channel="api",
         inputs=inputs,
         status="running",
         created_at=now,
